@@ -1,1 +1,45 @@
-fn main() {}
+//! The `graphsync` executable: command-line parsing and the I/O edge around the library crates.
+
+mod decode;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// graphsync keeps a live, queryable graph replica of a PostgreSQL database.
+#[derive(Parser, Debug)]
+#[command(name = "graphsync", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Decode captured pgoutput messages (lines of `LSN|HEX`) into JSON lines on stdout.
+    ///
+    /// Capture with:
+    /// psql -At -c "SELECT lsn, encode(data,'hex') FROM pg_logical_slot_peek_binary_changes('slot', NULL, NULL, 'proto_version', '1', 'publication_names', 'pub')"
+    Decode {
+        /// Files to decode, in stream order ("-" for stdin).
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Decode { files } => decode::run(&files),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
