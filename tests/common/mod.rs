@@ -63,7 +63,9 @@ pub async fn collect_until(
 
 /// Decodes one message and renders it.
 pub fn decode(decoder: &mut Decoder, lsn: Lsn, data: &Bytes) -> Decoded {
-    let msg = decoder.decode(data).unwrap_or_else(|e| panic!("decode failed at {lsn}: {e}"));
+    let msg = decoder
+        .decode(data)
+        .unwrap_or_else(|e| panic!("decode failed at {lsn}: {e}"));
     let text = json::message_to_json(lsn, &msg, decoder.relations()).expect("render");
     let json: Json = serde_json::from_str(&text).expect("valid JSON");
     Decoded { lsn, msg, json }
@@ -131,10 +133,19 @@ pub fn stable(d: &[Decoded]) -> Vec<Json> {
         .collect()
 }
 
-/// Creates slot `slot` (pgoutput) and starts streaming it with `opts`.
+/// Creates slot `slot`_`db` (slot names are cluster-wide) and starts streaming it with `opts`.
 pub async fn start(cluster: &Cluster, db: &str, slot: &str, opts: &StartOptions) -> ReplicationStream {
+    let slot = &slot_name(slot, db);
     let config = repl_config(cluster, db);
     let mut client = ReplicationClient::connect(&config).await.expect("connect");
     client.create_slot(slot, Default::default()).await.expect("create slot");
-    client.start_replication(slot, Lsn::INVALID, opts).await.expect("start replication")
+    client
+        .start_replication(slot, Lsn::INVALID, opts)
+        .await
+        .expect("start replication")
+}
+
+/// A cluster-wide unique slot name for `slot` in database `db`.
+pub fn slot_name(slot: &str, db: &str) -> String {
+    format!("{slot}_{db}")
 }

@@ -275,10 +275,12 @@ impl Cluster {
         )
     }
 
-    /// Runs SQL with `psql` as the superuser in `db` and returns unaligned, tuples-only output.
+    /// Runs an SQL script with `psql` as the superuser in `db`; each statement runs in its own
+    /// transaction unless the script says `BEGIN`. Returns unaligned, tuples-only output.
     /// Panics with the server's message on error.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
+        use std::io::Write;
+        let mut child = Command::new(self.bin.join("psql"))
             .args([
                 "-X",
                 "-q",
@@ -290,10 +292,19 @@ impl Cluster {
                 "-U",
                 "postgres",
             ])
-            .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
-            .stdin(Stdio::null())
-            .output()
+            .args(["-p", &self.port.to_string(), "-d", db, "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("run psql");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(sql.as_bytes())
+            .expect("write to psql");
+        let out = child.wait_with_output().expect("wait for psql");
         assert!(
             out.status.success(),
             "psql failed on {sql:?}: {}",
