@@ -37,7 +37,7 @@ pub fn encode_message(msg: &Message) -> Vec<u8> {
         }
         Message::Update(m) => {
             e.u8(b'U').xid(m.xid).u32(m.relation_id);
-            if let Some((kind, old)) = &m.old {
+            if let Some((kind, old)) = m.old.as_deref() {
                 e.u8(old_tag(*kind)).tuple(old);
             }
             e.u8(b'N').tuple(&m.new);
@@ -184,19 +184,19 @@ impl Enc {
         self
     }
     fn tuple(&mut self, t: &TupleData) -> &mut Self {
-        self.u16(t.columns.len() as u16);
-        for c in &t.columns {
+        self.u16(t.len() as u16);
+        for c in t.columns() {
             match c {
-                ColumnData::Null => {
+                ColumnRef::Null => {
                     self.u8(b'n');
                 }
-                ColumnData::UnchangedToast => {
+                ColumnRef::UnchangedToast => {
                     self.u8(b'u');
                 }
-                ColumnData::Text(b) => {
+                ColumnRef::Text(b) => {
                     self.u8(b't').u32(b.len() as u32).raw(b);
                 }
-                ColumnData::Binary(b) => {
+                ColumnRef::Binary(b) => {
                     self.u8(b'b').u32(b.len() as u32).raw(b);
                 }
             }

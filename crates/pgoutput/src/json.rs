@@ -75,7 +75,7 @@ pub fn message_to_json(lsn: Lsn, msg: &Message, relations: &RelationCache) -> Re
             let rel = relation(m.relation_id)?;
             o.opt_xid(m.xid);
             o.str("relation", &rel.qualified_name());
-            if let Some((kind, old)) = &m.old {
+            if let Some((kind, old)) = m.old.as_deref() {
                 o.old(rel, *kind, old, msg.kind())?;
             }
             o.tuple("new", rel, &m.new, false, msg.kind())?;

@@ -100,14 +100,36 @@ pub struct TypeInfo {
     pub name: String,
 }
 
-/// A tuple's columns as sent, each a zero-copy slice of the message.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// A tuple's columns as sent. Holds one shared reference to the message bytes and the
+/// position of each column inside it, so decoding a row costs one reference count, not one
+/// per column; [`TupleData::column_data`] hands out zero-copy slices on demand.
+#[derive(Clone, Default)]
 pub struct TupleData {
-    /// One entry per column of the relation, in order.
-    pub columns: Vec<ColumnData>,
+    buf: Bytes,
+    cols: Vec<RawColumn>,
 }
 
-/// One column of a tuple, before typing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct RawColumn {
+    kind: u8,
+    start: u32,
+    len: u32,
+}
+
+/// One column of a tuple, borrowed from the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnRef<'a> {
+    /// SQL NULL.
+    Null,
+    /// A TOASTed value the update did not change; the server did not send it.
+    UnchangedToast,
+    /// The type's text output.
+    Text(&'a [u8]),
+    /// The type's binary send format (`binary` option).
+    Binary(&'a [u8]),
+}
+
+/// One column of a tuple, owning (a zero-copy slice of) its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ColumnData {
     /// SQL NULL.
@@ -118,6 +140,96 @@ pub enum ColumnData {
     Text(Bytes),
     /// The type's binary send format (`binary` option).
     Binary(Bytes),
+}
+
+impl TupleData {
+    /// Builds a tuple from owned columns (for tests, tools and encoders).
+    pub fn from_columns(columns: impl IntoIterator<Item = ColumnData>) -> Self {
+        let mut buf = Vec::new();
+        let mut cols = Vec::new();
+        for c in columns {
+            let (kind, data): (u8, &[u8]) = match &c {
+                ColumnData::Null => (b'n', &[]),
+                ColumnData::UnchangedToast => (b'u', &[]),
+                ColumnData::Text(b) => (b't', b),
+                ColumnData::Binary(b) => (b'b', b),
+            };
+            cols.push(RawColumn {
+                kind,
+                start: buf.len() as u32,
+                len: data.len() as u32,
+            });
+            buf.extend_from_slice(data);
+        }
+        TupleData {
+            buf: Bytes::from(buf),
+            cols,
+        }
+    }
+
+    /// Number of columns.
+    pub fn len(&self) -> usize {
+        self.cols.len()
+    }
+
+    /// Whether the tuple has no columns.
+    pub fn is_empty(&self) -> bool {
+        self.cols.is_empty()
+    }
+
+    fn to_ref(&self, c: RawColumn) -> ColumnRef<'_> {
+        let data = &self.buf[c.start as usize..(c.start + c.len) as usize];
+        match c.kind {
+            b'n' => ColumnRef::Null,
+            b'u' => ColumnRef::UnchangedToast,
+            b't' => ColumnRef::Text(data),
+            _ => ColumnRef::Binary(data),
+        }
+    }
+
+    /// Column `i`, borrowed.
+    pub fn column(&self, i: usize) -> Option<ColumnRef<'_>> {
+        self.cols.get(i).map(|c| self.to_ref(*c))
+    }
+
+    /// All columns, borrowed, in order.
+    pub fn columns(&self) -> impl ExactSizeIterator<Item = ColumnRef<'_>> + '_ {
+        self.cols.iter().map(|c| self.to_ref(*c))
+    }
+
+    /// Column `i` as an owned zero-copy slice of the message.
+    pub fn column_data(&self, i: usize) -> Option<ColumnData> {
+        self.column(i).map(|c| self.own(c))
+    }
+
+    /// Turns a borrowed column of this tuple into an owned zero-copy slice.
+    pub fn own(&self, c: ColumnRef<'_>) -> ColumnData {
+        match c {
+            ColumnRef::Null => ColumnData::Null,
+            ColumnRef::UnchangedToast => ColumnData::UnchangedToast,
+            ColumnRef::Text(b) => ColumnData::Text(self.buf.slice_ref(b)),
+            ColumnRef::Binary(b) => ColumnData::Binary(self.buf.slice_ref(b)),
+        }
+    }
+
+    /// The bytes the columns point into.
+    pub fn buffer(&self) -> &Bytes {
+        &self.buf
+    }
+}
+
+impl PartialEq for TupleData {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.columns().eq(other.columns())
+    }
+}
+
+impl Eq for TupleData {}
+
+impl std::fmt::Debug for TupleData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.columns()).finish()
+    }
 }
 
 /// Which old tuple an Update or Delete carries.
@@ -148,7 +260,7 @@ pub struct Update {
     /// Relation OID.
     pub relation_id: u32,
     /// The old key or row, when the key changed or the identity is FULL.
-    pub old: Option<(OldKind, TupleData)>,
+    pub old: Option<Box<(OldKind, TupleData)>>,
     /// The new row.
     pub new: TupleData,
 }
@@ -404,7 +516,7 @@ pub fn decode_message(buf: &Bytes, in_stream: bool) -> Result<Message, DecodeErr
                     let kind = if action == b'K' { OldKind::Key } else { OldKind::Full };
                     let t = decode_tuple(&mut r)?;
                     action = r.u8()?;
-                    Some((kind, t))
+                    Some(Box::new((kind, t)))
                 }
                 _ => None,
             };
@@ -607,28 +719,32 @@ fn decode_tuple(r: &mut Reader) -> Result<TupleData, DecodeError> {
     if natts > r.remaining() {
         return Err(r.invalid(at, format!("column count {natts} does not fit the message")));
     }
-    let mut columns = Vec::with_capacity(natts);
+    let mut cols = Vec::with_capacity(natts);
     for _ in 0..natts {
         let at = r.offset();
-        let col = match r.u8()? {
-            b'n' => ColumnData::Null,
-            b'u' => ColumnData::UnchangedToast,
-            k @ (b't' | b'b') => {
+        let kind = r.u8()?;
+        let col = match kind {
+            b'n' | b'u' => RawColumn { kind, start: 0, len: 0 },
+            b't' | b'b' => {
                 let len_at = r.offset();
                 let len = r.i32()?;
                 if len < 0 {
                     return Err(r.invalid(len_at, format!("negative column length {len}")));
                 }
-                let data = r.bytes(len as usize)?;
-                if k == b't' {
-                    ColumnData::Text(data)
-                } else {
-                    ColumnData::Binary(data)
+                let start = r.skip(len as usize)?;
+                // Messages are at most 1 GB, so offsets fit in u32.
+                RawColumn {
+                    kind,
+                    start: start as u32,
+                    len: len as u32,
                 }
             }
             other => return Err(r.invalid(at, format!("unknown column kind {}", show_byte(other)))),
         };
-        columns.push(col);
+        cols.push(col);
     }
-    Ok(TupleData { columns })
+    Ok(TupleData {
+        buf: r.buffer().clone(),
+        cols,
+    })
 }

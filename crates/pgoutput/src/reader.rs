@@ -96,6 +96,20 @@ impl<'a> Reader<'a> {
         Ok(b)
     }
 
+    /// Skips `n` bytes and returns the offset where they start.
+    #[inline]
+    pub(crate) fn skip(&mut self, n: usize) -> Result<usize, DecodeError> {
+        self.need(n)?;
+        let start = self.pos;
+        self.pos += n;
+        Ok(start)
+    }
+
+    /// The whole message.
+    pub(crate) fn buffer(&self) -> &'a Bytes {
+        self.buf
+    }
+
     /// A NUL-terminated UTF-8 string (the terminator is consumed, not returned).
     pub(crate) fn cstring(&mut self) -> Result<String, DecodeError> {
         let start = self.pos;

@@ -1,7 +1,27 @@
 //! Relation descriptions and the cache that maps relation ids to them.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
+
+/// Relation OIDs are already well spread; hashing them with SipHash would cost more than the
+/// rest of a row lookup.
+#[derive(Default)]
+struct OidHasher(u64);
+
+impl Hasher for OidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = u64::from(v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 /// A relation as described by a Relation message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +99,7 @@ impl ReplicaIdentity {
 /// `ALTER TABLE`) replaces the earlier one; rows decoded before keep the `Arc` they took.
 #[derive(Debug, Default, Clone)]
 pub struct RelationCache {
-    by_id: HashMap<u32, Arc<Relation>>,
+    by_id: HashMap<u32, Arc<Relation>, BuildHasherDefault<OidHasher>>,
 }
 
 impl RelationCache {

@@ -5,7 +5,7 @@
 //! Temporal types keep PostgreSQL's own text form (binary input is rendered into that form),
 //! because re-rendering a `timestamptz` would lose the offset the server printed.
 
-use crate::message::{ColumnData, TupleData};
+use crate::message::{ColumnData, ColumnRef, TupleData};
 use crate::relation::Relation;
 use crate::time::{format_date, format_timestamp};
 use crate::DecodeError;
@@ -212,25 +212,43 @@ pub fn bytea_hex(b: &[u8]) -> String {
 impl Relation {
     /// Converts a tuple of this relation into typed values, one per column.
     pub fn typed_values(&self, tuple: &TupleData, kind: &'static str) -> Result<Vec<Value>, DecodeError> {
-        if tuple.columns.len() != self.columns.len() {
+        let mut out = Vec::with_capacity(tuple.len());
+        self.typed_values_into(tuple, kind, &mut out)?;
+        Ok(out)
+    }
+
+    /// As [`Relation::typed_values`], appending to `out` after clearing it, so a hot loop can
+    /// reuse one allocation for every row.
+    pub fn typed_values_into(
+        &self,
+        tuple: &TupleData,
+        kind: &'static str,
+        out: &mut Vec<Value>,
+    ) -> Result<(), DecodeError> {
+        out.clear();
+        if tuple.len() != self.columns.len() {
             return Err(DecodeError::ColumnCountMismatch {
                 kind,
                 relation: self.qualified_name(),
-                got: tuple.columns.len(),
+                got: tuple.len(),
                 expected: self.columns.len(),
             });
         }
-        let mut out = Vec::with_capacity(tuple.columns.len());
-        for (col, data) in self.columns.iter().zip(&tuple.columns) {
-            out.push(
-                typed_value(data, col.type_oid).map_err(|reason| DecodeError::InvalidValue {
-                    column: col.name.clone(),
-                    type_oid: col.type_oid,
-                    reason,
-                })?,
-            );
+        out.reserve(tuple.len());
+        let owner = tuple.buffer();
+        for (col, data) in self.columns.iter().zip(tuple.columns()) {
+            match typed_value_in(data, col.type_oid, owner) {
+                Ok(v) => out.push(v),
+                Err(reason) => {
+                    return Err(DecodeError::InvalidValue {
+                        column: col.name.clone(),
+                        type_oid: col.type_oid,
+                        reason,
+                    })
+                }
+            }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -239,13 +257,30 @@ pub fn typed_value(data: &ColumnData, type_oid: u32) -> Result<Value, String> {
     match data {
         ColumnData::Null => Ok(Value::Null),
         ColumnData::UnchangedToast => Ok(Value::UnchangedToast),
-        ColumnData::Text(b) => from_text(b, type_oid),
-        ColumnData::Binary(b) => from_binary(b, type_oid),
+        ColumnData::Text(b) => from_text(b, b, type_oid),
+        ColumnData::Binary(b) => from_binary(b, b, type_oid),
     }
 }
 
-fn utf8(b: &Bytes) -> Result<PgText, String> {
-    PgText::from_utf8(b.clone()).map_err(|e| format!("text is not valid UTF-8: {e}"))
+/// As [`typed_value`] for a column borrowed from `owner`; text values become zero-copy slices
+/// of `owner`.
+#[inline]
+pub fn typed_value_in(data: ColumnRef<'_>, type_oid: u32, owner: &Bytes) -> Result<Value, String> {
+    match data {
+        ColumnRef::Null => Ok(Value::Null),
+        ColumnRef::UnchangedToast => Ok(Value::UnchangedToast),
+        ColumnRef::Text(b) => from_text(b, owner, type_oid),
+        ColumnRef::Binary(b) => from_binary(b, owner, type_oid),
+    }
+}
+
+/// `b` (which lies inside `owner`) as UTF-8 text sharing `owner`'s memory.
+#[inline]
+fn utf8(b: &[u8], owner: &Bytes) -> Result<PgText, String> {
+    match std::str::from_utf8(b) {
+        Ok(_) => Ok(PgText(owner.slice_ref(b))),
+        Err(e) => Err(format!("text is not valid UTF-8: {e}")),
+    }
 }
 
 fn show(b: &[u8]) -> String {
@@ -266,6 +301,18 @@ fn parse_int(b: &[u8]) -> Option<i64> {
     };
     if digits.is_empty() || digits.len() > 19 {
         return None;
+    }
+    if digits.len() <= 18 {
+        // Cannot overflow: at most 18 digits.
+        let mut v: i64 = 0;
+        for &d in digits {
+            let d = d.wrapping_sub(b'0');
+            if d > 9 {
+                return None;
+            }
+            v = v * 10 + i64::from(d);
+        }
+        return Some(if neg { -v } else { v });
     }
     let mut v: i64 = 0;
     for &d in digits {
@@ -347,7 +394,7 @@ fn parse_bytea(b: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-fn from_text(b: &Bytes, type_oid: u32) -> Result<Value, String> {
+fn from_text(b: &[u8], owner: &Bytes, type_oid: u32) -> Result<Value, String> {
     let bad = |what: &str| format!("{} is not a valid {what}", show(b));
     Ok(match type_oid {
         oid::BOOL => match &b[..] {
@@ -373,26 +420,26 @@ fn from_text(b: &Bytes, type_oid: u32) -> Result<Value, String> {
                 .ok_or_else(|| bad("float4"))?,
         ),
         oid::FLOAT8 => Value::Float8(parse_float(b).ok_or_else(|| bad("float8"))?),
-        oid::NUMERIC => Value::Numeric(utf8(b)?),
-        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME => Value::Text(utf8(b)?),
+        oid::NUMERIC => Value::Numeric(utf8(b, owner)?),
+        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME => Value::Text(utf8(b, owner)?),
         oid::UUID => Value::Uuid(parse_uuid(b).ok_or_else(|| bad("uuid"))?),
-        oid::JSON => Value::Json(utf8(b)?),
-        oid::JSONB => Value::Jsonb(utf8(b)?),
+        oid::JSON => Value::Json(utf8(b, owner)?),
+        oid::JSONB => Value::Jsonb(utf8(b, owner)?),
         oid::BYTEA => Value::Bytea(Bytes::from(parse_bytea(b).ok_or_else(|| bad("bytea"))?)),
-        oid::DATE => Value::Date(utf8(b)?),
-        oid::TIMESTAMP => Value::Timestamp(utf8(b)?),
-        oid::TIMESTAMPTZ => Value::TimestampTz(utf8(b)?),
+        oid::DATE => Value::Date(utf8(b, owner)?),
+        oid::TIMESTAMP => Value::Timestamp(utf8(b, owner)?),
+        oid::TIMESTAMPTZ => Value::TimestampTz(utf8(b, owner)?),
         _ => match oid::array_element(type_oid) {
-            Some(elem) => match parse_text_array(b, elem)? {
+            Some(elem) => match parse_text_array(b, owner, elem)? {
                 Some(items) => Value::Array(items),
                 None => Value::Other {
                     type_oid,
-                    text: utf8(b)?,
+                    text: utf8(b, owner)?,
                 },
             },
             None => Value::Other {
                 type_oid,
-                text: utf8(b)?,
+                text: utf8(b, owner)?,
             },
         },
     })
@@ -400,7 +447,7 @@ fn from_text(b: &Bytes, type_oid: u32) -> Result<Value, String> {
 
 /// Parses a one-dimensional array literal (`{1,NULL,"a b"}`). `Ok(None)` for shapes kept as
 /// text: multi-dimensional arrays and arrays with explicit bounds.
-fn parse_text_array(b: &Bytes, elem: u32) -> Result<Option<Vec<Value>>, String> {
+fn parse_text_array(b: &[u8], owner: &Bytes, elem: u32) -> Result<Option<Vec<Value>>, String> {
     let bad = || format!("{} is not a valid array literal", show(b));
     if b.first() == Some(&b'[') {
         return Ok(None);
@@ -408,7 +455,7 @@ fn parse_text_array(b: &Bytes, elem: u32) -> Result<Option<Vec<Value>>, String> 
     if b.first() != Some(&b'{') || b.last() != Some(&b'}') || b.len() < 2 {
         return Err(bad());
     }
-    let inner = b.slice(1..b.len() - 1);
+    let inner = &b[1..b.len() - 1];
     if inner.first() == Some(&b'{') {
         return Ok(None);
     }
@@ -416,7 +463,7 @@ fn parse_text_array(b: &Bytes, elem: u32) -> Result<Option<Vec<Value>>, String> 
     if inner.iter().all(|c| c.is_ascii_whitespace()) {
         return Ok(Some(items));
     }
-    let s = &inner[..];
+    let s = inner;
     let mut i = 0;
     loop {
         while i < s.len() && s[i].is_ascii_whitespace() {
@@ -477,15 +524,15 @@ fn parse_text_array(b: &Bytes, elem: u32) -> Result<Option<Vec<Value>>, String> 
         let item = if !quoted && !escaped_any && s[start..end].eq_ignore_ascii_case(b"NULL") {
             Value::Null
         } else {
-            let text = if quoted || escaped_any {
-                Bytes::from(owned)
-            } else {
-                inner.slice(start..end)
-            };
-            if !quoted && text.is_empty() {
+            if !quoted && !escaped_any && start == end {
                 return Err(bad());
             }
-            from_text(&text, elem)?
+            if quoted || escaped_any {
+                let owned = Bytes::from(owned);
+                from_text(&owned, &owned, elem)?
+            } else {
+                from_text(&inner[start..end], owner, elem)?
+            }
         };
         items.push(item);
         match s.get(i) {
@@ -502,7 +549,7 @@ fn fixed<const N: usize>(b: &[u8], what: &str) -> Result<[u8; N], String> {
         .map_err(|_| format!("binary {what} must be {N} bytes, got {}", b.len()))
 }
 
-fn from_binary(b: &Bytes, type_oid: u32) -> Result<Value, String> {
+fn from_binary(b: &[u8], owner: &Bytes, type_oid: u32) -> Result<Value, String> {
     Ok(match type_oid {
         oid::BOOL => Value::Bool(fixed::<1>(b, "bool")?[0] != 0),
         oid::INT2 => Value::Int2(i16::from_be_bytes(fixed(b, "int2")?)),
@@ -511,14 +558,14 @@ fn from_binary(b: &Bytes, type_oid: u32) -> Result<Value, String> {
         oid::FLOAT4 => Value::Float4(f32::from_be_bytes(fixed(b, "float4")?)),
         oid::FLOAT8 => Value::Float8(f64::from_be_bytes(fixed(b, "float8")?)),
         oid::NUMERIC => Value::Numeric(PgText::from(numeric_binary_to_text(b)?)),
-        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME => Value::Text(utf8(b)?),
+        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME => Value::Text(utf8(b, owner)?),
         oid::UUID => Value::Uuid(fixed(b, "uuid")?),
-        oid::JSON => Value::Json(utf8(b)?),
+        oid::JSON => Value::Json(utf8(b, owner)?),
         oid::JSONB => match b.first() {
-            Some(1) => Value::Jsonb(utf8(&b.slice(1..))?),
+            Some(1) => Value::Jsonb(utf8(&b[1..], owner)?),
             other => return Err(format!("unsupported binary jsonb version {other:?}")),
         },
-        oid::BYTEA => Value::Bytea(b.clone()),
+        oid::BYTEA => Value::Bytea(owner.slice_ref(b)),
         oid::DATE => Value::Date(PgText::from(format_date(i32::from_be_bytes(fixed(b, "date")?)))),
         oid::TIMESTAMP => Value::Timestamp(PgText::from(format_timestamp(
             i64::from_be_bytes(fixed(b, "timestamp")?),
@@ -529,22 +576,22 @@ fn from_binary(b: &Bytes, type_oid: u32) -> Result<Value, String> {
             true,
         ))),
         _ => match oid::array_element(type_oid) {
-            Some(elem) => match parse_binary_array(b, elem)? {
+            Some(elem) => match parse_binary_array(b, owner, elem)? {
                 Some(items) => Value::Array(items),
                 None => Value::OtherBinary {
                     type_oid,
-                    data: b.clone(),
+                    data: owner.slice_ref(b),
                 },
             },
             None => Value::OtherBinary {
                 type_oid,
-                data: b.clone(),
+                data: owner.slice_ref(b),
             },
         },
     })
 }
 
-fn parse_binary_array(b: &Bytes, elem: u32) -> Result<Option<Vec<Value>>, String> {
+fn parse_binary_array(b: &[u8], owner: &Bytes, elem: u32) -> Result<Option<Vec<Value>>, String> {
     let bad = |why: &str| format!("invalid binary array: {why}");
     let rd = |at: usize| -> Result<i32, String> {
         b.get(at..at + 4)
@@ -578,7 +625,7 @@ fn parse_binary_array(b: &Bytes, elem: u32) -> Result<Option<Vec<Value>>, String
         if len < 0 || at + len as usize > b.len() {
             return Err(bad("element length does not fit"));
         }
-        items.push(from_binary(&b.slice(at..at + len as usize), elem)?);
+        items.push(from_binary(&b[at..at + len as usize], owner, elem)?);
         at += len as usize;
     }
     if at != b.len() {
@@ -653,13 +700,14 @@ mod tests {
     use super::*;
 
     fn t(s: &'static str, oid: u32) -> Value {
-        from_text(&Bytes::from_static(s.as_bytes()), oid).unwrap()
+        let b = Bytes::from_static(s.as_bytes());
+        from_text(&b, &b, oid).unwrap()
     }
 
     #[test]
     fn scalars_from_text() {
         assert_eq!(t("-32768", oid::INT2), Value::Int2(-32768));
-        assert!(from_text(&Bytes::from_static(b"32768"), oid::INT2).is_err());
+        assert!(typed_value(&ColumnData::Text(Bytes::from_static(b"32768")), oid::INT2).is_err());
         assert_eq!(t("-9223372036854775808", oid::INT8), Value::Int8(i64::MIN));
         assert_eq!(t("t", oid::BOOL), Value::Bool(true));
         assert_eq!(t("1.5", oid::FLOAT8), Value::Float8(1.5));
@@ -699,7 +747,7 @@ mod tests {
             t(r#"{"\\x01"}"#, oid::BYTEA_ARRAY),
             Value::Array(vec![Value::Bytea(Bytes::from_static(&[1]))])
         );
-        assert!(from_text(&Bytes::from_static(b"{1,2"), oid::INT4_ARRAY).is_err());
+        assert!(typed_value(&ColumnData::Text(Bytes::from_static(b"{1,2")), oid::INT4_ARRAY).is_err());
     }
 
     #[test]

@@ -32,7 +32,7 @@ fn column() -> impl Strategy<Value = ColumnData> {
 }
 
 fn tuple() -> impl Strategy<Value = TupleData> {
-    vec(column(), 0..8).prop_map(|columns| TupleData { columns })
+    vec(column(), 0..8).prop_map(TupleData::from_columns)
 }
 
 fn old_kind() -> impl Strategy<Value = OldKind> {
@@ -68,7 +68,12 @@ fn message() -> impl Strategy<Value = Message> {
             xid
         })),
         (any::<u8>(), lsn(), lsn(), ts()).prop_map(|(flags, commit_lsn, end_lsn, commit_time)| Message::Commit(
-            Commit { flags, commit_lsn, end_lsn, commit_time }
+            Commit {
+                flags,
+                commit_lsn,
+                end_lsn,
+                commit_time
+            }
         )),
         (lsn(), name()).prop_map(|(origin_lsn, name)| Message::Origin(Origin { origin_lsn, name })),
         (
@@ -88,18 +93,48 @@ fn message() -> impl Strategy<Value = Message> {
                     replica_identity,
                     columns: cols
                         .into_iter()
-                        .map(|(name, type_oid, type_modifier, is_key)| Column { name, type_oid, type_modifier, is_key })
+                        .map(|(name, type_oid, type_modifier, is_key)| Column {
+                            name,
+                            type_oid,
+                            type_modifier,
+                            is_key,
+                        })
                         .collect(),
                 }))
             }),
-        (xid.clone(), any::<u32>(), name(), name())
-            .prop_map(|(xid, type_oid, namespace, name)| Message::Type(TypeInfo { xid, type_oid, namespace, name })),
-        (xid.clone(), any::<u32>(), tuple())
-            .prop_map(|(xid, relation_id, new)| Message::Insert(Insert { xid, relation_id, new })),
-        (xid.clone(), any::<u32>(), proptest::option::of((old_kind(), tuple())), tuple())
-            .prop_map(|(xid, relation_id, old, new)| Message::Update(Update { xid, relation_id, old, new })),
-        (xid.clone(), any::<u32>(), old_kind(), tuple())
-            .prop_map(|(xid, relation_id, old_kind, old)| Message::Delete(Delete { xid, relation_id, old_kind, old })),
+        (xid.clone(), any::<u32>(), name(), name()).prop_map(|(xid, type_oid, namespace, name)| Message::Type(
+            TypeInfo {
+                xid,
+                type_oid,
+                namespace,
+                name
+            }
+        )),
+        (xid.clone(), any::<u32>(), tuple()).prop_map(|(xid, relation_id, new)| Message::Insert(Insert {
+            xid,
+            relation_id,
+            new
+        })),
+        (
+            xid.clone(),
+            any::<u32>(),
+            proptest::option::of((old_kind(), tuple()).prop_map(Box::new)),
+            tuple()
+        )
+            .prop_map(|(xid, relation_id, old, new)| Message::Update(Update {
+                xid,
+                relation_id,
+                old,
+                new
+            })),
+        (xid.clone(), any::<u32>(), old_kind(), tuple()).prop_map(|(xid, relation_id, old_kind, old)| Message::Delete(
+            Delete {
+                xid,
+                relation_id,
+                old_kind,
+                old
+            }
+        )),
         (xid.clone(), any::<bool>(), any::<bool>(), vec(any::<u32>(), 0..5)).prop_map(
             |(xid, cascade, restart_identity, relation_ids)| Message::Truncate(Truncate {
                 xid,
@@ -121,7 +156,13 @@ fn message() -> impl Strategy<Value = Message> {
             .prop_map(|(xid, first_segment)| Message::StreamStart(StreamStart { xid, first_segment })),
         Just(Message::StreamStop),
         (any::<u32>(), any::<u8>(), lsn(), lsn(), ts()).prop_map(|(xid, flags, commit_lsn, end_lsn, commit_time)| {
-            Message::StreamCommit(StreamCommit { xid, flags, commit_lsn, end_lsn, commit_time })
+            Message::StreamCommit(StreamCommit {
+                xid,
+                flags,
+                commit_lsn,
+                end_lsn,
+                commit_time,
+            })
         }),
         (any::<u32>(), any::<u32>(), proptest::option::of((lsn(), ts())))
             .prop_map(|(xid, subxid, abort)| Message::StreamAbort(StreamAbort { xid, subxid, abort })),
@@ -176,8 +217,9 @@ fn fixture_files() -> Vec<Vec<Bytes>> {
         let mut file = Vec::new();
         for line in std::fs::read_to_string(&p).unwrap().lines() {
             let hex = line.split_once('|').unwrap().1;
-            let bytes: Vec<u8> =
-                (0..hex.len() / 2).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+            let bytes: Vec<u8> = (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
             file.push(Bytes::from(bytes));
         }
         out.push(file);
@@ -187,11 +229,17 @@ fn fixture_files() -> Vec<Vec<Bytes>> {
 }
 
 fn fixtures() -> Vec<Bytes> {
-    fixture_files().into_iter().flat_map(|f| f.into_iter().take(300)).collect()
+    fixture_files()
+        .into_iter()
+        .flat_map(|f| f.into_iter().take(300))
+        .collect()
 }
 
 fn fuzz_cases() -> u32 {
-    std::env::var("GRAPHSYNC_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000)
+    std::env::var("GRAPHSYNC_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
 }
 
 /// Decodes and, for row messages with a known relation, types and renders: nothing may panic.
