@@ -59,7 +59,7 @@ fn decode_line(decoder: &mut Decoder, line: &str) -> Result<String, String> {
 }
 
 fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(format!("hex data has odd length {}", s.len()));
     }
     s.as_bytes()

@@ -161,11 +161,7 @@ fn main() {
         let bytes: usize = s.messages.iter().map(|m| m.len()).sum();
         // Repeat small streams so each measurement covers at least ~0.5 s.
         let rows = run(s);
-        let reps = if rows == 0 {
-            1
-        } else {
-            (2_000_000 / rows).clamp(1, 2000)
-        };
+        let reps = 2_000_000usize.checked_div(rows).unwrap_or(1).clamp(1, 2000);
         let mut best = f64::MAX;
         for _ in 0..3 {
             let t = Instant::now();

@@ -334,8 +334,8 @@ mod tests {
     #[test]
     fn values() {
         let mut s = String::new();
-        push_value(&mut s, &Value::Float4(3.14));
-        assert_eq!(s, "3.14");
+        push_value(&mut s, &Value::Float4(2.71));
+        assert_eq!(s, "2.71");
         s.clear();
         push_value(&mut s, &Value::Float8(f64::NEG_INFINITY));
         assert_eq!(s, "\"-Infinity\"");

@@ -361,7 +361,7 @@ fn parse_uuid(b: &[u8]) -> Option<[u8; 16]> {
 /// Decodes `bytea` text output (hex `\x…`, or the escape format).
 fn parse_bytea(b: &[u8]) -> Option<Vec<u8>> {
     if let Some(hex) = b.strip_prefix(b"\\x") {
-        if hex.len() % 2 != 0 {
+        if !hex.len().is_multiple_of(2) {
             return None;
         }
         hex.chunks(2)
@@ -397,7 +397,7 @@ fn parse_bytea(b: &[u8]) -> Option<Vec<u8>> {
 fn from_text(b: &[u8], owner: &Bytes, type_oid: u32) -> Result<Value, String> {
     let bad = |what: &str| format!("{} is not a valid {what}", show(b));
     Ok(match type_oid {
-        oid::BOOL => match &b[..] {
+        oid::BOOL => match b {
             b"t" => Value::Bool(true),
             b"f" => Value::Bool(false),
             _ => return Err(bad("bool")),
