@@ -1,0 +1,35 @@
+//! graphsync's in-memory graph engine (pure: no I/O, no clock).
+//!
+//! What it is for: holding the replica's graph in a compact, cache-friendly form and answering
+//! graph queries on it. Today: the immutable CSR base (forward and reverse, edge labels,
+//! optional weights, built in O(V + E)) and the queries over any [`Topology`] — neighbours,
+//! k-hop BFS, shortest paths (BFS and Dijkstra), weakly connected components.
+//!
+//! What it is not for (yet): overlays for live changes, node keys/tenants/properties,
+//! compaction and snapshots are the rest of the graph-engine issue and land here next; the
+//! [`Topology`] trait is the seam the overlay view will implement so the queries stay as they
+//! are. It never touches a socket, a file (snapshots aside, later) or a clock.
+
+#![warn(missing_docs)]
+
+mod csr;
+pub mod query;
+
+pub use csr::{Adjacency, Csr, CsrError, EdgeInput};
+pub use query::{Direction, EdgeFilter, QueryError, Scratch, Topology};
+
+/// A dense node id, an index into the node arrays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct NodeId(pub u32);
+
+impl NodeId {
+    /// As an array index.
+    #[inline]
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// An edge label (an index into the mapping's edge label names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EdgeLabel(pub u16);
