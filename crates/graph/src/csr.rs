@@ -62,6 +62,24 @@ impl Adjacency {
         )
     }
 
+    /// Other endpoints of `n`'s edges.
+    #[inline]
+    pub fn targets(&self, n: NodeId) -> &[u32] {
+        &self.nodes[self.range(n)]
+    }
+
+    /// Address of edge slot `i`, for prefetching (never dereferenced here).
+    #[inline]
+    pub(crate) fn targets_ptr(&self, i: usize) -> *const u32 {
+        self.nodes.as_ptr().wrapping_add(i)
+    }
+
+    /// Address of `n`'s offset, for prefetching (never dereferenced here).
+    #[inline]
+    pub(crate) fn offsets_ptr(&self, n: NodeId) -> *const u32 {
+        self.offsets.as_ptr().wrapping_add(n.index())
+    }
+
     /// Number of edges of `n` in this direction.
     #[inline]
     pub fn degree(&self, n: NodeId) -> usize {

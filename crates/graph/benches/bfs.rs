@@ -1,0 +1,137 @@
+//! BFS throughput of the CSR base against petgraph's `Csr` on the same graphs, one core.
+//! `cargo bench -p graph` prints a table (edges scanned per second, memory per edge).
+//! Graphs: 1 M nodes / 10 M edges, uniform random and power-law (skewed targets).
+
+use graph::query::k_hop;
+use graph::*;
+use petgraph::visit::{Bfs, IntoNeighbors};
+use std::hint::black_box;
+use std::time::Instant;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u32) -> u32 {
+        (self.next() % u64::from(n)) as u32
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn edges(n: u32, m: usize, power_law: bool, seed: u64) -> Vec<(u32, u32)> {
+    let mut r = Rng(seed);
+    (0..m)
+        .map(|_| {
+            if power_law {
+                // Both endpoints skewed towards low ids: a few hubs with huge degrees.
+                let s = (f64::from(n) * r.unit().powi(3)) as u32;
+                let t = (f64::from(n) * r.unit().powi(3)) as u32;
+                (s.min(n - 1), t.min(n - 1))
+            } else {
+                (r.below(n), r.below(n))
+            }
+        })
+        .collect()
+}
+
+fn main() {
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let n = 1_000_000u32;
+    let m_wanted = 10_000_000usize;
+    println!(
+        "{:<22} {:>12} {:>16} {:>16} {:>8} {:>14}",
+        "graph", "edges seen", "ours edges/s", "petgraph e/s", "ratio", "CSR bytes/edge"
+    );
+    for (name, power_law) in [("uniform 1M/10M", false), ("power-law 1M/10M", true)] {
+        if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+            continue;
+        }
+        // petgraph's Csr takes no parallel edges: both sides get the same deduplicated list.
+        let mut list = edges(n, m_wanted, power_law, 42);
+        list.sort_unstable();
+        list.dedup();
+        let m = list.len();
+        let mut r = Rng(7);
+        for i in (1..list.len()).rev() {
+            list.swap(i, r.below(i as u32 + 1) as usize);
+        }
+        let input: Vec<EdgeInput> = list
+            .iter()
+            .map(|&(s, t)| EdgeInput {
+                source: NodeId(s),
+                target: NodeId(t),
+                label: EdgeLabel(0),
+                weight: 1.0,
+            })
+            .collect();
+        let t = Instant::now();
+        let csr = Csr::build(n, &input, false).unwrap();
+        let build = t.elapsed();
+        drop(input);
+        let mut sorted = list.clone();
+        sorted.sort_unstable();
+        let pg: petgraph::csr::Csr<(), ()> = petgraph::csr::Csr::from_sorted_edges(&sorted).unwrap();
+        drop(sorted);
+
+        // Start from a node that reaches most of the graph.
+        let start = list[0].0;
+        let mut scratch = Scratch::default();
+        let reached = k_hop(
+            &csr,
+            &mut scratch,
+            NodeId(start),
+            Direction::Out,
+            EdgeFilter::default(),
+            u32::MAX,
+            usize::MAX,
+        )
+        .unwrap();
+        let edges_seen: usize = reached.iter().map(|(v, _)| csr.forward().degree(*v)).sum();
+        let mut best_ours = f64::MAX;
+        let mut best_pg = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let r = k_hop(
+                &csr,
+                &mut scratch,
+                NodeId(start),
+                Direction::Out,
+                EdgeFilter::default(),
+                u32::MAX,
+                usize::MAX,
+            )
+            .unwrap();
+            black_box(r.len());
+            best_ours = best_ours.min(t.elapsed().as_secs_f64());
+
+            let t = Instant::now();
+            let mut bfs = Bfs::new(&pg, start);
+            let mut count = 0usize;
+            while let Some(v) = bfs.next(&pg) {
+                count += 1;
+                black_box((&pg).neighbors(v).count());
+            }
+            black_box(count);
+            best_pg = best_pg.min(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "{:<22} {:>12} {:>16.0} {:>16.0} {:>8.2} {:>14.2}   (built in {:.2} s, reached {} nodes)",
+            name,
+            edges_seen,
+            edges_seen as f64 / best_ours,
+            edges_seen as f64 / best_pg,
+            best_pg / best_ours,
+            csr.heap_bytes() as f64 / m as f64,
+            build.as_secs_f64(),
+            reached.len()
+        );
+    }
+}
