@@ -1,7 +1,7 @@
 //! The immutable base graph: compressed sparse rows, forward and reverse.
 //!
 //! Each direction is `offsets` (one `u32` per node, plus one) and, per edge, the other endpoint
-//! (`u32`) and the edge label (`u16`): 6 bytes per edge and direction, 12 for both, plus 8 more
+//! (`u32`) and the edge label (`u8`): 5 bytes per edge and direction, 10 for both, plus 8 more
 //! per edge and direction when the graph is weighted. Built in O(V + E) by a counting sort that
 //! keeps, per node, the order edges were given in.
 
@@ -227,7 +227,7 @@ impl Csr {
         let dir = |a: &Adjacency| {
             a.offsets.capacity() * 4
                 + a.nodes.capacity() * 4
-                + a.labels.capacity() * 2
+                + a.labels.capacity()
                 + a.weights.as_ref().map_or(0, |w| w.capacity() * 8)
         };
         dir(&self.forward) + dir(&self.reverse)
@@ -238,7 +238,7 @@ impl Csr {
 mod tests {
     use super::*;
 
-    fn e(s: u32, t: u32, l: u16) -> EdgeInput {
+    fn e(s: u32, t: u32, l: u8) -> EdgeInput {
         EdgeInput {
             source: NodeId(s),
             target: NodeId(t),
@@ -259,7 +259,7 @@ mod tests {
         );
         assert_eq!(csr.forward().degree(NodeId(3)), 0);
         csr.validate().unwrap();
-        assert_eq!(csr.heap_bytes(), 2 * (5 * 4 + 4 * 6));
+        assert_eq!(csr.heap_bytes(), 2 * (5 * 4 + 4 * 5));
         assert!(matches!(
             Csr::build(2, &[e(0, 2, 0)], false),
             Err(CsrError::NodeOutOfRange { node: 2, .. })

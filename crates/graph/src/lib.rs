@@ -30,6 +30,7 @@ impl NodeId {
     }
 }
 
-/// An edge label (an index into the mapping's edge label names).
+/// An edge label: an index into the mapping's edge label names. One byte keeps the CSR at 5
+/// bytes per edge and direction; a mapping may define at most 256 edge labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct EdgeLabel(pub u16);
+pub struct EdgeLabel(pub u8);

@@ -9,13 +9,13 @@ use std::collections::HashMap;
 #[derive(Debug, Clone)]
 struct Case {
     n: u32,
-    edges: Vec<(u32, u32, u16, f64)>,
+    edges: Vec<(u32, u32, u8, f64)>,
 }
 
 fn case() -> impl Strategy<Value = Case> {
     (1u32..40).prop_flat_map(|n| {
         proptest::collection::vec(
-            (0..n, 0..n, 0u16..3, (0u32..20).prop_map(|w| f64::from(w) / 2.0)),
+            (0..n, 0..n, 0u8..3, (0u32..20).prop_map(|w| f64::from(w) / 2.0)),
             0..150,
         )
         .prop_map(move |edges| Case { n, edges })
@@ -40,7 +40,7 @@ fn csr(c: &Case) -> Csr {
 
 /// petgraph graph of the edges that `dir` and `label` let a query follow, as directed edges
 /// from the query's point of view.
-fn oracle(c: &Case, dir: Direction, label: Option<u16>) -> DiGraph<(), f64> {
+fn oracle(c: &Case, dir: Direction, label: Option<u8>) -> DiGraph<(), f64> {
     let mut g = DiGraph::new();
     for _ in 0..c.n {
         g.add_node(());
@@ -74,7 +74,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
 
     #[test]
-    fn neighbours_match(c in case(), dir in dirs(), label in proptest::option::of(0u16..3)) {
+    fn neighbours_match(c in case(), dir in dirs(), label in proptest::option::of(0u8..3)) {
         let g = csr(&c);
         let o = oracle(&c, dir, label);
         let filter = EdgeFilter { label: label.map(EdgeLabel) };
@@ -88,7 +88,7 @@ proptest! {
     }
 
     #[test]
-    fn k_hop_depths_match_unit_dijkstra(c in case(), dir in dirs(), label in proptest::option::of(0u16..3),
+    fn k_hop_depths_match_unit_dijkstra(c in case(), dir in dirs(), label in proptest::option::of(0u8..3),
                                         start in any::<prop::sample::Index>(), max_depth in 0u32..6) {
         let g = csr(&c);
         let o = oracle(&c, dir, label);
@@ -138,7 +138,7 @@ proptest! {
     }
 
     #[test]
-    fn components_match(c in case(), label in proptest::option::of(0u16..3)) {
+    fn components_match(c in case(), label in proptest::option::of(0u8..3)) {
         let g = csr(&c);
         let o = oracle(&c, Direction::Out, label);
         let comps = components(&g, EdgeFilter { label: label.map(EdgeLabel) });
