@@ -96,6 +96,16 @@ fn prefetch_ptr<T>(p: *const T) {
     let _ = p;
 }
 
+/// The adjacency (or two, for [`Direction::Both`]) that `dir` reads.
+#[inline]
+fn sides(g: &Csr, dir: Direction) -> (&crate::Adjacency, Option<&crate::Adjacency>) {
+    match dir {
+        Direction::Out => (g.forward(), None),
+        Direction::In => (g.reverse(), None),
+        Direction::Both => (g.forward(), Some(g.reverse())),
+    }
+}
+
 impl Topology for Csr {
     fn node_count(&self) -> u32 {
         Csr::node_count(self)
@@ -108,34 +118,23 @@ impl Topology for Csr {
                 f(NodeId(m));
             }
         };
-        match dir {
-            Direction::Out => side(self.forward()),
-            Direction::In => side(self.reverse()),
-            Direction::Both => {
-                side(self.forward());
-                side(self.reverse());
-            }
+        let (first, second) = sides(self, dir);
+        side(first);
+        if let Some(second) = second {
+            side(second);
         }
     }
 
     #[inline]
     fn prefetch(&self, n: NodeId, dir: Direction) {
-        let adj = if dir == Direction::In {
-            self.reverse()
-        } else {
-            self.forward()
-        };
+        let adj = sides(self, dir).0;
         let r = adj.range(n);
         prefetch_ptr(adj.targets_ptr(r.start));
     }
 
     #[inline]
     fn prefetch_index(&self, n: NodeId, dir: Direction) {
-        let adj = if dir == Direction::In {
-            self.reverse()
-        } else {
-            self.forward()
-        };
+        let adj = sides(self, dir).0;
         prefetch_ptr(adj.offsets_ptr(n));
     }
 
@@ -156,13 +155,10 @@ impl Topology for Csr {
                 }
             }
         };
-        match dir {
-            Direction::Out => side(self.forward()),
-            Direction::In => side(self.reverse()),
-            Direction::Both => {
-                side(self.forward());
-                side(self.reverse());
-            }
+        let (first, second) = sides(self, dir);
+        side(first);
+        if let Some(second) = second {
+            side(second);
         }
     }
 }
