@@ -163,7 +163,7 @@ fn main() {
         let rows = run(s);
         let reps = 2_000_000usize.checked_div(rows).unwrap_or(1).clamp(1, 2000);
         let mut best = f64::MAX;
-        for _ in 0..3 {
+        for _ in 0..7 {
             let t = Instant::now();
             for _ in 0..reps {
                 black_box(run(s));

@@ -100,20 +100,16 @@ pub struct TypeInfo {
     pub name: String,
 }
 
-/// A tuple's columns as sent. Holds one shared reference to the message bytes and the
-/// position of each column inside it, so decoding a row costs one reference count, not one
-/// per column; [`TupleData::column_data`] hands out zero-copy slices on demand.
+/// A tuple's columns as sent: a zero-copy slice of the message holding exactly this tuple's
+/// column entries, validated when decoded. Columns are walked on demand, so decoding a row
+/// costs one reference count and no allocation; [`TupleData::column_data`] hands out
+/// zero-copy slices.
 #[derive(Clone, Default)]
 pub struct TupleData {
+    /// The column entries (kind byte, and for text/binary a length and the bytes), without the
+    /// leading column count.
     buf: Bytes,
-    cols: Vec<RawColumn>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct RawColumn {
-    kind: u8,
-    start: u32,
-    len: u32,
+    natts: u16,
 }
 
 /// One column of a tuple, borrowed from the message.
@@ -146,55 +142,46 @@ impl TupleData {
     /// Builds a tuple from owned columns (for tests, tools and encoders).
     pub fn from_columns(columns: impl IntoIterator<Item = ColumnData>) -> Self {
         let mut buf = Vec::new();
-        let mut cols = Vec::new();
+        let mut natts = 0u16;
         for c in columns {
-            let (kind, data): (u8, &[u8]) = match &c {
-                ColumnData::Null => (b'n', &[]),
-                ColumnData::UnchangedToast => (b'u', &[]),
-                ColumnData::Text(b) => (b't', b),
-                ColumnData::Binary(b) => (b'b', b),
-            };
-            cols.push(RawColumn {
-                kind,
-                start: buf.len() as u32,
-                len: data.len() as u32,
-            });
-            buf.extend_from_slice(data);
+            natts += 1;
+            match &c {
+                ColumnData::Null => buf.push(b'n'),
+                ColumnData::UnchangedToast => buf.push(b'u'),
+                ColumnData::Text(b) | ColumnData::Binary(b) => {
+                    buf.push(if matches!(c, ColumnData::Text(_)) { b't' } else { b'b' });
+                    buf.extend_from_slice(&(b.len() as u32).to_be_bytes());
+                    buf.extend_from_slice(b);
+                }
+            }
         }
         TupleData {
             buf: Bytes::from(buf),
-            cols,
+            natts,
         }
     }
 
     /// Number of columns.
     pub fn len(&self) -> usize {
-        self.cols.len()
+        usize::from(self.natts)
     }
 
     /// Whether the tuple has no columns.
     pub fn is_empty(&self) -> bool {
-        self.cols.is_empty()
+        self.natts == 0
     }
 
-    fn to_ref(&self, c: RawColumn) -> ColumnRef<'_> {
-        let data = &self.buf[c.start as usize..(c.start + c.len) as usize];
-        match c.kind {
-            b'n' => ColumnRef::Null,
-            b'u' => ColumnRef::UnchangedToast,
-            b't' => ColumnRef::Text(data),
-            _ => ColumnRef::Binary(data),
-        }
-    }
-
-    /// Column `i`, borrowed.
+    /// Column `i`, borrowed (walks the columns before it).
     pub fn column(&self, i: usize) -> Option<ColumnRef<'_>> {
-        self.cols.get(i).map(|c| self.to_ref(*c))
+        self.columns().nth(i)
     }
 
     /// All columns, borrowed, in order.
-    pub fn columns(&self) -> impl ExactSizeIterator<Item = ColumnRef<'_>> + '_ {
-        self.cols.iter().map(|c| self.to_ref(*c))
+    pub fn columns(&self) -> Columns<'_> {
+        Columns {
+            rest: &self.buf,
+            left: self.natts,
+        }
     }
 
     /// Column `i` as an owned zero-copy slice of the message.
@@ -217,6 +204,54 @@ impl TupleData {
         &self.buf
     }
 }
+
+/// Iterator over a tuple's columns.
+#[derive(Debug, Clone)]
+pub struct Columns<'a> {
+    rest: &'a [u8],
+    left: u16,
+}
+
+impl<'a> Iterator for Columns<'a> {
+    type Item = ColumnRef<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<ColumnRef<'a>> {
+        // The entries were validated when the tuple was decoded or built; the `?`s below only
+        // end the iteration, they cannot fire on a tuple this crate made.
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let (&kind, rest) = self.rest.split_first()?;
+        match kind {
+            b'n' => {
+                self.rest = rest;
+                Some(ColumnRef::Null)
+            }
+            b'u' => {
+                self.rest = rest;
+                Some(ColumnRef::UnchangedToast)
+            }
+            _ => {
+                let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+                let data = rest.get(4..4 + len)?;
+                self.rest = &rest[4 + len..];
+                Some(if kind == b't' {
+                    ColumnRef::Text(data)
+                } else {
+                    ColumnRef::Binary(data)
+                })
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (usize::from(self.left), Some(usize::from(self.left)))
+    }
+}
+
+impl ExactSizeIterator for Columns<'_> {}
 
 impl PartialEq for TupleData {
     fn eq(&self, other: &Self) -> bool {
@@ -714,37 +749,25 @@ fn decode_relation(r: &mut Reader, in_stream: bool) -> Result<Relation, DecodeEr
 }
 
 fn decode_tuple(r: &mut Reader) -> Result<TupleData, DecodeError> {
-    let at = r.offset();
-    let natts = r.u16()? as usize;
-    if natts > r.remaining() {
-        return Err(r.invalid(at, format!("column count {natts} does not fit the message")));
-    }
-    let mut cols = Vec::with_capacity(natts);
+    let natts = r.u16()?;
+    let start = r.offset();
     for _ in 0..natts {
         let at = r.offset();
-        let kind = r.u8()?;
-        let col = match kind {
-            b'n' | b'u' => RawColumn { kind, start: 0, len: 0 },
+        match r.u8()? {
+            b'n' | b'u' => {}
             b't' | b'b' => {
                 let len_at = r.offset();
                 let len = r.i32()?;
                 if len < 0 {
                     return Err(r.invalid(len_at, format!("negative column length {len}")));
                 }
-                let start = r.skip(len as usize)?;
-                // Messages are at most 1 GB, so offsets fit in u32.
-                RawColumn {
-                    kind,
-                    start: start as u32,
-                    len: len as u32,
-                }
+                r.skip(len as usize)?;
             }
             other => return Err(r.invalid(at, format!("unknown column kind {}", show_byte(other)))),
-        };
-        cols.push(col);
+        }
     }
     Ok(TupleData {
-        buf: r.buffer().clone(),
-        cols,
+        buf: r.buffer().slice(start..r.offset()),
+        natts,
     })
 }
