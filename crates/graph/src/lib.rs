@@ -14,9 +14,11 @@
 
 mod csr;
 pub mod query;
+mod view;
 
 pub use csr::{Adjacency, Csr, CsrError, EdgeInput};
 pub use query::{Direction, EdgeFilter, QueryError, Scratch, Topology};
+pub use view::{ApplyError, Compacted, CompactionJob, CompactionPolicy, Graph, GraphView, Mutation};
 
 /// A dense node id, an index into the node arrays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -1,0 +1,682 @@
+//! Versioned graph views: an immutable CSR base plus copy-on-write overlays, published
+//! atomically per transaction.
+//!
+//! A [`GraphView`] is immutable and shared (`Arc`); readers keep one for as long as a query
+//! runs and never block the writer. [`Graph::apply`] builds the next view from the current one
+//! — cloning only the overlay chunks the transaction touches — and publishes it with a pointer
+//! swap, so readers see whole transactions or nothing.
+//!
+//! The overlay is cut into chunks of 4,096 node ids. A chunk holds, for its nodes, the edges
+//! added since the base was built, the base edges deleted since (by CSR position), and
+//! tombstones. A traversal asks one pointer per node "is this chunk empty?"; only nodes marked
+//! dirty in their chunk pay for the merge.
+
+use crate::query::{Direction, Topology};
+use crate::{Csr, EdgeInput, EdgeLabel, NodeId};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+const CHUNK_SHIFT: u32 = 12;
+const CHUNK_NODES: usize = 1 << CHUNK_SHIFT;
+const CHUNK_WORDS: usize = CHUNK_NODES / 64;
+
+/// An edge held in an overlay.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct EdgeRec {
+    other: u32,
+    label: EdgeLabel,
+    weight: f64,
+}
+
+/// Per-node overlay state for one direction.
+#[derive(Debug, Clone, Default)]
+struct NodeDelta {
+    /// Edges added since the base.
+    added: Vec<EdgeRec>,
+    /// Base CSR positions (in this direction's arrays) deleted since the base, sorted.
+    deleted: Vec<u32>,
+}
+
+/// Overlay state of 4,096 consecutive node ids.
+#[derive(Debug, Clone)]
+struct Chunk {
+    /// Nodes with any overlay edges (either direction).
+    dirty: [u64; CHUNK_WORDS],
+    /// Deleted nodes.
+    tombstones: [u64; CHUNK_WORDS],
+    out: HashMap<u32, NodeDelta>,
+    inc: HashMap<u32, NodeDelta>,
+}
+
+impl Default for Chunk {
+    fn default() -> Self {
+        Chunk {
+            dirty: [0; CHUNK_WORDS],
+            tombstones: [0; CHUNK_WORDS],
+            out: HashMap::new(),
+            inc: HashMap::new(),
+        }
+    }
+}
+
+#[inline]
+fn bit(words: &[u64; CHUNK_WORDS], n: u32) -> bool {
+    let i = n as usize & (CHUNK_NODES - 1);
+    words[i >> 6] & (1 << (i & 63)) != 0
+}
+
+#[inline]
+fn clear_bit(words: &mut [u64; CHUNK_WORDS], n: u32) {
+    let i = n as usize & (CHUNK_NODES - 1);
+    words[i >> 6] &= !(1 << (i & 63));
+}
+
+#[inline]
+fn set_bit(words: &mut [u64; CHUNK_WORDS], n: u32) {
+    let i = n as usize & (CHUNK_NODES - 1);
+    words[i >> 6] |= 1 << (i & 63);
+}
+
+/// Why a transaction could not be applied. Nothing of it is applied.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApplyError {
+    /// A mutation names a node that does not exist or was deleted.
+    #[error("node {0} does not exist")]
+    NoSuchNode(u32),
+    /// [`Mutation::RestoreNode`] of a node that is not deleted.
+    #[error("node {0} is not deleted")]
+    NotDeleted(u32),
+    /// A removal names an edge that does not exist.
+    #[error("no edge {from} -> {target} with label {label} and weight {weight}")]
+    NoSuchEdge {
+        /// Source node.
+        from: u32,
+        /// Target node.
+        target: u32,
+        /// Edge label.
+        label: u8,
+        /// Weight.
+        weight: f64,
+    },
+    /// Overlays reached the hard limit before compaction caught up; the graph refuses changes
+    /// until a compaction finishes.
+    #[error("graph is read-only: {reason}")]
+    ReadOnly {
+        /// Why.
+        reason: String,
+    },
+    /// A compaction result from a job that a later compaction superseded.
+    #[error("compaction result is stale: another compaction began after it")]
+    StaleCompaction,
+    /// The transaction's LSN is not after the current view's.
+    #[error("transaction LSN {lsn} is not after the view's LSN {current}")]
+    StaleLsn {
+        /// The transaction's LSN.
+        lsn: u64,
+        /// The current view's LSN.
+        current: u64,
+    },
+}
+
+/// One change of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mutation {
+    /// Allocates the next node id.
+    AddNode,
+    /// Deletes a node: it and its edges become invisible. The edges stay stored (they are
+    /// rows of their own tables) and reappear if the node is restored.
+    RemoveNode(NodeId),
+    /// Brings a deleted node back, with every edge still stored for it.
+    RestoreNode(NodeId),
+    /// Adds an edge (parallel edges are kept). Its endpoints need not be visible: an edge to a
+    /// node that does not exist (yet) is kept and becomes visible with the node.
+    AddEdge(EdgeInput),
+    /// Removes one edge with exactly this source, target, label and weight.
+    RemoveEdge(EdgeInput),
+}
+
+/// An immutable version of the graph, at the LSN of the last transaction applied to it.
+#[derive(Debug, Clone)]
+pub struct GraphView {
+    base: Arc<Csr>,
+    chunks: Arc<Vec<Option<Arc<Chunk>>>>,
+    node_count: u32,
+    edge_count: usize,
+    overlay_edges: usize,
+    lsn: u64,
+}
+
+impl GraphView {
+    /// A view of `base` with no changes, at `lsn`.
+    pub fn new(base: Csr, lsn: u64) -> Self {
+        let node_count = base.node_count();
+        let edge_count = base.edge_count();
+        GraphView {
+            base: Arc::new(base),
+            chunks: Arc::new(vec![None; (node_count as usize).div_ceil(CHUNK_NODES)]),
+            node_count,
+            edge_count,
+            overlay_edges: 0,
+            lsn,
+        }
+    }
+
+    /// Folds every overlay into a fresh CSR over the same node ids: removed edges go, every
+    /// stored edge stays (including those of deleted nodes, which may be restored). O(V + E).
+    /// Weights are kept when any edge is not 1.0.
+    pub fn compact_edges(&self) -> Csr {
+        let mut edges = Vec::with_capacity(self.edge_count);
+        let mut weighted = self.base.is_weighted();
+        for u in 0..self.node_count {
+            self.side(NodeId(u), Direction::Out, &mut |m, label, weight| {
+                weighted |= weight != 1.0;
+                edges.push(EdgeInput {
+                    source: NodeId(u),
+                    target: m,
+                    label,
+                    weight,
+                });
+            });
+        }
+        // Node ids and edge counts fit: they came from a valid view.
+        Csr::build(self.node_count, &edges, weighted).unwrap_or_default()
+    }
+
+    /// Deleted node ids.
+    fn tombstoned(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for (ci, c) in self.chunks.iter().enumerate() {
+            let Some(c) = c else { continue };
+            for (wi, &w) in c.tombstones.iter().enumerate() {
+                let mut w = w;
+                while w != 0 {
+                    let b = w.trailing_zeros();
+                    out.push(((ci << CHUNK_SHIFT) + wi * 64 + b as usize) as u32);
+                    w &= w - 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// The LSN this view reflects.
+    pub fn lsn(&self) -> u64 {
+        self.lsn
+    }
+
+    /// Visible edges (both endpoints exist and are not deleted).
+    pub fn edge_count(&self) -> usize {
+        self.edge_count
+    }
+
+    /// Edge additions and deletions held in overlays (what compaction would fold).
+    pub fn overlay_edges(&self) -> usize {
+        self.overlay_edges
+    }
+
+    /// The immutable base.
+    pub fn base(&self) -> &Csr {
+        &self.base
+    }
+
+    #[inline]
+    fn chunk(&self, n: u32) -> Option<&Chunk> {
+        self.chunks.get((n >> CHUNK_SHIFT) as usize).and_then(|c| c.as_deref())
+    }
+
+    fn delta(&self, n: NodeId, dir: Direction) -> Option<&NodeDelta> {
+        let c = self.chunk(n.0)?;
+        if !bit(&c.dirty, n.0) {
+            return None;
+        }
+        match dir {
+            Direction::In => c.inc.get(&n.0),
+            _ => c.out.get(&n.0),
+        }
+    }
+
+    /// Edges of `n` in one direction (Out or In), base minus deletions plus additions.
+    #[inline]
+    fn side(&self, n: NodeId, dir: Direction, f: &mut impl FnMut(NodeId, EdgeLabel, f64)) {
+        let adj = if dir == Direction::In {
+            self.base.reverse()
+        } else {
+            self.base.forward()
+        };
+        let in_base = n.0 < self.base.node_count();
+        let delta = self.delta(n, dir);
+        if in_base {
+            let (nodes, labels, weights) = adj.edges(n);
+            let start = adj.range(n).start as u32;
+            let deleted: &[u32] = delta.map_or(&[], |d| &d.deleted);
+            for i in 0..nodes.len() {
+                if !deleted.is_empty() && deleted.binary_search(&(start + i as u32)).is_ok() {
+                    continue;
+                }
+                f(NodeId(nodes[i]), labels[i], weights.map_or(1.0, |w| w[i]));
+            }
+        }
+        if let Some(d) = delta {
+            for e in &d.added {
+                f(NodeId(e.other), e.label, e.weight);
+            }
+        }
+    }
+}
+
+impl Topology for GraphView {
+    fn node_count(&self) -> u32 {
+        self.node_count
+    }
+
+    #[inline]
+    fn is_visible(&self, n: NodeId) -> bool {
+        n.0 < self.node_count && self.chunk(n.0).is_none_or(|c| !bit(&c.tombstones, n.0))
+    }
+
+    #[inline]
+    fn for_each_edge(&self, n: NodeId, dir: Direction, mut f: impl FnMut(NodeId, EdgeLabel, f64)) {
+        match dir {
+            Direction::Both => {
+                self.side(n, Direction::Out, &mut f);
+                self.side(n, Direction::In, &mut f);
+            }
+            d => self.side(n, d, &mut f),
+        }
+    }
+
+    #[inline]
+    fn for_each_neighbor(&self, n: NodeId, dir: Direction, mut f: impl FnMut(NodeId)) {
+        let pure = n.0 < self.base.node_count() && self.chunk(n.0).is_none_or(|c| !bit(&c.dirty, n.0));
+        if pure {
+            self.base.for_each_neighbor(n, dir, f);
+        } else {
+            self.for_each_edge(n, dir, |m, _, _| f(m));
+        }
+    }
+
+    #[inline]
+    fn prefetch(&self, n: NodeId, dir: Direction) {
+        if n.0 < self.base.node_count() {
+            self.base.prefetch(n, dir);
+        }
+    }
+
+    #[inline]
+    fn prefetch_index(&self, n: NodeId, dir: Direction) {
+        if n.0 < self.base.node_count() {
+            self.base.prefetch_index(n, dir);
+        }
+    }
+}
+
+/// Builds the next view from a base one; chunks are cloned on first write.
+struct Builder {
+    view: GraphView,
+    chunks: Vec<Option<Arc<Chunk>>>,
+}
+
+impl Builder {
+    fn chunk_mut(&mut self, n: u32) -> &mut Chunk {
+        let i = (n >> CHUNK_SHIFT) as usize;
+        if self.chunks.len() <= i {
+            self.chunks.resize(i + 1, None);
+        }
+        Arc::make_mut(self.chunks[i].get_or_insert_with(Default::default))
+    }
+
+    fn chunk(&self, n: u32) -> Option<&Chunk> {
+        self.chunks.get((n >> CHUNK_SHIFT) as usize).and_then(|c| c.as_deref())
+    }
+
+    /// The state built so far, as a view (shares the chunks).
+    fn current_view(&self) -> GraphView {
+        GraphView {
+            chunks: Arc::new(self.chunks.clone()),
+            ..self.view.clone()
+        }
+    }
+
+    fn visible(&self, n: NodeId) -> bool {
+        n.0 < self.view.node_count && self.chunk(n.0).is_none_or(|c| !bit(&c.tombstones, n.0))
+    }
+
+    /// Edges of `n` (a self-loop once) whose other end is visible.
+    fn visible_incident(&self, n: NodeId) -> usize {
+        let view = self.current_view();
+        let mut count = 0;
+        view.side(n, Direction::Out, &mut |m, _, _| {
+            if m == n || view.is_visible(m) {
+                count += 1;
+            }
+        });
+        view.side(n, Direction::In, &mut |m, _, _| {
+            if m != n && view.is_visible(m) {
+                count += 1;
+            }
+        });
+        count
+    }
+
+    fn delta_mut(&mut self, n: u32, dir: Direction) -> &mut NodeDelta {
+        let c = self.chunk_mut(n);
+        set_bit(&mut c.dirty, n);
+        match dir {
+            Direction::In => c.inc.entry(n).or_default(),
+            _ => c.out.entry(n).or_default(),
+        }
+    }
+
+    fn add_edge(&mut self, e: EdgeInput) -> Result<(), ApplyError> {
+        for n in [e.source, e.target] {
+            if n.0 >= self.view.node_count {
+                return Err(ApplyError::NoSuchNode(n.0));
+            }
+        }
+        if self.visible(e.source) && self.visible(e.target) {
+            self.view.edge_count += 1;
+        }
+        self.delta_mut(e.source.0, Direction::Out).added.push(EdgeRec {
+            other: e.target.0,
+            label: e.label,
+            weight: e.weight,
+        });
+        self.delta_mut(e.target.0, Direction::In).added.push(EdgeRec {
+            other: e.source.0,
+            label: e.label,
+            weight: e.weight,
+        });
+        self.view.overlay_edges += 1;
+        Ok(())
+    }
+
+    /// Removes one matching edge from `n`'s side in `dir` (overlay additions first, then the
+    /// base). Returns whether one was found.
+    fn remove_side(&mut self, n: u32, other: u32, label: EdgeLabel, weight: f64, dir: Direction) -> bool {
+        let matches = |e: &EdgeRec| e.other == other && e.label == label && e.weight.to_bits() == weight.to_bits();
+        if let Some(d) = self.chunk(n).filter(|c| bit(&c.dirty, n)).and_then(|c| {
+            if dir == Direction::In {
+                c.inc.get(&n)
+            } else {
+                c.out.get(&n)
+            }
+        }) {
+            if let Some(i) = d.added.iter().position(matches) {
+                self.delta_mut(n, dir).added.swap_remove(i);
+                return true;
+            }
+        }
+        if n >= self.view.base.node_count() {
+            return false;
+        }
+        let base = self.view.base.clone();
+        let adj = if dir == Direction::In {
+            base.reverse()
+        } else {
+            base.forward()
+        };
+        let (nodes, labels, weights) = adj.edges(NodeId(n));
+        let start = adj.range(NodeId(n)).start as u32;
+        let deleted: Vec<u32> = self
+            .chunk(n)
+            .and_then(|c| {
+                if dir == Direction::In {
+                    c.inc.get(&n)
+                } else {
+                    c.out.get(&n)
+                }
+            })
+            .map(|d| d.deleted.clone())
+            .unwrap_or_default();
+        for i in 0..nodes.len() {
+            let pos = start + i as u32;
+            let w = weights.map_or(1.0, |w| w[i]);
+            if nodes[i] == other && labels[i] == label && w.to_bits() == weight.to_bits() {
+                if let Err(at) = deleted.binary_search(&pos) {
+                    self.delta_mut(n, dir).deleted.insert(at, pos);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    fn remove_edge(&mut self, e: EdgeInput) -> Result<(), ApplyError> {
+        let missing = ApplyError::NoSuchEdge {
+            from: e.source.0,
+            target: e.target.0,
+            label: e.label.0,
+            weight: e.weight,
+        };
+        if e.source.0 >= self.view.node_count || e.target.0 >= self.view.node_count {
+            return Err(missing);
+        }
+        if !self.remove_side(e.source.0, e.target.0, e.label, e.weight, Direction::Out) {
+            return Err(missing);
+        }
+        let found = self.remove_side(e.target.0, e.source.0, e.label, e.weight, Direction::In);
+        debug_assert!(found, "forward and reverse overlays disagree");
+        if self.visible(e.source) && self.visible(e.target) {
+            self.view.edge_count -= 1;
+        }
+        self.view.overlay_edges += 1;
+        Ok(())
+    }
+
+    fn apply(&mut self, m: &Mutation) -> Result<(), ApplyError> {
+        match *m {
+            Mutation::AddNode => {
+                self.view.node_count += 1;
+                let need = (self.view.node_count as usize).div_ceil(CHUNK_NODES);
+                if self.chunks.len() < need {
+                    self.chunks.resize(need, None);
+                }
+                Ok(())
+            }
+            Mutation::RemoveNode(n) => {
+                if !self.visible(n) {
+                    return Err(ApplyError::NoSuchNode(n.0));
+                }
+                self.view.edge_count -= self.visible_incident(n);
+                set_bit(&mut self.chunk_mut(n.0).tombstones, n.0);
+                Ok(())
+            }
+            Mutation::RestoreNode(n) => {
+                if n.0 >= self.view.node_count {
+                    return Err(ApplyError::NoSuchNode(n.0));
+                }
+                if self.visible(n) {
+                    return Err(ApplyError::NotDeleted(n.0));
+                }
+                clear_bit(&mut self.chunk_mut(n.0).tombstones, n.0);
+                self.view.edge_count += self.visible_incident(n);
+                Ok(())
+            }
+            Mutation::AddEdge(e) => self.add_edge(e),
+            Mutation::RemoveEdge(e) => self.remove_edge(e),
+        }
+    }
+}
+
+/// When overlays are folded into a fresh CSR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionPolicy {
+    /// [`Graph::needs_compaction`] turns true at this many overlay edge changes.
+    pub soft_limit: usize,
+    /// Transactions are refused ([`ApplyError::ReadOnly`]) at this many.
+    pub hard_limit: usize,
+}
+
+impl Default for CompactionPolicy {
+    fn default() -> Self {
+        CompactionPolicy {
+            soft_limit: 1 << 20,
+            hard_limit: 16 << 20,
+        }
+    }
+}
+
+/// A compaction in progress: the view it folds. [`CompactionJob::build`] may run on any
+/// thread while the writer keeps applying transactions.
+#[derive(Debug)]
+pub struct CompactionJob {
+    view: Arc<GraphView>,
+    generation: u64,
+}
+
+impl CompactionJob {
+    /// Folds the job's view (the expensive part; no locks held).
+    pub fn build(self) -> Compacted {
+        let csr = self.view.compact_edges();
+        Compacted {
+            csr,
+            tombstones: self.view.tombstoned(),
+            lsn: self.view.lsn,
+            visible_edges: self.view.edge_count,
+            generation: self.generation,
+        }
+    }
+}
+
+/// The result of [`CompactionJob::build`], to hand to [`Graph::finish_compaction`].
+#[derive(Debug)]
+pub struct Compacted {
+    csr: Csr,
+    tombstones: Vec<u32>,
+    lsn: u64,
+    /// Compaction changes storage, not what is visible.
+    visible_edges: usize,
+    generation: u64,
+}
+
+/// Transactions (LSN and mutations) in the order they were applied.
+type TxnLog = Vec<(u64, Vec<Mutation>)>;
+
+/// The writable graph: holds the current view and publishes a new one per transaction.
+#[derive(Debug)]
+pub struct Graph {
+    current: RwLock<Arc<GraphView>>,
+    policy: CompactionPolicy,
+    /// Transactions applied since the running compaction's view, to replay on its result.
+    since_compaction: Option<(u64, TxnLog)>,
+    /// Incremented by every [`Graph::begin_compaction`]; only the newest job may finish.
+    generation: u64,
+}
+
+impl Graph {
+    /// A graph whose first view is `base` at `lsn`.
+    pub fn new(base: Csr, lsn: u64) -> Self {
+        Self::with_policy(base, lsn, CompactionPolicy::default())
+    }
+
+    /// As [`Graph::new`] with explicit compaction limits.
+    pub fn with_policy(base: Csr, lsn: u64, policy: CompactionPolicy) -> Self {
+        Graph {
+            current: RwLock::new(Arc::new(GraphView::new(base, lsn))),
+            policy,
+            since_compaction: None,
+            generation: 0,
+        }
+    }
+
+    /// The current view. Cheap (one reference count); hold it for a whole query.
+    pub fn view(&self) -> Arc<GraphView> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn publish(&self, view: Arc<GraphView>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+
+    /// Whether overlays passed the soft limit and a compaction should start.
+    pub fn needs_compaction(&self) -> bool {
+        self.since_compaction.is_none() && self.view().overlay_edges >= self.policy.soft_limit
+    }
+
+    /// Why the graph refuses changes, if it does.
+    pub fn read_only_reason(&self) -> Option<String> {
+        let pending = self.view().overlay_edges;
+        (pending >= self.policy.hard_limit).then(|| {
+            format!(
+                "{pending} overlay edge changes reached the hard limit of {} before compaction caught up",
+                self.policy.hard_limit
+            )
+        })
+    }
+
+    /// Applies one transaction atomically and publishes the resulting view at `lsn`. On error
+    /// nothing is applied. Only one writer may call this at a time (it takes `&mut self`).
+    pub fn apply(&mut self, lsn: u64, mutations: &[Mutation]) -> Result<Arc<GraphView>, ApplyError> {
+        if let Some(reason) = self.read_only_reason() {
+            return Err(ApplyError::ReadOnly { reason });
+        }
+        let view = Arc::new(Self::build(&self.view(), lsn, mutations)?);
+        if let Some((_, log)) = self.since_compaction.as_mut() {
+            log.push((lsn, mutations.to_vec()));
+        }
+        self.publish(view.clone());
+        Ok(view)
+    }
+
+    fn build(cur: &GraphView, lsn: u64, mutations: &[Mutation]) -> Result<GraphView, ApplyError> {
+        if lsn <= cur.lsn {
+            return Err(ApplyError::StaleLsn { lsn, current: cur.lsn });
+        }
+        let mut b = Builder {
+            chunks: cur.chunks.as_ref().clone(),
+            view: cur.clone(),
+        };
+        for m in mutations {
+            b.apply(m)?;
+        }
+        let mut view = b.view;
+        view.chunks = Arc::new(b.chunks);
+        view.lsn = lsn;
+        Ok(view)
+    }
+
+    /// Starts a compaction of the current view; run [`CompactionJob::build`] anywhere, then
+    /// [`Graph::finish_compaction`]. Transactions applied meanwhile are kept and replayed.
+    pub fn begin_compaction(&mut self) -> CompactionJob {
+        let view = self.view();
+        self.since_compaction = Some((view.lsn, Vec::new()));
+        self.generation += 1;
+        CompactionJob {
+            view,
+            generation: self.generation,
+        }
+    }
+
+    /// Swaps in a finished compaction: the fresh CSR plus every transaction applied since the
+    /// compaction began, replayed in order, published as one view at the current LSN.
+    pub fn finish_compaction(&mut self, done: Compacted) -> Result<Arc<GraphView>, ApplyError> {
+        if done.generation != self.generation || self.since_compaction.is_none() {
+            return Err(ApplyError::StaleCompaction);
+        }
+        let (_, log) = self.since_compaction.take().unwrap_or_default();
+        let mut view = GraphView::new(done.csr, done.lsn);
+        view.edge_count = done.visible_edges;
+        if !done.tombstones.is_empty() {
+            let mut b = Builder {
+                chunks: view.chunks.as_ref().clone(),
+                view: view.clone(),
+            };
+            for n in done.tombstones {
+                set_bit(&mut b.chunk_mut(n).tombstones, n);
+            }
+            view.chunks = Arc::new(b.chunks);
+        }
+        for (lsn, txn) in &log {
+            view = Self::build(&view, *lsn, txn)?;
+        }
+        let view = Arc::new(view);
+        self.publish(view.clone());
+        Ok(view)
+    }
+
+    /// Compacts now, on this thread.
+    pub fn compact(&mut self) -> Result<Arc<GraphView>, ApplyError> {
+        let done = self.begin_compaction().build();
+        self.finish_compaction(done)
+    }
+}

@@ -1,0 +1,253 @@
+//! Views with overlays against a plain oracle: random transactions of node additions and
+//! deletions, edge additions and removals (base and overlay edges, parallel edges), some of them
+//! invalid (rejected whole); after every transaction every query on the new view equals the
+//! oracle, and the previous view still shows the previous state.
+
+use graph::query::{components, k_hop, neighbors};
+use graph::*;
+use proptest::prelude::*;
+
+#[derive(Debug, Clone, Default)]
+struct Oracle {
+    visible: Vec<bool>,
+    edges: Vec<(u32, u32, u8, f64)>,
+}
+
+impl Oracle {
+    fn apply(&self, txn: &[Mutation]) -> Option<Oracle> {
+        let mut o = self.clone();
+        for m in txn {
+            match *m {
+                Mutation::AddNode => o.visible.push(true),
+                Mutation::RemoveNode(n) => {
+                    if !o.visible.get(n.index()).copied().unwrap_or(false) {
+                        return None;
+                    }
+                    o.visible[n.index()] = false;
+                }
+                Mutation::RestoreNode(n) => {
+                    if o.visible.get(n.index()).copied().unwrap_or(true) {
+                        return None;
+                    }
+                    o.visible[n.index()] = true;
+                }
+                Mutation::AddEdge(e) => {
+                    if ![e.source, e.target].iter().all(|n| n.index() < o.visible.len()) {
+                        return None;
+                    }
+                    o.edges.push((e.source.0, e.target.0, e.label.0, e.weight));
+                }
+                Mutation::RemoveEdge(e) => {
+                    let i = o.edges.iter().position(|&(s, t, l, w)| {
+                        s == e.source.0 && t == e.target.0 && l == e.label.0 && w == e.weight
+                    })?;
+                    o.edges.swap_remove(i);
+                }
+            }
+        }
+        Some(o)
+    }
+
+    fn neighbours(&self, n: u32, dir: Direction) -> Vec<(u32, u8)> {
+        let mut out = Vec::new();
+        for &(s, t, l, _) in &self.edges {
+            if !self.visible[s as usize] || !self.visible[t as usize] {
+                continue;
+            }
+            if matches!(dir, Direction::Out | Direction::Both) && s == n {
+                out.push((t, l));
+            }
+            if matches!(dir, Direction::In | Direction::Both) && t == n {
+                out.push((s, l));
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    AddNode,
+    RemoveNode(prop::sample::Index),
+    RestoreNode(prop::sample::Index),
+    AddEdge(prop::sample::Index, prop::sample::Index, u8, u8),
+    RemoveExisting(prop::sample::Index),
+    RemoveRandom(prop::sample::Index, prop::sample::Index, u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => Just(Op::AddNode),
+        1 => any::<prop::sample::Index>().prop_map(Op::RemoveNode),
+        1 => any::<prop::sample::Index>().prop_map(Op::RestoreNode),
+        5 => (any::<prop::sample::Index>(), any::<prop::sample::Index>(), 0u8..2, 0u8..3).prop_map(|(a, b, l, w)| Op::AddEdge(a, b, l, w)),
+        3 => any::<prop::sample::Index>().prop_map(Op::RemoveExisting),
+        1 => (any::<prop::sample::Index>(), any::<prop::sample::Index>(), 0u8..2).prop_map(|(a, b, l)| Op::RemoveRandom(a, b, l)),
+    ]
+}
+
+fn edge(s: u32, t: u32, l: u8, w: f64) -> EdgeInput {
+    EdgeInput {
+        source: NodeId(s),
+        target: NodeId(t),
+        label: EdgeLabel(l),
+        weight: w,
+    }
+}
+
+fn check(view: &GraphView, o: &Oracle) -> Result<(), TestCaseError> {
+    prop_assert_eq!(view.node_count() as usize, o.visible.len());
+    let visible_edges = o
+        .edges
+        .iter()
+        .filter(|e| o.visible[e.0 as usize] && o.visible[e.1 as usize])
+        .count();
+    prop_assert_eq!(
+        view.edge_count(),
+        visible_edges,
+        "view lsn {} oracle {:?}",
+        view.lsn(),
+        o
+    );
+    let mut scratch = Scratch::default();
+    for n in 0..o.visible.len() as u32 {
+        prop_assert_eq!(view.is_visible(NodeId(n)), o.visible[n as usize]);
+        if !o.visible[n as usize] {
+            prop_assert!(neighbors(view, NodeId(n), Direction::Out, EdgeFilter::default()).is_err());
+            continue;
+        }
+        for dir in [Direction::Out, Direction::In, Direction::Both] {
+            let mut got: Vec<(u32, u8)> = neighbors(view, NodeId(n), dir, EdgeFilter::default())
+                .unwrap()
+                .into_iter()
+                .map(|(m, l)| (m.0, l.0))
+                .collect();
+            got.sort();
+            prop_assert_eq!(got, o.neighbours(n, dir), "node {} {:?}", n, dir);
+        }
+        // k-hop reachability equals the oracle's BFS.
+        let got: std::collections::BTreeSet<u32> = k_hop(
+            view,
+            &mut scratch,
+            NodeId(n),
+            Direction::Out,
+            EdgeFilter::default(),
+            3,
+            usize::MAX,
+        )
+        .unwrap()
+        .into_iter()
+        .map(|(m, _)| m.0)
+        .collect();
+        let mut want = std::collections::BTreeSet::from([n]);
+        let mut frontier = vec![n];
+        for _ in 0..3 {
+            let mut next = Vec::new();
+            for &f in &frontier {
+                for (m, _) in o.neighbours(f, Direction::Out) {
+                    if want.insert(m) {
+                        next.push(m);
+                    }
+                }
+            }
+            frontier = next;
+        }
+        prop_assert_eq!(got, want);
+    }
+    // Component count over visible nodes.
+    let mut uf: Vec<u32> = (0..o.visible.len() as u32).collect();
+    fn find(p: &mut [u32], x: u32) -> u32 {
+        if p[x as usize] != x {
+            let r = find(p, p[x as usize]);
+            p[x as usize] = r;
+        }
+        p[x as usize]
+    }
+    for &(s, t, _, _) in &o.edges {
+        if o.visible[s as usize] && o.visible[t as usize] {
+            let (a, b) = (find(&mut uf, s), find(&mut uf, t));
+            uf[a as usize] = b;
+        }
+    }
+    let roots: std::collections::BTreeSet<u32> = (0..o.visible.len() as u32)
+        .filter(|&n| o.visible[n as usize])
+        .map(|n| find(&mut uf, n))
+        .collect();
+    prop_assert_eq!(components(view, EdgeFilter::default()).count as usize, roots.len());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn views_match_the_oracle_after_every_transaction(
+        n in 1u32..30,
+        base_edges in proptest::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>(), 0u8..2, 0u8..3), 0..60),
+        txns in proptest::collection::vec((proptest::collection::vec(op(), 1..6), 0u8..8), 1..25),
+    ) {
+        let base: Vec<EdgeInput> = base_edges.iter().map(|(a, b, l, w)| edge(a.index(n as usize) as u32, b.index(n as usize) as u32, *l, f64::from(*w))).collect();
+        let mut o = Oracle { visible: vec![true; n as usize], edges: base.iter().map(|e| (e.source.0, e.target.0, e.label.0, e.weight)).collect() };
+        let mut g = Graph::new(Csr::build(n, &base, true).unwrap(), 1);
+        check(&g.view(), &o)?;
+        let mut job: Option<Compacted> = None;
+        for (i, (ops, compaction)) in txns.iter().enumerate() {
+            // Compactions at random points: now, or begun here and finished a few transactions
+            // later (transactions in between are carried over).
+            match compaction {
+                0 => { g.compact().unwrap(); check(&g.view(), &o)?; }
+                1 if job.is_none() => job = Some(g.begin_compaction().build()),
+                2 => if let Some(done) = job.take() {
+                    let before = g.view();
+                    match g.finish_compaction(done) {
+                        Ok(_) => {}
+                        // A compaction begun later superseded this job: nothing changes.
+                        Err(ApplyError::StaleCompaction) => prop_assert!(std::sync::Arc::ptr_eq(&before, &g.view())),
+                        Err(e) => prop_assert!(false, "{e}"),
+                    }
+                    check(&g.view(), &o)?;
+                },
+                _ => {}
+            }
+            let count = o.visible.len() + ops.iter().filter(|op| matches!(op, Op::AddNode)).count();
+            let txn: Vec<Mutation> = ops.iter().map(|op| match op {
+                Op::AddNode => Mutation::AddNode,
+                Op::RemoveNode(x) => Mutation::RemoveNode(NodeId(x.index(count) as u32)),
+                Op::RestoreNode(x) => Mutation::RestoreNode(NodeId(x.index(count) as u32)),
+                Op::AddEdge(a, b, l, w) => Mutation::AddEdge(edge(a.index(count) as u32, b.index(count) as u32, *l, f64::from(*w))),
+                Op::RemoveExisting(x) if !o.edges.is_empty() => {
+                    let (s, t, l, w) = o.edges[x.index(o.edges.len())];
+                    Mutation::RemoveEdge(edge(s, t, l, w))
+                }
+                Op::RemoveExisting(_) => Mutation::AddNode,
+                Op::RemoveRandom(a, b, l) => Mutation::RemoveEdge(edge(a.index(count) as u32, b.index(count) as u32, *l, 1.0)),
+            }).collect();
+            let before = g.view();
+            let prev = o.clone();
+            let lsn = 2 + i as u64;
+            match (o.apply(&txn), g.apply(lsn, &txn)) {
+                (Some(next), Ok(view)) => {
+                    prop_assert_eq!(view.lsn(), lsn);
+                    check(&view, &next)?;
+                    o = next;
+                }
+                (None, Err(_)) => {
+                    // Rejected whole: the current view is still the one before.
+                    prop_assert!(std::sync::Arc::ptr_eq(&before, &g.view()));
+                }
+                (want, got) => prop_assert!(false, "oracle {:?} vs graph {:?} on {:?}", want.is_some(), got, txn),
+            }
+            // The view taken before the transaction is unchanged.
+            check(&before, &prev)?;
+        }
+        if let Some(done) = job.take() {
+            let _ = g.finish_compaction(done);
+            check(&g.view(), &o)?;
+        }
+        g.compact().unwrap();
+        prop_assert_eq!(g.view().overlay_edges(), 0);
+        check(&g.view(), &o)?;
+        prop_assert!(g.apply(1, &[]).is_err(), "stale LSN refused");
+    }
+}
