@@ -6,19 +6,43 @@
 //! — cloning only the overlay chunks the transaction touches — and publishes it with a pointer
 //! swap, so readers see whole transactions or nothing.
 //!
-//! The overlay is cut into chunks of 4,096 node ids. A chunk holds, for its nodes, the edges
-//! added since the base was built, the base edges deleted since (by CSR position), and
-//! tombstones. A traversal asks one pointer per node "is this chunk empty?"; only nodes marked
-//! dirty in their chunk pay for the merge.
+//! The overlay is a two-level radix tree of copy-on-write chunks: groups of 64 chunks of 256
+//! node ids. A chunk holds, for its nodes, the edges added since the base was built, the base
+//! edges deleted since (by CSR position), and tombstones. A transaction clones the top array
+//! (one pointer per 16,384 nodes) and only the groups and chunks it touches, so its cost does
+//! not grow with the overlay. A traversal follows two pointers per node to learn "nothing
+//! changed here"; only nodes marked dirty in their chunk pay for the merge.
 
 use crate::query::{Direction, Topology};
 use crate::{Csr, EdgeInput, EdgeLabel, NodeId};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-const CHUNK_SHIFT: u32 = 12;
+const CHUNK_SHIFT: u32 = 8;
 const CHUNK_NODES: usize = 1 << CHUNK_SHIFT;
 const CHUNK_WORDS: usize = CHUNK_NODES / 64;
+const GROUP_SHIFT: u32 = 14;
+const GROUP_NODES: usize = 1 << GROUP_SHIFT;
+const GROUP_CHUNKS: usize = GROUP_NODES / CHUNK_NODES;
+
+/// 64 chunks; cloned on write like the chunks themselves.
+#[derive(Debug, Clone)]
+struct Group([Option<Arc<Chunk>>; GROUP_CHUNKS]);
+
+impl Default for Group {
+    fn default() -> Self {
+        Group(std::array::from_fn(|_| None))
+    }
+}
+
+/// The top level of the overlay tree.
+type Groups = Vec<Option<Arc<Group>>>;
+
+#[inline]
+fn lookup(groups: &Groups, n: u32) -> Option<&Chunk> {
+    let g = groups.get((n >> GROUP_SHIFT) as usize)?.as_deref()?;
+    g.0[(n >> CHUNK_SHIFT) as usize & (GROUP_CHUNKS - 1)].as_deref()
+}
 
 /// An edge held in an overlay.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -139,7 +163,7 @@ pub enum Mutation {
 #[derive(Debug, Clone)]
 pub struct GraphView {
     base: Arc<Csr>,
-    chunks: Arc<Vec<Option<Arc<Chunk>>>>,
+    chunks: Arc<Groups>,
     node_count: u32,
     edge_count: usize,
     overlay_edges: usize,
@@ -153,7 +177,7 @@ impl GraphView {
         let edge_count = base.edge_count();
         GraphView {
             base: Arc::new(base),
-            chunks: Arc::new(vec![None; (node_count as usize).div_ceil(CHUNK_NODES)]),
+            chunks: Arc::new(vec![None; (node_count as usize).div_ceil(GROUP_NODES)]),
             node_count,
             edge_count,
             overlay_edges: 0,
@@ -185,7 +209,11 @@ impl GraphView {
     /// Deleted node ids.
     fn tombstoned(&self) -> Vec<u32> {
         let mut out = Vec::new();
-        for (ci, c) in self.chunks.iter().enumerate() {
+        let chunks = self.chunks.iter().enumerate().flat_map(|(gi, g)| {
+            g.iter()
+                .flat_map(move |g| g.0.iter().enumerate().map(move |(ci, c)| (gi * GROUP_CHUNKS + ci, c)))
+        });
+        for (ci, c) in chunks {
             let Some(c) = c else { continue };
             for (wi, &w) in c.tombstones.iter().enumerate() {
                 let mut w = w;
@@ -221,7 +249,7 @@ impl GraphView {
 
     #[inline]
     fn chunk(&self, n: u32) -> Option<&Chunk> {
-        self.chunks.get((n >> CHUNK_SHIFT) as usize).and_then(|c| c.as_deref())
+        lookup(&self.chunks, n)
     }
 
     fn delta(&self, n: NodeId, dir: Direction) -> Option<&NodeDelta> {
@@ -313,20 +341,21 @@ impl Topology for GraphView {
 /// Builds the next view from a base one; chunks are cloned on first write.
 struct Builder {
     view: GraphView,
-    chunks: Vec<Option<Arc<Chunk>>>,
+    chunks: Groups,
 }
 
 impl Builder {
     fn chunk_mut(&mut self, n: u32) -> &mut Chunk {
-        let i = (n >> CHUNK_SHIFT) as usize;
-        if self.chunks.len() <= i {
-            self.chunks.resize(i + 1, None);
+        let gi = (n >> GROUP_SHIFT) as usize;
+        if self.chunks.len() <= gi {
+            self.chunks.resize(gi + 1, None);
         }
-        Arc::make_mut(self.chunks[i].get_or_insert_with(Default::default))
+        let group = Arc::make_mut(self.chunks[gi].get_or_insert_with(Default::default));
+        Arc::make_mut(group.0[(n >> CHUNK_SHIFT) as usize & (GROUP_CHUNKS - 1)].get_or_insert_with(Default::default))
     }
 
     fn chunk(&self, n: u32) -> Option<&Chunk> {
-        self.chunks.get((n >> CHUNK_SHIFT) as usize).and_then(|c| c.as_deref())
+        lookup(&self.chunks, n)
     }
 
     /// The state built so far, as a view (shares the chunks).
@@ -467,7 +496,7 @@ impl Builder {
         match *m {
             Mutation::AddNode => {
                 self.view.node_count += 1;
-                let need = (self.view.node_count as usize).div_ceil(CHUNK_NODES);
+                let need = (self.view.node_count as usize).div_ceil(GROUP_NODES);
                 if self.chunks.len() < need {
                     self.chunks.resize(need, None);
                 }
@@ -549,13 +578,25 @@ pub struct Compacted {
     generation: u64,
 }
 
+/// A cloneable, thread-safe handle to the latest published view of a [`Graph`]. Taking a view
+/// holds a lock only for the time of cloning an `Arc`; the writer holds it only to swap one.
+#[derive(Debug, Clone)]
+pub struct GraphReader(Arc<RwLock<Arc<GraphView>>>);
+
+impl GraphReader {
+    /// The latest published view.
+    pub fn view(&self) -> Arc<GraphView> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// Transactions (LSN and mutations) in the order they were applied.
 type TxnLog = Vec<(u64, Vec<Mutation>)>;
 
 /// The writable graph: holds the current view and publishes a new one per transaction.
 #[derive(Debug)]
 pub struct Graph {
-    current: RwLock<Arc<GraphView>>,
+    current: GraphReader,
     policy: CompactionPolicy,
     /// Transactions applied since the running compaction's view, to replay on its result.
     since_compaction: Option<(u64, TxnLog)>,
@@ -572,7 +613,7 @@ impl Graph {
     /// As [`Graph::new`] with explicit compaction limits.
     pub fn with_policy(base: Csr, lsn: u64, policy: CompactionPolicy) -> Self {
         Graph {
-            current: RwLock::new(Arc::new(GraphView::new(base, lsn))),
+            current: GraphReader(Arc::new(RwLock::new(Arc::new(GraphView::new(base, lsn))))),
             policy,
             since_compaction: None,
             generation: 0,
@@ -581,11 +622,16 @@ impl Graph {
 
     /// The current view. Cheap (one reference count); hold it for a whole query.
     pub fn view(&self) -> Arc<GraphView> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current.view()
+    }
+
+    /// A handle for readers on other threads: it always yields the latest published view.
+    pub fn reader(&self) -> GraphReader {
+        self.current.clone()
     }
 
     fn publish(&self, view: Arc<GraphView>) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = view;
+        *self.current.0.write().unwrap_or_else(|e| e.into_inner()) = view;
     }
 
     /// Whether overlays passed the soft limit and a compaction should start.

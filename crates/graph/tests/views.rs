@@ -251,3 +251,41 @@ proptest! {
         prop_assert!(g.apply(1, &[]).is_err(), "stale LSN refused");
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    /// Node ids spread over many chunks and groups of the overlay tree.
+    #[test]
+    fn overlays_spread_over_many_chunks(
+        ops in proptest::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>(), any::<bool>(), 0u8..4), 1..200),
+    ) {
+        const N: u32 = 70_000;
+        let active: Vec<u32> = (0..24u32).map(|i| (i * 7_919 + i * i * 31) % N).collect();
+        let mut g = Graph::new(Csr::build(N, &[edge(active[0], active[1], 0, 1.0)], false).unwrap(), 1);
+        let mut edges: Vec<(u32, u32)> = vec![(active[0], active[1])];
+        for (i, (a, b, add, chunk_txn)) in ops.iter().enumerate() {
+            let (s, t) = (active[a.index(active.len())], active[b.index(active.len())]);
+            let lsn = 2 + i as u64;
+            if *add || edges.is_empty() {
+                g.apply(lsn, &[Mutation::AddEdge(edge(s, t, 0, 1.0))]).unwrap();
+                edges.push((s, t));
+            } else {
+                let (s, t) = edges.swap_remove(a.index(edges.len()));
+                g.apply(lsn, &[Mutation::RemoveEdge(edge(s, t, 0, 1.0))]).unwrap();
+            }
+            if *chunk_txn == 0 && i % 16 == 0 {
+                g.compact().unwrap();
+            }
+            let v = g.view();
+            prop_assert_eq!(v.edge_count(), edges.len());
+            for &n in &active {
+                let mut got: Vec<u32> = neighbors(&*v, NodeId(n), Direction::Out, EdgeFilter::default()).unwrap().iter().map(|(m, _)| m.0).collect();
+                let mut want: Vec<u32> = edges.iter().filter(|e| e.0 == n).map(|e| e.1).collect();
+                got.sort();
+                want.sort();
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
+}
