@@ -16,7 +16,28 @@
 use crate::query::{Direction, Topology};
 use crate::{Csr, EdgeInput, EdgeLabel, NodeId};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, RwLock};
+
+/// Node ids are dense integers; a multiplicative hash is all a map keyed by them needs.
+#[derive(Default)]
+struct NodeHasher(u64);
+
+impl Hasher for NodeHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = u64::from(v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type NodeMap<V> = HashMap<u32, V, BuildHasherDefault<NodeHasher>>;
 
 const CHUNK_SHIFT: u32 = 8;
 const CHUNK_NODES: usize = 1 << CHUNK_SHIFT;
@@ -25,23 +46,73 @@ const GROUP_SHIFT: u32 = 14;
 const GROUP_NODES: usize = 1 << GROUP_SHIFT;
 const GROUP_CHUNKS: usize = GROUP_NODES / CHUNK_NODES;
 
-/// 64 chunks; cloned on write like the chunks themselves.
+/// 64 chunks, and which of their nodes have overlay edges at all (kept here, densely, so a
+/// traversal learns "nothing changed at this node" from one load in a small, hot array).
+/// Cloned on write like the chunks themselves.
 #[derive(Debug, Clone)]
-struct Group([Option<Arc<Chunk>>; GROUP_CHUNKS]);
+struct Group {
+    chunks: [Option<Arc<Chunk>>; GROUP_CHUNKS],
+    dirty: [u64; GROUP_NODES / 64],
+}
 
 impl Default for Group {
     fn default() -> Self {
-        Group(std::array::from_fn(|_| None))
+        Group {
+            chunks: std::array::from_fn(|_| None),
+            dirty: [0; GROUP_NODES / 64],
+        }
+    }
+}
+
+/// Whether node `n` has overlay edges.
+#[inline]
+fn is_dirty(groups: &Groups, n: u32) -> bool {
+    match groups.get((n >> GROUP_SHIFT) as usize).and_then(|g| g.as_deref()) {
+        None => false,
+        Some(g) => {
+            let i = n as usize & (GROUP_NODES - 1);
+            g.dirty[i >> 6] & (1 << (i & 63)) != 0
+        }
     }
 }
 
 /// The top level of the overlay tree.
 type Groups = Vec<Option<Arc<Group>>>;
 
+/// Which nodes exist: ids below `node_count`, minus those deleted at the last compaction (a
+/// dense bitset, one load per check) unless restored since, minus those deleted since. The
+/// overlay tree is consulted only when it holds deletions or restorations at all, so a
+/// traversal of a graph without recent deletions pays one bit load per edge.
+struct Liveness<'a> {
+    node_count: u32,
+    base_deleted: Option<&'a [u64]>,
+    deleted: usize,
+    restored: usize,
+    groups: &'a Groups,
+}
+
+impl Liveness<'_> {
+    #[inline]
+    fn is_live(&self, n: u32) -> bool {
+        if n >= self.node_count {
+            return false;
+        }
+        if let Some(b) = self.base_deleted {
+            let w = b.get((n >> 6) as usize).copied().unwrap_or(0);
+            if w & (1 << (n & 63)) != 0
+                && (self.restored == 0 || !lookup(self.groups, n).is_some_and(|c| bit(&c.restored, n)))
+            {
+                return false;
+            }
+        }
+        self.deleted == 0 || !lookup(self.groups, n).is_some_and(|c| bit(&c.tombstones, n))
+    }
+}
+
 #[inline]
 fn lookup(groups: &Groups, n: u32) -> Option<&Chunk> {
     let g = groups.get((n >> GROUP_SHIFT) as usize)?.as_deref()?;
-    g.0[(n >> CHUNK_SHIFT) as usize & (GROUP_CHUNKS - 1)].as_deref()
+    g.chunks[(n >> CHUNK_SHIFT) as usize & (GROUP_CHUNKS - 1)].as_deref()
 }
 
 /// An edge held in an overlay.
@@ -64,21 +135,21 @@ struct NodeDelta {
 /// Overlay state of 4,096 consecutive node ids.
 #[derive(Debug, Clone)]
 struct Chunk {
-    /// Nodes with any overlay edges (either direction).
-    dirty: [u64; CHUNK_WORDS],
     /// Deleted nodes.
     tombstones: [u64; CHUNK_WORDS],
-    out: HashMap<u32, NodeDelta>,
-    inc: HashMap<u32, NodeDelta>,
+    /// Nodes deleted in the base's dense bitset and restored since.
+    restored: [u64; CHUNK_WORDS],
+    out: NodeMap<NodeDelta>,
+    inc: NodeMap<NodeDelta>,
 }
 
 impl Default for Chunk {
     fn default() -> Self {
         Chunk {
-            dirty: [0; CHUNK_WORDS],
             tombstones: [0; CHUNK_WORDS],
-            out: HashMap::new(),
-            inc: HashMap::new(),
+            restored: [0; CHUNK_WORDS],
+            out: NodeMap::default(),
+            inc: NodeMap::default(),
         }
     }
 }
@@ -164,6 +235,12 @@ pub enum Mutation {
 pub struct GraphView {
     base: Arc<Csr>,
     chunks: Arc<Groups>,
+    /// Nodes deleted when the base was compacted (absent: none).
+    base_deleted: Option<Arc<Vec<u64>>>,
+    /// Tombstone bits in the overlay tree.
+    deleted: usize,
+    /// Restored bits in the overlay tree.
+    restored: usize,
     node_count: u32,
     edge_count: usize,
     overlay_edges: usize,
@@ -178,6 +255,9 @@ impl GraphView {
         GraphView {
             base: Arc::new(base),
             chunks: Arc::new(vec![None; (node_count as usize).div_ceil(GROUP_NODES)]),
+            base_deleted: None,
+            deleted: 0,
+            restored: 0,
             node_count,
             edge_count,
             overlay_edges: 0,
@@ -206,25 +286,27 @@ impl GraphView {
         Csr::build(self.node_count, &edges, weighted).unwrap_or_default()
     }
 
-    /// Deleted node ids.
-    fn tombstoned(&self) -> Vec<u32> {
-        let mut out = Vec::new();
-        let chunks = self.chunks.iter().enumerate().flat_map(|(gi, g)| {
-            g.iter()
-                .flat_map(move |g| g.0.iter().enumerate().map(move |(ci, c)| (gi * GROUP_CHUNKS + ci, c)))
-        });
-        for (ci, c) in chunks {
-            let Some(c) = c else { continue };
-            for (wi, &w) in c.tombstones.iter().enumerate() {
-                let mut w = w;
-                while w != 0 {
-                    let b = w.trailing_zeros();
-                    out.push(((ci << CHUNK_SHIFT) + wi * 64 + b as usize) as u32);
-                    w &= w - 1;
-                }
+    #[inline]
+    fn liveness(&self) -> Liveness<'_> {
+        Liveness {
+            node_count: self.node_count,
+            base_deleted: self.base_deleted.as_deref().map(|v| v.as_slice()),
+            deleted: self.deleted,
+            restored: self.restored,
+            groups: &self.chunks,
+        }
+    }
+
+    /// Dense bitset of the nodes that are not visible.
+    fn deleted_bits(&self) -> Vec<u64> {
+        let live = self.liveness();
+        let mut bits = vec![0u64; (self.node_count as usize).div_ceil(64)];
+        for n in 0..self.node_count {
+            if !live.is_live(n) {
+                bits[(n >> 6) as usize] |= 1 << (n & 63);
             }
         }
-        out
+        bits
     }
 
     /// The LSN this view reflects.
@@ -253,10 +335,10 @@ impl GraphView {
     }
 
     fn delta(&self, n: NodeId, dir: Direction) -> Option<&NodeDelta> {
-        let c = self.chunk(n.0)?;
-        if !bit(&c.dirty, n.0) {
+        if !is_dirty(&self.chunks, n.0) {
             return None;
         }
+        let c = self.chunk(n.0)?;
         match dir {
             Direction::In => c.inc.get(&n.0),
             _ => c.out.get(&n.0),
@@ -299,7 +381,7 @@ impl Topology for GraphView {
 
     #[inline]
     fn is_visible(&self, n: NodeId) -> bool {
-        n.0 < self.node_count && self.chunk(n.0).is_none_or(|c| !bit(&c.tombstones, n.0))
+        self.liveness().is_live(n.0)
     }
 
     #[inline]
@@ -315,7 +397,7 @@ impl Topology for GraphView {
 
     #[inline]
     fn for_each_neighbor(&self, n: NodeId, dir: Direction, mut f: impl FnMut(NodeId)) {
-        let pure = n.0 < self.base.node_count() && self.chunk(n.0).is_none_or(|c| !bit(&c.dirty, n.0));
+        let pure = n.0 < self.base.node_count() && !is_dirty(&self.chunks, n.0);
         if pure {
             self.base.for_each_neighbor(n, dir, f);
         } else {
@@ -351,7 +433,9 @@ impl Builder {
             self.chunks.resize(gi + 1, None);
         }
         let group = Arc::make_mut(self.chunks[gi].get_or_insert_with(Default::default));
-        Arc::make_mut(group.0[(n >> CHUNK_SHIFT) as usize & (GROUP_CHUNKS - 1)].get_or_insert_with(Default::default))
+        Arc::make_mut(
+            group.chunks[(n >> CHUNK_SHIFT) as usize & (GROUP_CHUNKS - 1)].get_or_insert_with(Default::default),
+        )
     }
 
     fn chunk(&self, n: u32) -> Option<&Chunk> {
@@ -367,7 +451,14 @@ impl Builder {
     }
 
     fn visible(&self, n: NodeId) -> bool {
-        n.0 < self.view.node_count && self.chunk(n.0).is_none_or(|c| !bit(&c.tombstones, n.0))
+        Liveness {
+            node_count: self.view.node_count,
+            base_deleted: self.view.base_deleted.as_deref().map(|v| v.as_slice()),
+            deleted: self.view.deleted,
+            restored: self.view.restored,
+            groups: &self.chunks,
+        }
+        .is_live(n.0)
     }
 
     /// Edges of `n` (a self-loop once) whose other end is visible.
@@ -388,8 +479,12 @@ impl Builder {
     }
 
     fn delta_mut(&mut self, n: u32, dir: Direction) -> &mut NodeDelta {
+        self.chunk_mut(n);
+        if let Some(g) = self.chunks[(n >> GROUP_SHIFT) as usize].as_mut() {
+            let i = n as usize & (GROUP_NODES - 1);
+            Arc::make_mut(g).dirty[i >> 6] |= 1 << (i & 63);
+        }
         let c = self.chunk_mut(n);
-        set_bit(&mut c.dirty, n);
         match dir {
             Direction::In => c.inc.entry(n).or_default(),
             _ => c.out.entry(n).or_default(),
@@ -423,7 +518,7 @@ impl Builder {
     /// base). Returns whether one was found.
     fn remove_side(&mut self, n: u32, other: u32, label: EdgeLabel, weight: f64, dir: Direction) -> bool {
         let matches = |e: &EdgeRec| e.other == other && e.label == label && e.weight.to_bits() == weight.to_bits();
-        if let Some(d) = self.chunk(n).filter(|c| bit(&c.dirty, n)).and_then(|c| {
+        if let Some(d) = self.chunk(n).filter(|_| is_dirty(&self.chunks, n)).and_then(|c| {
             if dir == Direction::In {
                 c.inc.get(&n)
             } else {
@@ -507,7 +602,14 @@ impl Builder {
                     return Err(ApplyError::NoSuchNode(n.0));
                 }
                 self.view.edge_count -= self.visible_incident(n);
-                set_bit(&mut self.chunk_mut(n.0).tombstones, n.0);
+                let c = self.chunk_mut(n.0);
+                if bit(&c.restored, n.0) {
+                    clear_bit(&mut c.restored, n.0);
+                    self.view.restored -= 1;
+                } else {
+                    set_bit(&mut c.tombstones, n.0);
+                    self.view.deleted += 1;
+                }
                 Ok(())
             }
             Mutation::RestoreNode(n) => {
@@ -517,7 +619,14 @@ impl Builder {
                 if self.visible(n) {
                     return Err(ApplyError::NotDeleted(n.0));
                 }
-                clear_bit(&mut self.chunk_mut(n.0).tombstones, n.0);
+                let c = self.chunk_mut(n.0);
+                if bit(&c.tombstones, n.0) {
+                    clear_bit(&mut c.tombstones, n.0);
+                    self.view.deleted -= 1;
+                } else {
+                    set_bit(&mut c.restored, n.0);
+                    self.view.restored += 1;
+                }
                 self.view.edge_count += self.visible_incident(n);
                 Ok(())
             }
@@ -559,7 +668,7 @@ impl CompactionJob {
         let csr = self.view.compact_edges();
         Compacted {
             csr,
-            tombstones: self.view.tombstoned(),
+            deleted: self.view.deleted_bits(),
             lsn: self.view.lsn,
             visible_edges: self.view.edge_count,
             generation: self.generation,
@@ -571,7 +680,8 @@ impl CompactionJob {
 #[derive(Debug)]
 pub struct Compacted {
     csr: Csr,
-    tombstones: Vec<u32>,
+    /// Dense bitset of the nodes not visible at the compacted LSN.
+    deleted: Vec<u64>,
     lsn: u64,
     /// Compaction changes storage, not what is visible.
     visible_edges: usize,
@@ -702,15 +812,8 @@ impl Graph {
         let (_, log) = self.since_compaction.take().unwrap_or_default();
         let mut view = GraphView::new(done.csr, done.lsn);
         view.edge_count = done.visible_edges;
-        if !done.tombstones.is_empty() {
-            let mut b = Builder {
-                chunks: view.chunks.as_ref().clone(),
-                view: view.clone(),
-            };
-            for n in done.tombstones {
-                set_bit(&mut b.chunk_mut(n).tombstones, n);
-            }
-            view.chunks = Arc::new(b.chunks);
+        if done.deleted.iter().any(|&w| w != 0) {
+            view.base_deleted = Some(Arc::new(done.deleted));
         }
         for (lsn, txn) in &log {
             view = Self::build(&view, *lsn, txn)?;
