@@ -6,6 +6,96 @@
 //! keeps, per node, the order edges were given in.
 
 use crate::{EdgeLabel, NodeId};
+use std::sync::Arc;
+
+/// An array owned in memory or borrowed from a memory-mapped snapshot, read as a slice.
+pub(crate) enum Buf<T: 'static> {
+    Owned(Vec<T>),
+    Mapped {
+        /// Keeps the mapping alive (and so `ptr` valid) for as long as this buffer exists.
+        _map: Arc<memmap2::Mmap>,
+        ptr: *const T,
+        len: usize,
+    },
+}
+
+// SAFETY: a `Mapped` buffer points into a read-only mapping that nothing writes and that its
+// `Arc` keeps alive; sharing or sending it across threads is as safe as for `&[T]`.
+unsafe impl<T: Sync> Send for Buf<T> {}
+// SAFETY: see `Send`.
+unsafe impl<T: Sync> Sync for Buf<T> {}
+
+impl<T> Buf<T> {
+    /// Borrows `len` elements at `ptr` inside `map`.
+    ///
+    /// # Safety
+    /// `ptr` must be aligned for `T`, and `ptr..ptr + len` must lie inside `map` and hold valid
+    /// `T`s (checked by the snapshot loader before calling).
+    pub(crate) unsafe fn mapped(map: Arc<memmap2::Mmap>, ptr: *const T, len: usize) -> Self {
+        Buf::Mapped { _map: map, ptr, len }
+    }
+
+    /// Whether the data lives in a mapped file.
+    pub(crate) fn is_mapped(&self) -> bool {
+        matches!(self, Buf::Mapped { .. })
+    }
+
+    /// Heap bytes owned (0 for mapped data).
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Buf::Owned(v) => v.capacity() * std::mem::size_of::<T>(),
+            Buf::Mapped { .. } => 0,
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Buf<T> {
+    type Target = [T];
+    #[inline]
+    fn deref(&self) -> &[T] {
+        match self {
+            Buf::Owned(v) => v,
+            // SAFETY: established by `Buf::mapped`'s contract; the mapping outlives `self`.
+            Buf::Mapped { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+        }
+    }
+}
+
+impl<T: Clone> Clone for Buf<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Buf::Owned(v) => Buf::Owned(v.clone()),
+            Buf::Mapped { _map, ptr, len } => Buf::Mapped {
+                _map: _map.clone(),
+                ptr: *ptr,
+                len: *len,
+            },
+        }
+    }
+}
+
+impl<T: PartialEq> PartialEq for Buf<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<T> Default for Buf<T> {
+    fn default() -> Self {
+        Buf::Owned(Vec::new())
+    }
+}
+
+impl<T> std::fmt::Debug for Buf<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[{} elements{}]",
+            self.len(),
+            if self.is_mapped() { ", mapped" } else { "" }
+        )
+    }
+}
 
 /// One edge of a bulk build.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,10 +134,10 @@ pub enum CsrError {
 /// One direction of adjacency.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Adjacency {
-    offsets: Vec<u32>,
-    nodes: Vec<u32>,
-    labels: Vec<EdgeLabel>,
-    weights: Option<Vec<f64>>,
+    pub(crate) offsets: Buf<u32>,
+    pub(crate) nodes: Buf<u32>,
+    pub(crate) labels: Buf<EdgeLabel>,
+    pub(crate) weights: Option<Buf<f64>>,
 }
 
 impl Adjacency {
@@ -123,10 +213,10 @@ impl Adjacency {
             }
         }
         Adjacency {
-            offsets,
-            nodes,
-            labels,
-            weights,
+            offsets: Buf::Owned(offsets),
+            nodes: Buf::Owned(nodes),
+            labels: Buf::Owned(labels),
+            weights: weights.map(Buf::Owned),
         }
     }
 
@@ -157,9 +247,9 @@ impl Adjacency {
 /// The base graph: forward and reverse adjacency over dense node ids `0..node_count`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Csr {
-    node_count: u32,
-    forward: Adjacency,
-    reverse: Adjacency,
+    pub(crate) node_count: u32,
+    pub(crate) forward: Adjacency,
+    pub(crate) reverse: Adjacency,
 }
 
 impl Csr {
@@ -222,13 +312,26 @@ impl Csr {
         Ok(())
     }
 
+    /// Whether the arrays are read in place from a memory-mapped snapshot.
+    pub fn is_mapped(&self) -> bool {
+        self.forward.nodes.is_mapped()
+    }
+
+    /// Bytes of the arrays (owned or mapped).
+    pub fn array_bytes(&self) -> usize {
+        let dir = |a: &Adjacency| {
+            a.offsets.len() * 4 + a.nodes.len() * 4 + a.labels.len() + a.weights.as_ref().map_or(0, |w| w.len() * 8)
+        };
+        dir(&self.forward) + dir(&self.reverse)
+    }
+
     /// Heap bytes held by the arrays.
     pub fn heap_bytes(&self) -> usize {
         let dir = |a: &Adjacency| {
-            a.offsets.capacity() * 4
-                + a.nodes.capacity() * 4
-                + a.labels.capacity()
-                + a.weights.as_ref().map_or(0, |w| w.capacity() * 8)
+            a.offsets.heap_bytes()
+                + a.nodes.heap_bytes()
+                + a.labels.heap_bytes()
+                + a.weights.as_ref().map_or(0, |w| w.heap_bytes())
         };
         dir(&self.forward) + dir(&self.reverse)
     }

@@ -1,19 +1,24 @@
 //! graphsync's in-memory graph engine (pure: no I/O, no clock).
 //!
 //! What it is for: holding the replica's graph in a compact, cache-friendly form and answering
-//! graph queries on it. Today: the immutable CSR base (forward and reverse, edge labels,
-//! optional weights, built in O(V + E)) and the queries over any [`Topology`] — neighbours,
-//! k-hop BFS, shortest paths (BFS and Dijkstra), weakly connected components.
+//! graph queries on it: the immutable CSR base (forward and reverse, edge labels, optional
+//! weights, built in O(V + E)) and the queries over any [`Topology`] — neighbours, k-hop BFS,
+//! shortest paths (BFS and Dijkstra), weakly connected components.
 //!
-//! What it is not for (yet): overlays for live changes, node keys/tenants/properties,
-//! compaction and snapshots are the rest of the graph-engine issue and land here next; the
-//! [`Topology`] trait is the seam the overlay view will implement so the queries stay as they
-//! are. It never touches a socket, a file (snapshots aside, later) or a clock.
+//! Live changes go through [`Graph::apply`], one transaction at a time, each publishing a new
+//! immutable [`GraphView`] (CSR base + copy-on-write overlays); compaction folds overlays into
+//! a fresh CSR; [`snapshot`] writes a compacted view to a file and maps it back without copying
+//! the arrays.
+//!
+//! What it is not for (yet): node keys, tenants, filters and properties (the node store) are
+//! the rest of the graph-engine issue. It never touches a socket or a clock, and no file but a
+//! snapshot.
 
 #![warn(missing_docs)]
 
 mod csr;
 pub mod query;
+pub mod snapshot;
 mod view;
 
 pub use csr::{Adjacency, Csr, CsrError, EdgeInput};
@@ -35,4 +40,5 @@ impl NodeId {
 /// An edge label: an index into the mapping's edge label names. One byte keeps the CSR at 5
 /// bytes per edge and direction; a mapping may define at most 256 edge labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
 pub struct EdgeLabel(pub u8);

@@ -268,7 +268,7 @@ impl GraphView {
     /// Folds every overlay into a fresh CSR over the same node ids: removed edges go, every
     /// stored edge stays (including those of deleted nodes, which may be restored). O(V + E).
     /// Weights are kept when any edge is not 1.0.
-    pub fn compact_edges(&self) -> Csr {
+    pub(crate) fn compact_edges(&self) -> Csr {
         let mut edges = Vec::with_capacity(self.edge_count);
         let mut weighted = self.base.is_weighted();
         for u in 0..self.node_count {
@@ -298,7 +298,7 @@ impl GraphView {
     }
 
     /// Dense bitset of the nodes that are not visible.
-    fn deleted_bits(&self) -> Vec<u64> {
+    pub(crate) fn deleted_bits(&self) -> Vec<u64> {
         let live = self.liveness();
         let mut bits = vec![0u64; (self.node_count as usize).div_ceil(64)];
         for n in 0..self.node_count {
@@ -307,6 +307,19 @@ impl GraphView {
             }
         }
         bits
+    }
+
+    /// Whether anything changed since the base was built (edges, deletions or restorations).
+    pub fn has_overlay(&self) -> bool {
+        self.overlay_edges > 0 || self.deleted > 0 || self.restored > 0
+    }
+
+    /// A view of a base with a dense deleted-node bitset and a known visible edge count.
+    pub(crate) fn from_parts(base: Csr, deleted: Option<Vec<u64>>, visible_edges: usize, lsn: u64) -> Self {
+        let mut v = GraphView::new(base, lsn);
+        v.base_deleted = deleted.filter(|d| d.iter().any(|&w| w != 0)).map(Arc::new);
+        v.edge_count = visible_edges;
+        v
     }
 
     /// The LSN this view reflects.
@@ -718,6 +731,16 @@ impl Graph {
     /// A graph whose first view is `base` at `lsn`.
     pub fn new(base: Csr, lsn: u64) -> Self {
         Self::with_policy(base, lsn, CompactionPolicy::default())
+    }
+
+    /// A graph starting from a loaded snapshot's view.
+    pub fn from_view(view: GraphView, policy: CompactionPolicy) -> Self {
+        Graph {
+            current: GraphReader(Arc::new(RwLock::new(Arc::new(view)))),
+            policy,
+            since_compaction: None,
+            generation: 0,
+        }
     }
 
     /// As [`Graph::new`] with explicit compaction limits.
