@@ -17,11 +17,13 @@
 #![warn(missing_docs)]
 
 mod csr;
+mod nodes;
 pub mod query;
 pub mod snapshot;
 mod view;
 
 pub use csr::{Adjacency, Csr, CsrError, EdgeInput};
+pub use nodes::{NodeData, NodeKey, NodeLabel, PropValue, TenantId};
 pub use query::{Direction, EdgeFilter, QueryError, Scratch, Topology};
 pub use view::{ApplyError, Compacted, CompactionJob, CompactionPolicy, Graph, GraphView, Mutation};
 

@@ -25,6 +25,8 @@ pub enum Direction {
 pub struct EdgeFilter {
     /// Only edges with this label.
     pub label: Option<EdgeLabel>,
+    /// Only nodes of this tenant (the start node included).
+    pub tenant: Option<crate::TenantId>,
 }
 
 impl EdgeFilter {
@@ -34,12 +36,27 @@ impl EdgeFilter {
     }
 }
 
+/// Whether a query with `filter` may visit `n`: it exists, is not deleted, and belongs to the
+/// filter's tenant.
+#[inline]
+fn admits<G: Topology>(g: &G, filter: &EdgeFilter, n: NodeId) -> bool {
+    g.is_visible(n) && filter.tenant.is_none_or(|t| g.tenant_of(n) == Some(t))
+}
+
 /// Why a query cannot be answered.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum QueryError {
     /// A node id outside the graph.
     #[error("node {0} does not exist")]
     NoSuchNode(u32),
+    /// The node is not in the tenant the query is restricted to.
+    #[error("node {node} is not in tenant {tenant}")]
+    NotInTenant {
+        /// The node.
+        node: u32,
+        /// The tenant.
+        tenant: u32,
+    },
     /// Dijkstra met an edge with a negative (or NaN) weight.
     #[error("edge {from} -> {to} has weight {weight}; weighted shortest paths need non-negative weights")]
     NegativeWeight {
@@ -60,6 +77,12 @@ pub trait Topology {
     /// Whether `n` exists and is not deleted.
     fn is_visible(&self, n: NodeId) -> bool {
         n.0 < self.node_count()
+    }
+
+    /// The tenant of `n`, if it has one.
+    #[inline]
+    fn tenant_of(&self, _n: NodeId) -> Option<crate::TenantId> {
+        None
     }
 
     /// Calls `f(other endpoint, label, weight)` for each edge of `n` in `dir`.
@@ -213,11 +236,13 @@ fn visit(bits: &mut [u64], n: NodeId) -> bool {
     was == 0
 }
 
-fn check<G: Topology>(g: &G, n: NodeId) -> Result<(), QueryError> {
-    if g.is_visible(n) {
-        Ok(())
-    } else {
-        Err(QueryError::NoSuchNode(n.0))
+fn check<G: Topology>(g: &G, filter: &EdgeFilter, n: NodeId) -> Result<(), QueryError> {
+    if !g.is_visible(n) {
+        return Err(QueryError::NoSuchNode(n.0));
+    }
+    match filter.tenant {
+        Some(t) if g.tenant_of(n) != Some(t) => Err(QueryError::NotInTenant { node: n.0, tenant: t.0 }),
+        _ => Ok(()),
     }
 }
 
@@ -228,10 +253,10 @@ pub fn neighbors<G: Topology>(
     dir: Direction,
     filter: EdgeFilter,
 ) -> Result<Vec<(NodeId, EdgeLabel)>, QueryError> {
-    check(g, n)?;
+    check(g, &filter, n)?;
     let mut out = Vec::new();
     g.for_each_edge(n, dir, |m, l, _| {
-        if filter.accepts(l) && g.is_visible(m) {
+        if filter.accepts(l) && admits(g, &filter, m) {
             out.push((m, l));
         }
     });
@@ -249,7 +274,7 @@ pub fn k_hop<G: Topology>(
     max_depth: u32,
     max_nodes: usize,
 ) -> Result<Vec<(NodeId, u32)>, QueryError> {
-    check(g, start)?;
+    check(g, &filter, start)?;
     scratch.reset(g.node_count());
     let mut out = Vec::new();
     if max_nodes == 0 {
@@ -277,14 +302,14 @@ pub fn k_hop<G: Topology>(
             let mut full = false;
             if filter.label.is_none() {
                 g.for_each_neighbor(n, dir, |m| {
-                    if !full && g.is_visible(m) && scratch.visit(m) {
+                    if !full && admits(g, &filter, m) && scratch.visit(m) {
                         out.push((m, depth));
                         full = out.len() >= max_nodes;
                     }
                 });
             } else {
                 g.for_each_edge(n, dir, |m, l, _| {
-                    if !full && filter.accepts(l) && g.is_visible(m) && scratch.visit(m) {
+                    if !full && filter.accepts(l) && admits(g, &filter, m) && scratch.visit(m) {
                         out.push((m, depth));
                         full = out.len() >= max_nodes;
                     }
@@ -357,8 +382,8 @@ pub fn shortest_path<G: Topology>(
     dir: Direction,
     filter: EdgeFilter,
 ) -> Result<Option<Vec<NodeId>>, QueryError> {
-    check(g, from)?;
-    check(g, to)?;
+    check(g, &filter, from)?;
+    check(g, &filter, to)?;
     if from == to {
         return Ok(Some(vec![from]));
     }
@@ -387,7 +412,7 @@ pub fn shortest_path<G: Topology>(
         for i in 0..this.frontier.len() {
             let u = NodeId(this.frontier[i]);
             g.for_each_edge(u, d, |m, l, _| {
-                if meet.is_some() || !filter.accepts(l) || !g.is_visible(m) || !visit(&mut this.visited, m) {
+                if meet.is_some() || !filter.accepts(l) || !admits(g, &filter, m) || !visit(&mut this.visited, m) {
                     return;
                 }
                 this.parents[m.index()] = u.0;
@@ -438,8 +463,8 @@ pub fn weighted_shortest_path<G: Topology>(
     dir: Direction,
     filter: EdgeFilter,
 ) -> Result<Option<(f64, Vec<NodeId>)>, QueryError> {
-    check(g, from)?;
-    check(g, to)?;
+    check(g, &filter, from)?;
+    check(g, &filter, to)?;
     let n = g.node_count() as usize;
     let mut dist = vec![f64::INFINITY; n];
     let mut parent = vec![u32::MAX; n];
@@ -458,7 +483,7 @@ pub fn weighted_shortest_path<G: Topology>(
             break;
         }
         g.for_each_edge(u, dir, |m, l, w| {
-            if bad.is_some() || !filter.accepts(l) || !g.is_visible(m) {
+            if bad.is_some() || !filter.accepts(l) || !admits(g, &filter, m) {
                 return;
             }
             if w.is_nan() || w < 0.0 {
@@ -516,11 +541,11 @@ pub fn components<G: Topology>(g: &G, filter: EdgeFilter) -> Components {
         x
     }
     for u in 0..n {
-        if !g.is_visible(NodeId(u)) {
+        if !admits(g, &filter, NodeId(u)) {
             continue;
         }
         g.for_each_edge(NodeId(u), Direction::Out, |m, l, _| {
-            if filter.accepts(l) && g.is_visible(m) {
+            if filter.accepts(l) && admits(g, &filter, m) {
                 let (a, b) = (find(&mut parent, u), find(&mut parent, m.0));
                 if a != b {
                     parent[a.max(b) as usize] = a.min(b);
@@ -531,7 +556,7 @@ pub fn components<G: Topology>(g: &G, filter: EdgeFilter) -> Components {
     let mut component = vec![u32::MAX; n as usize];
     let mut count = 0;
     for u in 0..n {
-        if !g.is_visible(NodeId(u)) {
+        if !admits(g, &filter, NodeId(u)) {
             continue;
         }
         let r = find(&mut parent, u);

@@ -13,6 +13,7 @@
 //! not grow with the overlay. A traversal follows two pointers per node to learn "nothing
 //! changed here"; only nodes marked dirty in their chunk pay for the merge.
 
+use crate::nodes::{NodeData, NodeKey, NodeLabel, NodeStore, TenantId};
 use crate::query::{Direction, Topology};
 use crate::{Csr, EdgeInput, EdgeLabel, NodeId};
 use std::collections::HashMap;
@@ -53,6 +54,8 @@ const GROUP_CHUNKS: usize = GROUP_NODES / CHUNK_NODES;
 struct Group {
     chunks: [Option<Arc<Chunk>>; GROUP_CHUNKS],
     dirty: [u64; GROUP_NODES / 64],
+    /// Nodes whose data (label, key, tenant, properties) changed since the base.
+    changed: [u64; GROUP_NODES / 64],
 }
 
 impl Default for Group {
@@ -60,6 +63,19 @@ impl Default for Group {
         Group {
             chunks: std::array::from_fn(|_| None),
             dirty: [0; GROUP_NODES / 64],
+            changed: [0; GROUP_NODES / 64],
+        }
+    }
+}
+
+/// Whether node `n`'s data changed since the base.
+#[inline]
+fn is_changed(groups: &Groups, n: u32) -> bool {
+    match groups.get((n >> GROUP_SHIFT) as usize).and_then(|g| g.as_deref()) {
+        None => false,
+        Some(g) => {
+            let i = n as usize & (GROUP_NODES - 1);
+            g.changed[i >> 6] & (1 << (i & 63)) != 0
         }
     }
 }
@@ -214,7 +230,7 @@ pub enum ApplyError {
 }
 
 /// One change of a transaction.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
     /// Allocates the next node id.
     AddNode,
@@ -223,6 +239,14 @@ pub enum Mutation {
     RemoveNode(NodeId),
     /// Brings a deleted node back, with every edge still stored for it.
     RestoreNode(NodeId),
+    /// Sets (or with `None` clears) a node's data: label, key, tenant, properties. The
+    /// (label, key) index and tenant bitmaps follow.
+    SetNode {
+        /// The node.
+        id: NodeId,
+        /// Its new data.
+        data: Option<Arc<NodeData>>,
+    },
     /// Adds an edge (parallel edges are kept). Its endpoints need not be visible: an edge to a
     /// node that does not exist (yet) is kept and becomes visible with the node.
     AddEdge(EdgeInput),
@@ -241,6 +265,7 @@ pub struct GraphView {
     deleted: usize,
     /// Restored bits in the overlay tree.
     restored: usize,
+    nodes: NodeStore,
     node_count: u32,
     edge_count: usize,
     overlay_edges: usize,
@@ -258,6 +283,7 @@ impl GraphView {
             base_deleted: None,
             deleted: 0,
             restored: 0,
+            nodes: NodeStore::default(),
             node_count,
             edge_count,
             overlay_edges: 0,
@@ -307,6 +333,33 @@ impl GraphView {
             }
         }
         bits
+    }
+
+    /// The data of node `n`, if it has any.
+    pub fn node(&self, n: NodeId) -> Option<&NodeData> {
+        self.nodes.data(n.0).map(|d| d.as_ref())
+    }
+
+    /// The node with this label and key, visible or not.
+    pub fn resolve(&self, label: NodeLabel, key: &NodeKey) -> Option<NodeId> {
+        self.nodes.resolve(label, key).map(NodeId)
+    }
+
+    /// The id of a tenant value (`None` if no node ever had it).
+    pub fn tenant(&self, value: &NodeKey) -> Option<TenantId> {
+        self.nodes.tenant_id(value)
+    }
+
+    /// The value of a tenant id.
+    pub fn tenant_value(&self, t: TenantId) -> Option<&NodeKey> {
+        self.nodes.tenant_value(t)
+    }
+
+    /// Visible members of tenant `t`, in id order.
+    pub fn tenant_members(&self, t: TenantId) -> Vec<NodeId> {
+        self.nodes.members(t).map_or_else(Vec::new, |b| {
+            b.iter().map(NodeId).filter(|&n| self.is_visible(n)).collect()
+        })
     }
 
     /// Whether anything changed since the base was built (edges, deletions or restorations).
@@ -393,6 +446,11 @@ impl Topology for GraphView {
     }
 
     #[inline]
+    fn tenant_of(&self, n: NodeId) -> Option<TenantId> {
+        self.nodes.tenant_of(n.0, is_changed(&self.chunks, n.0))
+    }
+
+    #[inline]
     fn is_visible(&self, n: NodeId) -> bool {
         self.liveness().is_live(n.0)
     }
@@ -433,6 +491,114 @@ impl Topology for GraphView {
     }
 }
 
+/// One transaction being built on top of the current view; see [`Graph::begin`].
+///
+/// Every call applies at once to the transaction's own state (later calls see earlier ones);
+/// nothing is visible to readers until [`Txn::commit`]. An error leaves the transaction as it
+/// was before the failing call; dropping the transaction discards it.
+pub struct Txn<'g> {
+    graph: &'g mut Graph,
+    b: Builder,
+    log: Vec<Mutation>,
+    lsn: u64,
+}
+
+impl std::fmt::Debug for Txn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Txn")
+            .field("lsn", &self.lsn)
+            .field("mutations", &self.log.len())
+            .finish()
+    }
+}
+
+impl Txn<'_> {
+    /// Applies one low-level mutation.
+    pub fn push(&mut self, m: Mutation) -> Result<(), ApplyError> {
+        // Mutations either fail before changing anything or succeed whole.
+        self.b.apply(&m)?;
+        self.log.push(m);
+        Ok(())
+    }
+
+    /// The id of the node with this label and key. A node never seen gets a new id, absent
+    /// (invisible) until [`Txn::upsert_node`] gives it data: edges may point at it meanwhile.
+    pub fn node_id(&mut self, label: NodeLabel, key: &NodeKey) -> NodeId {
+        if let Some(n) = self.b.view.nodes.resolve(label, key) {
+            return NodeId(n);
+        }
+        let id = NodeId(self.b.view.node_count);
+        let data = NodeData {
+            label,
+            key: key.clone(),
+            tenant: None,
+            properties: Arc::from(Vec::new()),
+        };
+        for m in [
+            Mutation::AddNode,
+            Mutation::RemoveNode(id),
+            Mutation::SetNode {
+                id,
+                data: Some(Arc::new(data)),
+            },
+        ] {
+            // Cannot fail: the id was just allocated and is visible until removed.
+            let _ = self.push(m);
+        }
+        id
+    }
+
+    /// Inserts or updates the node `data.label` / `data.key` and makes it visible.
+    pub fn upsert_node(&mut self, data: NodeData) -> NodeId {
+        let id = self.node_id(data.label, &data.key);
+        if !self.b.visible(id) {
+            let _ = self.push(Mutation::RestoreNode(id));
+        }
+        let _ = self.push(Mutation::SetNode {
+            id,
+            data: Some(Arc::new(data)),
+        });
+        id
+    }
+
+    /// Deletes the node with this label and key (it keeps its id and edges, invisible, and
+    /// comes back with them if upserted again). Returns its id, or `None` if it was not there.
+    pub fn delete_node(&mut self, label: NodeLabel, key: &NodeKey) -> Option<NodeId> {
+        let id = NodeId(self.b.view.nodes.resolve(label, key)?);
+        if !self.b.visible(id) {
+            return None;
+        }
+        self.push(Mutation::RemoveNode(id)).ok()?;
+        Some(id)
+    }
+
+    /// Adds an edge.
+    pub fn add_edge(&mut self, e: EdgeInput) -> Result<(), ApplyError> {
+        self.push(Mutation::AddEdge(e))
+    }
+
+    /// Removes one edge with exactly this source, target, label and weight.
+    pub fn remove_edge(&mut self, e: EdgeInput) -> Result<(), ApplyError> {
+        self.push(Mutation::RemoveEdge(e))
+    }
+
+    /// The state built so far (for reads inside the transaction).
+    pub fn view(&self) -> GraphView {
+        self.b.current_view()
+    }
+
+    /// Publishes the transaction as the graph's new view.
+    pub fn commit(self) -> Result<Arc<GraphView>, ApplyError> {
+        let Txn { graph, b, log, lsn } = self;
+        let view = Arc::new(b.finish(lsn));
+        if let Some((_, pending)) = graph.since_compaction.as_mut() {
+            pending.push((lsn, log));
+        }
+        graph.publish(view.clone());
+        Ok(view)
+    }
+}
+
 /// Builds the next view from a base one; chunks are cloned on first write.
 struct Builder {
     view: GraphView,
@@ -440,6 +606,13 @@ struct Builder {
 }
 
 impl Builder {
+    fn finish(self, lsn: u64) -> GraphView {
+        let mut view = self.view;
+        view.chunks = Arc::new(self.chunks);
+        view.lsn = lsn;
+        view
+    }
+
     fn chunk_mut(&mut self, n: u32) -> &mut Chunk {
         let gi = (n >> GROUP_SHIFT) as usize;
         if self.chunks.len() <= gi {
@@ -643,6 +816,18 @@ impl Builder {
                 self.view.edge_count += self.visible_incident(n);
                 Ok(())
             }
+            Mutation::SetNode { id, ref data } => {
+                if id.0 >= self.view.node_count {
+                    return Err(ApplyError::NoSuchNode(id.0));
+                }
+                self.view.nodes.set(id.0, data.clone());
+                self.chunk_mut(id.0);
+                if let Some(g) = self.chunks[(id.0 >> GROUP_SHIFT) as usize].as_mut() {
+                    let i = id.index() & (GROUP_NODES - 1);
+                    Arc::make_mut(g).changed[i >> 6] |= 1 << (i & 63);
+                }
+                Ok(())
+            }
             Mutation::AddEdge(e) => self.add_edge(e),
             Mutation::RemoveEdge(e) => self.remove_edge(e),
         }
@@ -680,6 +865,7 @@ impl CompactionJob {
     pub fn build(self) -> Compacted {
         let csr = self.view.compact_edges();
         Compacted {
+            nodes: self.view.nodes.compacted(self.view.node_count),
             csr,
             deleted: self.view.deleted_bits(),
             lsn: self.view.lsn,
@@ -692,6 +878,7 @@ impl CompactionJob {
 /// The result of [`CompactionJob::build`], to hand to [`Graph::finish_compaction`].
 #[derive(Debug)]
 pub struct Compacted {
+    nodes: NodeStore,
     csr: Csr,
     /// Dense bitset of the nodes not visible at the compacted LSN.
     deleted: Vec<u64>,
@@ -786,21 +973,36 @@ impl Graph {
     /// Applies one transaction atomically and publishes the resulting view at `lsn`. On error
     /// nothing is applied. Only one writer may call this at a time (it takes `&mut self`).
     pub fn apply(&mut self, lsn: u64, mutations: &[Mutation]) -> Result<Arc<GraphView>, ApplyError> {
+        let mut txn = self.begin(lsn)?;
+        for m in mutations {
+            txn.push(m.clone())?;
+        }
+        txn.commit()
+    }
+
+    /// Starts a transaction that will be published at `lsn`. Dropping it without
+    /// [`Txn::commit`] discards it.
+    pub fn begin(&mut self, lsn: u64) -> Result<Txn<'_>, ApplyError> {
         if let Some(reason) = self.read_only_reason() {
             return Err(ApplyError::ReadOnly { reason });
         }
-        let view = Arc::new(Self::build(&self.view(), lsn, mutations)?);
-        if let Some((_, log)) = self.since_compaction.as_mut() {
-            log.push((lsn, mutations.to_vec()));
-        }
-        self.publish(view.clone());
-        Ok(view)
-    }
-
-    fn build(cur: &GraphView, lsn: u64, mutations: &[Mutation]) -> Result<GraphView, ApplyError> {
+        let cur = self.view();
         if lsn <= cur.lsn {
             return Err(ApplyError::StaleLsn { lsn, current: cur.lsn });
         }
+        let b = Builder {
+            chunks: cur.chunks.as_ref().clone(),
+            view: (*cur).clone(),
+        };
+        Ok(Txn {
+            graph: self,
+            b,
+            log: Vec::new(),
+            lsn,
+        })
+    }
+
+    fn build(cur: &GraphView, lsn: u64, mutations: &[Mutation]) -> Result<GraphView, ApplyError> {
         let mut b = Builder {
             chunks: cur.chunks.as_ref().clone(),
             view: cur.clone(),
@@ -808,10 +1010,7 @@ impl Graph {
         for m in mutations {
             b.apply(m)?;
         }
-        let mut view = b.view;
-        view.chunks = Arc::new(b.chunks);
-        view.lsn = lsn;
-        Ok(view)
+        Ok(b.finish(lsn))
     }
 
     /// Starts a compaction of the current view; run [`CompactionJob::build`] anywhere, then
@@ -835,6 +1034,7 @@ impl Graph {
         let (_, log) = self.since_compaction.take().unwrap_or_default();
         let mut view = GraphView::new(done.csr, done.lsn);
         view.edge_count = done.visible_edges;
+        view.nodes = done.nodes;
         if done.deleted.iter().any(|&w| w != 0) {
             view.base_deleted = Some(Arc::new(done.deleted));
         }

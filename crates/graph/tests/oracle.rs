@@ -77,7 +77,7 @@ proptest! {
     fn neighbours_match(c in case(), dir in dirs(), label in proptest::option::of(0u8..3)) {
         let g = csr(&c);
         let o = oracle(&c, dir, label);
-        let filter = EdgeFilter { label: label.map(EdgeLabel) };
+        let filter = EdgeFilter { label: label.map(EdgeLabel), ..Default::default() };
         for n in 0..c.n {
             let mut got: Vec<u32> = neighbors(&g, NodeId(n), dir, filter).unwrap().iter().map(|(m, _)| m.0).collect();
             let mut want: Vec<u32> = o.neighbors(NodeIndex::new(n as usize)).map(|m| m.index() as u32).collect();
@@ -94,7 +94,7 @@ proptest! {
         let o = oracle(&c, dir, label);
         let start = start.index(c.n as usize) as u32;
         let mut scratch = Scratch::default();
-        let got = k_hop(&g, &mut scratch, NodeId(start), dir, EdgeFilter { label: label.map(EdgeLabel) }, max_depth, usize::MAX).unwrap();
+        let got = k_hop(&g, &mut scratch, NodeId(start), dir, EdgeFilter { label: label.map(EdgeLabel), ..Default::default() }, max_depth, usize::MAX).unwrap();
         let want: HashMap<u32, u32> = petgraph::algo::dijkstra(&o, NodeIndex::new(start as usize), None, |_| 1u32)
             .into_iter().filter(|(_, d)| *d <= max_depth).map(|(k, d)| (k.index() as u32, d)).collect();
         let got_map: HashMap<u32, u32> = got.iter().map(|(n, d)| (n.0, *d)).collect();
@@ -102,7 +102,7 @@ proptest! {
         prop_assert_eq!(got_map, want);
         prop_assert!(got.windows(2).all(|w| w[0].1 <= w[1].1), "BFS order");
         // max_nodes truncates the same order.
-        let cut = k_hop(&g, &mut scratch, NodeId(start), dir, EdgeFilter { label: label.map(EdgeLabel) }, max_depth, 3).unwrap();
+        let cut = k_hop(&g, &mut scratch, NodeId(start), dir, EdgeFilter { label: label.map(EdgeLabel), ..Default::default() }, max_depth, 3).unwrap();
         prop_assert_eq!(&cut[..], &got[..got.len().min(3)]);
     }
 
@@ -141,7 +141,7 @@ proptest! {
     fn components_match(c in case(), label in proptest::option::of(0u8..3)) {
         let g = csr(&c);
         let o = oracle(&c, Direction::Out, label);
-        let comps = components(&g, EdgeFilter { label: label.map(EdgeLabel) });
+        let comps = components(&g, EdgeFilter { label: label.map(EdgeLabel), ..Default::default() });
         prop_assert_eq!(comps.count as usize, petgraph::algo::connected_components(&o));
         // Same partition as union-find over petgraph's edges.
         let mut uf = petgraph::unionfind::UnionFind::new(c.n as usize);

@@ -18,6 +18,7 @@ impl Oracle {
         let mut o = self.clone();
         for m in txn {
             match *m {
+                Mutation::SetNode { .. } => unreachable!("not generated here"),
                 Mutation::AddNode => o.visible.push(true),
                 Mutation::RemoveNode(n) => {
                     if !o.visible.get(n.index()).copied().unwrap_or(false) {
