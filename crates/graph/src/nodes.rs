@@ -29,7 +29,8 @@ pub enum NodeKey {
     Composite(Arc<[NodeKey]>),
 }
 
-/// A tenant, as interned by the graph from the tenant column's value.
+/// A tenant, as interned by the graph from the tenant column's value. Ids are stable for the
+/// life of a [`crate::Graph`] but not across snapshot reloads: persist tenant values, not ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TenantId(pub u32);
 
@@ -197,5 +198,187 @@ impl NodeStore {
             tenant_names: self.tenant_names.clone(),
             members: self.members.clone(),
         }
+    }
+}
+
+/// Compact binary encoding of node data for snapshots: per node a presence byte, then label,
+/// key, tenant and properties. Decoding checks every length against the bytes left.
+pub(crate) mod codec {
+    use super::*;
+
+    fn put_key(out: &mut Vec<u8>, k: &NodeKey) {
+        match k {
+            NodeKey::Int(v) => {
+                out.push(0);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            NodeKey::Uuid(u) => {
+                out.push(1);
+                out.extend_from_slice(u);
+            }
+            NodeKey::Text(t) => {
+                out.push(2);
+                put_str(out, t);
+            }
+            NodeKey::Composite(parts) => {
+                out.push(3);
+                out.extend_from_slice(&(parts.len() as u32).to_le_bytes());
+                for p in parts.iter() {
+                    put_key(out, p);
+                }
+            }
+        }
+    }
+
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    /// Encodes the data of nodes `0..node_count`.
+    pub(crate) fn encode(store: &NodeStore, node_count: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        for n in 0..node_count {
+            let Some(d) = store.data(n) else {
+                out.push(0);
+                continue;
+            };
+            out.push(1);
+            out.extend_from_slice(&d.label.0.to_le_bytes());
+            put_key(&mut out, &d.key);
+            match &d.tenant {
+                None => out.push(0),
+                Some(t) => {
+                    out.push(1);
+                    put_key(&mut out, t);
+                }
+            }
+            out.extend_from_slice(&(d.properties.len() as u32).to_le_bytes());
+            for (name, v) in d.properties.iter() {
+                put_str(&mut out, name);
+                match v {
+                    PropValue::Null => out.push(0),
+                    PropValue::Bool(b) => out.extend_from_slice(&[1, u8::from(*b)]),
+                    PropValue::Int(i) => {
+                        out.push(2);
+                        out.extend_from_slice(&i.to_le_bytes());
+                    }
+                    PropValue::Float(f) => {
+                        out.push(3);
+                        out.extend_from_slice(&f.to_le_bytes());
+                    }
+                    PropValue::Text(t) => {
+                        out.push(4);
+                        put_str(&mut out, t);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    struct Reader<'a>(&'a [u8]);
+
+    impl<'a> Reader<'a> {
+        fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+            if self.0.len() < n {
+                return Err("node data ends early".into());
+            }
+            let (a, b) = self.0.split_at(n);
+            self.0 = b;
+            Ok(a)
+        }
+        fn u8(&mut self) -> Result<u8, String> {
+            Ok(self.take(1)?[0])
+        }
+        fn u32(&mut self) -> Result<u32, String> {
+            Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| "short")?))
+        }
+        fn u64(&mut self) -> Result<[u8; 8], String> {
+            self.take(8)?.try_into().map_err(|_| "short".into())
+        }
+        fn str(&mut self) -> Result<Arc<str>, String> {
+            let n = self.u32()? as usize;
+            let b = self.take(n)?;
+            std::str::from_utf8(b)
+                .map(Arc::from)
+                .map_err(|_| "node text is not UTF-8".into())
+        }
+        fn key(&mut self, depth: u32) -> Result<NodeKey, String> {
+            if depth > 16 {
+                return Err("composite key nested too deep".into());
+            }
+            Ok(match self.u8()? {
+                0 => NodeKey::Int(i64::from_le_bytes(self.u64()?)),
+                1 => NodeKey::Uuid(self.take(16)?.try_into().map_err(|_| "short uuid")?),
+                2 => NodeKey::Text(self.str()?),
+                3 => {
+                    let n = self.u32()? as usize;
+                    if n > self.0.len() {
+                        return Err("composite key count does not fit".into());
+                    }
+                    NodeKey::Composite(
+                        (0..n)
+                            .map(|_| self.key(depth + 1))
+                            .collect::<Result<Vec<_>, _>>()?
+                            .into(),
+                    )
+                }
+                t => return Err(format!("unknown key tag {t}")),
+            })
+        }
+    }
+
+    /// Decodes `node_count` nodes into a fresh store.
+    pub(crate) fn decode(bytes: &[u8], node_count: u32) -> Result<NodeStore, String> {
+        let mut r = Reader(bytes);
+        let mut store = NodeStore::default();
+        let mut data = Vec::with_capacity((node_count as usize).min(bytes.len()));
+        for _ in 0..node_count {
+            if r.u8()? == 0 {
+                data.push(None);
+                continue;
+            }
+            let label = NodeLabel(u16::from_le_bytes(r.take(2)?.try_into().map_err(|_| "short")?));
+            let key = r.key(0)?;
+            let tenant = match r.u8()? {
+                0 => None,
+                1 => Some(r.key(0)?),
+                t => return Err(format!("unknown tenant tag {t}")),
+            };
+            let n = r.u32()? as usize;
+            if n > r.0.len() {
+                return Err("property count does not fit".into());
+            }
+            let mut props = Vec::with_capacity(n);
+            for _ in 0..n {
+                let name = r.str()?;
+                let v = match r.u8()? {
+                    0 => PropValue::Null,
+                    1 => PropValue::Bool(r.u8()? != 0),
+                    2 => PropValue::Int(i64::from_le_bytes(r.u64()?)),
+                    3 => PropValue::Float(f64::from_le_bytes(r.u64()?)),
+                    4 => PropValue::Text(r.str()?),
+                    t => return Err(format!("unknown property tag {t}")),
+                };
+                props.push((name, v));
+            }
+            data.push(Some(Arc::new(NodeData {
+                label,
+                key,
+                tenant,
+                properties: props.into(),
+            })));
+        }
+        if !r.0.is_empty() {
+            return Err("trailing bytes after node data".into());
+        }
+        // Set everything through the normal path (index, tenants), then fold into a base.
+        for (n, d) in data.into_iter().enumerate() {
+            if d.is_some() {
+                store.set(n as u32, d);
+            }
+        }
+        Ok(store.compacted(node_count))
     }
 }

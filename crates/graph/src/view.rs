@@ -362,14 +362,26 @@ impl GraphView {
         })
     }
 
+    /// Node data in the snapshot encoding.
+    pub(crate) fn encode_nodes(&self) -> Vec<u8> {
+        crate::nodes::codec::encode(&self.nodes, self.node_count)
+    }
+
     /// Whether anything changed since the base was built (edges, deletions or restorations).
     pub fn has_overlay(&self) -> bool {
         self.overlay_edges > 0 || self.deleted > 0 || self.restored > 0
     }
 
     /// A view of a base with a dense deleted-node bitset and a known visible edge count.
-    pub(crate) fn from_parts(base: Csr, deleted: Option<Vec<u64>>, visible_edges: usize, lsn: u64) -> Self {
+    pub(crate) fn from_parts(
+        base: Csr,
+        deleted: Option<Vec<u64>>,
+        nodes: NodeStore,
+        visible_edges: usize,
+        lsn: u64,
+    ) -> Self {
         let mut v = GraphView::new(base, lsn);
+        v.nodes = nodes;
         v.base_deleted = deleted.filter(|d| d.iter().any(|&w| w != 0)).map(Arc::new);
         v.edge_count = visible_edges;
         v

@@ -46,7 +46,54 @@ fn sample_graph() -> Graph {
     )
     .unwrap();
     g.apply(12, &[Mutation::RestoreNode(NodeId(6))]).unwrap();
+    // Nodes with keys, tenants and properties; an edge to a node that does not exist yet.
+    let mut txn = g.begin(13).unwrap();
+    for i in 0..50i64 {
+        let key = if i % 3 == 0 {
+            NodeKey::Text(format!("user-{i}").into())
+        } else {
+            NodeKey::Int(i)
+        };
+        txn.upsert_node(NodeData {
+            label: NodeLabel((i % 2) as u16),
+            key,
+            tenant: Some(NodeKey::Int(i % 4)),
+            properties: std::sync::Arc::from(vec![
+                (std::sync::Arc::from("name"), PropValue::Text(format!("n{i}").into())),
+                (std::sync::Arc::from("score"), PropValue::Float(i as f64 / 3.0)),
+            ]),
+        });
+    }
+    let a = txn.node_id(NodeLabel(1), &NodeKey::Int(1));
+    let ghost = txn.node_id(
+        NodeLabel(0),
+        &NodeKey::Composite(vec![NodeKey::Int(7), NodeKey::Uuid([9; 16])].into()),
+    );
+    txn.add_edge(EdgeInput {
+        source: a,
+        target: ghost,
+        label: EdgeLabel(1),
+        weight: 1.0,
+    })
+    .unwrap();
+    txn.commit().unwrap();
     g
+}
+
+fn same_nodes(a: &GraphView, b: &GraphView) {
+    for n in 0..a.node_count() {
+        let (x, y) = (a.node(NodeId(n)), b.node(NodeId(n)));
+        assert_eq!(x, y, "node {n}");
+        if let Some(d) = x {
+            assert_eq!(b.resolve(d.label, &d.key), Some(NodeId(n)));
+            let tv = |v: &GraphView| v.tenant_of(NodeId(n)).and_then(|t| v.tenant_value(t).cloned());
+            assert_eq!(tv(a), tv(b));
+        }
+    }
+    for t in 0..4 {
+        let members = |v: &GraphView| v.tenant(&NodeKey::Int(t)).map(|id| v.tenant_members(id));
+        assert_eq!(members(a), members(b));
+    }
 }
 
 fn same_answers(a: &GraphView, b: &GraphView) {
@@ -87,20 +134,22 @@ fn write_then_load_gives_the_same_graph_read_in_place() {
     let loaded = snapshot::load(&path).unwrap();
     assert_eq!(loaded.meta, written);
     assert_eq!(loaded.meta.config_hash, 0xC0FFEE);
-    assert_eq!(loaded.meta.lsn, 12);
+    assert_eq!(loaded.meta.lsn, 13);
     assert!(
         loaded.view.base().is_mapped(),
         "arrays are read from the mapping, not copied"
     );
     assert_eq!(loaded.view.base().heap_bytes(), 0);
     same_answers(&g.view(), &loaded.view);
+    same_nodes(&g.view(), &loaded.view);
     // The loaded graph keeps working: changes on top, compaction, and a second snapshot.
     let mut g2 = Graph::from_view(loaded.view, CompactionPolicy::default());
-    g2.apply(13, &[Mutation::RestoreNode(NodeId(5))]).unwrap();
+    g2.apply(14, &[Mutation::RestoreNode(NodeId(5))]).unwrap();
     g2.compact().unwrap();
     snapshot::write(&g2.view(), &path, 0xC0FFEE, 0).unwrap();
     let again = snapshot::load(&path).unwrap();
     same_answers(&g2.view(), &again.view);
+    same_nodes(&g2.view(), &again.view);
     assert!(
         !dir.path().join(".graph.snap.tmp").exists(),
         "no temporary file left behind"
