@@ -16,29 +16,7 @@
 use crate::nodes::{NodeData, NodeKey, NodeLabel, NodeStore, TenantId};
 use crate::query::{Direction, Topology};
 use crate::{Csr, EdgeInput, EdgeLabel, NodeId};
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, RwLock};
-
-/// Node ids are dense integers; a multiplicative hash is all a map keyed by them needs.
-#[derive(Default)]
-struct NodeHasher(u64);
-
-impl Hasher for NodeHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.0 = u64::from(v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type NodeMap<V> = HashMap<u32, V, BuildHasherDefault<NodeHasher>>;
 
 const CHUNK_SHIFT: u32 = 8;
 const CHUNK_NODES: usize = 1 << CHUNK_SHIFT;
@@ -53,7 +31,9 @@ const GROUP_CHUNKS: usize = GROUP_NODES / CHUNK_NODES;
 #[derive(Debug, Clone)]
 struct Group {
     chunks: [Option<Arc<Chunk>>; GROUP_CHUNKS],
-    dirty: [u64; GROUP_NODES / 64],
+    /// Nodes with overlay edges, per direction (`[outgoing, incoming]`), so a traversal in one
+    /// direction takes the slow path only for nodes changed in that direction.
+    dirty: [[u64; GROUP_NODES / 64]; 2],
     /// Nodes whose data (label, key, tenant, properties) changed since the base.
     changed: [u64; GROUP_NODES / 64],
 }
@@ -62,7 +42,7 @@ impl Default for Group {
     fn default() -> Self {
         Group {
             chunks: std::array::from_fn(|_| None),
-            dirty: [0; GROUP_NODES / 64],
+            dirty: [[0; GROUP_NODES / 64]; 2],
             changed: [0; GROUP_NODES / 64],
         }
     }
@@ -80,14 +60,19 @@ fn is_changed(groups: &Groups, n: u32) -> bool {
     }
 }
 
-/// Whether node `n` has overlay edges.
+/// Whether node `n` has overlay edges in `dir` (either direction for `Both`).
 #[inline]
-fn is_dirty(groups: &Groups, n: u32) -> bool {
+fn is_dirty(groups: &Groups, n: u32, dir: Direction) -> bool {
     match groups.get((n >> GROUP_SHIFT) as usize).and_then(|g| g.as_deref()) {
         None => false,
         Some(g) => {
             let i = n as usize & (GROUP_NODES - 1);
-            g.dirty[i >> 6] & (1 << (i & 63)) != 0
+            let (w, b) = (i >> 6, 1u64 << (i & 63));
+            match dir {
+                Direction::Out => g.dirty[0][w] & b != 0,
+                Direction::In => g.dirty[1][w] & b != 0,
+                Direction::Both => (g.dirty[0][w] | g.dirty[1][w]) & b != 0,
+            }
         }
     }
 }
@@ -148,15 +133,18 @@ struct NodeDelta {
     deleted: Vec<u32>,
 }
 
-/// Overlay state of 4,096 consecutive node ids.
+/// Overlay state of 256 consecutive node ids.
 #[derive(Debug, Clone)]
 struct Chunk {
     /// Deleted nodes.
     tombstones: [u64; CHUNK_WORDS],
     /// Nodes deleted in the base's dense bitset and restored since.
     restored: [u64; CHUNK_WORDS],
-    out: NodeMap<NodeDelta>,
-    inc: NodeMap<NodeDelta>,
+    /// For each node, 1 + its position in `deltas`, or 0 when it has no overlay edges: a
+    /// direct index, no hashing on the traversal path.
+    slot: [u16; CHUNK_NODES],
+    /// Overlay edges of the chunk's nodes: `[outgoing, incoming]`.
+    deltas: Vec<[NodeDelta; 2]>,
 }
 
 impl Default for Chunk {
@@ -164,9 +152,30 @@ impl Default for Chunk {
         Chunk {
             tombstones: [0; CHUNK_WORDS],
             restored: [0; CHUNK_WORDS],
-            out: NodeMap::default(),
-            inc: NodeMap::default(),
+            slot: [0; CHUNK_NODES],
+            deltas: Vec::new(),
         }
+    }
+}
+
+impl Chunk {
+    #[inline]
+    fn delta(&self, n: u32, dir: Direction) -> Option<&NodeDelta> {
+        let s = self.slot[n as usize & (CHUNK_NODES - 1)];
+        if s == 0 {
+            return None;
+        }
+        Some(&self.deltas[usize::from(s) - 1][usize::from(dir == Direction::In)])
+    }
+
+    fn delta_mut(&mut self, n: u32, dir: Direction) -> &mut NodeDelta {
+        let i = n as usize & (CHUNK_NODES - 1);
+        if self.slot[i] == 0 {
+            self.deltas.push(Default::default());
+            // At most 256 entries: fits in u16.
+            self.slot[i] = self.deltas.len() as u16;
+        }
+        &mut self.deltas[usize::from(self.slot[i]) - 1][usize::from(dir == Direction::In)]
     }
 }
 
@@ -413,14 +422,11 @@ impl GraphView {
     }
 
     fn delta(&self, n: NodeId, dir: Direction) -> Option<&NodeDelta> {
-        if !is_dirty(&self.chunks, n.0) {
+        if !is_dirty(&self.chunks, n.0, dir) {
             return None;
         }
         let c = self.chunk(n.0)?;
-        match dir {
-            Direction::In => c.inc.get(&n.0),
-            _ => c.out.get(&n.0),
-        }
+        c.delta(n.0, dir)
     }
 
     /// Edges of `n` in one direction (Out or In), base minus deletions plus additions.
@@ -458,6 +464,11 @@ impl Topology for GraphView {
     }
 
     #[inline]
+    fn all_visible(&self) -> bool {
+        self.base_deleted.is_none() && self.deleted == 0
+    }
+
+    #[inline]
     fn tenant_of(&self, n: NodeId) -> Option<TenantId> {
         self.nodes.tenant_of(n.0, is_changed(&self.chunks, n.0))
     }
@@ -480,11 +491,43 @@ impl Topology for GraphView {
 
     #[inline]
     fn for_each_neighbor(&self, n: NodeId, dir: Direction, mut f: impl FnMut(NodeId)) {
-        let pure = n.0 < self.base.node_count() && !is_dirty(&self.chunks, n.0);
-        if pure {
+        let dirty = is_dirty(&self.chunks, n.0, dir);
+        if !dirty && n.0 < self.base.node_count() {
             self.base.for_each_neighbor(n, dir, f);
-        } else {
-            self.for_each_edge(n, dir, |m, _, _| f(m));
+            return;
+        }
+        let mut one = |d: Direction| {
+            // Endpoints only: no labels or weights read.
+            let delta = if dirty { self.delta(n, d) } else { None };
+            if n.0 < self.base.node_count() {
+                let adj = if d == Direction::In {
+                    self.base.reverse()
+                } else {
+                    self.base.forward()
+                };
+                let targets = adj.targets(n);
+                match delta.map(|x| x.deleted.as_slice()).filter(|x| !x.is_empty()) {
+                    None => targets.iter().for_each(|&m| f(NodeId(m))),
+                    Some(deleted) => {
+                        let start = adj.range(n).start as u32;
+                        for (i, &m) in targets.iter().enumerate() {
+                            if deleted.binary_search(&(start + i as u32)).is_err() {
+                                f(NodeId(m));
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(x) = delta {
+                x.added.iter().for_each(|e| f(NodeId(e.other)));
+            }
+        };
+        match dir {
+            Direction::Both => {
+                one(Direction::Out);
+                one(Direction::In);
+            }
+            d => one(d),
         }
     }
 
@@ -493,12 +536,26 @@ impl Topology for GraphView {
         if n.0 < self.base.node_count() {
             self.base.prefetch(n, dir);
         }
+        // Second stage for changed nodes: their overlay entry (the slot was prefetched earlier).
+        if is_dirty(&self.chunks, n.0, dir) {
+            if let Some(c) = self.chunk(n.0) {
+                let s = c.slot[n.index() & (CHUNK_NODES - 1)];
+                if s != 0 {
+                    crate::query::prefetch_ptr(c.deltas.as_ptr().wrapping_add(usize::from(s) - 1));
+                }
+            }
+        }
     }
 
     #[inline]
     fn prefetch_index(&self, n: NodeId, dir: Direction) {
         if n.0 < self.base.node_count() {
             self.base.prefetch_index(n, dir);
+        }
+        if is_dirty(&self.chunks, n.0, dir) {
+            if let Some(c) = self.chunk(n.0) {
+                crate::query::prefetch_ptr(c.slot.as_ptr().wrapping_add(n.index() & (CHUNK_NODES - 1)));
+            }
         }
     }
 }
@@ -680,13 +737,10 @@ impl Builder {
         self.chunk_mut(n);
         if let Some(g) = self.chunks[(n >> GROUP_SHIFT) as usize].as_mut() {
             let i = n as usize & (GROUP_NODES - 1);
-            Arc::make_mut(g).dirty[i >> 6] |= 1 << (i & 63);
+            Arc::make_mut(g).dirty[usize::from(dir == Direction::In)][i >> 6] |= 1 << (i & 63);
         }
         let c = self.chunk_mut(n);
-        match dir {
-            Direction::In => c.inc.entry(n).or_default(),
-            _ => c.out.entry(n).or_default(),
-        }
+        c.delta_mut(n, dir)
     }
 
     fn add_edge(&mut self, e: EdgeInput) -> Result<(), ApplyError> {
@@ -716,13 +770,11 @@ impl Builder {
     /// base). Returns whether one was found.
     fn remove_side(&mut self, n: u32, other: u32, label: EdgeLabel, weight: f64, dir: Direction) -> bool {
         let matches = |e: &EdgeRec| e.other == other && e.label == label && e.weight.to_bits() == weight.to_bits();
-        if let Some(d) = self.chunk(n).filter(|_| is_dirty(&self.chunks, n)).and_then(|c| {
-            if dir == Direction::In {
-                c.inc.get(&n)
-            } else {
-                c.out.get(&n)
-            }
-        }) {
+        if let Some(d) = self
+            .chunk(n)
+            .filter(|_| is_dirty(&self.chunks, n, dir))
+            .and_then(|c| c.delta(n, dir))
+        {
             if let Some(i) = d.added.iter().position(matches) {
                 self.delta_mut(n, dir).added.swap_remove(i);
                 return true;
@@ -741,13 +793,7 @@ impl Builder {
         let start = adj.range(NodeId(n)).start as u32;
         let deleted: Vec<u32> = self
             .chunk(n)
-            .and_then(|c| {
-                if dir == Direction::In {
-                    c.inc.get(&n)
-                } else {
-                    c.out.get(&n)
-                }
-            })
+            .and_then(|c| c.delta(n, dir))
             .map(|d| d.deleted.clone())
             .unwrap_or_default();
         for i in 0..nodes.len() {
