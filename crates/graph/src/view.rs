@@ -127,10 +127,11 @@ struct EdgeRec {
 /// Per-node overlay state for one direction.
 #[derive(Debug, Clone, Default)]
 struct NodeDelta {
-    /// Edges added since the base.
-    added: Vec<EdgeRec>,
+    /// Edges added since the base; the first two live inline, saving a cache miss per changed
+    /// node on the traversal path.
+    added: smallvec::SmallVec<[EdgeRec; 2]>,
     /// Base CSR positions (in this direction's arrays) deleted since the base, sorted.
-    deleted: Vec<u32>,
+    deleted: smallvec::SmallVec<[u32; 2]>,
 }
 
 /// Overlay state of 256 consecutive node ids.
@@ -794,7 +795,7 @@ impl Builder {
         let deleted: Vec<u32> = self
             .chunk(n)
             .and_then(|c| c.delta(n, dir))
-            .map(|d| d.deleted.clone())
+            .map(|d| d.deleted.to_vec())
             .unwrap_or_default();
         for i in 0..nodes.len() {
             let pos = start + i as u32;
