@@ -25,7 +25,7 @@ mod view;
 pub use csr::{Adjacency, Csr, CsrError, EdgeInput};
 pub use nodes::{NodeData, NodeKey, NodeLabel, PropValue, TenantId};
 pub use query::{Direction, EdgeFilter, QueryError, Scratch, Topology};
-pub use view::{ApplyError, Compacted, CompactionJob, CompactionPolicy, Graph, GraphView, Mutation};
+pub use view::{ApplyError, BulkError, Compacted, CompactionJob, CompactionPolicy, Graph, GraphView, Mutation};
 
 /// A dense node id, an index into the node arrays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -170,6 +170,36 @@ impl NodeStore {
         self.changed.insert(n, data);
     }
 
+    /// A store whose base holds `nodes` (node `i` is `nodes[i]`), built in one pass.
+    pub(crate) fn from_nodes(nodes: Vec<Option<NodeData>>) -> Result<NodeStore, (NodeLabel, NodeKey)> {
+        let mut store = NodeStore::default();
+        let mut base = NodeBase {
+            data: Vec::with_capacity(nodes.len()),
+            tenant: Vec::with_capacity(nodes.len()),
+            index: HashMap::with_capacity(nodes.len()),
+        };
+        let mut members: HashMap<TenantId, RoaringBitmap> = HashMap::new();
+        for (n, d) in nodes.into_iter().enumerate() {
+            let n = n as u32;
+            let mut t = NO_TENANT;
+            if let Some(d) = &d {
+                if base.index.insert((d.label, d.key.clone()), n).is_some() {
+                    return Err((d.label, d.key.clone()));
+                }
+                if let Some(tv) = &d.tenant {
+                    let id = store.intern(tv);
+                    members.entry(id).or_default().insert(n);
+                    t = id.0;
+                }
+            }
+            base.data.push(d.map(Arc::new));
+            base.tenant.push(t);
+        }
+        store.members = members.into_iter().map(|(t, b)| (t, Arc::new(b))).collect();
+        store.base = Arc::new(base);
+        Ok(store)
+    }
+
     /// A fresh base holding everything, for node ids `0..node_count` (compaction).
     pub(crate) fn compacted(&self, node_count: u32) -> NodeStore {
         let mut base = NodeBase {
@@ -332,7 +362,6 @@ pub(crate) mod codec {
     /// Decodes `node_count` nodes into a fresh store.
     pub(crate) fn decode(bytes: &[u8], node_count: u32) -> Result<NodeStore, String> {
         let mut r = Reader(bytes);
-        let mut store = NodeStore::default();
         let mut data = Vec::with_capacity((node_count as usize).min(bytes.len()));
         for _ in 0..node_count {
             if r.u8()? == 0 {
@@ -363,22 +392,16 @@ pub(crate) mod codec {
                 };
                 props.push((name, v));
             }
-            data.push(Some(Arc::new(NodeData {
+            data.push(Some(NodeData {
                 label,
                 key,
                 tenant,
                 properties: props.into(),
-            })));
+            }));
         }
         if !r.0.is_empty() {
             return Err("trailing bytes after node data".into());
         }
-        // Set everything through the normal path (index, tenants), then fold into a base.
-        for (n, d) in data.into_iter().enumerate() {
-            if d.is_some() {
-                store.set(n as u32, d);
-            }
-        }
-        Ok(store.compacted(node_count))
+        NodeStore::from_nodes(data).map_err(|(label, key)| format!("two nodes have label {} and key {key:?}", label.0))
     }
 }
