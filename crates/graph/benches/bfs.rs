@@ -316,6 +316,7 @@ fn snapshots(n: u32) {
                 label: NodeLabel(0),
                 key: NodeKey::Int(i64::from(i)),
                 tenant: Some(NodeKey::Int(i64::from(i % 1000))),
+                filters: std::sync::Arc::from(vec![(FilterId(0), NodeKey::Int(i64::from(i % 5)))]),
                 properties: std::sync::Arc::from(vec![(std::sync::Arc::from("rank"), PropValue::Int(i64::from(i)))]),
             })
         })

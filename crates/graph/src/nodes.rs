@@ -34,6 +34,15 @@ pub enum NodeKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TenantId(pub u32);
 
+/// A filter column (an index into the mapping's filter names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct FilterId(pub u16);
+
+/// One value of one filter column, as interned by the graph. Like [`TenantId`], stable for
+/// the life of a [`crate::Graph`] only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FilterValueId(pub u32);
+
 /// A property value kept for the API.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PropValue {
@@ -58,6 +67,8 @@ pub struct NodeData {
     pub key: NodeKey,
     /// Tenant value (interned by the graph), if the mapping has a tenant column.
     pub tenant: Option<NodeKey>,
+    /// Filter values: for each filter column of the mapping, this node's value.
+    pub filters: Arc<[(FilterId, NodeKey)]>,
     /// Kept properties, in mapping order.
     pub properties: Arc<[(Arc<str>, PropValue)]>,
 }
@@ -81,6 +92,8 @@ pub(crate) struct NodeStore {
     tenant_ids: imbl::HashMap<NodeKey, TenantId>,
     tenant_names: imbl::Vector<NodeKey>,
     members: imbl::HashMap<TenantId, Arc<RoaringBitmap>>,
+    filter_ids: imbl::HashMap<(FilterId, NodeKey), FilterValueId>,
+    filter_members: imbl::HashMap<FilterValueId, Arc<RoaringBitmap>>,
 }
 
 impl NodeStore {
@@ -129,6 +142,26 @@ impl NodeStore {
         self.members.get(&t).map(|b| b.as_ref())
     }
 
+    /// The id of a filter value, if any node ever had it.
+    pub(crate) fn filter_value_id(&self, filter: FilterId, value: &NodeKey) -> Option<FilterValueId> {
+        self.filter_ids.get(&(filter, value.clone())).copied()
+    }
+
+    /// Nodes (visible or not) holding filter value `v`.
+    pub(crate) fn filter_members(&self, v: FilterValueId) -> Option<&RoaringBitmap> {
+        self.filter_members.get(&v).map(|b| b.as_ref())
+    }
+
+    fn intern_filter(&mut self, f: FilterId, value: &NodeKey) -> FilterValueId {
+        let k = (f, value.clone());
+        if let Some(&v) = self.filter_ids.get(&k) {
+            return v;
+        }
+        let v = FilterValueId(self.filter_ids.len() as u32);
+        self.filter_ids.insert(k, v);
+        v
+    }
+
     fn intern(&mut self, value: &NodeKey) -> TenantId {
         if let Some(&t) = self.tenant_ids.get(value) {
             return t;
@@ -155,6 +188,26 @@ impl NodeStore {
                 Arc::make_mut(self.members.entry(t).or_default()).insert(n);
             }
         }
+        let old_filters: Vec<FilterValueId> = old
+            .as_ref()
+            .map_or(&[][..], |d| &d.filters[..])
+            .iter()
+            .map(|(f, v)| self.intern_filter(*f, v))
+            .collect();
+        let new_filters: Vec<FilterValueId> = data
+            .as_ref()
+            .map_or(&[][..], |d| &d.filters[..])
+            .iter()
+            .map(|(f, v)| self.intern_filter(*f, v))
+            .collect();
+        for v in old_filters.iter().filter(|v| !new_filters.contains(v)) {
+            if let Some(b) = self.filter_members.get_mut(v) {
+                Arc::make_mut(b).remove(n);
+            }
+        }
+        for v in new_filters.iter().filter(|v| !old_filters.contains(v)) {
+            Arc::make_mut(self.filter_members.entry(*v).or_default()).insert(n);
+        }
         if let Some(o) = &old {
             if data.as_ref().is_none_or(|d| d.label != o.label || d.key != o.key) {
                 let k = (o.label, o.key.clone());
@@ -179,6 +232,7 @@ impl NodeStore {
             index: HashMap::with_capacity(nodes.len()),
         };
         let mut members: HashMap<TenantId, RoaringBitmap> = HashMap::new();
+        let mut filter_members: HashMap<FilterValueId, RoaringBitmap> = HashMap::new();
         for (n, d) in nodes.into_iter().enumerate() {
             let n = n as u32;
             let mut t = NO_TENANT;
@@ -191,11 +245,16 @@ impl NodeStore {
                     members.entry(id).or_default().insert(n);
                     t = id.0;
                 }
+                for (f, v) in d.filters.iter() {
+                    let id = store.intern_filter(*f, v);
+                    filter_members.entry(id).or_default().insert(n);
+                }
             }
             base.data.push(d.map(Arc::new));
             base.tenant.push(t);
         }
         store.members = members.into_iter().map(|(t, b)| (t, Arc::new(b))).collect();
+        store.filter_members = filter_members.into_iter().map(|(v, b)| (v, Arc::new(b))).collect();
         store.base = Arc::new(base);
         Ok(store)
     }
@@ -227,6 +286,8 @@ impl NodeStore {
             tenant_ids: self.tenant_ids.clone(),
             tenant_names: self.tenant_names.clone(),
             members: self.members.clone(),
+            filter_ids: self.filter_ids.clone(),
+            filter_members: self.filter_members.clone(),
         }
     }
 }
@@ -282,6 +343,11 @@ pub(crate) mod codec {
                     out.push(1);
                     put_key(&mut out, t);
                 }
+            }
+            out.extend_from_slice(&(d.filters.len() as u32).to_le_bytes());
+            for (f, v) in d.filters.iter() {
+                out.extend_from_slice(&f.0.to_le_bytes());
+                put_key(&mut out, v);
             }
             out.extend_from_slice(&(d.properties.len() as u32).to_le_bytes());
             for (name, v) in d.properties.iter() {
@@ -375,6 +441,15 @@ pub(crate) mod codec {
                 1 => Some(r.key(0)?),
                 t => return Err(format!("unknown tenant tag {t}")),
             };
+            let nf = r.u32()? as usize;
+            if nf > r.0.len() {
+                return Err("filter count does not fit".into());
+            }
+            let mut filters = Vec::with_capacity(nf);
+            for _ in 0..nf {
+                let f = FilterId(u16::from_le_bytes(r.take(2)?.try_into().map_err(|_| "short")?));
+                filters.push((f, r.key(0)?));
+            }
             let n = r.u32()? as usize;
             if n > r.0.len() {
                 return Err("property count does not fit".into());
@@ -396,6 +471,7 @@ pub(crate) mod codec {
                 label,
                 key,
                 tenant,
+                filters: filters.into(),
                 properties: props.into(),
             }));
         }

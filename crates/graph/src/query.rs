@@ -27,6 +27,8 @@ pub struct EdgeFilter {
     pub label: Option<EdgeLabel>,
     /// Only nodes of this tenant (the start node included).
     pub tenant: Option<crate::TenantId>,
+    /// Only nodes holding this filter value (the start node included).
+    pub value: Option<crate::FilterValueId>,
 }
 
 impl EdgeFilter {
@@ -40,7 +42,9 @@ impl EdgeFilter {
 /// filter's tenant.
 #[inline]
 fn admits<G: Topology>(g: &G, filter: &EdgeFilter, n: NodeId) -> bool {
-    g.is_visible(n) && filter.tenant.is_none_or(|t| g.tenant_of(n) == Some(t))
+    g.is_visible(n)
+        && filter.tenant.is_none_or(|t| g.tenant_of(n) == Some(t))
+        && filter.value.is_none_or(|v| g.has_filter_value(n, v))
 }
 
 /// Why a query cannot be answered.
@@ -56,6 +60,14 @@ pub enum QueryError {
         node: u32,
         /// The tenant.
         tenant: u32,
+    },
+    /// The node does not hold the filter value the query is restricted to.
+    #[error("node {node} does not have filter value {value}")]
+    FilteredOut {
+        /// The node.
+        node: u32,
+        /// The filter value.
+        value: u32,
     },
     /// Dijkstra met an edge with a negative (or NaN) weight.
     #[error("edge {from} -> {to} has weight {weight}; weighted shortest paths need non-negative weights")]
@@ -84,6 +96,12 @@ pub trait Topology {
     #[inline]
     fn all_visible(&self) -> bool {
         true
+    }
+
+    /// Whether `n` holds filter value `v`.
+    #[inline]
+    fn has_filter_value(&self, _n: NodeId, _v: crate::FilterValueId) -> bool {
+        false
     }
 
     /// The tenant of `n`, if it has one.
@@ -247,10 +265,13 @@ fn check<G: Topology>(g: &G, filter: &EdgeFilter, n: NodeId) -> Result<(), Query
     if !g.is_visible(n) {
         return Err(QueryError::NoSuchNode(n.0));
     }
-    match filter.tenant {
-        Some(t) if g.tenant_of(n) != Some(t) => Err(QueryError::NotInTenant { node: n.0, tenant: t.0 }),
-        _ => Ok(()),
+    if let Some(t) = filter.tenant.filter(|&t| g.tenant_of(n) != Some(t)) {
+        return Err(QueryError::NotInTenant { node: n.0, tenant: t.0 });
     }
+    if let Some(v) = filter.value.filter(|&v| !g.has_filter_value(n, v)) {
+        return Err(QueryError::FilteredOut { node: n.0, value: v.0 });
+    }
+    Ok(())
 }
 
 /// Neighbours of `n` in `dir` (with repeats for parallel edges), in storage order.
@@ -294,7 +315,7 @@ pub fn k_hop<G: Topology>(
     let mut depth = 0;
     // Level by level: `out[head..level_end]` is the current frontier.
     const AHEAD: usize = 8;
-    let unrestricted = filter.tenant.is_none() && g.all_visible();
+    let unrestricted = filter.tenant.is_none() && filter.value.is_none() && g.all_visible();
     while head < out.len() && depth < max_depth {
         let level_end = out.len();
         depth += 1;

@@ -13,7 +13,7 @@
 //! not grow with the overlay. A traversal follows two pointers per node to learn "nothing
 //! changed here"; only nodes marked dirty in their chunk pay for the merge.
 
-use crate::nodes::{NodeData, NodeKey, NodeLabel, NodeStore, TenantId};
+use crate::nodes::{FilterId, FilterValueId, NodeData, NodeKey, NodeLabel, NodeStore, TenantId};
 use crate::query::{Direction, Topology};
 use crate::{Csr, EdgeInput, EdgeLabel, NodeId};
 use std::sync::{Arc, RwLock};
@@ -384,6 +384,18 @@ impl GraphView {
         self.nodes.tenant_value(t)
     }
 
+    /// The id of a filter value (`None` if no node ever had it).
+    pub fn filter_value(&self, filter: FilterId, value: &NodeKey) -> Option<FilterValueId> {
+        self.nodes.filter_value_id(filter, value)
+    }
+
+    /// Visible nodes holding filter value `v`, in id order.
+    pub fn filter_members(&self, v: FilterValueId) -> Vec<NodeId> {
+        self.nodes.filter_members(v).map_or_else(Vec::new, |b| {
+            b.iter().map(NodeId).filter(|&n| self.is_visible(n)).collect()
+        })
+    }
+
     /// Visible members of tenant `t`, in id order.
     pub fn tenant_members(&self, t: TenantId) -> Vec<NodeId> {
         self.nodes.members(t).map_or_else(Vec::new, |b| {
@@ -481,6 +493,11 @@ impl GraphView {
 impl Topology for GraphView {
     fn node_count(&self) -> u32 {
         self.node_count
+    }
+
+    #[inline]
+    fn has_filter_value(&self, n: NodeId, v: FilterValueId) -> bool {
+        self.nodes.filter_members(v).is_some_and(|b| b.contains(n.0))
     }
 
     #[inline]
@@ -621,6 +638,7 @@ impl Txn<'_> {
             label,
             key: key.clone(),
             tenant: None,
+            filters: Arc::from(Vec::new()),
             properties: Arc::from(Vec::new()),
         };
         for m in [

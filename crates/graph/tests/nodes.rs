@@ -39,11 +39,17 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Changes with the tenant, so upserts move nodes between filter bitmaps.
+fn filter_value(k: Key, tenant: Option<i64>) -> i64 {
+    (k.1 + tenant.unwrap_or(5)) % 2
+}
+
 fn data(k: Key, tenant: Option<i64>) -> NodeData {
     NodeData {
         label: NodeLabel(k.0),
         key: NodeKey::Int(k.1),
         tenant: tenant.map(NodeKey::Int),
+        filters: Arc::from(vec![(FilterId(0), NodeKey::Int(filter_value(k, tenant)))]),
         properties: Arc::from(vec![(Arc::from("k"), PropValue::Int(k.1))]),
     }
 }

@@ -58,6 +58,7 @@ fn sample_graph() -> Graph {
             label: NodeLabel((i % 2) as u16),
             key,
             tenant: Some(NodeKey::Int(i % 4)),
+            filters: std::sync::Arc::from(vec![(FilterId(3), NodeKey::Text("active".into()))]),
             properties: std::sync::Arc::from(vec![
                 (std::sync::Arc::from("name"), PropValue::Text(format!("n{i}").into())),
                 (std::sync::Arc::from("score"), PropValue::Float(i as f64 / 3.0)),
