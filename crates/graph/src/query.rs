@@ -547,6 +547,19 @@ pub fn weighted_shortest_path<G: Topology>(
     Ok(Some((dist[to.index()], path)))
 }
 
+/// The weakly connected component of `n`: every node reachable ignoring direction, `n` first.
+pub fn component_of<G: Topology>(
+    g: &G,
+    scratch: &mut Scratch,
+    n: NodeId,
+    filter: EdgeFilter,
+) -> Result<Vec<NodeId>, QueryError> {
+    Ok(k_hop(g, scratch, n, Direction::Both, filter, u32::MAX, usize::MAX)?
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect())
+}
+
 /// Weakly connected components of the visible nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Components {

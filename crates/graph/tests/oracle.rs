@@ -1,6 +1,6 @@
 //! Queries on the CSR against petgraph as oracle, on random multigraphs with labels and weights.
 
-use graph::query::{components, k_hop, neighbors, shortest_path, weighted_shortest_path};
+use graph::query::{component_of, components, k_hop, neighbors, shortest_path, weighted_shortest_path};
 use graph::*;
 use petgraph::graph::{DiGraph, NodeIndex};
 use proptest::prelude::*;
@@ -146,10 +146,15 @@ proptest! {
         // Same partition as union-find over petgraph's edges.
         let mut uf = petgraph::unionfind::UnionFind::new(c.n as usize);
         for e in o.raw_edges() { uf.union(e.source().index(), e.target().index()); }
+        let mut scratch = Scratch::default();
         for x in 0..c.n as usize {
             for y in 0..c.n as usize {
                 prop_assert_eq!(comps.component[x] == comps.component[y], uf.equiv(x, y));
             }
+            let mine: std::collections::BTreeSet<usize> = component_of(&g, &mut scratch, NodeId(x as u32), EdgeFilter { label: label.map(EdgeLabel), ..Default::default() })
+                .unwrap().into_iter().map(|m| m.index()).collect();
+            let want: std::collections::BTreeSet<usize> = (0..c.n as usize).filter(|&y| uf.equiv(x, y)).collect();
+            prop_assert_eq!(mine, want);
         }
     }
 }
