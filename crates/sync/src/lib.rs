@@ -1,0 +1,13 @@
+//! graphsync's sync core: from row changes of configured tables to graph mutations.
+//!
+//! What it is for (as it grows): the mapping configuration ([`config`]), the translation of
+//! pgoutput row changes into node and edge mutations, the initial copy, transaction assembly,
+//! checkpoints and restart. Today: the mapping configuration — parsed, structurally validated,
+//! and hashed so a snapshot built under another mapping is never reused.
+//!
+//! What it is not for: wire protocol (pgrepl), decoding (pgoutput), graph storage and queries
+//! (graph), or process concerns like CLI and HTTP (the binary).
+
+#![warn(missing_docs)]
+
+pub mod config;
