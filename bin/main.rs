@@ -1,6 +1,7 @@
 //! The `graphsync` executable: command-line parsing and the I/O edge around the library crates.
 
 mod decode;
+mod snapshot_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -24,6 +25,25 @@ enum Command {
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
     },
+    /// Inspect graph snapshot files.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotCommand {
+    /// Validate a snapshot completely and print its metadata as JSON.
+    Info {
+        /// The snapshot file.
+        file: std::path::PathBuf,
+    },
+    /// Validate a snapshot completely; exit 0 if it is sound, 1 (with the reason) if not.
+    Verify {
+        /// The snapshot file.
+        file: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -34,6 +54,12 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Decode { files } => decode::run(&files),
+        Command::Snapshot {
+            command: SnapshotCommand::Info { file },
+        } => snapshot_cmd::info(&file),
+        Command::Snapshot {
+            command: SnapshotCommand::Verify { file },
+        } => snapshot_cmd::verify(&file),
     };
     match result {
         Ok(code) => code,
