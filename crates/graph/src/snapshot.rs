@@ -173,7 +173,7 @@ pub fn write(
         view.base()
     };
     let deleted = view.deleted_bits();
-    let meta = MetaData {
+    let mut meta = SnapshotMeta {
         format_version: FORMAT_VERSION,
         config_hash,
         lsn: view.lsn(),
@@ -181,9 +181,18 @@ pub fn write(
         stored_edges: csr.edge_count() as u64,
         visible_edges: view.edge_count() as u64,
         created_unix_ms,
+        file_bytes: 0,
     };
     let data = SnapshotData {
-        meta,
+        meta: MetaData {
+            format_version: meta.format_version,
+            config_hash: meta.config_hash,
+            lsn: meta.lsn,
+            node_count: meta.node_count,
+            stored_edges: meta.stored_edges,
+            visible_edges: meta.visible_edges,
+            created_unix_ms: meta.created_unix_ms,
+        },
         forward: adj_data(csr.forward()),
         reverse: adj_data(csr.reverse()),
         deleted: deleted.iter().any(|&w| w != 0).then_some(deleted),
@@ -214,16 +223,8 @@ pub fn write(
     drop(f);
     std::fs::rename(&tmp, path).map_err(io(path))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
-    Ok(SnapshotMeta {
-        format_version: FORMAT_VERSION,
-        config_hash,
-        lsn: view.lsn(),
-        node_count: csr.node_count(),
-        stored_edges: csr.edge_count() as u64,
-        visible_edges: view.edge_count() as u64,
-        created_unix_ms,
-        file_bytes: (HEADER + payload.len()) as u64,
-    })
+    meta.file_bytes = (HEADER + payload.len()) as u64;
+    Ok(meta)
 }
 
 /// A validated snapshot, mapped in memory.
