@@ -23,7 +23,7 @@ pub mod snapshot;
 mod view;
 
 pub use csr::{Adjacency, Csr, CsrError, EdgeInput};
-pub use nodes::{FilterId, FilterValueId, NodeData, NodeKey, NodeLabel, PropValue, TenantId};
+pub use nodes::{FilterId, FilterValueId, NodeData, NodeKey, NodeLabel, PropValue, TenantId, MAX_NODE_LABELS};
 pub use query::{Direction, EdgeFilter, QueryError, Scratch, Topology};
 pub use view::{ApplyError, BulkError, Compacted, CompactionJob, CompactionPolicy, Graph, GraphView, Mutation};
 

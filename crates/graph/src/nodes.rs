@@ -74,13 +74,182 @@ pub struct NodeData {
 }
 
 const NO_TENANT: u32 = u32::MAX;
+const NO_LABEL: u16 = u16::MAX;
+/// Top bit of a base label: the key is encoded in the arena, not an integer.
+const ARENA_KEY: u16 = 0x8000;
+/// Most node labels the columnar base can hold (the top bit is taken).
+pub const MAX_NODE_LABELS: usize = 0x7FFF;
+const EMPTY: u32 = u32::MAX;
 
-/// The immutable part, rebuilt by compaction.
+/// The immutable part, rebuilt by compaction: flat columns, no allocation per node.
+///
+/// Integer keys live in `keys` itself; other keys are encoded (see [`codec`]) into
+/// `key_arena`, with `keys` holding their offset and the label's top bit set. Filter values and properties are
+/// variable-length, stored CSR-style. The (label, key) index is an open-addressing table of
+/// node ids hashed from the columns.
 #[derive(Debug, Default)]
 struct NodeBase {
-    data: Vec<Option<Arc<NodeData>>>,
+    /// Label, with [`ARENA_KEY`] set when the key is in the arena; [`NO_LABEL`] for no data.
+    labels: Vec<u16>,
+    keys: Vec<u64>,
+    key_arena: Vec<u8>,
     tenant: Vec<u32>,
-    index: HashMap<(NodeLabel, NodeKey), u32>,
+    filter_offsets: Vec<u32>,
+    filter_values: Vec<u32>,
+    prop_offsets: Vec<u32>,
+    prop_arena: Vec<u8>,
+    prop_names: Vec<Arc<str>>,
+    index: Vec<u32>,
+}
+
+/// A key's hash input: label then the key's encoding.
+fn key_bytes(label: NodeLabel, key: &NodeKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(11);
+    out.extend_from_slice(&label.0.to_le_bytes());
+    codec::put_key(&mut out, key);
+    out
+}
+
+impl NodeBase {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    fn has(&self, n: u32) -> bool {
+        self.labels.get(n as usize).is_some_and(|&l| l != NO_LABEL)
+    }
+
+    fn key_is_int(&self, n: usize) -> bool {
+        self.labels[n] & ARENA_KEY == 0
+    }
+
+    fn label(&self, n: usize) -> NodeLabel {
+        NodeLabel(self.labels[n] & !ARENA_KEY)
+    }
+
+    fn key(&self, n: usize) -> NodeKey {
+        if self.key_is_int(n) {
+            NodeKey::Int(self.keys[n] as i64)
+        } else {
+            // Written by `push`; decoding cannot fail on bytes this store encoded.
+            codec::read_key(&self.key_arena[self.keys[n] as usize..]).unwrap_or(NodeKey::Int(0))
+        }
+    }
+
+    /// Whether node `n` has `label` and the key whose encoding (after the label) is `enc`.
+    fn matches(&self, n: usize, label: NodeLabel, key: &NodeKey, enc: &[u8]) -> bool {
+        if self.labels[n] == NO_LABEL || self.label(n) != label {
+            return false;
+        }
+        match key {
+            NodeKey::Int(v) => self.key_is_int(n) && self.keys[n] as i64 == *v,
+            _ => {
+                !self.key_is_int(n)
+                    && self
+                        .key_arena
+                        .get(self.keys[n] as usize..)
+                        .is_some_and(|a| a.starts_with(enc))
+            }
+        }
+    }
+
+    fn lookup(&self, label: NodeLabel, key: &NodeKey) -> Option<u32> {
+        if self.index.is_empty() {
+            return None;
+        }
+        let bytes = key_bytes(label, key);
+        let mask = self.index.len() - 1;
+        let mut i = xxhash_rust::xxh3::xxh3_64(&bytes) as usize & mask;
+        loop {
+            let id = self.index[i];
+            if id == EMPTY {
+                return None;
+            }
+            if self.matches(id as usize, label, key, &bytes[2..]) {
+                return Some(id);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Appends node `data` (or an id without data) as the next id; interning through `store`.
+    fn push(&mut self, store: &mut NodeStore, data: Option<&NodeData>) {
+        let Some(d) = data else {
+            self.labels.push(NO_LABEL);
+            self.keys.push(0);
+            self.tenant.push(NO_TENANT);
+            self.filter_offsets.push(self.filter_values.len() as u32);
+            self.prop_offsets.push(self.prop_arena.len() as u32);
+            return;
+        };
+        // Labels above MAX_NODE_LABELS are refused by the mapping config; mask defensively.
+        let label = d.label.0 & !ARENA_KEY;
+        match &d.key {
+            NodeKey::Int(v) => {
+                self.labels.push(label);
+                self.keys.push(*v as u64);
+            }
+            k => {
+                self.labels.push(label | ARENA_KEY);
+                self.keys.push(self.key_arena.len() as u64);
+                codec::put_key(&mut self.key_arena, k);
+            }
+        }
+        self.tenant
+            .push(d.tenant.as_ref().map_or(NO_TENANT, |t| store.intern(t).0));
+        self.filter_offsets.push(self.filter_values.len() as u32);
+        for (f, v) in d.filters.iter() {
+            self.filter_values.push(store.intern_filter(*f, v).0);
+        }
+        self.prop_offsets.push(self.prop_arena.len() as u32);
+        for (name, v) in d.properties.iter() {
+            let id = match self.prop_names.iter().position(|p| p == name) {
+                Some(i) => i,
+                None => {
+                    self.prop_names.push(name.clone());
+                    self.prop_names.len() - 1
+                }
+            };
+            self.prop_arena.extend_from_slice(&(id as u16).to_le_bytes());
+            codec::put_prop(&mut self.prop_arena, v);
+        }
+    }
+
+    /// Closes the CSR columns and builds the index. Fails on a duplicate (label, key).
+    fn finish(&mut self) -> Result<(), (NodeLabel, NodeKey)> {
+        self.filter_offsets.push(self.filter_values.len() as u32);
+        self.prop_offsets.push(self.prop_arena.len() as u32);
+        let cap = (self.len() * 2).max(16).next_power_of_two();
+        self.index = vec![EMPTY; cap];
+        let mask = cap - 1;
+        for n in 0..self.len() {
+            if self.labels[n] == NO_LABEL {
+                continue;
+            }
+            let (label, key) = (self.label(n), self.key(n));
+            let bytes = key_bytes(label, &key);
+            let mut i = xxhash_rust::xxh3::xxh3_64(&bytes) as usize & mask;
+            while self.index[i] != EMPTY {
+                if self.matches(self.index[i] as usize, label, &key, &bytes[2..]) {
+                    return Err((label, key));
+                }
+                i = (i + 1) & mask;
+            }
+            self.index[i] = n as u32;
+        }
+        Ok(())
+    }
+
+    /// Bytes held by the columns and the index.
+    fn heap_bytes(&self) -> usize {
+        self.labels.capacity() * 2
+            + self.keys.capacity() * 8
+            + self.key_arena.capacity()
+            + self.tenant.capacity() * 4
+            + (self.filter_offsets.capacity() + self.filter_values.capacity() + self.prop_offsets.capacity()) * 4
+            + self.prop_arena.capacity()
+            + self.index.capacity() * 4
+    }
 }
 
 /// The node store of one view.
@@ -93,23 +262,50 @@ pub(crate) struct NodeStore {
     tenant_names: imbl::Vector<NodeKey>,
     members: imbl::HashMap<TenantId, Arc<RoaringBitmap>>,
     filter_ids: imbl::HashMap<(FilterId, NodeKey), FilterValueId>,
+    filter_names: imbl::Vector<(FilterId, NodeKey)>,
     filter_members: imbl::HashMap<FilterValueId, Arc<RoaringBitmap>>,
 }
 
 impl NodeStore {
-    /// The data of node `n`, if it was ever given any.
-    pub(crate) fn data(&self, n: u32) -> Option<&Arc<NodeData>> {
-        match self.changed.get(&n) {
-            Some(d) => d.as_ref(),
-            None => self.base.data.get(n as usize).and_then(|d| d.as_ref()),
+    /// The data of node `n`, if it was ever given any (built from the columns for base nodes).
+    pub(crate) fn data(&self, n: u32) -> Option<Arc<NodeData>> {
+        if let Some(d) = self.changed.get(&n) {
+            return d.clone();
         }
+        let b = &self.base;
+        if !b.has(n) {
+            return None;
+        }
+        let i = n as usize;
+        let tenant = match b.tenant[i] {
+            NO_TENANT => None,
+            t => self.tenant_names.get(t as usize).cloned(),
+        };
+        let filters: Vec<(FilterId, NodeKey)> = b.filter_values
+            [b.filter_offsets[i] as usize..b.filter_offsets[i + 1] as usize]
+            .iter()
+            .filter_map(|&v| self.filter_names.get(v as usize).cloned())
+            .collect();
+        let props = codec::read_props(
+            &b.prop_arena[b.prop_offsets[i] as usize..b.prop_offsets[i + 1] as usize],
+            &b.prop_names,
+        );
+        Some(Arc::new(NodeData {
+            label: b.label(i),
+            key: b.key(i),
+            tenant,
+            filters: filters.into(),
+            properties: props.into(),
+        }))
     }
 
     /// Whether `n` changed since the base (its tenant must then be read from `changed`).
     pub(crate) fn tenant_of(&self, n: u32, changed: bool) -> Option<TenantId> {
         if changed {
-            let t = self.data(n)?.tenant.as_ref()?;
-            return self.tenant_ids.get(t).copied();
+            if let Some(d) = self.changed.get(&n) {
+                let t = d.as_ref()?.tenant.as_ref()?;
+                return self.tenant_ids.get(t).copied();
+            }
         }
         match self.base.tenant.get(n as usize) {
             Some(&t) if t != NO_TENANT => Some(TenantId(t)),
@@ -119,11 +315,10 @@ impl NodeStore {
 
     /// The node with this label and key.
     pub(crate) fn resolve(&self, label: NodeLabel, key: &NodeKey) -> Option<u32> {
-        let k = (label, key.clone());
-        match self.index_delta.get(&k) {
+        match self.index_delta.get(&(label, key.clone())) {
             // `u32::MAX` shadows a base entry whose node took another key.
             Some(&n) => (n != u32::MAX).then_some(n),
-            None => self.base.index.get(&k).copied(),
+            None => self.base.lookup(label, key),
         }
     }
 
@@ -152,12 +347,18 @@ impl NodeStore {
         self.filter_members.get(&v).map(|b| b.as_ref())
     }
 
+    /// Bytes held by the base columns and index (the overlay maps are not counted).
+    pub(crate) fn base_heap_bytes(&self) -> usize {
+        self.base.heap_bytes()
+    }
+
     fn intern_filter(&mut self, f: FilterId, value: &NodeKey) -> FilterValueId {
         let k = (f, value.clone());
         if let Some(&v) = self.filter_ids.get(&k) {
             return v;
         }
-        let v = FilterValueId(self.filter_ids.len() as u32);
+        let v = FilterValueId(self.filter_names.len() as u32);
+        self.filter_names.push_back(k.clone());
         self.filter_ids.insert(k, v);
         v
     }
@@ -175,7 +376,7 @@ impl NodeStore {
     /// Sets the data of node `n` (`None` clears it), keeping the index and the tenant bitmaps
     /// in step. The caller marks `n` as changed since the base.
     pub(crate) fn set(&mut self, n: u32, data: Option<Arc<NodeData>>) {
-        let old = self.data(n).cloned();
+        let old = self.data(n);
         let old_tenant = old.as_ref().and_then(|d| d.tenant.as_ref()).map(|t| self.intern(t));
         let new_tenant = data.as_ref().and_then(|d| d.tenant.as_ref()).map(|t| self.intern(t));
         if old_tenant != new_tenant {
@@ -226,69 +427,56 @@ impl NodeStore {
     /// A store whose base holds `nodes` (node `i` is `nodes[i]`), built in one pass.
     pub(crate) fn from_nodes(nodes: Vec<Option<NodeData>>) -> Result<NodeStore, (NodeLabel, NodeKey)> {
         let mut store = NodeStore::default();
-        let mut base = NodeBase {
-            data: Vec::with_capacity(nodes.len()),
-            tenant: Vec::with_capacity(nodes.len()),
-            index: HashMap::with_capacity(nodes.len()),
-        };
-        let mut members: HashMap<TenantId, RoaringBitmap> = HashMap::new();
-        let mut filter_members: HashMap<FilterValueId, RoaringBitmap> = HashMap::new();
-        for (n, d) in nodes.into_iter().enumerate() {
-            let n = n as u32;
-            let mut t = NO_TENANT;
-            if let Some(d) = &d {
-                if base.index.insert((d.label, d.key.clone()), n).is_some() {
-                    return Err((d.label, d.key.clone()));
-                }
-                if let Some(tv) = &d.tenant {
-                    let id = store.intern(tv);
-                    members.entry(id).or_default().insert(n);
-                    t = id.0;
-                }
-                for (f, v) in d.filters.iter() {
-                    let id = store.intern_filter(*f, v);
-                    filter_members.entry(id).or_default().insert(n);
-                }
-            }
-            base.data.push(d.map(Arc::new));
-            base.tenant.push(t);
+        let mut base = NodeBase::default();
+        for d in &nodes {
+            base.push(&mut store, d.as_ref());
         }
-        store.members = members.into_iter().map(|(t, b)| (t, Arc::new(b))).collect();
-        store.filter_members = filter_members.into_iter().map(|(v, b)| (v, Arc::new(b))).collect();
+        drop(nodes);
+        base.finish()?;
+        store.rebuild_members(&base);
         store.base = Arc::new(base);
         Ok(store)
     }
 
-    /// A fresh base holding everything, for node ids `0..node_count` (compaction).
-    pub(crate) fn compacted(&self, node_count: u32) -> NodeStore {
-        let mut base = NodeBase {
-            data: Vec::with_capacity(node_count as usize),
-            tenant: Vec::with_capacity(node_count as usize),
-            index: HashMap::with_capacity(self.base.index.len() + self.index_delta.len()),
-        };
-        for n in 0..node_count {
-            let d = self.data(n).cloned();
-            let t = d
-                .as_ref()
-                .and_then(|d| d.tenant.as_ref())
-                .and_then(|t| self.tenant_ids.get(t))
-                .map_or(NO_TENANT, |t| t.0);
-            if let Some(d) = &d {
-                base.index.insert((d.label, d.key.clone()), n);
+    /// Tenant and filter bitmaps from the base columns.
+    fn rebuild_members(&mut self, base: &NodeBase) {
+        let mut members: HashMap<TenantId, RoaringBitmap> = HashMap::new();
+        let mut filter_members: HashMap<FilterValueId, RoaringBitmap> = HashMap::new();
+        for n in 0..base.len() {
+            if base.tenant[n] != NO_TENANT {
+                members.entry(TenantId(base.tenant[n])).or_default().insert(n as u32);
             }
-            base.data.push(d);
-            base.tenant.push(t);
+            for &v in &base.filter_values[base.filter_offsets[n] as usize..base.filter_offsets[n + 1] as usize] {
+                filter_members.entry(FilterValueId(v)).or_default().insert(n as u32);
+            }
         }
-        NodeStore {
-            base: Arc::new(base),
+        self.members = members.into_iter().map(|(t, b)| (t, Arc::new(b))).collect();
+        self.filter_members = filter_members.into_iter().map(|(v, b)| (v, Arc::new(b))).collect();
+    }
+
+    /// A fresh base holding everything, for node ids `0..node_count` (compaction). Tenant and
+    /// filter ids stay as they are.
+    pub(crate) fn compacted(&self, node_count: u32) -> NodeStore {
+        let mut store = NodeStore {
+            base: Arc::default(),
             changed: imbl::HashMap::new(),
             index_delta: imbl::HashMap::new(),
             tenant_ids: self.tenant_ids.clone(),
             tenant_names: self.tenant_names.clone(),
             members: self.members.clone(),
             filter_ids: self.filter_ids.clone(),
+            filter_names: self.filter_names.clone(),
             filter_members: self.filter_members.clone(),
+        };
+        let mut base = NodeBase::default();
+        for n in 0..node_count {
+            let d = self.data(n);
+            base.push(&mut store, d.as_deref());
         }
+        // Keys were unique in the view, so they are unique in the fold.
+        let _ = base.finish();
+        store.base = Arc::new(base);
+        store
     }
 }
 
@@ -297,7 +485,7 @@ impl NodeStore {
 pub(crate) mod codec {
     use super::*;
 
-    fn put_key(out: &mut Vec<u8>, k: &NodeKey) {
+    pub(crate) fn put_key(out: &mut Vec<u8>, k: &NodeKey) {
         match k {
             NodeKey::Int(v) => {
                 out.push(0);
@@ -326,6 +514,44 @@ pub(crate) mod codec {
         out.extend_from_slice(s.as_bytes());
     }
 
+    pub(crate) fn put_prop(out: &mut Vec<u8>, v: &PropValue) {
+        match v {
+            PropValue::Null => out.push(0),
+            PropValue::Bool(b) => out.extend_from_slice(&[1, u8::from(*b)]),
+            PropValue::Int(i) => {
+                out.push(2);
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            PropValue::Float(f) => {
+                out.push(3);
+                out.extend_from_slice(&f.to_le_bytes());
+            }
+            PropValue::Text(t) => {
+                out.push(4);
+                put_str(out, t);
+            }
+        }
+    }
+
+    /// The key encoded at the start of `bytes`.
+    pub(crate) fn read_key(bytes: &[u8]) -> Result<NodeKey, String> {
+        Reader(bytes).key(0)
+    }
+
+    /// Properties encoded as (name id, value) pairs.
+    pub(crate) fn read_props(bytes: &[u8], names: &[Arc<str>]) -> Vec<(Arc<str>, PropValue)> {
+        let mut r = Reader(bytes);
+        let mut out = Vec::new();
+        while !r.0.is_empty() {
+            let Ok(id) = r.take(2).map(|b| u16::from_le_bytes([b[0], b[1]])) else {
+                break;
+            };
+            let Ok(v) = r.prop() else { break };
+            out.push((names.get(usize::from(id)).cloned().unwrap_or_else(|| Arc::from("?")), v));
+        }
+        out
+    }
+
     /// Encodes the data of nodes `0..node_count`.
     pub(crate) fn encode(store: &NodeStore, node_count: u32) -> Vec<u8> {
         let mut out = Vec::new();
@@ -352,22 +578,7 @@ pub(crate) mod codec {
             out.extend_from_slice(&(d.properties.len() as u32).to_le_bytes());
             for (name, v) in d.properties.iter() {
                 put_str(&mut out, name);
-                match v {
-                    PropValue::Null => out.push(0),
-                    PropValue::Bool(b) => out.extend_from_slice(&[1, u8::from(*b)]),
-                    PropValue::Int(i) => {
-                        out.push(2);
-                        out.extend_from_slice(&i.to_le_bytes());
-                    }
-                    PropValue::Float(f) => {
-                        out.push(3);
-                        out.extend_from_slice(&f.to_le_bytes());
-                    }
-                    PropValue::Text(t) => {
-                        out.push(4);
-                        put_str(&mut out, t);
-                    }
-                }
+                put_prop(&mut out, v);
             }
         }
         out
@@ -400,6 +611,17 @@ pub(crate) mod codec {
                 .map(Arc::from)
                 .map_err(|_| "node text is not UTF-8".into())
         }
+        fn prop(&mut self) -> Result<PropValue, String> {
+            Ok(match self.u8()? {
+                0 => PropValue::Null,
+                1 => PropValue::Bool(self.u8()? != 0),
+                2 => PropValue::Int(i64::from_le_bytes(self.u64()?)),
+                3 => PropValue::Float(f64::from_le_bytes(self.u64()?)),
+                4 => PropValue::Text(self.str()?),
+                t => return Err(format!("unknown property tag {t}")),
+            })
+        }
+
         fn key(&mut self, depth: u32) -> Result<NodeKey, String> {
             if depth > 16 {
                 return Err("composite key nested too deep".into());
@@ -457,15 +679,7 @@ pub(crate) mod codec {
             let mut props = Vec::with_capacity(n);
             for _ in 0..n {
                 let name = r.str()?;
-                let v = match r.u8()? {
-                    0 => PropValue::Null,
-                    1 => PropValue::Bool(r.u8()? != 0),
-                    2 => PropValue::Int(i64::from_le_bytes(r.u64()?)),
-                    3 => PropValue::Float(f64::from_le_bytes(r.u64()?)),
-                    4 => PropValue::Text(r.str()?),
-                    t => return Err(format!("unknown property tag {t}")),
-                };
-                props.push((name, v));
+                props.push((name, r.prop()?));
             }
             data.push(Some(NodeData {
                 label,

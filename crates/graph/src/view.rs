@@ -365,8 +365,13 @@ impl GraphView {
     }
 
     /// The data of node `n`, if it has any.
-    pub fn node(&self, n: NodeId) -> Option<&NodeData> {
-        self.nodes.data(n.0).map(|d| d.as_ref())
+    pub fn node(&self, n: NodeId) -> Option<Arc<NodeData>> {
+        self.nodes.data(n.0)
+    }
+
+    /// Heap bytes of the node store's base columns and index.
+    pub fn node_base_bytes(&self) -> usize {
+        self.nodes.base_heap_bytes()
     }
 
     /// The node with this label and key, visible or not.

@@ -179,8 +179,9 @@ pub enum ConfigError {
 
 /// Most edge labels the graph engine stores (one byte per edge).
 pub const MAX_EDGE_LABELS: usize = 256;
-/// Most node labels the graph engine stores.
-pub const MAX_NODE_LABELS: usize = 65_536;
+/// Most node labels the graph engine stores (its columnar node base keeps a flag in the top
+/// bit of the 16-bit label).
+pub const MAX_NODE_LABELS: usize = 32_767;
 
 impl MappingConfig {
     /// Reads and validates the mapping in `path`.
