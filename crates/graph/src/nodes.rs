@@ -29,8 +29,8 @@ pub enum NodeKey {
     Composite(Arc<[NodeKey]>),
 }
 
-/// A tenant, as interned by the graph from the tenant column's value. Ids are stable for the
-/// life of a [`crate::Graph`] but not across snapshot reloads: persist tenant values, not ids.
+/// A tenant, as interned by the graph from the tenant column's value. Snapshots keep the
+/// numbering; still, outside the process refer to tenants by value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TenantId(pub u32);
 
@@ -38,8 +38,7 @@ pub struct TenantId(pub u32);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct FilterId(pub u16);
 
-/// One value of one filter column, as interned by the graph. Like [`TenantId`], stable for
-/// the life of a [`crate::Graph`] only.
+/// One value of one filter column, as interned by the graph (numbered like [`TenantId`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FilterValueId(pub u32);
 
@@ -480,8 +479,139 @@ impl NodeStore {
     }
 }
 
-/// Compact binary encoding of node data for snapshots: per node a presence byte, then label,
-/// key, tenant and properties. Decoding checks every length against the bytes left.
+/// The node base as flat arrays, as a snapshot stores it.
+#[derive(rkyv::Archive, rkyv::Serialize)]
+pub(crate) struct NodeColumns {
+    labels: Vec<u16>,
+    keys: Vec<u64>,
+    key_arena: Vec<u8>,
+    tenant: Vec<u32>,
+    filter_offsets: Vec<u32>,
+    filter_values: Vec<u32>,
+    prop_offsets: Vec<u32>,
+    prop_arena: Vec<u8>,
+    prop_names: Vec<String>,
+    index: Vec<u32>,
+    /// Tenant values in id order, each encoded as a key.
+    tenant_names: Vec<u8>,
+    /// Filter values in id order: filter id (u16) then the value encoded as a key.
+    filter_names: Vec<u8>,
+}
+
+impl NodeStore {
+    /// The store's data as columns (folding changes since the base first, if any).
+    pub(crate) fn to_columns(&self, node_count: u32) -> NodeColumns {
+        let folded;
+        let store = if self.changed.is_empty() && self.base.len() == node_count as usize {
+            self
+        } else {
+            folded = self.compacted(node_count);
+            &folded
+        };
+        let b = &store.base;
+        let mut tenant_names = Vec::new();
+        for t in store.tenant_names.iter() {
+            codec::put_key(&mut tenant_names, t);
+        }
+        let mut filter_names = Vec::new();
+        for (f, v) in store.filter_names.iter() {
+            filter_names.extend_from_slice(&f.0.to_le_bytes());
+            codec::put_key(&mut filter_names, v);
+        }
+        NodeColumns {
+            labels: b.labels.clone(),
+            keys: b.keys.clone(),
+            key_arena: b.key_arena.clone(),
+            tenant: b.tenant.clone(),
+            filter_offsets: b.filter_offsets.clone(),
+            filter_values: b.filter_values.clone(),
+            prop_offsets: b.prop_offsets.clone(),
+            prop_arena: b.prop_arena.clone(),
+            prop_names: b.prop_names.iter().map(|n| n.to_string()).collect(),
+            index: b.index.clone(),
+            tenant_names,
+            filter_names,
+        }
+    }
+
+    /// Rebuilds a store from archived columns, checking that they fit together.
+    pub(crate) fn from_archived(c: &ArchivedNodeColumns, node_count: u32) -> Result<NodeStore, String> {
+        let n = node_count as usize;
+        let base = NodeBase {
+            labels: c.labels.iter().map(|v| v.to_native()).collect(),
+            keys: c.keys.iter().map(|v| v.to_native()).collect(),
+            key_arena: c.key_arena.as_slice().to_vec(),
+            tenant: c.tenant.iter().map(|v| v.to_native()).collect(),
+            filter_offsets: c.filter_offsets.iter().map(|v| v.to_native()).collect(),
+            filter_values: c.filter_values.iter().map(|v| v.to_native()).collect(),
+            prop_offsets: c.prop_offsets.iter().map(|v| v.to_native()).collect(),
+            prop_arena: c.prop_arena.as_slice().to_vec(),
+            prop_names: c.prop_names.iter().map(|p| Arc::from(p.as_str())).collect(),
+            index: c.index.iter().map(|v| v.to_native()).collect(),
+        };
+        let mut store = NodeStore::default();
+        let mut r = &c.tenant_names[..];
+        while !r.is_empty() {
+            let k = codec::read_key(r)?;
+            r = &r[codec::key_len(&k)..];
+            store.intern(&k);
+        }
+        let mut r = &c.filter_names[..];
+        while !r.is_empty() {
+            let f = FilterId(u16::from_le_bytes([
+                *r.first().ok_or("short")?,
+                *r.get(1).ok_or("short")?,
+            ]));
+            let k = codec::read_key(&r[2..])?;
+            r = &r[2 + codec::key_len(&k)..];
+            store.intern_filter(f, &k);
+        }
+        let bad = |what: &str| Err(format!("node columns: {what}"));
+        if base.labels.len() != n || base.keys.len() != n || base.tenant.len() != n {
+            return bad("column lengths differ from the node count");
+        }
+        for (offsets, values) in [
+            (&base.filter_offsets, base.filter_values.len()),
+            (&base.prop_offsets, base.prop_arena.len()),
+        ] {
+            if offsets.len() != n + 1
+                || offsets.first() != Some(&0)
+                || offsets.last().map(|&o| o as usize) != Some(values)
+                || offsets.windows(2).any(|w| w[0] > w[1])
+            {
+                return bad("offsets are not a valid table");
+            }
+        }
+        if !base.index.len().is_power_of_two() || base.index.iter().any(|&i| i != EMPTY && i as usize >= n) {
+            return bad("index is malformed");
+        }
+        if base
+            .tenant
+            .iter()
+            .any(|&t| t != NO_TENANT && t as usize >= store.tenant_names.len())
+            || base
+                .filter_values
+                .iter()
+                .any(|&v| v as usize >= store.filter_names.len())
+        {
+            return bad("tenant or filter id out of range");
+        }
+        for i in 0..n {
+            if base.labels[i] != NO_LABEL
+                && !base.key_is_int(i)
+                && codec::read_key(base.key_arena.get(base.keys[i] as usize..).unwrap_or(&[])).is_err()
+            {
+                return bad("a key does not decode");
+            }
+        }
+        store.rebuild_members(&base);
+        store.base = Arc::new(base);
+        Ok(store)
+    }
+}
+
+/// Self-delimiting binary encoding of keys and property values, used by the node base's
+/// arenas (and so by snapshots). Decoding checks every length against the bytes left.
 pub(crate) mod codec {
     use super::*;
 
@@ -533,6 +663,13 @@ pub(crate) mod codec {
         }
     }
 
+    /// Length of `k`'s encoding.
+    pub(crate) fn key_len(k: &NodeKey) -> usize {
+        let mut v = Vec::new();
+        put_key(&mut v, k);
+        v.len()
+    }
+
     /// The key encoded at the start of `bytes`.
     pub(crate) fn read_key(bytes: &[u8]) -> Result<NodeKey, String> {
         Reader(bytes).key(0)
@@ -548,38 +685,6 @@ pub(crate) mod codec {
             };
             let Ok(v) = r.prop() else { break };
             out.push((names.get(usize::from(id)).cloned().unwrap_or_else(|| Arc::from("?")), v));
-        }
-        out
-    }
-
-    /// Encodes the data of nodes `0..node_count`.
-    pub(crate) fn encode(store: &NodeStore, node_count: u32) -> Vec<u8> {
-        let mut out = Vec::new();
-        for n in 0..node_count {
-            let Some(d) = store.data(n) else {
-                out.push(0);
-                continue;
-            };
-            out.push(1);
-            out.extend_from_slice(&d.label.0.to_le_bytes());
-            put_key(&mut out, &d.key);
-            match &d.tenant {
-                None => out.push(0),
-                Some(t) => {
-                    out.push(1);
-                    put_key(&mut out, t);
-                }
-            }
-            out.extend_from_slice(&(d.filters.len() as u32).to_le_bytes());
-            for (f, v) in d.filters.iter() {
-                out.extend_from_slice(&f.0.to_le_bytes());
-                put_key(&mut out, v);
-            }
-            out.extend_from_slice(&(d.properties.len() as u32).to_le_bytes());
-            for (name, v) in d.properties.iter() {
-                put_str(&mut out, name);
-                put_prop(&mut out, v);
-            }
         }
         out
     }
@@ -645,53 +750,5 @@ pub(crate) mod codec {
                 t => return Err(format!("unknown key tag {t}")),
             })
         }
-    }
-
-    /// Decodes `node_count` nodes into a fresh store.
-    pub(crate) fn decode(bytes: &[u8], node_count: u32) -> Result<NodeStore, String> {
-        let mut r = Reader(bytes);
-        let mut data = Vec::with_capacity((node_count as usize).min(bytes.len()));
-        for _ in 0..node_count {
-            if r.u8()? == 0 {
-                data.push(None);
-                continue;
-            }
-            let label = NodeLabel(u16::from_le_bytes(r.take(2)?.try_into().map_err(|_| "short")?));
-            let key = r.key(0)?;
-            let tenant = match r.u8()? {
-                0 => None,
-                1 => Some(r.key(0)?),
-                t => return Err(format!("unknown tenant tag {t}")),
-            };
-            let nf = r.u32()? as usize;
-            if nf > r.0.len() {
-                return Err("filter count does not fit".into());
-            }
-            let mut filters = Vec::with_capacity(nf);
-            for _ in 0..nf {
-                let f = FilterId(u16::from_le_bytes(r.take(2)?.try_into().map_err(|_| "short")?));
-                filters.push((f, r.key(0)?));
-            }
-            let n = r.u32()? as usize;
-            if n > r.0.len() {
-                return Err("property count does not fit".into());
-            }
-            let mut props = Vec::with_capacity(n);
-            for _ in 0..n {
-                let name = r.str()?;
-                props.push((name, r.prop()?));
-            }
-            data.push(Some(NodeData {
-                label,
-                key,
-                tenant,
-                filters: filters.into(),
-                properties: props.into(),
-            }));
-        }
-        if !r.0.is_empty() {
-            return Err("trailing bytes after node data".into());
-        }
-        NodeStore::from_nodes(data).map_err(|(label, key)| format!("two nodes have label {} and key {key:?}", label.0))
     }
 }

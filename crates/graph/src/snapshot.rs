@@ -137,8 +137,8 @@ struct SnapshotData {
     forward: AdjData,
     reverse: AdjData,
     deleted: Option<Vec<u64>>,
-    /// Node data (labels, keys, tenants, properties), see `nodes::codec`.
-    nodes: Vec<u8>,
+    /// Node data (labels, keys, tenants, filters, properties, index) as columns.
+    nodes: crate::nodes::NodeColumns,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
@@ -196,7 +196,7 @@ pub fn write(
         forward: adj_data(csr.forward()),
         reverse: adj_data(csr.reverse()),
         deleted: deleted.iter().any(|&w| w != 0).then_some(deleted),
-        nodes: view.encode_nodes(),
+        nodes: view.node_columns(),
     };
     let payload = rkyv::to_bytes::<rancor::Error>(&data).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
     let mut header = [0u8; HEADER];
@@ -344,7 +344,7 @@ pub fn load(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
             "deleted-node bitset has the wrong size".into(),
         ));
     }
-    let nodes = crate::nodes::codec::decode(archived.nodes.as_slice(), meta.node_count)
+    let nodes = crate::nodes::NodeStore::from_archived(&archived.nodes, meta.node_count)
         .map_err(|e| SnapshotError::Malformed(format!("node data: {e}")))?;
     let view = GraphView::from_parts(csr, deleted, nodes, meta.visible_edges as usize, meta.lsn);
     Ok(LoadedSnapshot { meta, view })

@@ -408,9 +408,9 @@ impl GraphView {
         })
     }
 
-    /// Node data in the snapshot encoding.
-    pub(crate) fn encode_nodes(&self) -> Vec<u8> {
-        crate::nodes::codec::encode(&self.nodes, self.node_count)
+    /// Node data as the snapshot stores it.
+    pub(crate) fn node_columns(&self) -> crate::nodes::NodeColumns {
+        self.nodes.to_columns(self.node_count)
     }
 
     /// Whether anything changed since the base was built (edges, deletions or restorations).
