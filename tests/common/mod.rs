@@ -149,3 +149,22 @@ pub async fn start(cluster: &Cluster, db: &str, slot: &str, opts: &StartOptions)
 pub fn slot_name(slot: &str, db: &str) -> String {
     format!("{slot}_{db}")
 }
+
+/// Drops a Relation message identical to the last one seen for the same relation: pgoutput
+/// re-sends a relation's description whenever its cache entry is invalidated (autovacuum,
+/// analyze, TOAST table creation...), so how often an unchanged one appears is not part of
+/// the stream's meaning.
+pub fn without_repeated_relations(v: Vec<Json>) -> Vec<Json> {
+    let mut last: std::collections::HashMap<String, Json> = std::collections::HashMap::new();
+    v.into_iter()
+        .filter(|j| {
+            if j["type"] != "relation" {
+                return true;
+            }
+            let name = j["relation"].as_str().unwrap_or_default().to_string();
+            let fresh = last.get(&name) != Some(j);
+            last.insert(name, j.clone());
+            fresh
+        })
+        .collect()
+}
