@@ -433,6 +433,46 @@ impl GraphView {
         v
     }
 
+    /// Neighbours of a node with overlay edges (or added since the base): base minus deleted
+    /// positions plus added edges. Kept out of line so the common path stays small.
+    #[inline(never)]
+    fn changed_neighbors(&self, n: NodeId, dir: Direction, mut f: impl FnMut(NodeId)) {
+        let dirty = is_dirty(&self.chunks, n.0, dir);
+        let mut one = |d: Direction| {
+            // Endpoints only: no labels or weights read.
+            let delta = if dirty { self.delta(n, d) } else { None };
+            if n.0 < self.base.node_count() {
+                let adj = if d == Direction::In {
+                    self.base.reverse()
+                } else {
+                    self.base.forward()
+                };
+                let targets = adj.targets(n);
+                match delta.map(|x| x.deleted.as_slice()).filter(|x| !x.is_empty()) {
+                    None => targets.iter().for_each(|&m| f(NodeId(m))),
+                    Some(deleted) => {
+                        let start = adj.range(n).start as u32;
+                        for (i, &m) in targets.iter().enumerate() {
+                            if deleted.binary_search(&(start + i as u32)).is_err() {
+                                f(NodeId(m));
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(x) = delta {
+                x.added.iter().for_each(|e| f(NodeId(e.other)));
+            }
+        };
+        match dir {
+            Direction::Both => {
+                one(Direction::Out);
+                one(Direction::In);
+            }
+            d => one(d),
+        }
+    }
+
     /// The LSN this view reflects.
     pub fn lsn(&self) -> u64 {
         self.lsn
@@ -531,49 +571,16 @@ impl Topology for GraphView {
         }
     }
 
-    #[inline]
-    fn for_each_neighbor(&self, n: NodeId, dir: Direction, mut f: impl FnMut(NodeId)) {
-        let dirty = is_dirty(&self.chunks, n.0, dir);
-        if !dirty && n.0 < self.base.node_count() {
+    #[inline(always)]
+    fn for_each_neighbor(&self, n: NodeId, dir: Direction, f: impl FnMut(NodeId)) {
+        if n.0 < self.base.node_count() && !is_dirty(&self.chunks, n.0, dir) {
             self.base.for_each_neighbor(n, dir, f);
-            return;
-        }
-        let mut one = |d: Direction| {
-            // Endpoints only: no labels or weights read.
-            let delta = if dirty { self.delta(n, d) } else { None };
-            if n.0 < self.base.node_count() {
-                let adj = if d == Direction::In {
-                    self.base.reverse()
-                } else {
-                    self.base.forward()
-                };
-                let targets = adj.targets(n);
-                match delta.map(|x| x.deleted.as_slice()).filter(|x| !x.is_empty()) {
-                    None => targets.iter().for_each(|&m| f(NodeId(m))),
-                    Some(deleted) => {
-                        let start = adj.range(n).start as u32;
-                        for (i, &m) in targets.iter().enumerate() {
-                            if deleted.binary_search(&(start + i as u32)).is_err() {
-                                f(NodeId(m));
-                            }
-                        }
-                    }
-                }
-            }
-            if let Some(x) = delta {
-                x.added.iter().for_each(|e| f(NodeId(e.other)));
-            }
-        };
-        match dir {
-            Direction::Both => {
-                one(Direction::Out);
-                one(Direction::In);
-            }
-            d => one(d),
+        } else {
+            self.changed_neighbors(n, dir, f);
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn prefetch(&self, n: NodeId, dir: Direction) {
         if n.0 < self.base.node_count() {
             self.base.prefetch(n, dir);
@@ -589,7 +596,7 @@ impl Topology for GraphView {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn prefetch_index(&self, n: NodeId, dir: Direction) {
         if n.0 < self.base.node_count() {
             self.base.prefetch_index(n, dir);
