@@ -568,7 +568,12 @@ impl NodeStore {
         }
         let bad = |what: &str| Err(format!("node columns: {what}"));
         if base.labels.len() != n || base.keys.len() != n || base.tenant.len() != n {
-            return bad("column lengths differ from the node count");
+            return Err(format!(
+                "node columns: column lengths ({}, {}, {}) differ from the node count {n}",
+                base.labels.len(),
+                base.keys.len(),
+                base.tenant.len()
+            ));
         }
         for (offsets, values) in [
             (&base.filter_offsets, base.filter_values.len()),

@@ -413,9 +413,10 @@ impl GraphView {
         self.nodes.to_columns(self.node_count)
     }
 
-    /// Whether anything changed since the base was built (edges, deletions or restorations).
+    /// Whether anything changed since the base was built (nodes added, edges, deletions or
+    /// restorations).
     pub fn has_overlay(&self) -> bool {
-        self.overlay_edges > 0 || self.deleted > 0 || self.restored > 0
+        self.overlay_edges > 0 || self.deleted > 0 || self.restored > 0 || self.node_count != self.base.node_count()
     }
 
     /// A view of a base with a dense deleted-node bitset and a known visible edge count.

@@ -3,7 +3,7 @@
 //! invalid (rejected whole); after every transaction every query on the new view equals the
 //! oracle, and the previous view still shows the previous state.
 
-use graph::query::{components, k_hop, neighbors};
+use graph::query::{components, k_hop, neighbors, shortest_path, weighted_shortest_path};
 use graph::*;
 use proptest::prelude::*;
 
@@ -97,6 +97,35 @@ fn edge(s: u32, t: u32, l: u8, w: f64) -> EdgeInput {
     }
 }
 
+/// Hop counts and least costs from `s` over visible nodes (Bellman-Ford style relaxation).
+fn oracle_distances(o: &Oracle, s: u32) -> (Vec<Option<u32>>, Vec<Option<f64>>) {
+    let n = o.visible.len();
+    let mut dist = vec![None; n];
+    let mut cost: Vec<Option<f64>> = vec![None; n];
+    dist[s as usize] = Some(0);
+    cost[s as usize] = Some(0.0);
+    let live: Vec<_> = o
+        .edges
+        .iter()
+        .filter(|e| o.visible[e.0 as usize] && o.visible[e.1 as usize])
+        .collect();
+    for _ in 0..n {
+        for &&(a, b, _, w) in &live {
+            if let Some(d) = dist[a as usize] {
+                if dist[b as usize].is_none_or(|x| d + 1 < x) {
+                    dist[b as usize] = Some(d + 1);
+                }
+            }
+            if let Some(c) = cost[a as usize] {
+                if cost[b as usize].is_none_or(|x| c + w < x) {
+                    cost[b as usize] = Some(c + w);
+                }
+            }
+        }
+    }
+    (dist, cost)
+}
+
 fn check(view: &GraphView, o: &Oracle) -> Result<(), TestCaseError> {
     prop_assert_eq!(view.node_count() as usize, o.visible.len());
     let visible_edges = o
@@ -156,6 +185,32 @@ fn check(view: &GraphView, o: &Oracle) -> Result<(), TestCaseError> {
         }
         prop_assert_eq!(got, want);
     }
+    // Shortest paths (BFS and Dijkstra) from node 0 to every node, against the oracle.
+    if o.visible.first() == Some(&true) {
+        let (dist, cost) = oracle_distances(o, 0);
+        for t in 0..o.visible.len() as u32 {
+            if !o.visible[t as usize] {
+                continue;
+            }
+            let p = shortest_path(
+                view,
+                &mut scratch,
+                NodeId(0),
+                NodeId(t),
+                Direction::Out,
+                EdgeFilter::default(),
+            )
+            .unwrap();
+            prop_assert_eq!(
+                p.as_ref().map(|p| p.len() as u32 - 1),
+                dist[t as usize],
+                "hops to {}",
+                t
+            );
+            let w = weighted_shortest_path(view, NodeId(0), NodeId(t), Direction::Out, EdgeFilter::default()).unwrap();
+            prop_assert_eq!(w.map(|(c, _)| c), cost[t as usize], "cost to {}", t);
+        }
+    }
     // Component count over visible nodes.
     let mut uf: Vec<u32> = (0..o.visible.len() as u32).collect();
     fn find(p: &mut [u32], x: u32) -> u32 {
@@ -199,6 +254,18 @@ proptest! {
             match compaction {
                 0 => { g.compact().unwrap(); check(&g.view(), &o)?; }
                 1 if job.is_none() => job = Some(g.begin_compaction().build()),
+                // Snapshot → load → the loaded view answers like the oracle, and the graph
+                // continues from it.
+                3 => {
+                    let dir = tempfile::tempdir().unwrap();
+                    let path = dir.path().join("v.snap");
+                    graph::snapshot::write(&g.view(), &path, 7, 0).unwrap();
+                    let loaded = graph::snapshot::load(&path).unwrap();
+                    check(&loaded.view, &o)?;
+                    if job.is_none() {
+                        g = Graph::from_view(loaded.view, CompactionPolicy::default());
+                    }
+                }
                 2 => if let Some(done) = job.take() {
                     let before = g.view();
                     match g.finish_compaction(done) {
