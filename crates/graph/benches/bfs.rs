@@ -42,6 +42,23 @@ fn edges(n: u32, m: usize, power_law: bool, seed: u64) -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// Seconds for one full BFS (out edges, no limits) from `start`.
+fn time_full_bfs<G: Topology>(g: &G, scratch: &mut Scratch, start: u32) -> f64 {
+    let t = Instant::now();
+    let r = k_hop(
+        g,
+        scratch,
+        NodeId(start),
+        Direction::Out,
+        EdgeFilter::default(),
+        u32::MAX,
+        usize::MAX,
+    )
+    .unwrap();
+    black_box(r.len());
+    t.elapsed().as_secs_f64()
+}
+
 fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
     let n = 1_000_000u32;
@@ -103,19 +120,7 @@ fn main() {
         let mut best_ours = f64::MAX;
         let mut best_pg = f64::MAX;
         for _ in 0..3 {
-            let t = Instant::now();
-            let r = k_hop(
-                &csr,
-                &mut scratch,
-                NodeId(start),
-                Direction::Out,
-                EdgeFilter::default(),
-                u32::MAX,
-                usize::MAX,
-            )
-            .unwrap();
-            black_box(r.len());
-            best_ours = best_ours.min(t.elapsed().as_secs_f64());
+            best_ours = best_ours.min(time_full_bfs(&csr, &mut scratch, start));
 
             let t = Instant::now();
             let mut bfs = Bfs::new(&pg, start);
@@ -168,32 +173,8 @@ fn main() {
             .unwrap_or(7);
         let mut best_pure = best_ours;
         for _ in 0..repeat {
-            let t = Instant::now();
-            let r = k_hop(
-                &csr,
-                &mut scratch,
-                NodeId(start),
-                Direction::Out,
-                EdgeFilter::default(),
-                u32::MAX,
-                usize::MAX,
-            )
-            .unwrap();
-            black_box(r.len());
-            best_pure = best_pure.min(t.elapsed().as_secs_f64());
-            let t = Instant::now();
-            let r = k_hop(
-                &*view,
-                &mut scratch,
-                NodeId(start),
-                Direction::Out,
-                EdgeFilter::default(),
-                u32::MAX,
-                usize::MAX,
-            )
-            .unwrap();
-            black_box(r.len());
-            best_view = best_view.min(t.elapsed().as_secs_f64());
+            best_pure = best_pure.min(time_full_bfs(&csr, &mut scratch, start));
+            best_view = best_view.min(time_full_bfs(&*view, &mut scratch, start));
         }
         overlay_rows.push(format!(
             "{:<22} {:>16.0} {:>16.0} {:>8.2} {:>16.0}",
