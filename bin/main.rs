@@ -1,6 +1,7 @@
 //! The `graphsync` executable: command-line parsing and the I/O edge around the library crates.
 
 mod decode;
+mod replicate;
 mod snapshot_cmd;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ enum Command {
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
     },
+    /// Replicate the mapped tables into the graph until SIGTERM/SIGINT.
+    Replicate(replicate::ReplicateArgs),
     /// Inspect graph snapshot files.
     Snapshot {
         #[command(subcommand)]
@@ -48,11 +51,17 @@ enum SnapshotCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Replicate(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()))
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
+        Command::Replicate(args) => replicate::run(args),
         Command::Decode { files } => decode::run(&files),
         Command::Snapshot {
             command: SnapshotCommand::Info { file },

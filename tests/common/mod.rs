@@ -2,6 +2,9 @@
 //! bounded collection of decoded replication messages.
 #![allow(dead_code)]
 
+pub mod replica;
+pub mod workload;
+
 use bytes::Bytes;
 use pgoutput::{json, Decoder, Lsn, Message};
 use pgrepl::{Config, ReplicationClient, ReplicationEvent, ReplicationStream, StartOptions};

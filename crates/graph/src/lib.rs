@@ -25,7 +25,9 @@ mod view;
 pub use csr::{Adjacency, Csr, CsrError, EdgeInput};
 pub use nodes::{FilterId, FilterValueId, NodeData, NodeKey, NodeLabel, PropValue, TenantId, MAX_NODE_LABELS};
 pub use query::{Direction, EdgeFilter, QueryError, Scratch, Topology};
-pub use view::{ApplyError, BulkError, Compacted, CompactionJob, CompactionPolicy, Graph, GraphView, Mutation};
+pub use view::{
+    ApplyError, BulkError, Compacted, CompactionJob, CompactionPolicy, Graph, GraphReader, GraphView, Mutation, Txn,
+};
 
 /// A dense node id, an index into the node arrays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -29,6 +29,19 @@ pub enum NodeKey {
     Composite(Arc<[NodeKey]>),
 }
 
+impl NodeKey {
+    /// Appends the key's self-delimiting binary encoding (the one snapshots use) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        codec::put_key(out, self)
+    }
+
+    /// Decodes a key written by [`NodeKey::encode`] at the start of `bytes`; returns it and
+    /// the number of bytes it took. Every length is checked against the bytes left.
+    pub fn decode(bytes: &[u8]) -> Result<(NodeKey, usize), String> {
+        codec::read_key_prefix(bytes)
+    }
+}
+
 /// A tenant, as interned by the graph from the tenant column's value. Snapshots keep the
 /// numbering; still, outside the process refer to tenants by value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -678,6 +691,13 @@ pub(crate) mod codec {
     /// The key encoded at the start of `bytes`.
     pub(crate) fn read_key(bytes: &[u8]) -> Result<NodeKey, String> {
         Reader(bytes).key(0)
+    }
+
+    /// The key encoded at the start of `bytes`, and the bytes its encoding took.
+    pub(crate) fn read_key_prefix(bytes: &[u8]) -> Result<(NodeKey, usize), String> {
+        let mut r = Reader(bytes);
+        let k = r.key(0)?;
+        Ok((k, bytes.len() - r.0.len()))
     }
 
     /// Properties encoded as (name id, value) pairs.

@@ -692,6 +692,24 @@ impl Txn<'_> {
         Some(id)
     }
 
+    /// The node with this label and key in the transaction's state, visible or not.
+    pub fn resolve(&self, label: NodeLabel, key: &NodeKey) -> Option<NodeId> {
+        self.b.view.nodes.resolve(label, key).map(NodeId)
+    }
+
+    /// The data of node `id` in the transaction's state, if it is visible.
+    pub fn node(&self, id: NodeId) -> Option<Arc<NodeData>> {
+        if id.0 >= self.b.view.node_count || !self.b.visible(id) {
+            return None;
+        }
+        self.b.view.nodes.data(id.0)
+    }
+
+    /// Number of node ids in the transaction's state.
+    pub fn node_count(&self) -> u32 {
+        self.b.view.node_count
+    }
+
     /// Adds an edge.
     pub fn add_edge(&mut self, e: EdgeInput) -> Result<(), ApplyError> {
         self.push(Mutation::AddEdge(e))
@@ -1038,11 +1056,33 @@ impl Graph {
         lsn: u64,
         policy: CompactionPolicy,
     ) -> Result<Self, BulkError> {
+        Self::bulk_with_hidden(nodes, Vec::new(), edges, weighted, lsn, policy)
+    }
+
+    /// As [`Graph::bulk`], with some nodes present but not visible: bit `i` of `hidden` set
+    /// means node `i` exists (resolvable by label and key, its edges stored) but is invisible
+    /// until a transaction upserts it, like a node an edge pointed at before its row arrived.
+    pub fn bulk_with_hidden(
+        nodes: Vec<Option<NodeData>>,
+        hidden: Vec<u64>,
+        edges: &[EdgeInput],
+        weighted: bool,
+        lsn: u64,
+        policy: CompactionPolicy,
+    ) -> Result<Self, BulkError> {
         let node_count = u32::try_from(nodes.len()).map_err(|_| BulkError::TooManyNodes(nodes.len()))?;
         let store = NodeStore::from_nodes(nodes).map_err(|(label, key)| BulkError::DuplicateKey { label, key })?;
         let csr = Csr::build(node_count, edges, weighted)?;
         let mut view = GraphView::new(csr, lsn);
         view.nodes = store;
+        if hidden.iter().any(|&w| w != 0) {
+            let is_hidden = |n: NodeId| hidden.get(n.index() >> 6).is_some_and(|w| w & (1 << (n.0 & 63)) != 0);
+            view.edge_count = edges
+                .iter()
+                .filter(|e| !is_hidden(e.source) && !is_hidden(e.target))
+                .count();
+            view.base_deleted = Some(Arc::new(hidden));
+        }
         Ok(Self::from_view(view, policy))
     }
 

@@ -155,6 +155,18 @@ impl ReplicationClient {
         })
     }
 
+    /// Connects a normal (non-replication) session with the same settings: for catalog
+    /// queries and the initial copy's `COPY` in an exported snapshot. Replication commands
+    /// are refused on it by the server.
+    pub async fn connect_sql(config: &Config) -> Result<Self, ReplError> {
+        let conn = conn::connect(config, false).await?;
+        tracing::debug!(target = %config.target(), tls = conn.tls, "SQL connection established");
+        Ok(ReplicationClient {
+            conn,
+            config: config.clone(),
+        })
+    }
+
     /// The settings this client connected with.
     pub fn config(&self) -> &Config {
         &self.config
@@ -203,6 +215,41 @@ impl ReplicationClient {
                     ))
                 }
                 other => return Err(ReplError::Protocol(format!("unexpected message '{}'", other as char))),
+            }
+        }
+    }
+
+    /// Runs a `COPY ... TO STDOUT` and hands each CopyData payload to `on_data` (PostgreSQL
+    /// sends one row per message, but callers must not rely on it). If `on_data` fails, the rest
+    /// of the output is drained and discarded and its error is returned as
+    /// [`ReplError::Protocol`].
+    pub async fn copy_out(
+        &mut self,
+        sql: &str,
+        mut on_data: impl FnMut(bytes::Bytes) -> Result<(), String>,
+    ) -> Result<(), ReplError> {
+        frontend::query(sql, &mut self.conn.wbuf)?;
+        self.conn.flush().await?;
+        let mut err: Option<ReplError> = None;
+        loop {
+            let f = self.conn.read_frame().await?;
+            match f.tag {
+                b'd' => {
+                    if err.is_none() {
+                        if let Err(e) = on_data(f.body) {
+                            err = Some(ReplError::Protocol(e));
+                        }
+                    }
+                }
+                b'E' => err = Some(ReplError::Server(parse_error(&f.body))),
+                b'Z' => return err.map_or(Ok(()), Err),
+                b'H' | b'c' | b'C' | b'N' | b'S' | b'T' | b'D' => {}
+                other => {
+                    return Err(ReplError::Protocol(format!(
+                        "unexpected message '{}' during COPY",
+                        other as char
+                    )))
+                }
             }
         }
     }

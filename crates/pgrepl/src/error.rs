@@ -116,4 +116,17 @@ impl ReplError {
     pub fn is_duplicate(&self) -> bool {
         self.code() == Some(sqlstate::DUPLICATE_OBJECT)
     }
+
+    /// A connection-level failure worth retrying after a pause: the server could not be
+    /// reached, the connection broke, or the server is shutting down or starting up, or has
+    /// no connection slots left.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ReplError::Connect { .. } | ReplError::ConnectTimeout { .. } | ReplError::Io(_) | ReplError::Closed => true,
+            ReplError::Server(e) => {
+                e.code.starts_with("08") || matches!(e.code.as_str(), "57P01" | "57P02" | "57P03" | "53300" | "40001")
+            }
+            _ => false,
+        }
+    }
 }

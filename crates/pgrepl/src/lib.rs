@@ -25,4 +25,4 @@ pub use client::{
 };
 pub use config::{Config, Host, Password, SslMode};
 pub use error::{sqlstate, ReplError, ServerError};
-pub use stream::{Feedback, ReplicationEvent, ReplicationStream};
+pub use stream::{Feedback, Next, ReplicationEvent, ReplicationStream};

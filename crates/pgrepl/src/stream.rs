@@ -35,6 +35,17 @@ pub enum ReplicationEvent {
     },
 }
 
+/// What [`ReplicationStream::next_before`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// A message from the server.
+    Event(ReplicationEvent),
+    /// The deadline passed first.
+    Deadline,
+    /// The server ended the stream.
+    Ended,
+}
+
 /// Positions reported in standby status updates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Feedback {
@@ -138,9 +149,21 @@ impl ReplicationStream {
 
     /// The next event, or `None` once the server has ended the stream.
     pub async fn next(&mut self) -> Result<Option<ReplicationEvent>, ReplError> {
+        match self.next_before(None).await? {
+            Next::Event(e) => Ok(Some(e)),
+            Next::Ended | Next::Deadline => Ok(None),
+        }
+    }
+
+    /// As [`ReplicationStream::next`], but returns [`Next::Deadline`] once `deadline` passes
+    /// with no event, so a caller can do periodic work without cancelling a read (status
+    /// updates keep going out meanwhile).
+    pub async fn next_before(&mut self, deadline: Option<Instant>) -> Result<Next, ReplError> {
+        let far = Instant::now() + Duration::from_secs(86_400);
+        let deadline = deadline.unwrap_or(far);
         loop {
             if self.server_done {
-                return Ok(None);
+                return Ok(Next::Ended);
             }
             let frame = tokio::select! {
                 f = self.client.conn.read_frame() => f?,
@@ -148,6 +171,7 @@ impl ReplicationStream {
                     self.send_status(false).await?;
                     continue;
                 }
+                _ = tokio::time::sleep_until(deadline) => return Ok(Next::Deadline),
             };
             match frame.tag {
                 b'd' => {
@@ -163,7 +187,7 @@ impl ReplicationStream {
                             };
                             let data = b.slice(25..);
                             self.received = self.received.max(Lsn(start)).max(Lsn(end));
-                            return Ok(Some(ReplicationEvent::XLogData {
+                            return Ok(Next::Event(ReplicationEvent::XLogData {
                                 start: Lsn(start),
                                 wal_end: Lsn(end),
                                 server_time: PgTimestamp(time as i64),
@@ -178,7 +202,7 @@ impl ReplicationStream {
                             if reply {
                                 self.send_status(false).await?;
                             }
-                            return Ok(Some(ReplicationEvent::Keepalive {
+                            return Ok(Next::Event(ReplicationEvent::Keepalive {
                                 wal_end: Lsn(end),
                                 server_time: PgTimestamp(time as i64),
                                 reply_requested: reply,

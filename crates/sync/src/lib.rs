@@ -1,16 +1,30 @@
-//! graphsync's sync core: from row changes of configured tables to graph mutations.
+//! graphsync's sync core: from a PostgreSQL logical replication slot to a graph that equals
+//! what the mapped tables say, durably.
 //!
-//! What it is for (as it grows): the mapping configuration ([`config`]), the translation of
-//! pgoutput row changes into node and edge mutations, the initial copy, transaction assembly,
-//! checkpoints and restart. Today: the mapping configuration ([`config`] — parsed, structurally
-//! validated, and hashed so a snapshot built under another mapping is never reused) and the
-//! conversion of typed row values into node keys, tenant/filter values, properties and
-//! weights ([`rows`]).
+//! - [`config`]: the mapping configuration (TOML), validated and hashed.
+//! - [`rows`]: typed row values → node keys, tenant/filter values, properties, weights.
+//! - [`change`] and [`assembly`]: pgoutput messages → whole committed transactions (plain,
+//!   streamed, two-phase).
+//! - [`mapper`]: committed transactions → one atomic graph transaction each, plus the row index
+//!   that lets deletes find their edges; the bulk build of the initial copy.
+//! - [`copy`]: reading `COPY ... (FORMAT binary)` output.
+//! - [`checkpoint`]: durable checkpoints (snapshot + row index + manifest) and their recovery.
+//! - [`catalog`]: start-up checks and set-up against the source database (tables, columns,
+//!   replica identity, publication).
+//! - [`replicator`]: the service loop: initial copy or restore, streaming, confirming only what
+//!   is durable, reconnecting.
 //!
 //! What it is not for: wire protocol (pgrepl), decoding (pgoutput), graph storage and queries
-//! (graph), or process concerns like CLI and HTTP (the binary).
+//! (graph), or process concerns like CLI flags and HTTP (the binary).
 
 #![warn(missing_docs)]
 
+pub mod assembly;
+pub mod catalog;
+pub mod change;
+pub mod checkpoint;
 pub mod config;
+pub mod copy;
+pub mod mapper;
+pub mod replicator;
 pub mod rows;

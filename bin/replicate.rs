@@ -1,0 +1,78 @@
+//! `graphsync replicate`: run the replicator until SIGTERM/SIGINT, then checkpoint and exit 0.
+
+use anyhow::Context;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use sync::config::MappingConfig;
+use sync::replicator::{self, Options, ReplicaStatus};
+
+/// Arguments of `graphsync replicate`.
+#[derive(clap::Args, Debug)]
+pub struct ReplicateArgs {
+    /// Mapping configuration (TOML).
+    #[arg(long, env = "GRAPHSYNC_CONFIG")]
+    pub config: PathBuf,
+    /// Replication slot (default: the config's source.slot).
+    #[arg(long, env = "GRAPHSYNC_SLOT")]
+    pub slot: Option<String>,
+    /// Publication (default: the config's source.publication).
+    #[arg(long, env = "GRAPHSYNC_PUBLICATION")]
+    pub publication: Option<String>,
+    /// Connection string, URL or key=value (default: the config's source.database_url, then PG* variables).
+    #[arg(long, env = "GRAPHSYNC_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Where checkpoints are kept.
+    #[arg(long, env = "GRAPHSYNC_DATA_DIR", default_value = "graphsync-data")]
+    pub data_dir: PathBuf,
+    /// When the state cannot be resumed (mapping changed, slot dropped or invalidated, no usable
+    /// checkpoint), drop and recreate the slot and copy the tables again instead of refusing.
+    #[arg(long, env = "GRAPHSYNC_REBUILD")]
+    pub rebuild: bool,
+    /// Milliseconds between checkpoints while changes arrive.
+    #[arg(long, env = "GRAPHSYNC_CHECKPOINT_INTERVAL_MS", default_value_t = 10_000)]
+    pub checkpoint_interval_ms: u64,
+}
+
+pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
+    let config = MappingConfig::load(&args.config)?;
+    let url = args
+        .database_url
+        .clone()
+        .or_else(|| config.source.database_url.clone())
+        .unwrap_or_default();
+    let conn = pgrepl::Config::parse(&url).context("invalid database URL")?;
+    let mut opts = Options::new(Arc::new(config), conn, args.data_dir.clone());
+    if let Some(s) = args.slot {
+        opts.slot = s;
+    }
+    if let Some(p) = args.publication {
+        opts.publication = p;
+    }
+    opts.rebuild = args.rebuild;
+    opts.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms.max(10));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("shutdown requested: finishing the current transaction and writing a checkpoint");
+            let _ = tx.send(true);
+        });
+        let status = ReplicaStatus::new();
+        replicator::run(opts, status, rx).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,260 @@
+//! Transaction assembly: pgoutput messages in, whole committed transactions out.
+//!
+//! - `Begin` … `Commit`: one transaction.
+//! - Streamed in-progress transactions (protocol v2+): changes arrive in `Stream Start` …
+//!   `Stream Stop` blocks, interleaved with other transactions, each row tagged with the
+//!   (sub)transaction that made it. They are buffered per top-level xid and released at
+//!   `Stream Commit`; `Stream Abort` drops the whole transaction or only the aborted
+//!   subtransaction's rows.
+//! - Two-phase (protocol v3+, when enabled): `Begin Prepare` … `Prepare` (or a streamed
+//!   transaction ended by `Stream Prepare`) are held by GID and released at `Commit Prepared`,
+//!   dropped at `Rollback Prepared`.
+//!
+//! Pure: no I/O, no clock. Buffered transactions are held in memory (their tuples are
+//! zero-copy slices of the received messages); [`TxnAssembler::buffered_bytes`] reports how
+//! much, so the caller can bound it.
+
+use crate::change::{CommittedTxn, RowChange};
+use pgoutput::{DecodeError, Decoder, Message};
+use std::collections::HashMap;
+
+/// A protocol sequence the assembler cannot make sense of (a bug on one side or a corrupted
+/// stream): the caller must stop and reconnect from its durable position.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AssemblyError {
+    /// A message needs a relation the stream never described.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// A message arrived where the protocol does not allow it.
+    #[error("unexpected {kind} message {context}")]
+    Unexpected {
+        /// The message kind.
+        kind: &'static str,
+        /// Where it arrived.
+        context: &'static str,
+    },
+}
+
+#[derive(Debug)]
+struct Open {
+    xid: u32,
+    changes: Vec<RowChange>,
+    bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Streamed {
+    /// Each change with the (sub)transaction that made it.
+    changes: Vec<(u32, RowChange)>,
+    bytes: usize,
+}
+
+/// Assembles committed transactions from decoded pgoutput messages.
+#[derive(Debug, Default)]
+pub struct TxnAssembler {
+    open: Option<Open>,
+    /// The xid of the open Stream Start block.
+    stream_block: Option<u32>,
+    streams: HashMap<u32, Streamed>,
+    prepared: HashMap<String, (u32, Vec<RowChange>, usize)>,
+    buffered: usize,
+}
+
+fn tuple_bytes(c: &RowChange) -> usize {
+    64 + match c {
+        RowChange::Insert { new, .. } => new.buffer().len(),
+        RowChange::Update { old, new, .. } => new.buffer().len() + old.as_ref().map_or(0, |(_, t)| t.buffer().len()),
+        RowChange::Delete { old, .. } => old.buffer().len(),
+        RowChange::Truncate { rels } => 8 * rels.len(),
+    }
+}
+
+impl TxnAssembler {
+    /// An assembler with nothing buffered.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes of changes held for transactions not yet committed (streamed, open or prepared).
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered + self.open.as_ref().map_or(0, |o| o.bytes)
+    }
+
+    /// Whether no transaction is open or buffered: every change received so far was either
+    /// released in a committed transaction or dropped.
+    pub fn is_idle(&self) -> bool {
+        self.open.is_none() && self.stream_block.is_none() && self.streams.is_empty() && self.prepared.is_empty()
+    }
+
+    /// Forgets every buffered transaction (after a reconnect the server resends them).
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Feeds one message (already passed through `decoder`, whose relation cache types the
+    /// rows). Returns a transaction when one commits.
+    pub fn feed(&mut self, msg: Message, decoder: &Decoder) -> Result<Option<CommittedTxn>, AssemblyError> {
+        let change = match msg {
+            Message::Begin(b) => {
+                if self.open.is_some() || self.stream_block.is_some() {
+                    return Err(unexpected("Begin", "inside another transaction"));
+                }
+                self.open = Some(Open {
+                    xid: b.xid,
+                    changes: Vec::new(),
+                    bytes: 0,
+                });
+                return Ok(None);
+            }
+            Message::BeginPrepare(p) => {
+                if self.open.is_some() || self.stream_block.is_some() {
+                    return Err(unexpected("Begin Prepare", "inside another transaction"));
+                }
+                self.open = Some(Open {
+                    xid: p.xid,
+                    changes: Vec::new(),
+                    bytes: 0,
+                });
+                return Ok(None);
+            }
+            Message::Commit(c) => {
+                let open = self.open.take().ok_or(unexpected("Commit", "outside a transaction"))?;
+                return Ok(Some(CommittedTxn {
+                    xid: open.xid,
+                    commit_lsn: c.commit_lsn,
+                    end_lsn: c.end_lsn,
+                    commit_time: c.commit_time,
+                    changes: open.changes,
+                }));
+            }
+            Message::Prepare(p) => {
+                let open = self.open.take().ok_or(unexpected("Prepare", "outside a transaction"))?;
+                self.buffered += open.bytes;
+                self.prepared.insert(p.gid, (open.xid, open.changes, open.bytes));
+                return Ok(None);
+            }
+            Message::CommitPrepared(c) => {
+                let Some((xid, changes, bytes)) = self.prepared.remove(&c.gid) else {
+                    // Prepared before our start position and already applied, or an empty
+                    // transaction: nothing held, nothing to apply.
+                    return Ok(Some(CommittedTxn {
+                        xid: c.xid,
+                        commit_lsn: c.commit_lsn,
+                        end_lsn: c.end_lsn,
+                        commit_time: c.commit_time,
+                        changes: Vec::new(),
+                    }));
+                };
+                self.buffered -= bytes;
+                return Ok(Some(CommittedTxn {
+                    xid,
+                    commit_lsn: c.commit_lsn,
+                    end_lsn: c.end_lsn,
+                    commit_time: c.commit_time,
+                    changes,
+                }));
+            }
+            Message::RollbackPrepared(r) => {
+                if let Some((_, _, bytes)) = self.prepared.remove(&r.gid) {
+                    self.buffered -= bytes;
+                }
+                return Ok(None);
+            }
+            Message::StreamStart(s) => {
+                if self.stream_block.is_some() || self.open.is_some() {
+                    return Err(unexpected("Stream Start", "inside another block or transaction"));
+                }
+                self.stream_block = Some(s.xid);
+                self.streams.entry(s.xid).or_default();
+                return Ok(None);
+            }
+            Message::StreamStop => {
+                if self.stream_block.take().is_none() {
+                    return Err(unexpected("Stream Stop", "outside a stream block"));
+                }
+                return Ok(None);
+            }
+            Message::StreamCommit(c) => {
+                let s = self.streams.remove(&c.xid).unwrap_or_default();
+                self.buffered -= s.bytes;
+                return Ok(Some(CommittedTxn {
+                    xid: c.xid,
+                    commit_lsn: c.commit_lsn,
+                    end_lsn: c.end_lsn,
+                    commit_time: c.commit_time,
+                    changes: s.changes.into_iter().map(|(_, c)| c).collect(),
+                }));
+            }
+            Message::StreamAbort(a) => {
+                if a.subxid == a.xid {
+                    if let Some(s) = self.streams.remove(&a.xid) {
+                        self.buffered -= s.bytes;
+                    }
+                } else if let Some(s) = self.streams.get_mut(&a.xid) {
+                    let before = s.bytes;
+                    s.changes.retain(|(sub, _)| *sub != a.subxid);
+                    s.bytes = s.changes.iter().map(|(_, c)| tuple_bytes(c)).sum();
+                    self.buffered -= before - s.bytes;
+                }
+                return Ok(None);
+            }
+            Message::StreamPrepare(p) => {
+                let s = self.streams.remove(&p.xid).unwrap_or_default();
+                self.prepared
+                    .insert(p.gid, (p.xid, s.changes.into_iter().map(|(_, c)| c).collect(), s.bytes));
+                return Ok(None);
+            }
+            Message::Relation(_) | Message::Type(_) | Message::Origin(_) | Message::LogicalMessage(_) => {
+                return Ok(None)
+            }
+            Message::Insert(i) => (
+                i.xid,
+                RowChange::Insert {
+                    rel: decoder.relation("Insert", i.relation_id)?.clone(),
+                    new: i.new,
+                },
+            ),
+            Message::Update(u) => (
+                u.xid,
+                RowChange::Update {
+                    rel: decoder.relation("Update", u.relation_id)?.clone(),
+                    old: u.old.map(|b| *b),
+                    new: u.new,
+                },
+            ),
+            Message::Delete(d) => (
+                d.xid,
+                RowChange::Delete {
+                    rel: decoder.relation("Delete", d.relation_id)?.clone(),
+                    old: d.old,
+                },
+            ),
+            Message::Truncate(t) => {
+                let rels = t
+                    .relation_ids
+                    .iter()
+                    .map(|&id| decoder.relation("Truncate", id).cloned())
+                    .collect::<Result<Vec<_>, _>>()?;
+                (t.xid, RowChange::Truncate { rels })
+            }
+        };
+        let (xid, change) = change;
+        let size = tuple_bytes(&change);
+        if let Some(top) = self.stream_block {
+            let s = self.streams.entry(top).or_default();
+            s.changes.push((xid.unwrap_or(top), change));
+            s.bytes += size;
+            self.buffered += size;
+        } else if let Some(open) = self.open.as_mut() {
+            open.changes.push(change);
+            open.bytes += size;
+        } else {
+            return Err(unexpected("row", "outside a transaction"));
+        }
+        Ok(None)
+    }
+}
+
+fn unexpected(kind: &'static str, context: &'static str) -> AssemblyError {
+    AssemblyError::Unexpected { kind, context }
+}

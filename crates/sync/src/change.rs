@@ -1,0 +1,57 @@
+//! Row changes and committed transactions: what the transaction assembler hands the mapper.
+//!
+//! A change keeps the decoded tuple (a zero-copy slice of the pgoutput message) and the
+//! relation description that was current when it arrived; values are typed when the change is
+//! applied. Not for wire decoding (that is `pgoutput`) or mapping (that is [`crate::mapper`]).
+
+use pgoutput::{Lsn, OldKind, PgTimestamp, Relation, TupleData};
+use std::sync::Arc;
+
+/// One row-level change of a mapped (or at least published) table.
+#[derive(Debug, Clone)]
+pub enum RowChange {
+    /// A row was inserted (or copied by the initial copy).
+    Insert {
+        /// The table, as described when the row arrived.
+        rel: Arc<Relation>,
+        /// The new row.
+        new: TupleData,
+    },
+    /// A row was updated.
+    Update {
+        /// The table.
+        rel: Arc<Relation>,
+        /// The old key (identity changed) or the whole old row (identity FULL).
+        old: Option<(OldKind, TupleData)>,
+        /// The new row; unchanged TOAST columns are not sent.
+        new: TupleData,
+    },
+    /// A row was deleted.
+    Delete {
+        /// The table.
+        rel: Arc<Relation>,
+        /// The old key or the whole old row.
+        old: TupleData,
+    },
+    /// Tables were truncated.
+    Truncate {
+        /// The tables.
+        rels: Vec<Arc<Relation>>,
+    },
+}
+
+/// A transaction that committed on the server, ready to apply atomically.
+#[derive(Debug, Clone)]
+pub struct CommittedTxn {
+    /// Transaction id.
+    pub xid: u32,
+    /// LSN of the commit record.
+    pub commit_lsn: Lsn,
+    /// End of the commit record: the position the replica reaches by applying it, and the
+    /// position to confirm once it is durable.
+    pub end_lsn: Lsn,
+    /// Commit time on the server.
+    pub commit_time: PgTimestamp,
+    /// The changes, in commit order.
+    pub changes: Vec<RowChange>,
+}

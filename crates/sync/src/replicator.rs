@@ -1,0 +1,770 @@
+//! The replication service loop: restore or initial copy, stream, apply, checkpoint, confirm,
+//! reconnect.
+//!
+//! Invariants kept here:
+//! - the flush LSN sent to the server is always the covered LSN of the manifest on disk
+//!   ([`crate::checkpoint`]), so a crash anywhere loses nothing;
+//! - transactions that ended at or before the restored position are skipped (the server may
+//!   resend from its `confirmed_flush_lsn`);
+//! - a restored position behind the slot's `confirmed_flush_lsn`, a missing or invalidated
+//!   slot, or a checkpoint of another mapping is refused (or rebuilt with `rebuild`), never
+//!   streamed over;
+//! - when nothing mapped is pending, the covered LSN follows the server's keepalives, so an
+//!   idle slot does not hold WAL.
+//!
+//! Not for CLI or HTTP (the binary reads [`ReplicaStatus`]).
+
+use crate::assembly::{AssemblyError, TxnAssembler};
+use crate::catalog::{self, CatalogError, TableInfo};
+use crate::checkpoint::{CheckpointError, CheckpointStore, Manifest};
+use crate::config::MappingConfig;
+use crate::copy::{CopyError, CopyReader};
+use crate::mapper::{BulkLoad, MapError, Mapper, RowIndex};
+use graph::{ApplyError, CompactionPolicy, Graph, GraphReader, Topology};
+use pgoutput::{DecodeError, Decoder, Lsn, PgTimestamp};
+use pgrepl::{
+    CreateSlotOptions, Next, ReplError, ReplicationClient, ReplicationEvent, SlotSnapshot, StartOptions, Streaming,
+};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// How to replicate.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The mapping.
+    pub config: Arc<MappingConfig>,
+    /// Connection settings.
+    pub conn: pgrepl::Config,
+    /// Replication slot.
+    pub slot: String,
+    /// Publication.
+    pub publication: String,
+    /// Data directory (checkpoints).
+    pub data_dir: PathBuf,
+    /// Drop and rebuild from source when the state cannot be resumed.
+    pub rebuild: bool,
+    /// Full checkpoint at most this often while changes arrive.
+    pub checkpoint_interval: Duration,
+    /// Standby status update interval.
+    pub status_interval: Duration,
+    /// Compaction thresholds.
+    pub compaction: CompactionPolicy,
+}
+
+impl Options {
+    /// Options with defaults: 10 s checkpoints and status updates.
+    pub fn new(config: Arc<MappingConfig>, conn: pgrepl::Config, data_dir: PathBuf) -> Self {
+        Options {
+            slot: config.source.slot.clone(),
+            publication: config.source.publication.clone(),
+            config,
+            conn,
+            data_dir,
+            rebuild: false,
+            checkpoint_interval: Duration::from_secs(10),
+            status_interval: Duration::from_secs(10),
+            compaction: CompactionPolicy::default(),
+        }
+    }
+}
+
+/// Why replication stopped (or, for transient errors, paused to reconnect).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Catalog checks or set-up failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The replication connection failed.
+    #[error(transparent)]
+    Repl(#[from] ReplError),
+    /// Checkpoint write or restore failed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A message could not be decoded.
+    #[error("cannot decode a message from the server: {0} (nothing after the last checkpoint is confirmed; report this with the server version)")]
+    Decode(#[from] DecodeError),
+    /// The message sequence made no sense.
+    #[error(transparent)]
+    Assembly(#[from] AssemblyError),
+    /// A change could not be mapped.
+    #[error("cannot apply a change: {0}")]
+    Map(#[from] MapError),
+    /// Initial copy data was malformed.
+    #[error("initial copy of {table}: {source}")]
+    Copy {
+        /// The table.
+        table: String,
+        /// What was wrong.
+        source: CopyError,
+    },
+    /// The mapping changed since the checkpoint.
+    #[error("the mapping changed since the checkpoint in {dir} was written (hash {old:016x}, now {new:016x}); fix: run with --rebuild to rebuild the graph from the source tables")]
+    MappingChanged {
+        /// Data directory.
+        dir: PathBuf,
+        /// The checkpoint's hash.
+        old: u64,
+        /// The config's hash.
+        new: u64,
+    },
+    /// The slot we resume from is gone.
+    #[error("replication slot {slot:?} does not exist but the data directory holds a checkpoint at {lsn}: changes since then are lost to us; fix: run with --rebuild to recreate the slot and copy the tables again")]
+    SlotMissing {
+        /// Slot.
+        slot: String,
+        /// Checkpoint position.
+        lsn: Lsn,
+    },
+    /// The slot was invalidated (WAL removed).
+    #[error("replication slot {slot:?} was invalidated (wal_status = lost: the server removed WAL it needed, see max_slot_wal_keep_size); fix: run with --rebuild")]
+    SlotInvalidated {
+        /// Slot.
+        slot: String,
+    },
+    /// The slot exists but we have no state for it.
+    #[error("replication slot {slot:?} exists but {dir} holds no checkpoint: the slot's changes cannot be applied to nothing; fix: run with --rebuild to drop and recreate it, or point --data-dir at the right directory")]
+    SlotWithoutState {
+        /// Slot.
+        slot: String,
+        /// Data directory.
+        dir: PathBuf,
+    },
+    /// The slot is ahead of our state.
+    #[error("replication slot {slot:?} has confirmed {confirmed} but the newest usable checkpoint covers only {restored}: the server would skip changes we never applied; fix: run with --rebuild")]
+    Gap {
+        /// Slot.
+        slot: String,
+        /// Slot's confirmed_flush_lsn.
+        confirmed: Lsn,
+        /// Our position.
+        restored: Lsn,
+    },
+    /// Another process is streaming from the slot.
+    #[error("replication slot {slot:?} is in use by server process {pid}; stop the other consumer (SELECT pg_terminate_backend({pid})) or use another slot")]
+    SlotInUse {
+        /// Slot.
+        slot: String,
+        /// The walsender's PID.
+        pid: u32,
+    },
+    /// The server ended the stream.
+    #[error("the server ended the replication stream")]
+    StreamEnded,
+    /// Initial copy data was malformed (table unknown).
+    #[error("initial copy: {0}")]
+    CopyData(#[from] CopyError),
+    /// A local I/O error.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<ApplyError> for SyncError {
+    fn from(e: ApplyError) -> Self {
+        SyncError::Map(MapError::Apply(e))
+    }
+}
+
+impl SyncError {
+    /// Worth retrying after a pause (connection-level trouble).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SyncError::Repl(e) => e.is_transient() || e.is_slot_in_use(),
+            SyncError::Catalog(CatalogError::Repl(e)) => e.is_transient(),
+            SyncError::StreamEnded | SyncError::SlotInUse { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Where replication is, for health reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Phase {
+    /// Connecting or restoring.
+    #[default]
+    Starting,
+    /// Copying the tables.
+    InitialCopy,
+    /// Streaming.
+    Streaming,
+    /// Waiting to reconnect.
+    Disconnected,
+    /// Shutting down.
+    Stopping,
+    /// Stopped after an error.
+    Failed,
+}
+
+impl Phase {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::InitialCopy => "initial_copy",
+            Phase::Streaming => "streaming",
+            Phase::Disconnected => "disconnected",
+            Phase::Stopping => "stopping",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// A point-in-time copy of the replica's status.
+#[derive(Debug, Clone, Default)]
+pub struct StatusSnapshot {
+    /// Phase.
+    pub phase: Phase,
+    /// Every transaction committed before this is applied to the graph.
+    pub applied_lsn: Lsn,
+    /// The covered LSN of the checkpoint on disk: what is confirmed to the server.
+    pub durable_lsn: Lsn,
+    /// The snapshot's own LSN.
+    pub snapshot_lsn: Lsn,
+    /// The server's WAL end as last reported.
+    pub server_wal_end: Lsn,
+    /// Commit time of the last applied transaction.
+    pub last_commit_time: Option<PgTimestamp>,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// Transactions applied since start.
+    pub transactions: u64,
+    /// Row changes applied since start.
+    pub changes: u64,
+    /// Reconnects since start.
+    pub reconnects: u64,
+}
+
+/// Shared, live status of a replicator, and the graph it maintains.
+#[derive(Debug, Default)]
+pub struct ReplicaStatus {
+    inner: Mutex<StatusSnapshot>,
+    graph: Mutex<Option<GraphReader>>,
+    applied: Mutex<Option<watch::Sender<Lsn>>>,
+}
+
+impl ReplicaStatus {
+    /// A fresh status.
+    pub fn new() -> Arc<Self> {
+        let (tx, _) = watch::channel(Lsn(0));
+        Arc::new(ReplicaStatus {
+            inner: Mutex::default(),
+            graph: Mutex::default(),
+            applied: Mutex::new(Some(tx)),
+        })
+    }
+
+    /// The current status.
+    pub fn snapshot(&self) -> StatusSnapshot {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The graph, once restored or copied.
+    pub fn graph(&self) -> Option<GraphReader> {
+        self.graph.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A receiver that sees the applied LSN change (read-your-writes waits).
+    pub fn subscribe_applied(&self) -> watch::Receiver<Lsn> {
+        match &*self.applied.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(tx) => tx.subscribe(),
+            None => watch::channel(Lsn(0)).1,
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut StatusSnapshot)) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let before = g.applied_lsn;
+        f(&mut g);
+        if g.applied_lsn != before {
+            if let Some(tx) = &*self.applied.lock().unwrap_or_else(|e| e.into_inner()) {
+                tx.send_replace(g.applied_lsn);
+            }
+        }
+    }
+
+    fn set_graph(&self, r: GraphReader) {
+        *self.graph.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+    }
+}
+
+/// The replica's state between sessions.
+struct State {
+    graph: Graph,
+    index: RowIndex,
+    /// Every transaction committed before this is applied.
+    safe: Lsn,
+    /// The manifest on disk.
+    manifest: Manifest,
+    /// Transactions applied since the manifest's snapshot.
+    dirty: bool,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Capped exponential backoff with jitter.
+struct Backoff {
+    attempt: u32,
+    seed: u64,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            attempt: 0,
+            seed: now_ms() as u64 | 1,
+        }
+    }
+    fn next(&mut self) -> Duration {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let base = 100u64.saturating_mul(1 << self.attempt.min(9)).min(30_000);
+        self.attempt += 1;
+        // Full jitter in [base/2, base].
+        Duration::from_millis(base / 2 + self.seed % (base / 2 + 1))
+    }
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Runs replication until `shutdown` turns true (then writes a final checkpoint, confirms it
+/// and returns `Ok`) or a non-transient error stops it. Transient errors reconnect with backoff.
+pub async fn run(
+    opts: Options,
+    status: Arc<ReplicaStatus>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), SyncError> {
+    let store = CheckpointStore::open(&opts.data_dir)?;
+    let mut mapper = Mapper::new(opts.config.clone());
+    let mut state: Option<State> = None;
+    let mut backoff = Backoff::new();
+    let mut rebuild = opts.rebuild;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let result = session(&opts, &store, &mut mapper, &mut state, &mut rebuild, &status, &shutdown).await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() => {
+                let wait = backoff.next();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "replication interrupted; reconnecting");
+                status.update(|s| {
+                    s.phase = Phase::Disconnected;
+                    s.last_error = Some(e.to_string());
+                    s.reconnects += 1;
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+                if *shutdown.borrow() {
+                    // Nothing new can be durable without a connection; the last checkpoint
+                    // stands. Write one more if changes are pending.
+                    if let Some(st) = state.as_mut() {
+                        if st.dirty {
+                            let _ = checkpoint(&store, st, opts.config.mapping_hash(), &status);
+                        }
+                    }
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                status.update(|s| {
+                    s.phase = Phase::Failed;
+                    s.last_error = Some(e.to_string());
+                });
+                return Err(e);
+            }
+        }
+        if state.is_some() {
+            backoff.reset();
+        }
+    }
+}
+
+fn checkpoint(
+    store: &CheckpointStore,
+    st: &mut State,
+    hash: u64,
+    status: &ReplicaStatus,
+) -> Result<(), CheckpointError> {
+    let started = Instant::now();
+    let view = st.graph.view();
+    let m = store.write(&view, &st.index, st.safe, hash, now_ms())?;
+    tracing::info!(lsn = %m.lsn, snapshot = %m.snapshot, ms = started.elapsed().as_millis() as u64, "checkpoint written");
+    st.manifest = m;
+    st.dirty = false;
+    status.update(|s| {
+        s.durable_lsn = st.manifest.lsn;
+        s.snapshot_lsn = st.manifest.snapshot_lsn;
+    });
+    Ok(())
+}
+
+async fn session(
+    opts: &Options,
+    store: &CheckpointStore,
+    mapper: &mut Mapper,
+    state: &mut Option<State>,
+    rebuild: &mut bool,
+    status: &Arc<ReplicaStatus>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(), SyncError> {
+    let hash = opts.config.mapping_hash();
+    let mut client = ReplicationClient::connect(&opts.conn).await?;
+    let sys = client.identify_system().await?;
+    tracing::info!(target = %opts.conn.target(), system_id = %sys.system_id, wal = %sys.xlog_pos, "connected");
+    let tables = catalog::check_tables(&mut client, &opts.config).await?;
+    catalog::ensure_publication(&mut client, &opts.publication, &tables).await?;
+    let slot = catalog::slot_state(&mut client, &opts.slot).await?;
+
+    if state.is_none() {
+        let restored = if *rebuild {
+            None
+        } else {
+            match store.manifest() {
+                Some(m) if m.mapping_hash != hash => {
+                    return Err(SyncError::MappingChanged {
+                        dir: store.dir().to_path_buf(),
+                        old: m.mapping_hash,
+                        new: hash,
+                    })
+                }
+                _ => {}
+            }
+            store.restore(hash)?
+        };
+        match restored {
+            Some(r) => {
+                for refused in &r.refused {
+                    tracing::warn!(%refused, "skipped an unusable checkpoint file");
+                }
+                let Some(s) = &slot else {
+                    return Err(SyncError::SlotMissing {
+                        slot: opts.slot.clone(),
+                        lsn: r.lsn,
+                    });
+                };
+                if s.wal_status.as_deref() == Some("lost") {
+                    return Err(SyncError::SlotInvalidated {
+                        slot: opts.slot.clone(),
+                    });
+                }
+                if s.confirmed_flush > r.lsn {
+                    return Err(SyncError::Gap {
+                        slot: opts.slot.clone(),
+                        confirmed: s.confirmed_flush,
+                        restored: r.lsn,
+                    });
+                }
+                tracing::info!(lsn = %r.lsn, snapshot = %r.manifest.snapshot, nodes = r.graph.view().node_count(), edges = r.graph.view().edge_count(), "restored checkpoint");
+                status.set_graph(r.graph.reader());
+                status.update(|st| {
+                    st.applied_lsn = r.lsn;
+                    st.durable_lsn = r.lsn;
+                    st.snapshot_lsn = r.manifest.snapshot_lsn;
+                });
+                *state = Some(State {
+                    graph: r.graph,
+                    index: r.index,
+                    safe: r.lsn,
+                    manifest: r.manifest,
+                    dirty: false,
+                });
+            }
+            None => {
+                if let Some(s) = &slot {
+                    let ours = store.dir().join("initial-copy.started").exists();
+                    if !*rebuild && !ours {
+                        return Err(SyncError::SlotWithoutState {
+                            slot: opts.slot.clone(),
+                            dir: store.dir().to_path_buf(),
+                        });
+                    }
+                    if let Some(pid) = s.active_pid {
+                        return Err(SyncError::SlotInUse {
+                            slot: opts.slot.clone(),
+                            pid,
+                        });
+                    }
+                    tracing::warn!(slot = %opts.slot, "dropping the replication slot to rebuild from the source tables");
+                    client.drop_slot(&opts.slot, false).await?;
+                }
+                store.clear()?;
+                status.update(|s| s.phase = Phase::InitialCopy);
+                let (graph, index, lsn) = initial_copy(opts, &mut client, &tables, mapper, store).await?;
+                status.set_graph(graph.reader());
+                let mut st = State {
+                    graph,
+                    index,
+                    safe: lsn,
+                    manifest: Manifest {
+                        lsn: Lsn(0),
+                        snapshot_lsn: Lsn(0),
+                        snapshot: String::new(),
+                        rows: String::new(),
+                        mapping_hash: hash,
+                    },
+                    dirty: true,
+                };
+                tokio::task::block_in_place(|| checkpoint(store, &mut st, hash, status))?;
+                let _ = std::fs::remove_file(store.dir().join("initial-copy.started"));
+                status.update(|s| s.applied_lsn = lsn);
+                *state = Some(st);
+                *rebuild = false;
+            }
+        }
+    } else if let Some(st) = state.as_ref() {
+        match &slot {
+            None => {
+                return Err(SyncError::SlotMissing {
+                    slot: opts.slot.clone(),
+                    lsn: st.manifest.lsn,
+                })
+            }
+            Some(s) if s.wal_status.as_deref() == Some("lost") => {
+                return Err(SyncError::SlotInvalidated {
+                    slot: opts.slot.clone(),
+                })
+            }
+            Some(s) if s.confirmed_flush > st.safe => {
+                return Err(SyncError::Gap {
+                    slot: opts.slot.clone(),
+                    confirmed: s.confirmed_flush,
+                    restored: st.safe,
+                })
+            }
+            _ => {}
+        }
+    }
+    let st = state.as_mut().ok_or_else(|| SyncError::Io("no replica state".into()))?;
+    if let Some(s) = &slot {
+        if let Some(pid) = s.active_pid {
+            return Err(SyncError::SlotInUse {
+                slot: opts.slot.clone(),
+                pid,
+            });
+        }
+    }
+    stream(opts, store, mapper, st, client, status, shutdown).await
+}
+
+async fn initial_copy(
+    opts: &Options,
+    client: &mut ReplicationClient,
+    tables: &[TableInfo],
+    mapper: &mut Mapper,
+    store: &CheckpointStore,
+) -> Result<(Graph, RowIndex, Lsn), SyncError> {
+    std::fs::write(store.dir().join("initial-copy.started"), b"")
+        .map_err(|e| SyncError::Io(format!("cannot write to data directory {}: {e}", store.dir().display())))?;
+    let created = client
+        .create_slot(
+            &opts.slot,
+            CreateSlotOptions {
+                temporary: false,
+                two_phase: false,
+                snapshot: SlotSnapshot::Export,
+            },
+        )
+        .await?;
+    let snapshot = created
+        .snapshot_name
+        .clone()
+        .ok_or_else(|| ReplError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into()))?;
+    tracing::info!(slot = %opts.slot, consistent_point = %created.consistent_point, "created replication slot; copying tables");
+    let mut copier = ReplicationClient::connect_sql(&opts.conn).await?;
+    copier
+        .simple_query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await?;
+    copier
+        .simple_query(&format!("SET TRANSACTION SNAPSHOT {}", catalog::literal(&snapshot)))
+        .await?;
+    let mut bulk = BulkLoad::new(mapper);
+    let all = Instant::now();
+    // Node tables first: most edges then find their endpoints already known.
+    let mut order: Vec<&TableInfo> = tables.iter().collect();
+    order.sort_by_key(|t| !opts.config.nodes.iter().any(|n| n.table == t.qualified));
+    for t in order {
+        let mut cols = catalog::needed_columns(&opts.config, &t.qualified);
+        if !opts.config.nodes.iter().any(|n| n.table == t.qualified) {
+            for c in &t.identity_columns {
+                if !cols.contains(c) {
+                    cols.push(c.clone());
+                }
+            }
+        }
+        let rel = Arc::new(t.relation(&cols));
+        let sql = format!(
+            "COPY {} ({}) TO STDOUT (FORMAT binary)",
+            t.quoted(),
+            cols.iter()
+                .map(|c| pgrepl::quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut reader = CopyReader::new(cols.len());
+        let started = Instant::now();
+        let before = bulk.rows();
+        let mut failed: Option<SyncError> = None;
+        let mut last_log = Instant::now();
+        let mut values = Vec::new();
+        let copied = copier
+            .copy_out(&sql, |chunk| {
+                let r = reader.push::<SyncError>(&chunk, |tuple| {
+                    rel.typed_values_into(&tuple, "COPY", &mut values)
+                        .map_err(|source| MapError::Decode {
+                            table: t.qualified.clone(),
+                            source,
+                        })?;
+                    bulk.insert(mapper, &rel, &values)?;
+                    Ok(())
+                });
+                if let Err(e) = r {
+                    let msg = e.to_string();
+                    failed = Some(e);
+                    return Err(msg);
+                }
+                if last_log.elapsed() > Duration::from_secs(5) {
+                    last_log = Instant::now();
+                    let rows = bulk.rows() - before;
+                    tracing::info!(table = %t.qualified, rows, rows_per_s = (rows as f64 / started.elapsed().as_secs_f64()) as u64, "copying");
+                }
+                Ok(())
+            })
+            .await;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        copied?;
+        reader.finish().map_err(|source| SyncError::Copy {
+            table: t.qualified.clone(),
+            source,
+        })?;
+        let rows = bulk.rows() - before;
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(table = %t.qualified, rows, secs = format!("{secs:.2}"), rows_per_s = (rows as f64 / secs.max(1e-9)) as u64, "copied table");
+    }
+    copier.simple_query("COMMIT").await?;
+    copier.close().await;
+    let lsn = created.consistent_point;
+    let rows = bulk.rows();
+    let (graph, index) = tokio::task::block_in_place(|| bulk.finish(lsn.0, opts.compaction))?;
+    let v = graph.view();
+    tracing::info!(
+        rows,
+        nodes = v.node_count(),
+        edges = v.edge_count(),
+        secs = format!("{:.2}", all.elapsed().as_secs_f64()),
+        "initial copy done"
+    );
+    Ok((graph, index, lsn))
+}
+
+async fn stream(
+    opts: &Options,
+    store: &CheckpointStore,
+    mapper: &mut Mapper,
+    st: &mut State,
+    client: ReplicationClient,
+    status: &Arc<ReplicaStatus>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(), SyncError> {
+    let hash = opts.config.mapping_hash();
+    let mut start = StartOptions::new(opts.publication.clone());
+    start.streaming = Streaming::On;
+    start.status_interval = opts.status_interval;
+    // Confirm exactly the durable position from the first status update on.
+    let mut stream = client.start_replication(&opts.slot, st.manifest.lsn, &start).await?;
+    tracing::info!(slot = %opts.slot, from = %st.manifest.lsn, proto = stream.proto_version(), "streaming");
+    status.update(|s| {
+        s.phase = Phase::Streaming;
+        s.last_error = None;
+    });
+    let mut decoder = Decoder::new();
+    let mut assembler = TxnAssembler::new();
+    let mut next_checkpoint = Instant::now() + opts.checkpoint_interval;
+    let mut next_advance = Instant::now();
+    let mut confirmed = st.manifest.lsn;
+    loop {
+        if *shutdown.borrow() {
+            status.update(|s| s.phase = Phase::Stopping);
+            if st.dirty {
+                tokio::task::block_in_place(|| checkpoint(store, st, hash, status))?;
+            } else if st.safe > st.manifest.lsn {
+                st.manifest = store.advance(&st.manifest, st.safe)?;
+            }
+            stream.set_flushed(st.manifest.lsn);
+            status.update(|s| s.durable_lsn = st.manifest.lsn);
+            let _ = stream.stop().await;
+            tracing::info!(confirmed = %st.manifest.lsn, "stopped cleanly");
+            return Ok(());
+        }
+        let tick = (Instant::now() + Duration::from_millis(200)).min(next_checkpoint);
+        match stream.next_before(Some(tick.into())).await? {
+            Next::Event(ReplicationEvent::XLogData { data, wal_end, .. }) => {
+                let msg = decoder.decode(&data)?;
+                if let Some(txn) = assembler.feed(msg, &decoder)? {
+                    if txn.end_lsn > st.safe {
+                        if st.graph.read_only_reason().is_some() {
+                            tracing::warn!("overlays at the hard limit; compacting before applying");
+                            tokio::task::block_in_place(|| st.graph.compact())?;
+                        }
+                        mapper.apply(&mut st.graph, &mut st.index, &txn)?;
+                        st.safe = txn.end_lsn;
+                        st.dirty = true;
+                        let n = txn.changes.len() as u64;
+                        status.update(|s| {
+                            s.applied_lsn = txn.end_lsn;
+                            s.last_commit_time = Some(txn.commit_time);
+                            s.server_wal_end = s.server_wal_end.max(wal_end);
+                            s.transactions += 1;
+                            s.changes += n;
+                        });
+                        if st.graph.needs_compaction() {
+                            let started = Instant::now();
+                            tokio::task::block_in_place(|| st.graph.compact())?;
+                            tracing::info!(ms = started.elapsed().as_millis() as u64, "compacted overlays");
+                        }
+                    }
+                }
+            }
+            Next::Event(ReplicationEvent::Keepalive { wal_end, .. }) => {
+                if assembler.is_idle() && wal_end > st.safe {
+                    st.safe = wal_end;
+                    status.update(|s| {
+                        s.applied_lsn = wal_end;
+                        s.server_wal_end = s.server_wal_end.max(wal_end);
+                    });
+                }
+            }
+            Next::Deadline => {}
+            Next::Ended => return Err(SyncError::StreamEnded),
+        }
+        let now = Instant::now();
+        if st.dirty && now >= next_checkpoint {
+            tokio::task::block_in_place(|| checkpoint(store, st, hash, status))?;
+            next_checkpoint = Instant::now() + opts.checkpoint_interval;
+        } else if !st.dirty && st.safe > st.manifest.lsn && now >= next_advance {
+            st.manifest = store.advance(&st.manifest, st.safe)?;
+            status.update(|s| s.durable_lsn = st.manifest.lsn);
+            next_advance = now + Duration::from_secs(1);
+        }
+        if now >= next_checkpoint {
+            next_checkpoint = now + opts.checkpoint_interval;
+        }
+        if st.manifest.lsn > confirmed {
+            confirmed = st.manifest.lsn;
+            stream.set_flushed(confirmed);
+            stream.send_status(false).await?;
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Driving the real `graphsync replicate` binary and comparing its graph with SQL.
+#![allow(dead_code)]
+
+use graph::{query, Direction, EdgeFilter, GraphView, NodeId, NodeKey, Topology};
+use pgoutput::Lsn;
+use pgtest::Cluster;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use sync::checkpoint::CheckpointStore;
+use sync::config::MappingConfig;
+use sync::mapper::Mapper;
+
+/// A running `graphsync replicate`.
+pub struct Replicator {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+/// Starts `graphsync replicate` for `db` with `config` (a file path), checkpoints every 300 ms.
+pub fn spawn(cluster: &Cluster, db: &str, config: &Path, data_dir: &Path, extra: &[&str]) -> Replicator {
+    let log = data_dir.with_extension(format!("log{}", std::process::id()));
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_graphsync"))
+        .arg("replicate")
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--database-url")
+        .arg(cluster.conn_str(db))
+        .args(["--checkpoint-interval-ms", "300"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(logf))
+        .spawn()
+        .expect("spawn graphsync");
+    Replicator {
+        child,
+        data_dir: data_dir.to_path_buf(),
+        log,
+    }
+}
+
+impl Replicator {
+    /// The process's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The covered LSN of the checkpoint on disk.
+    pub fn durable_lsn(&self) -> Option<Lsn> {
+        manifest_lsn(&self.data_dir)
+    }
+
+    /// Waits until the checkpoint covers `lsn`; panics with the log after `timeout` or if the
+    /// process exits.
+    pub fn wait_durable(&mut self, lsn: Lsn, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.durable_lsn().is_some_and(|l| l >= lsn) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "graphsync exited with {status} before covering {lsn}; log:\n{}",
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "graphsync did not cover {lsn} within {timeout:?} (at {:?}); log:\n{}",
+                    self.durable_lsn(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for the exit status.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let status = wait_exit(&mut self.child, Duration::from_secs(60));
+        let log = self.log();
+        (status, log)
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log()
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    pub fn wait(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let status = wait_exit(&mut self.child, timeout);
+        let log = self.log();
+        (status, log)
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("graphsync did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The covered LSN in `data_dir`'s manifest.
+pub fn manifest_lsn(data_dir: &Path) -> Option<Lsn> {
+    CheckpointStore::open(data_dir).ok()?.manifest().map(|m| m.lsn)
+}
+
+/// `pg_current_wal_lsn()`.
+pub fn current_lsn(cluster: &Cluster, db: &str) -> Lsn {
+    cluster.psql(db, "SELECT pg_current_wal_lsn()").parse().expect("lsn")
+}
+
+/// The slot's `confirmed_flush_lsn`, if the slot exists.
+pub fn confirmed_flush(cluster: &Cluster, db: &str, slot: &str) -> Option<Lsn> {
+    let s = cluster.psql(
+        db,
+        &format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+    );
+    s.trim().parse().ok()
+}
+
+/// A node as `Label:key` text.
+pub type NodeName = String;
+
+/// What the graph should hold, as SQL computes it: every node with its tenant, and every edge
+/// as (source, label, target).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub nodes: BTreeMap<NodeName, Option<String>>,
+    pub edges: Vec<(NodeName, String, NodeName)>,
+}
+
+fn key_text(k: &NodeKey) -> String {
+    match k {
+        NodeKey::Int(i) => i.to_string(),
+        NodeKey::Text(t) => t.to_string(),
+        NodeKey::Uuid(u) => pgoutput::Value::format_uuid(u),
+        NodeKey::Composite(parts) => parts.iter().map(key_text).collect::<Vec<_>>().join(","),
+    }
+}
+
+/// Loads the checkpoint in `data_dir` and compares it with `expected`: the same visible
+/// nodes, tenants, and for every node the same out- and in-neighbours (with edge labels).
+pub fn assert_graph_equals(data_dir: &Path, config: &Path, expected: &Expected) -> Lsn {
+    let config = MappingConfig::load(config).expect("config");
+    let mapper = Mapper::new(std::sync::Arc::new(config.clone()));
+    let store = CheckpointStore::open(data_dir).expect("store");
+    let restored = store
+        .restore(config.mapping_hash())
+        .expect("restore")
+        .expect("a checkpoint");
+    let view = restored.graph.view();
+    compare(&view, &mapper, expected);
+    restored.lsn
+}
+
+/// Compares a view with `expected`.
+pub fn compare(view: &GraphView, mapper: &Mapper, expected: &Expected) {
+    let name = |n: NodeId| -> NodeName {
+        let d = view.node(n).expect("node data");
+        format!("{}:{}", mapper.node_labels()[d.label.0 as usize], key_text(&d.key))
+    };
+    let mut got_nodes = BTreeMap::new();
+    for id in 0..view.node_count() {
+        let n = NodeId(id);
+        if view.is_visible(n) {
+            let d = view.node(n).expect("visible node has data");
+            got_nodes.insert(name(n), d.tenant.as_ref().map(key_text));
+        }
+    }
+    let missing: Vec<_> = expected
+        .nodes
+        .keys()
+        .filter(|k| !got_nodes.contains_key(*k))
+        .take(10)
+        .collect();
+    let extra: Vec<_> = got_nodes
+        .keys()
+        .filter(|k| !expected.nodes.contains_key(*k))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "node sets differ: missing {missing:?}, extra {extra:?} ({} expected, {} in graph)",
+        expected.nodes.len(),
+        got_nodes.len()
+    );
+    for (k, t) in &expected.nodes {
+        assert_eq!(got_nodes.get(k), Some(t), "tenant of {k}");
+    }
+    let mut want_out: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
+    let mut want_in: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
+    for (s, l, t) in &expected.edges {
+        if expected.nodes.contains_key(s) && expected.nodes.contains_key(t) {
+            want_out.entry(s).or_default().push((l.clone(), t.clone()));
+            want_in.entry(t).or_default().push((l.clone(), s.clone()));
+        }
+    }
+    let mut checked = BTreeSet::new();
+    for id in 0..view.node_count() {
+        let n = NodeId(id);
+        if !view.is_visible(n) {
+            continue;
+        }
+        let me = name(n);
+        for (dir, want) in [(Direction::Out, &want_out), (Direction::In, &want_in)] {
+            let mut got: Vec<(String, String)> = query::neighbors(view, n, dir, EdgeFilter::default())
+                .expect("neighbors")
+                .into_iter()
+                .map(|(m, l)| (mapper.edge_labels()[l.0 as usize].clone(), name(m)))
+                .collect();
+            got.sort();
+            let mut w = want.get(me.as_str()).cloned().unwrap_or_default();
+            w.sort();
+            assert_eq!(got, w, "{dir:?} neighbours of {me}");
+        }
+        checked.insert(me);
+    }
+    assert_eq!(checked.len(), expected.nodes.len());
+}
