@@ -85,3 +85,218 @@ fn oracle_two_thousand_transactions() {
     }
     assert!(long > 50, "only {long} TOASTed bios checked");
 }
+
+/// SIGKILL at 20 random moments while a writer runs, restarting each time: the final graph
+/// equals SQL, and the slot's confirmed_flush_lsn never passes the newest checkpoint on disk.
+#[test]
+fn crash_twenty_sigkills_lose_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let (cluster, db, dir, config) = setup("crash");
+    let mut w = Workload::new(0xc4a5);
+    cluster.psql(&db, &w.seed(2000));
+    let data = dir.path().join("data");
+    let slot = format!("gs_{db}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let violations = Arc::new(Mutex::new(Vec::<String>::new()));
+    let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = {
+        let (stop, db) = (stop.clone(), db.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let s = w.script(20, None, None, None);
+                cluster.psql(&db, &s);
+            }
+            w.txns
+        })
+    };
+    let poller = {
+        let (stop, db, data, slot, violations, polls) = (
+            stop.clone(),
+            db.clone(),
+            data.clone(),
+            slot.clone(),
+            violations.clone(),
+            polls.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                // Confirmed first, checkpoint second: the checkpoint only moves forward.
+                // No checkpoint yet means the initial copy is running: the slot still sits
+                // where the server created it, nothing was confirmed by us.
+                if let Some(confirmed) = replica::confirmed_flush(cluster, &db, &slot) {
+                    if let Some(durable) = replica::manifest_lsn(&data) {
+                        if confirmed > durable {
+                            violations
+                                .lock()
+                                .unwrap()
+                                .push(format!("confirmed {confirmed} > checkpoint {durable}"));
+                        }
+                        polls.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut logs = String::new();
+    for _ in 0..20 {
+        let r = replica::spawn(cluster, &db, &config, &data, &[]);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // A random moment to kill at, not a synchronisation: anywhere from start-up through
+        // initial copy to streaming and checkpointing.
+        std::thread::sleep(Duration::from_millis(50 + seed % 900));
+        logs.push_str(&r.kill());
+    }
+    stop.store(true, Ordering::SeqCst);
+    let txns = writer.join().unwrap();
+    poller.join().unwrap();
+    let mut r = replica::spawn(cluster, &db, &config, &data, &[]);
+    let last = current_lsn(cluster, &db);
+    r.wait_durable(last, DEADLINE);
+    let (status, log) = r.stop();
+    assert!(status.success(), "graphsync exited with {status}; log:\n{log}");
+    let v = violations.lock().unwrap();
+    assert!(v.is_empty(), "{} violations, e.g. {:?}", v.len(), &v[..v.len().min(5)]);
+    assert!(polls.load(Ordering::SeqCst) > 20, "the slot was hardly polled");
+    assert!(txns >= 20, "the writer ran {txns} transactions");
+    eprintln!(
+        "crash test: {txns} writer transactions, {} polls; across 20 killed runs: {} restores, {} initial copies, {} checkpoints",
+        polls.load(Ordering::SeqCst),
+        logs.matches("restored checkpoint").count(),
+        logs.matches("initial copy done").count(),
+        logs.matches("checkpoint written").count()
+    );
+    assert!(
+        logs.contains("restored checkpoint"),
+        "no run ever restored a checkpoint:\n{logs}"
+    );
+    assert_graph_equals(&data, &config, &workload::expected(cluster, &db));
+}
+
+/// 1,000 transactions on an unmapped table: the slot's confirmed position passes them within
+/// 30 s, so the server can recycle the WAL.
+#[test]
+fn idle_slot_advances() {
+    let (cluster, db, dir, config) = setup("idle");
+    let data = dir.path().join("data");
+    let mut r = replica::spawn(cluster, &db, &config, &data, &[]);
+    r.wait_durable(current_lsn(cluster, &db), DEADLINE);
+    let script: String = (0..1000)
+        .map(|i| format!("INSERT INTO audit (note) VALUES ('n{i}');\n"))
+        .collect();
+    cluster.psql(&db, &script);
+    let last = current_lsn(cluster, &db);
+    let slot = format!("gs_{db}");
+    let ok = pgtest::wait_for(Duration::from_secs(30), || {
+        replica::confirmed_flush(cluster, &db, &slot).is_some_and(|c| c >= last)
+    });
+    assert!(
+        ok,
+        "confirmed_flush_lsn {:?} did not pass {last} within 30 s; log:\n{}",
+        replica::confirmed_flush(cluster, &db, &slot),
+        r.log()
+    );
+    let (status, log) = r.stop();
+    assert!(status.success(), "{log}");
+}
+
+fn run_to_completion(cluster: &Cluster, db: &str, config: &std::path::Path, data: &std::path::Path, extra: &[&str]) {
+    let mut r = replica::spawn(cluster, db, config, data, extra);
+    r.wait_durable(current_lsn(cluster, db), DEADLINE);
+    let (status, log) = r.stop();
+    assert!(status.success(), "graphsync exited with {status}; log:\n{log}");
+}
+
+fn refused(cluster: &Cluster, db: &str, config: &std::path::Path, data: &std::path::Path) -> String {
+    let r = replica::spawn(cluster, db, config, data, &[]);
+    let (status, log) = r.wait(DEADLINE);
+    assert!(!status.success(), "graphsync should have refused; log:\n{log}");
+    log
+}
+
+/// A changed mapping is refused with the fix named, and rebuilt from source with --rebuild.
+#[test]
+fn mapping_change_refused_then_rebuilt() {
+    let (cluster, db, dir, config) = setup("mapchange");
+    let mut w = Workload::new(7);
+    cluster.psql(&db, &w.seed(100));
+    let data = dir.path().join("data");
+    run_to_completion(cluster, &db, &config, &data, &[]);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("properties = [\"title\"]", "properties = []")).unwrap();
+    cluster.psql(&db, &w.script(50, None, None, None));
+    let log = refused(cluster, &db, &config, &data);
+    assert!(log.contains("mapping changed") && log.contains("--rebuild"), "{log}");
+    run_to_completion(cluster, &db, &config, &data, &["--rebuild"]);
+    assert_graph_equals(&data, &config, &workload::expected(cluster, &db));
+}
+
+/// A dropped slot is reported with the fix, and rebuilt with --rebuild.
+#[test]
+fn dropped_slot_refused_then_rebuilt() {
+    let (cluster, db, dir, config) = setup("dropped");
+    let mut w = Workload::new(8);
+    cluster.psql(&db, &w.seed(100));
+    let data = dir.path().join("data");
+    run_to_completion(cluster, &db, &config, &data, &[]);
+    cluster.psql(&db, &format!("SELECT pg_drop_replication_slot('gs_{db}')"));
+    cluster.psql(&db, &w.script(50, None, None, None));
+    let log = refused(cluster, &db, &config, &data);
+    assert!(log.contains("does not exist") && log.contains("--rebuild"), "{log}");
+    run_to_completion(cluster, &db, &config, &data, &["--rebuild"]);
+    assert_graph_equals(&data, &config, &workload::expected(cluster, &db));
+}
+
+/// A checkpoint older than what the slot confirmed is a gap: refused, never streamed over.
+#[test]
+fn restored_state_behind_the_slot_is_refused() {
+    let (cluster, db, dir, config) = setup("gap");
+    let mut w = Workload::new(9);
+    cluster.psql(&db, &w.seed(50));
+    let data = dir.path().join("data");
+    run_to_completion(cluster, &db, &config, &data, &[]);
+    let old = dir.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    for e in std::fs::read_dir(&data).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), old.join(e.file_name())).unwrap();
+    }
+    cluster.psql(&db, &w.script(50, None, None, None));
+    run_to_completion(cluster, &db, &config, &data, &[]);
+    let log = refused(cluster, &db, &config, &old);
+    assert!(log.contains("confirmed") && log.contains("--rebuild"), "{log}");
+}
+
+/// Tables whose rows cannot be told apart are refused at start, naming the table and the
+/// ALTER TABLE fix; so are unknown columns.
+#[test]
+fn tables_without_identity_or_columns_are_refused() {
+    let (cluster, db, dir, config) = setup("noident");
+    let data = dir.path().join("data");
+    cluster.psql(&db, "ALTER TABLE follows DROP CONSTRAINT follows_pkey");
+    let log = refused(cluster, &db, &config, &data);
+    assert!(
+        log.contains("public.follows") && log.contains("REPLICA IDENTITY FULL"),
+        "{log}"
+    );
+    cluster.psql(&db, "ALTER TABLE follows ADD PRIMARY KEY (follower_id, followee_id)");
+    cluster.psql(&db, "ALTER TABLE users REPLICA IDENTITY NOTHING");
+    let log = refused(cluster, &db, &config, &data);
+    assert!(
+        log.contains("public.users") && log.contains("REPLICA IDENTITY NOTHING") && log.contains("ALTER TABLE"),
+        "{log}"
+    );
+    cluster.psql(&db, "ALTER TABLE users REPLICA IDENTITY DEFAULT");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("properties = [\"title\"]", "properties = [\"headline\"]"),
+    )
+    .unwrap();
+    let log = refused(cluster, &db, &config, &data);
+    assert!(log.contains("public.posts") && log.contains("\"headline\""), "{log}");
+}

@@ -693,6 +693,7 @@ async fn stream(
     let mut assembler = TxnAssembler::new();
     let mut next_checkpoint = Instant::now() + opts.checkpoint_interval;
     let mut next_advance = Instant::now();
+    let mut next_ping = Instant::now() + Duration::from_secs(1);
     let mut confirmed = st.manifest.lsn;
     loop {
         if *shutdown.borrow() {
@@ -760,6 +761,12 @@ async fn stream(
         }
         if now >= next_checkpoint {
             next_checkpoint = now + opts.checkpoint_interval;
+        }
+        // While idle, ask the server where decoding stands (its keepalive answer carries the
+        // position), so the covered LSN follows WAL that touches no mapped table.
+        if assembler.is_idle() && now >= next_ping {
+            stream.send_status(true).await?;
+            next_ping = now + Duration::from_secs(1);
         }
         if st.manifest.lsn > confirmed {
             confirmed = st.manifest.lsn;
