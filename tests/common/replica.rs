@@ -21,7 +21,9 @@ pub struct Replicator {
 
 /// Starts `graphsync replicate` for `db` with `config` (a file path), checkpoints every 300 ms.
 pub fn spawn(cluster: &Cluster, db: &str, config: &Path, data_dir: &Path, extra: &[&str]) -> Replicator {
-    let log = data_dir.with_extension(format!("log{}", std::process::id()));
+    static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let log = data_dir.with_extension(format!("run{n}.log"));
     let logf = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
