@@ -258,3 +258,221 @@ impl TxnAssembler {
 fn unexpected(kind: &'static str, context: &'static str) -> AssemblyError {
     AssemblyError::Unexpected { kind, context }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use pgoutput::encode::encode_message;
+    use pgoutput::*;
+    use std::sync::Arc;
+
+    fn rel() -> Arc<Relation> {
+        Arc::new(Relation {
+            xid: None,
+            id: 7,
+            namespace: "public".into(),
+            name: "t".into(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: vec![Column {
+                name: "id".into(),
+                type_oid: 23,
+                type_modifier: -1,
+                is_key: true,
+            }],
+        })
+    }
+
+    fn insert(xid: Option<u32>, v: &str) -> Message {
+        Message::Insert(Insert {
+            xid,
+            relation_id: 7,
+            new: TupleData::from_columns([ColumnData::Text(Bytes::copy_from_slice(v.as_bytes()))]),
+        })
+    }
+
+    /// Feeds messages through an encoder/decoder round trip, as the replicator does.
+    fn run(msgs: Vec<Message>) -> Vec<(u32, Vec<String>)> {
+        let mut d = Decoder::new();
+        let mut a = TxnAssembler::new();
+        let mut out = Vec::new();
+        for m in msgs {
+            let bytes = Bytes::from(encode_message(&m));
+            let m = d.decode(&bytes).unwrap();
+            if let Some(t) = a.feed(m, &d).unwrap() {
+                let rows = t
+                    .changes
+                    .iter()
+                    .map(|c| match c {
+                        RowChange::Insert { new, .. } => match new.column(0) {
+                            Some(ColumnRef::Text(b)) => String::from_utf8_lossy(b).into_owned(),
+                            other => format!("{other:?}"),
+                        },
+                        other => format!("{other:?}"),
+                    })
+                    .collect();
+                out.push((t.xid, rows));
+            }
+        }
+        assert!(a.is_idle(), "{a:?}");
+        assert_eq!(a.buffered_bytes(), 0);
+        out
+    }
+
+    fn ts() -> PgTimestamp {
+        PgTimestamp(0)
+    }
+
+    #[test]
+    fn plain_streamed_and_prepared() {
+        let stream_commit = |xid| {
+            Message::StreamCommit(StreamCommit {
+                xid,
+                flags: 0,
+                commit_lsn: Lsn(100 + u64::from(xid)),
+                end_lsn: Lsn(101 + u64::from(xid)),
+                commit_time: ts(),
+            })
+        };
+        let got = run(vec![
+            Message::Relation(rel()),
+            // Streamed transaction 10 with subtransaction 11, interleaved with plain 20.
+            Message::StreamStart(StreamStart {
+                xid: 10,
+                first_segment: true,
+            }),
+            Message::Relation(Arc::new(Relation {
+                xid: Some(10),
+                ..(*rel()).clone()
+            })),
+            insert(Some(10), "a"),
+            insert(Some(11), "b-aborted"),
+            Message::StreamStop,
+            Message::Begin(Begin {
+                final_lsn: Lsn(50),
+                commit_time: ts(),
+                xid: 20,
+            }),
+            insert(None, "plain"),
+            Message::Commit(Commit {
+                flags: 0,
+                commit_lsn: Lsn(50),
+                end_lsn: Lsn(51),
+                commit_time: ts(),
+            }),
+            Message::StreamStart(StreamStart {
+                xid: 10,
+                first_segment: false,
+            }),
+            insert(Some(12), "c"),
+            Message::StreamStop,
+            Message::StreamAbort(StreamAbort {
+                xid: 10,
+                subxid: 11,
+                abort: None,
+            }),
+            stream_commit(10),
+            // Streamed transaction 30, aborted whole.
+            Message::StreamStart(StreamStart {
+                xid: 30,
+                first_segment: true,
+            }),
+            insert(Some(30), "gone"),
+            Message::StreamStop,
+            Message::StreamAbort(StreamAbort {
+                xid: 30,
+                subxid: 30,
+                abort: None,
+            }),
+            // Two-phase: one committed, one rolled back.
+            Message::BeginPrepare(PrepareInfo {
+                flags: 0,
+                prepare_lsn: Lsn(200),
+                end_lsn: Lsn(201),
+                prepare_time: ts(),
+                xid: 40,
+                gid: "g1".into(),
+            }),
+            insert(None, "prepared"),
+            Message::Prepare(PrepareInfo {
+                flags: 0,
+                prepare_lsn: Lsn(200),
+                end_lsn: Lsn(201),
+                prepare_time: ts(),
+                xid: 40,
+                gid: "g1".into(),
+            }),
+            Message::BeginPrepare(PrepareInfo {
+                flags: 0,
+                prepare_lsn: Lsn(210),
+                end_lsn: Lsn(211),
+                prepare_time: ts(),
+                xid: 41,
+                gid: "g2".into(),
+            }),
+            insert(None, "rolled back"),
+            Message::Prepare(PrepareInfo {
+                flags: 0,
+                prepare_lsn: Lsn(210),
+                end_lsn: Lsn(211),
+                prepare_time: ts(),
+                xid: 41,
+                gid: "g2".into(),
+            }),
+            Message::RollbackPrepared(RollbackPrepared {
+                flags: 0,
+                prepare_end_lsn: Lsn(211),
+                rollback_end_lsn: Lsn(220),
+                prepare_time: ts(),
+                rollback_time: ts(),
+                xid: 41,
+                gid: "g2".into(),
+            }),
+            Message::CommitPrepared(CommitPrepared {
+                flags: 0,
+                commit_lsn: Lsn(230),
+                end_lsn: Lsn(231),
+                commit_time: ts(),
+                xid: 40,
+                gid: "g1".into(),
+            }),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                (20, vec!["plain".to_string()]),
+                (10, vec!["a".to_string(), "c".to_string()]),
+                (40, vec!["prepared".to_string()]),
+            ]
+        );
+    }
+
+    #[test]
+    fn protocol_violations_are_errors() {
+        let d = Decoder::new();
+        let mut a = TxnAssembler::new();
+        assert!(matches!(
+            a.feed(
+                Message::Commit(Commit {
+                    flags: 0,
+                    commit_lsn: Lsn(1),
+                    end_lsn: Lsn(2),
+                    commit_time: ts()
+                }),
+                &d
+            ),
+            Err(AssemblyError::Unexpected { .. })
+        ));
+        a.feed(
+            Message::Begin(Begin {
+                final_lsn: Lsn(1),
+                commit_time: ts(),
+                xid: 1,
+            }),
+            &d,
+        )
+        .unwrap();
+        // A row of a relation never described.
+        assert!(matches!(a.feed(insert(None, "x"), &d), Err(AssemblyError::Decode(_))));
+    }
+}
