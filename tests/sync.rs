@@ -300,3 +300,45 @@ fn tables_without_identity_or_columns_are_refused() {
     let log = refused(cluster, &db, &config, &data);
     assert!(log.contains("public.posts") && log.contains("\"headline\""), "{log}");
 }
+
+/// A writer runs while the initial copy reads a 40,000-user / 80,000-follow graph: every write
+/// lands exactly once (the copy's snapshot and the slot's start agree).
+#[test]
+fn initial_copy_under_load() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let (cluster, db, dir, config) = setup("copyload");
+    let mut w = Workload::new(0xc0b1);
+    cluster.psql(&db, &w.seed_bulk(40_000));
+    let data = dir.path().join("data");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, db) = (stop.clone(), db.clone());
+        std::thread::spawn(move || {
+            let mut batches = 0;
+            while !stop.load(Ordering::SeqCst) || batches < 3 {
+                cluster.psql(&db, &w.script(20, None, None, None));
+                batches += 1;
+            }
+            w.txns
+        })
+    };
+    let mut r = replica::spawn(cluster, &db, &config, &data, &[]);
+    let copied = pgtest::wait_for(DEADLINE, || r.log().contains("initial copy done"));
+    assert!(copied, "no initial copy; log:\n{}", r.log());
+    stop.store(true, Ordering::SeqCst);
+    let txns = writer.join().unwrap();
+    r.wait_durable(current_lsn(cluster, &db), DEADLINE);
+    let (status, log) = r.stop();
+    assert!(status.success(), "{log}");
+    let copied_rows: u64 = log
+        .lines()
+        .find(|l| l.contains("initial copy done"))
+        .and_then(|l| l.split("rows=").nth(1))
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(copied_rows > 100_000, "copied {copied_rows} rows:\n{log}");
+    assert!(txns >= 60, "{txns}");
+    assert_graph_equals(&data, &config, &workload::expected(cluster, &db));
+}

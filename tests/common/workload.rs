@@ -254,6 +254,30 @@ impl Workload {
         out
     }
 
+    /// Seed data made by the server: `users` users with two follows each, and a post per four
+    /// users (fast even for large counts).
+    pub fn seed_bulk(&mut self, users: i64) -> String {
+        let a = self.next_id + 1;
+        let b = a + users - 1;
+        for g in a..=b {
+            self.users.insert(g);
+            for t in [a + (g * 7) % users, a + (g * 13 + 1) % users] {
+                self.follows.insert((g, t));
+            }
+        }
+        for g in (a..=b).step_by(4) {
+            self.posts.insert(g + users, Some(g));
+        }
+        self.next_id = b + users + 1;
+        format!(
+            "INSERT INTO users SELECT g, g % 4, 'seed ' || g, NULL FROM generate_series({a}, {b}) g;\n\
+             INSERT INTO follows SELECT g, {a} + (g * 7) % {users}, 1.0 FROM generate_series({a}, {b}) g;\n\
+             INSERT INTO follows SELECT g, {a} + (g * 13 + 1) % {users}, 1.0 FROM generate_series({a}, {b}) g \
+               ON CONFLICT DO NOTHING;\n\
+             INSERT INTO posts SELECT g + {users}, g, 'seed post' FROM generate_series({a}, {b}, 4) g;\n"
+        )
+    }
+
     fn op_post(&mut self, out: &mut String) {
         let id = self.fresh();
         let a = self.endpoint();
