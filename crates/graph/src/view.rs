@@ -705,6 +705,12 @@ impl Txn<'_> {
         self.b.view.nodes.data(id.0)
     }
 
+    /// Every stored out-edge of `n` in the transaction's state, including edges to nodes that
+    /// are not visible (they are rows of their own tables).
+    pub fn out_edges(&self, n: NodeId) -> Vec<EdgeInput> {
+        self.b.out_edges(n)
+    }
+
     /// Number of node ids in the transaction's state.
     pub fn node_count(&self) -> u32 {
         self.b.view.node_count
@@ -772,6 +778,41 @@ impl Builder {
             chunks: Arc::new(self.chunks.clone()),
             ..self.view.clone()
         }
+    }
+
+    /// Stored out-edges of `n` in the builder's state (whatever the endpoints' visibility).
+    fn out_edges(&self, n: NodeId) -> Vec<EdgeInput> {
+        let mut out = Vec::new();
+        if n.0 >= self.view.node_count {
+            return out;
+        }
+        let delta = if is_dirty(&self.chunks, n.0, Direction::Out) {
+            lookup(&self.chunks, n.0).and_then(|c| c.delta(n.0, Direction::Out))
+        } else {
+            None
+        };
+        let edge = |target: u32, label, weight| EdgeInput {
+            source: n,
+            target: NodeId(target),
+            label,
+            weight,
+        };
+        if n.0 < self.view.base.node_count() {
+            let adj = self.view.base.forward();
+            let (nodes, labels, weights) = adj.edges(n);
+            let start = adj.range(n).start as u32;
+            let deleted: &[u32] = delta.map_or(&[], |d| &d.deleted);
+            for i in 0..nodes.len() {
+                if !deleted.is_empty() && deleted.binary_search(&(start + i as u32)).is_ok() {
+                    continue;
+                }
+                out.push(edge(nodes[i], labels[i], weights.map_or(1.0, |w| w[i])));
+            }
+        }
+        if let Some(d) = delta {
+            out.extend(d.added.iter().map(|e| edge(e.other, e.label, e.weight)));
+        }
+        out
     }
 
     fn visible(&self, n: NodeId) -> bool {

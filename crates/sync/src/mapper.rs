@@ -49,6 +49,18 @@ pub enum MapError {
     /// The bulk build of the initial copy failed.
     #[error(transparent)]
     Bulk(#[from] BulkError),
+    /// The table's replica identity no longer holds an endpoint column the graph was built to
+    /// find its edges by.
+    #[error(
+        "table {table}: replica identity no longer includes {column:?}, which the graph finds this table's \
+         edges by; fix: run with --rebuild"
+    )]
+    IdentityChanged {
+        /// `schema.table`.
+        table: String,
+        /// The column.
+        column: String,
+    },
     /// An edge table has no replica identity columns to tell its rows apart.
     #[error(
         "table {table} has no replica identity columns; run ALTER TABLE {table} REPLICA IDENTITY FULL \
@@ -67,20 +79,61 @@ struct IndexedEdge {
     extra: u32,
 }
 
-/// Per edge mapping, row identity → the edge the row made. See the module docs.
+/// How the mapper finds the edge an edge mapping's row made, when the row is updated or
+/// deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeLookup {
+    /// Through the [`RowIndex`] (row identity → edge). Works for every table; costs memory and
+    /// checkpoint size per edge.
+    Rows,
+    /// The row identity is exactly the endpoint columns and the label belongs to this mapping
+    /// alone: the edge is the one out-edge of the source with this label to the target.
+    Endpoints,
+    /// A foreign key in a node table whose source is the row's own node, the label belonging to
+    /// this mapping alone: the edge is the source's one out-edge with this label.
+    OwnNode,
+}
+
+impl EdgeLookup {
+    fn byte(self) -> u8 {
+        match self {
+            EdgeLookup::Rows => 0,
+            EdgeLookup::Endpoints => 1,
+            EdgeLookup::OwnNode => 2,
+        }
+    }
+    fn from_byte(b: u8) -> Option<Self> {
+        Some(match b {
+            0 => EdgeLookup::Rows,
+            1 => EdgeLookup::Endpoints,
+            2 => EdgeLookup::OwnNode,
+            _ => return None,
+        })
+    }
+}
+
+/// Per edge mapping, how its edges are found, and for [`EdgeLookup::Rows`] mappings the row
+/// identity → edge map. See the module docs.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RowIndex {
+    modes: Vec<EdgeLookup>,
     maps: Vec<HashMap<NodeKey, IndexedEdge>>,
 }
 
-const INDEX_MAGIC: &[u8; 8] = b"GSROWIX1";
+const INDEX_MAGIC: &[u8; 8] = b"GSROWIX2";
 
 impl RowIndex {
-    /// An empty index for `mappings` edge mappings.
-    pub fn new(mappings: usize) -> Self {
+    /// An index for edge mappings looked up as `modes` say.
+    pub fn new(modes: Vec<EdgeLookup>) -> Self {
         RowIndex {
-            maps: vec![HashMap::new(); mappings],
+            maps: vec![HashMap::new(); modes.len()],
+            modes,
         }
+    }
+
+    /// How mapping `i`'s edges are found.
+    pub fn mode(&self, i: usize) -> EdgeLookup {
+        self.modes.get(i).copied().unwrap_or(EdgeLookup::Rows)
     }
 
     /// Rows indexed, over all mappings.
@@ -125,7 +178,8 @@ impl RowIndex {
         let mut out = Vec::with_capacity(16 + self.len() * 40);
         out.extend_from_slice(INDEX_MAGIC);
         out.extend_from_slice(&(self.maps.len() as u32).to_le_bytes());
-        for m in &self.maps {
+        for (i, m) in self.maps.iter().enumerate() {
+            out.push(self.mode(i).byte());
             out.extend_from_slice(&(m.len() as u64).to_le_bytes());
             for (k, e) in m {
                 k.encode(&mut out);
@@ -163,7 +217,9 @@ impl RowIndex {
         let u32_ = |b: Vec<u8>| u32::from_le_bytes(b.try_into().unwrap_or_default());
         let n = u32_(take(4, &mut r)?) as usize;
         let mut maps = Vec::with_capacity(n.min(1 << 16));
+        let mut modes = Vec::with_capacity(n.min(1 << 16));
         for _ in 0..n {
+            modes.push(EdgeLookup::from_byte(take(1, &mut r)?[0]).ok_or("row index has an unknown lookup mode")?);
             let count = u64::from_le_bytes(take(8, &mut r)?.try_into().unwrap_or_default());
             if count > r.len() as u64 {
                 return Err("row index count exceeds the file".into());
@@ -195,7 +251,7 @@ impl RowIndex {
         if !r.is_empty() {
             return Err("row index has trailing bytes".into());
         }
-        Ok(RowIndex { maps })
+        Ok(RowIndex { modes, maps })
     }
 }
 
@@ -321,9 +377,44 @@ impl Mapper {
             .map(|i| EdgeLabel(i as u8))
     }
 
-    /// An empty row index sized for this mapping.
+    /// An empty row index that looks every edge up through rows (works for any table).
     pub fn new_index(&self) -> RowIndex {
-        RowIndex::new(self.config.edges.len())
+        RowIndex::new(vec![EdgeLookup::Rows; self.config.edges.len()])
+    }
+
+    /// An empty row index using the cheapest lookup each edge mapping allows, given each
+    /// table's replica identity columns (`identity("schema.table")`; all columns for FULL).
+    pub fn index_for(&self, identity: impl Fn(&str) -> Option<Vec<String>>) -> RowIndex {
+        let c = &self.config;
+        let modes = c
+            .edges
+            .iter()
+            .map(|e| {
+                if c.edges.iter().filter(|x| x.label == e.label).count() != 1 {
+                    return EdgeLookup::Rows;
+                }
+                if let Some(n) = c.nodes.iter().find(|n| n.table == e.table) {
+                    if e.source.node == n.label && e.source.column.names() == n.key.names() {
+                        return EdgeLookup::OwnNode;
+                    }
+                    return EdgeLookup::Rows;
+                }
+                let ends: std::collections::BTreeSet<&str> = e
+                    .source
+                    .column
+                    .names()
+                    .into_iter()
+                    .chain(e.target.column.names())
+                    .collect();
+                match identity(&e.table) {
+                    Some(id) if id.iter().map(String::as_str).collect::<std::collections::BTreeSet<_>>() == ends => {
+                        EdgeLookup::Endpoints
+                    }
+                    _ => EdgeLookup::Rows,
+                }
+            })
+            .collect();
+        RowIndex::new(modes)
     }
 
     /// Whether `qualified` (`schema.table`) is mapped.
@@ -435,7 +526,7 @@ impl Mapper {
                     for ep in &plan.edges {
                         if let Some(e) = edge_of(&plan, ep, &newv, None, t)? {
                             t.add_edge(e)?;
-                            index.insert(ep.mapping, rk.clone(), e);
+                            index.record(ep.mapping, &rk, e);
                         }
                     }
                 }
@@ -465,11 +556,11 @@ impl Mapper {
                     let old_rk = row_key(&plan, old_ident)?;
                     let new_rk = row_key(&plan, &newv)?;
                     for ep in &plan.edges {
-                        let before = index.remove(ep.mapping, &old_rk);
+                        let before = take_edge(index, &plan, ep, &old_rk, old_ident, t)?;
                         let after = edge_of(&plan, ep, &newv, before.as_ref(), t)?;
                         if before == after && old_rk == new_rk {
                             if let Some(e) = after {
-                                index.insert(ep.mapping, new_rk.clone(), e);
+                                index.record(ep.mapping, &new_rk, e);
                             }
                             continue;
                         }
@@ -478,7 +569,7 @@ impl Mapper {
                         }
                         if let Some(e) = after {
                             t.add_edge(e)?;
-                            index.insert(ep.mapping, new_rk.clone(), e);
+                            index.record(ep.mapping, &new_rk, e);
                         }
                     }
                 }
@@ -493,7 +584,7 @@ impl Mapper {
                 if !plan.edges.is_empty() {
                     let rk = row_key(&plan, &oldv)?;
                     for ep in &plan.edges {
-                        if let Some(e) = index.remove(ep.mapping, &rk) {
+                        if let Some(e) = take_edge(index, &plan, ep, &rk, &oldv, t)? {
                             t.remove_edge(e)?;
                         }
                     }
@@ -503,10 +594,21 @@ impl Mapper {
                 for rel in rels {
                     let Some(plan) = self.plan(rel)? else { continue };
                     for ep in &plan.edges {
-                        let drained: Vec<IndexedEdge> = index.maps[ep.mapping].drain().map(|(_, e)| e).collect();
-                        for e in drained {
-                            for _ in 0..=e.extra {
-                                t.remove_edge(e.edge)?;
+                        if index.mode(ep.mapping) == EdgeLookup::Rows {
+                            let drained: Vec<IndexedEdge> = index.maps[ep.mapping].drain().map(|(_, e)| e).collect();
+                            for e in drained {
+                                for _ in 0..=e.extra {
+                                    t.remove_edge(e.edge)?;
+                                }
+                            }
+                        } else {
+                            // The label is this mapping's alone: remove every edge carrying it.
+                            for n in 0..t.node_count() {
+                                for e in t.out_edges(NodeId(n)) {
+                                    if e.label == ep.label {
+                                        t.remove_edge(e)?;
+                                    }
+                                }
                             }
                         }
                     }
@@ -524,6 +626,61 @@ impl Mapper {
         }
         Ok(())
     }
+}
+
+impl RowIndex {
+    /// Remembers the edge a row made (only [`EdgeLookup::Rows`] mappings keep anything).
+    fn record(&mut self, mapping: usize, row: &NodeKey, edge: EdgeInput) {
+        if self.mode(mapping) == EdgeLookup::Rows {
+            self.insert(mapping, row.clone(), edge);
+        }
+    }
+}
+
+/// The edge the row with identity `row` (values `ident`: the old key or old row, or the new
+/// row when the identity did not change) made for `ep`, forgotten by the index; `None` if it
+/// made none.
+fn take_edge(
+    index: &mut RowIndex,
+    plan: &RelPlan,
+    ep: &EdgePlan,
+    row: &NodeKey,
+    ident: &[Value],
+    t: &graph::Txn<'_>,
+) -> Result<Option<EdgeInput>, MapError> {
+    let mode = index.mode(ep.mapping);
+    if mode == EdgeLookup::Rows {
+        return Ok(index.remove(ep.mapping, row));
+    }
+    if mode == EdgeLookup::Endpoints {
+        let ends = ep.source.1.iter().chain(&ep.target.1);
+        if let Some(&c) = ends.clone().find(|&&c| !plan.rel.columns[c].is_key) {
+            return Err(MapError::IdentityChanged {
+                table: plan.rel.qualified_name(),
+                column: plan.rel.columns[c].name.clone(),
+            });
+        }
+    }
+    let resolve = |(label, cols): &(NodeLabel, Vec<usize>)| -> Result<Option<NodeId>, RowError> {
+        if cols.iter().any(|&c| matches!(ident[c], Value::Null)) {
+            return Ok(None);
+        }
+        Ok(t.resolve(*label, &key_of(plan, cols, ident)?))
+    };
+    let Some(source) = resolve(&ep.source)? else {
+        return Ok(None);
+    };
+    let target = if mode == EdgeLookup::Endpoints {
+        match resolve(&ep.target)? {
+            Some(n) => Some(n),
+            None => return Ok(None),
+        }
+    } else {
+        None
+    };
+    Ok(t.out_edges(source)
+        .into_iter()
+        .find(|e| e.label == ep.label && target.is_none_or(|n| e.target == n)))
 }
 
 fn typed(rel: &Relation, tuple: &TupleData, kind: &'static str) -> Result<Vec<Value>, MapError> {
@@ -726,15 +883,16 @@ impl Nodes for BulkIds<'_> {
 }
 
 impl BulkLoad {
-    /// An empty build for `mapper`'s mapping.
-    pub fn new(mapper: &Mapper) -> Self {
+    /// An empty build for `mapper`'s mapping, filling `index` (from [`Mapper::index_for`] or
+    /// [`Mapper::new_index`]).
+    pub fn new(index: RowIndex) -> Self {
         BulkLoad {
             ids: HashMap::new(),
             nodes: Vec::new(),
             visible: Vec::new(),
             edges: Vec::new(),
             weighted: false,
-            index: mapper.new_index(),
+            index,
             rows: 0,
         }
     }
@@ -770,7 +928,7 @@ impl BulkLoad {
                 if let Some(e) = edge_of(&plan, ep, values, None, &mut ids)? {
                     self.weighted |= e.weight != 1.0;
                     self.edges.push(e);
-                    self.index.insert(ep.mapping, rk.clone(), e);
+                    self.index.record(ep.mapping, &rk, e);
                 }
             }
         }

@@ -588,7 +588,13 @@ async fn initial_copy(
     copier
         .simple_query(&format!("SET TRANSACTION SNAPSHOT {}", catalog::literal(&snapshot)))
         .await?;
-    let mut bulk = BulkLoad::new(mapper);
+    let index = mapper.index_for(|t| {
+        tables
+            .iter()
+            .find(|x| x.qualified == t)
+            .map(|x| x.identity_columns.clone())
+    });
+    let mut bulk = BulkLoad::new(index);
     let all = Instant::now();
     // Node tables first: most edges then find their endpoints already known.
     let mut order: Vec<&TableInfo> = tables.iter().collect();

@@ -380,8 +380,25 @@ fn check(view: &GraphView, mapper: &Mapper, m: &Model) -> Result<(), TestCaseErr
     Ok(())
 }
 
-fn bulk_of(m: &Model, r: &Rels, mapper: &mut Mapper, lsn: u64) -> graph::Graph {
-    let mut b = BulkLoad::new(mapper);
+/// The row index: every edge looked up through rows, or each mapping's cheapest lookup.
+fn index(mapper: &Mapper, cheap: bool) -> sync::mapper::RowIndex {
+    if !cheap {
+        return mapper.new_index();
+    }
+    let index = mapper.index_for(|t| match t {
+        "public.follows" => Some(vec!["a".into(), "b".into()]),
+        _ => Some(vec!["id".into()]),
+    });
+    use sync::mapper::EdgeLookup;
+    assert_eq!(
+        (index.mode(0), index.mode(1)),
+        (EdgeLookup::Endpoints, EdgeLookup::OwnNode)
+    );
+    index
+}
+
+fn bulk_of(m: &Model, r: &Rels, mapper: &mut Mapper, lsn: u64, cheap: bool) -> graph::Graph {
+    let mut b = BulkLoad::new(index(mapper, cheap));
     let typed = |rel: &Relation, cols: &[C]| rel.typed_values(&tuple(cols), "COPY").unwrap();
     for (k, w) in &m.follows {
         b.insert(mapper, &r.follows, &typed(&r.follows, &[v(k.0), v(k.1), v(w)]))
@@ -403,14 +420,15 @@ proptest! {
     #[test]
     fn mapper_matches_the_tables(
         txns in proptest::collection::vec((proptest::collection::vec(op(), 1..8), 0u8..10), 1..60),
+        cheap in any::<bool>(),
     ) {
         let config = Arc::new(MappingConfig::parse(CONFIG, Path::new("t.toml")).unwrap());
         let hash = config.mapping_hash();
         let r = rels();
         let mut mapper = Mapper::new(config.clone());
         let mut model = Model::default();
-        let mut graph = bulk_of(&model, &r, &mut mapper, 1);
-        let mut index = mapper.new_index();
+        let mut graph = bulk_of(&model, &r, &mut mapper, 1, cheap);
+        let mut index = index(&mapper, cheap);
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path()).unwrap();
         let mut lsn = 10u64;
@@ -447,7 +465,7 @@ proptest! {
         }
         // The initial copy's bulk build of the same rows is the same graph.
         let mut fresh = Mapper::new(config);
-        let bulk = bulk_of(&model, &r, &mut fresh, lsn);
+        let bulk = bulk_of(&model, &r, &mut fresh, lsn, cheap);
         check(&bulk.view(), &fresh, &model)?;
     }
 }
