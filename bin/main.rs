@@ -1,6 +1,7 @@
 //! The `graphsync` executable: command-line parsing and the I/O edge around the library crates.
 
 mod decode;
+mod http;
 mod replicate;
 mod snapshot_cmd;
 

@@ -30,6 +30,15 @@ pub struct ReplicateArgs {
     /// checkpoint), drop and recreate the slot and copy the tables again instead of refusing.
     #[arg(long, env = "GRAPHSYNC_REBUILD")]
     pub rebuild: bool,
+    /// Address of the HTTP API (health, metrics, queries).
+    #[arg(long, env = "GRAPHSYNC_LISTEN", default_value = "127.0.0.1:9187")]
+    pub listen: std::net::SocketAddr,
+    /// Bearer token required by every HTTP endpoint but /health.
+    #[arg(long, env = "GRAPHSYNC_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// /health answers 503 "lagging" past this replica lag.
+    #[arg(long, env = "GRAPHSYNC_MAX_LAG_SECONDS", default_value_t = 30.0)]
+    pub max_lag_seconds: f64,
     /// Milliseconds between checkpoints while changes arrive.
     #[arg(long, env = "GRAPHSYNC_CHECKPOINT_INTERVAL_MS", default_value_t = 10_000)]
     pub checkpoint_interval_ms: u64,
@@ -72,7 +81,28 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             let _ = tx.send(true);
         });
         let status = ReplicaStatus::new();
-        replicator::run(opts, status, rx).await?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (in use? pass --listen)", args.listen))?;
+        let bound = listener.local_addr().unwrap_or(args.listen);
+        tracing::info!(listen = %bound, "HTTP API listening");
+        let api = crate::http::Api {
+            status: status.clone(),
+            token: args.api_token.map(Into::into),
+            started: std::time::Instant::now(),
+            max_lag_seconds: args.max_lag_seconds,
+        };
+        let mut http_shutdown = rx.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, crate::http::router(api))
+                .with_graceful_shutdown(async move {
+                    let _ = http_shutdown.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        let result = replicator::run(opts, status, rx).await;
+        server.abort();
+        result?;
         Ok(ExitCode::SUCCESS)
     })
 }

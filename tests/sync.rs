@@ -43,6 +43,10 @@ fn oracle_two_thousand_transactions() {
     }
     assert_eq!(w.txns, 2000);
     let last = current_lsn(cluster, &db);
+    // Every node's neighbours over the HTTP API, read at the last commit.
+    let addr = r.addr();
+    let expected = workload::expected(cluster, &db);
+    replica::compare_over_http(&addr, &expected, last);
     r.wait_durable(last, DEADLINE);
     let (status, log) = r.stop();
     assert!(status.success(), "graphsync exited with {status}; log:\n{log}");
@@ -50,7 +54,6 @@ fn oracle_two_thousand_transactions() {
     if std::env::var_os("GRAPHSYNC_TEST_LOG").is_some() {
         eprintln!("{log}");
     }
-    let expected = workload::expected(cluster, &db);
     assert!(expected.nodes.len() > 3000, "{}", expected.nodes.len());
     let lsn = assert_graph_equals(&data, &config, &expected);
     assert!(lsn >= last);

@@ -37,7 +37,7 @@ pub fn spawn(cluster: &Cluster, db: &str, config: &Path, data_dir: &Path, extra:
         .arg(data_dir)
         .arg("--database-url")
         .arg(cluster.conn_str(db))
-        .args(["--checkpoint-interval-ms", "300"])
+        .args(["--checkpoint-interval-ms", "300", "--listen", "127.0.0.1:0"])
         .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -55,6 +55,26 @@ impl Replicator {
     /// The process's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The HTTP API's address, once it listens (panics after 60 s).
+    pub fn addr(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(a) = self
+                .log()
+                .lines()
+                .find(|l| l.contains("HTTP API listening"))
+                .and_then(|l| l.split("listen=").nth(1))
+            {
+                return a.trim().to_string();
+            }
+            if let Ok(Some(s)) = self.child.try_wait() {
+                panic!("graphsync exited with {s}; log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "no HTTP listener; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The covered LSN of the checkpoint on disk.
@@ -243,4 +263,93 @@ pub fn compare(view: &GraphView, mapper: &Mapper, expected: &Expected) {
         checked.insert(me);
     }
     assert_eq!(checked.len(), expected.nodes.len());
+}
+
+/// A minimal HTTP/1.1 GET: status code and body.
+pub fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP API");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read response");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (code, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// GET returning parsed JSON.
+pub fn http_json(addr: &str, path: &str) -> (u16, serde_json::Value) {
+    let (code, body) = http_get(addr, path, None);
+    (
+        code,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+    )
+}
+
+/// Compares every expected node's neighbours (out and in), read over the HTTP API at
+/// `min_lsn`, with `expected`.
+pub fn compare_over_http(addr: &str, expected: &Expected, min_lsn: Lsn) {
+    let mut want: BTreeMap<&str, Vec<(String, String, String)>> = BTreeMap::new();
+    for (s, l, t) in &expected.edges {
+        if expected.nodes.contains_key(s) && expected.nodes.contains_key(t) {
+            want.entry(s).or_default().push(("out".into(), l.clone(), t.clone()));
+            want.entry(t).or_default().push(("in".into(), l.clone(), s.clone()));
+        }
+    }
+    for (name, tenant) in &expected.nodes {
+        let (code, j) = http_json(
+            addr,
+            &format!("/v1/neighbors?node={name}&direction=both&min_lsn={min_lsn}&timeout_ms=30000"),
+        );
+        assert_eq!(code, 200, "neighbors of {name}: {j}");
+        let mut got: Vec<(String, String, String)> = j["neighbors"]
+            .as_array()
+            .expect("neighbors array")
+            .iter()
+            .map(|n| {
+                (
+                    n["direction"].as_str().unwrap_or("").to_string(),
+                    n["edge_label"].as_str().unwrap_or("").to_string(),
+                    n["node"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        got.sort();
+        let mut w = want.get(name.as_str()).cloned().unwrap_or_default();
+        w.sort();
+        assert_eq!(got, w, "neighbours of {name} over HTTP");
+        let (label, key) = name.split_once(':').unwrap();
+        let (code, j) = http_json(addr, &format!("/v1/nodes/{label}/{key}"));
+        assert_eq!(code, 200, "{name}: {j}");
+        assert_eq!(
+            j["tenant"].as_str().map(str::to_string),
+            tenant.clone(),
+            "tenant of {name}"
+        );
+    }
 }

@@ -235,11 +235,42 @@ pub struct StatusSnapshot {
     pub reconnects: u64,
 }
 
+/// The type of a node key column, for parsing keys given as text (HTTP queries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// int2, int4, int8.
+    Int,
+    /// uuid.
+    Uuid,
+    /// Anything else (text, varchar...).
+    Text,
+}
+
+/// Names the graph's numbers stand for, and the replication it comes from.
+#[derive(Debug, Clone, Default)]
+pub struct GraphSchema {
+    /// Node label names, by [`graph::NodeLabel`].
+    pub node_labels: Vec<String>,
+    /// Edge label names, by [`graph::EdgeLabel`].
+    pub edge_labels: Vec<String>,
+    /// Filter column names, by [`graph::FilterId`].
+    pub filter_names: Vec<String>,
+    /// Per node label, the kinds of its key columns.
+    pub key_kinds: Vec<Vec<KeyKind>>,
+    /// Replication slot.
+    pub slot: String,
+    /// Publication.
+    pub publication: String,
+    /// Hash of the mapping.
+    pub mapping_hash: u64,
+}
+
 /// Shared, live status of a replicator, and the graph it maintains.
 #[derive(Debug, Default)]
 pub struct ReplicaStatus {
     inner: Mutex<StatusSnapshot>,
     graph: Mutex<Option<GraphReader>>,
+    schema: Mutex<Option<Arc<GraphSchema>>>,
     applied: Mutex<Option<watch::Sender<Lsn>>>,
 }
 
@@ -250,8 +281,18 @@ impl ReplicaStatus {
         Arc::new(ReplicaStatus {
             inner: Mutex::default(),
             graph: Mutex::default(),
+            schema: Mutex::default(),
             applied: Mutex::new(Some(tx)),
         })
+    }
+
+    /// Label names and key kinds, once the catalog was read.
+    pub fn schema(&self) -> Option<Arc<GraphSchema>> {
+        self.schema.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_schema(&self, s: GraphSchema) {
+        *self.schema.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(s));
     }
 
     /// The current status.
@@ -424,6 +465,36 @@ async fn session(
     tracing::info!(target = %opts.conn.target(), system_id = %sys.system_id, wal = %sys.xlog_pos, "connected");
     let tables = catalog::check_tables(&mut client, &opts.config).await?;
     catalog::ensure_publication(&mut client, &opts.publication, &tables).await?;
+    status.set_schema(GraphSchema {
+        node_labels: mapper.node_labels().to_vec(),
+        edge_labels: mapper.edge_labels().to_vec(),
+        filter_names: mapper.filter_names().to_vec(),
+        key_kinds: opts
+            .config
+            .nodes
+            .iter()
+            .map(|n| {
+                let t = tables.iter().find(|t| t.qualified == n.table);
+                n.key
+                    .names()
+                    .iter()
+                    .map(|c| {
+                        match t
+                            .and_then(|t| t.columns.iter().find(|(name, _)| name == c))
+                            .map(|x| x.1)
+                        {
+                            Some(20 | 21 | 23) => KeyKind::Int,
+                            Some(2950) => KeyKind::Uuid,
+                            _ => KeyKind::Text,
+                        }
+                    })
+                    .collect()
+            })
+            .collect(),
+        slot: opts.slot.clone(),
+        publication: opts.publication.clone(),
+        mapping_hash: hash,
+    });
     let slot = catalog::slot_state(&mut client, &opts.slot).await?;
 
     if state.is_none() {
@@ -772,7 +843,7 @@ async fn stream(
         // position), so the covered LSN follows WAL that touches no mapped table.
         if assembler.is_idle() && now >= next_ping {
             stream.send_status(true).await?;
-            next_ping = now + Duration::from_secs(1);
+            next_ping = now + Duration::from_millis(250);
         }
         if st.manifest.lsn > confirmed {
             confirmed = st.manifest.lsn;

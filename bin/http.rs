@@ -1,0 +1,626 @@
+//! The HTTP surface: health, Prometheus metrics, status, and the graph query API.
+//!
+//! Every query reads one immutable graph view (a pointer copy), so answers are consistent with
+//! one transaction boundary and never block replication. `min_lsn` waits (bounded by
+//! `timeout_ms`) until the replica has applied that position: read-your-writes for a client
+//! that just committed. Errors are JSON `{"error": ...}` naming the parameter at fault.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use graph::query::{self, Scratch};
+use graph::{Direction, EdgeFilter, GraphView, NodeId, NodeKey, PropValue, Topology};
+use pgoutput::Lsn;
+use serde_json::{json, Value as Json_};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use sync::replicator::{GraphSchema, KeyKind, Phase, ReplicaStatus};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Api {
+    pub status: Arc<ReplicaStatus>,
+    pub token: Option<Arc<str>>,
+    pub started: Instant,
+    pub max_lag_seconds: f64,
+}
+
+/// The router.
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/nodes/{label}/{key}", get(node))
+        .route("/v1/neighbors", get(neighbors))
+        .route("/v1/traverse", get(traverse))
+        .route("/v1/shortest-path", get(shortest_path))
+        .route("/v1/components", get(components))
+        .with_state(api)
+}
+
+type Params = Query<HashMap<String, String>>;
+
+struct ApiError(StatusCode, Json_);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+fn bad(param: &str, msg: impl std::fmt::Display) -> ApiError {
+    ApiError(
+        StatusCode::BAD_REQUEST,
+        json!({"error": format!("parameter {param}: {msg}"), "parameter": param}),
+    )
+}
+
+fn not_found(msg: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, json!({"error": msg.to_string()}))
+}
+
+fn unavailable(msg: &str) -> ApiError {
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, json!({"error": msg}))
+}
+
+impl Api {
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(token) = &self.token else { return Ok(()) };
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given == Some(&**token) {
+            Ok(())
+        } else {
+            Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "missing or wrong bearer token (send Authorization: Bearer <token>)"}),
+            ))
+        }
+    }
+
+    /// Waits for `min_lsn` if given, then returns the view, the schema and the applied LSN.
+    async fn view(&self, p: &HashMap<String, String>) -> Result<(Arc<GraphView>, Arc<GraphSchema>, Lsn), ApiError> {
+        let timeout = match p.get("timeout_ms") {
+            Some(t) => Duration::from_millis(
+                t.parse()
+                    .map_err(|_| bad("timeout_ms", "not a number of milliseconds"))?,
+            ),
+            None => Duration::from_secs(5),
+        };
+        if let Some(m) = p.get("min_lsn") {
+            let want: Lsn = m.parse().map_err(|_| bad("min_lsn", "not an LSN like 0/16B3748"))?;
+            let mut rx = self.status.subscribe_applied();
+            let reached = tokio::time::timeout(timeout, rx.wait_for(|l| *l >= want)).await;
+            if !matches!(reached, Ok(Ok(_))) {
+                let now = self.status.snapshot().applied_lsn;
+                return Err(ApiError(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    json!({"error": format!("applied LSN {now} did not reach min_lsn {want} within {} ms", timeout.as_millis()), "lsn": now.to_string()}),
+                ));
+            }
+        }
+        let graph = self
+            .status
+            .graph()
+            .ok_or_else(|| unavailable("the graph is not loaded yet (initial copy or start-up)"))?;
+        let schema = self
+            .status
+            .schema()
+            .ok_or_else(|| unavailable("the graph is not loaded yet"))?;
+        let lsn = self.status.snapshot().applied_lsn;
+        Ok((graph.view(), schema, lsn))
+    }
+}
+
+fn key_text(k: &NodeKey) -> String {
+    match k {
+        NodeKey::Int(i) => i.to_string(),
+        NodeKey::Text(t) => t.to_string(),
+        NodeKey::Uuid(u) => pgoutput::Value::format_uuid(u),
+        NodeKey::Composite(parts) => parts.iter().map(key_text).collect::<Vec<_>>().join(","),
+    }
+}
+
+fn node_name(view: &GraphView, schema: &GraphSchema, n: NodeId) -> String {
+    match view.node(n) {
+        Some(d) => format!(
+            "{}:{}",
+            schema.node_labels.get(d.label.0 as usize).map_or("?", String::as_str),
+            key_text(&d.key)
+        ),
+        None => format!("#{}", n.0),
+    }
+}
+
+fn parse_key(kinds: &[KeyKind], text: &str) -> Option<NodeKey> {
+    let one = |kind: KeyKind, s: &str| -> Option<NodeKey> {
+        Some(match kind {
+            KeyKind::Int => NodeKey::Int(s.parse().ok()?),
+            KeyKind::Uuid => {
+                let hex: String = s.chars().filter(|c| *c != '-').collect();
+                if hex.len() != 32 {
+                    return None;
+                }
+                let mut u = [0u8; 16];
+                for (i, b) in u.iter_mut().enumerate() {
+                    *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+                }
+                NodeKey::Uuid(u)
+            }
+            KeyKind::Text => NodeKey::Text(s.into()),
+        })
+    };
+    if kinds.len() <= 1 {
+        return one(kinds.first().copied().unwrap_or(KeyKind::Text), text);
+    }
+    let parts: Vec<&str> = text.splitn(kinds.len(), ',').collect();
+    if parts.len() != kinds.len() {
+        return None;
+    }
+    let keys = kinds
+        .iter()
+        .zip(parts)
+        .map(|(k, s)| one(*k, s))
+        .collect::<Option<Vec<_>>>()?;
+    Some(NodeKey::Composite(keys.into()))
+}
+
+/// Resolves `LABEL:KEY` (parameter `param`) to a visible node.
+fn resolve(view: &GraphView, schema: &GraphSchema, param: &str, text: &str) -> Result<NodeId, ApiError> {
+    let (label, key) = text
+        .split_once(':')
+        .ok_or_else(|| bad(param, format!("{text:?} is not LABEL:KEY (e.g. User:42)")))?;
+    let li = schema.node_labels.iter().position(|l| l == label).ok_or_else(|| {
+        bad(
+            param,
+            format!(
+                "unknown node label {label:?} (labels: {})",
+                schema.node_labels.join(", ")
+            ),
+        )
+    })?;
+    let k = parse_key(&schema.key_kinds[li], key)
+        .ok_or_else(|| bad(param, format!("{key:?} is not a valid key of {label}")))?;
+    match view.resolve(graph::NodeLabel(li as u16), &k) {
+        Some(n) if view.is_visible(n) => Ok(n),
+        _ => Err(not_found(format!("node {text} does not exist"))),
+    }
+}
+
+fn direction(p: &HashMap<String, String>, default: Direction) -> Result<Direction, ApiError> {
+    match p.get("direction").map(String::as_str) {
+        None => Ok(default),
+        Some("out") => Ok(Direction::Out),
+        Some("in") => Ok(Direction::In),
+        Some("both") => Ok(Direction::Both),
+        Some(other) => Err(bad("direction", format!("{other:?} is not out, in or both"))),
+    }
+}
+
+/// The edge label and tenant restrictions of a query.
+fn filter(view: &GraphView, schema: &GraphSchema, p: &HashMap<String, String>) -> Result<Option<EdgeFilter>, ApiError> {
+    let mut f = EdgeFilter::default();
+    if let Some(l) = p.get("edge_label") {
+        let i = schema.edge_labels.iter().position(|x| x == l).ok_or_else(|| {
+            bad(
+                "edge_label",
+                format!("unknown edge label {l:?} (labels: {})", schema.edge_labels.join(", ")),
+            )
+        })?;
+        f.label = Some(graph::EdgeLabel(i as u8));
+    }
+    if let Some(t) = p.get("tenant") {
+        let id = t
+            .parse::<i64>()
+            .ok()
+            .and_then(|i| view.tenant(&NodeKey::Int(i)))
+            .or_else(|| view.tenant(&NodeKey::Text(t.as_str().into())));
+        match id {
+            Some(id) => f.tenant = Some(id),
+            // No node ever had this tenant: nothing is visible to the query.
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(f))
+}
+
+fn number<T: std::str::FromStr>(p: &HashMap<String, String>, name: &str, default: T) -> Result<T, ApiError> {
+    match p.get(name) {
+        None => Ok(default),
+        Some(s) => s.parse().map_err(|_| bad(name, format!("{s:?} is not a valid number"))),
+    }
+}
+
+fn required<'a>(p: &'a HashMap<String, String>, name: &str) -> Result<&'a str, ApiError> {
+    p.get(name).map(String::as_str).ok_or_else(|| bad(name, "is required"))
+}
+
+fn query_error(e: graph::QueryError) -> ApiError {
+    match e {
+        graph::QueryError::NegativeWeight { .. } => {
+            ApiError(StatusCode::UNPROCESSABLE_ENTITY, json!({"error": e.to_string()}))
+        }
+        _ => not_found(e.to_string()),
+    }
+}
+
+fn prop_json(v: &PropValue) -> Json_ {
+    match v {
+        PropValue::Null => Json_::Null,
+        PropValue::Bool(b) => json!(b),
+        PropValue::Int(i) => json!(i),
+        PropValue::Float(f) => json!(f),
+        PropValue::Text(t) => json!(&**t),
+    }
+}
+
+async fn node(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((label, key)): Path<(String, String)>,
+    Query(p): Params,
+) -> Result<Json<Json_>, ApiError> {
+    api.authorize(&headers)?;
+    let (view, schema, lsn) = api.view(&p).await?;
+    let n = resolve(&view, &schema, "node", &format!("{label}:{key}"))?;
+    let d = view.node(n).ok_or_else(|| not_found("node has no data"))?;
+    let props: serde_json::Map<String, Json_> = d
+        .properties
+        .iter()
+        .map(|(k, v)| (k.to_string(), prop_json(v)))
+        .collect();
+    let filters: serde_json::Map<String, Json_> = d
+        .filters
+        .iter()
+        .map(|(f, v)| {
+            (
+                schema.filter_names.get(f.0 as usize).cloned().unwrap_or_default(),
+                json!(key_text(v)),
+            )
+        })
+        .collect();
+    Ok(Json(json!({
+        "lsn": lsn.to_string(),
+        "node": node_name(&view, &schema, n),
+        "label": label,
+        "key": key_text(&d.key),
+        "tenant": d.tenant.as_ref().map(key_text),
+        "filters": filters,
+        "properties": props,
+    })))
+}
+
+async fn neighbors(State(api): State<Api>, headers: HeaderMap, Query(p): Params) -> Result<Json<Json_>, ApiError> {
+    api.authorize(&headers)?;
+    let (view, schema, lsn) = api.view(&p).await?;
+    let name = required(&p, "node")?;
+    let dir = direction(&p, Direction::Out)?;
+    let n = resolve(&view, &schema, "node", name)?;
+    let mut out = Vec::new();
+    if let Some(f) = filter(&view, &schema, &p)? {
+        let dirs: &[Direction] = match dir {
+            Direction::Both => &[Direction::Out, Direction::In],
+            d => std::slice::from_ref(match d {
+                Direction::Out => &Direction::Out,
+                _ => &Direction::In,
+            }),
+        };
+        if f.tenant.is_none_or(|t| view.tenant_of(n) == Some(t)) {
+            for &d in dirs {
+                view.for_each_edge(n, d, |m, l, w| {
+                    let tenant_ok = f.tenant.is_none_or(|t| view.tenant_of(m) == Some(t));
+                    if view.is_visible(m) && f.label.is_none_or(|x| x == l) && tenant_ok {
+                        out.push(json!({
+                            "node": node_name(&view, &schema, m),
+                            "edge_label": schema.edge_labels.get(l.0 as usize).cloned().unwrap_or_default(),
+                            "weight": w,
+                            "direction": if d == Direction::Out { "out" } else { "in" },
+                        }));
+                    }
+                });
+            }
+        }
+    }
+    Ok(Json(json!({"lsn": lsn.to_string(), "node": name, "neighbors": out})))
+}
+
+async fn traverse(State(api): State<Api>, headers: HeaderMap, Query(p): Params) -> Result<Json<Json_>, ApiError> {
+    api.authorize(&headers)?;
+    let (view, schema, lsn) = api.view(&p).await?;
+    let name = required(&p, "start")?;
+    let dir = direction(&p, Direction::Out)?;
+    let depth: u32 = number(&p, "max_depth", 2)?;
+    let limit: usize = number(&p, "limit", 1000)?;
+    let n = resolve(&view, &schema, "start", name)?;
+    let Some(f) = filter(&view, &schema, &p)? else {
+        return Err(not_found(format!("node {name} is not in tenant {}", p["tenant"])));
+    };
+    let nodes = tokio::task::block_in_place(|| query::k_hop(&*view, &mut Scratch::default(), n, dir, f, depth, limit))
+        .map_err(query_error)?;
+    let nodes: Vec<Json_> = nodes
+        .into_iter()
+        .map(|(m, d)| json!({"node": node_name(&view, &schema, m), "depth": d}))
+        .collect();
+    Ok(Json(json!({"lsn": lsn.to_string(), "start": name, "nodes": nodes})))
+}
+
+async fn shortest_path(State(api): State<Api>, headers: HeaderMap, Query(p): Params) -> Result<Json<Json_>, ApiError> {
+    api.authorize(&headers)?;
+    let (view, schema, lsn) = api.view(&p).await?;
+    let (from_s, to_s) = (required(&p, "from")?, required(&p, "to")?);
+    let dir = direction(&p, Direction::Out)?;
+    let weighted = match p.get("weighted").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(o) => return Err(bad("weighted", format!("{o:?} is not true or false"))),
+    };
+    let from = resolve(&view, &schema, "from", from_s)?;
+    let to = resolve(&view, &schema, "to", to_s)?;
+    let Some(f) = filter(&view, &schema, &p)? else {
+        return Err(not_found("no path: the tenant has no nodes"));
+    };
+    let found = tokio::task::block_in_place(|| {
+        if weighted {
+            query::weighted_shortest_path(&*view, from, to, dir, f)
+        } else {
+            query::shortest_path(&*view, &mut Scratch::default(), from, to, dir, f).map(|p| p.map(|p| (f64::NAN, p)))
+        }
+    })
+    .map_err(query_error)?;
+    let Some((cost, path)) = found else {
+        return Err(not_found(format!("no path from {from_s} to {to_s}")));
+    };
+    let mut edges = Vec::new();
+    let mut total = 0.0;
+    for w in path.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        let mut best: Option<(graph::EdgeLabel, f64, &str)> = None;
+        let mut pick = |d: Direction, other: NodeId, dname: &'static str| {
+            view.for_each_edge(a, d, |m, l, wt| {
+                if m == other && f.label.is_none_or(|x| x == l) && best.is_none_or(|(_, bw, _)| wt < bw) {
+                    best = Some((l, wt, dname));
+                }
+            });
+        };
+        if dir != Direction::In {
+            pick(Direction::Out, b, "out");
+        }
+        if dir != Direction::Out {
+            pick(Direction::In, b, "in");
+        }
+        if let Some((l, wt, d)) = best {
+            total += wt;
+            edges.push(json!({
+                "from": node_name(&view, &schema, a),
+                "to": node_name(&view, &schema, b),
+                "edge_label": schema.edge_labels.get(l.0 as usize).cloned().unwrap_or_default(),
+                "weight": wt,
+                "direction": d,
+            }));
+        }
+    }
+    let cost = if weighted { cost } else { (path.len() - 1) as f64 };
+    Ok(Json(json!({
+        "lsn": lsn.to_string(),
+        "nodes": path.iter().map(|&n| node_name(&view, &schema, n)).collect::<Vec<_>>(),
+        "edges": edges,
+        "hops": path.len() - 1,
+        "cost": cost,
+        "total_weight": total,
+    })))
+}
+
+async fn components(State(api): State<Api>, headers: HeaderMap, Query(p): Params) -> Result<Json<Json_>, ApiError> {
+    api.authorize(&headers)?;
+    let (view, schema, lsn) = api.view(&p).await?;
+    let limit: usize = number(&p, "limit", 1000)?;
+    let f = filter(&view, &schema, &p)?;
+    if let Some(name) = p.get("node") {
+        let n = resolve(&view, &schema, "node", name)?;
+        let Some(f) = f else {
+            return Err(not_found(format!("node {name} is not in tenant {}", p["tenant"])));
+        };
+        let members = tokio::task::block_in_place(|| query::component_of(&*view, &mut Scratch::default(), n, f))
+            .map_err(query_error)?;
+        return Ok(Json(json!({
+            "lsn": lsn.to_string(),
+            "node": name,
+            "size": members.len(),
+            "members": members.iter().take(limit).map(|&m| node_name(&view, &schema, m)).collect::<Vec<_>>(),
+        })));
+    }
+    let Some(f) = f else {
+        return Ok(Json(json!({"lsn": lsn.to_string(), "count": 0, "largest": []})));
+    };
+    let c = tokio::task::block_in_place(|| query::components(&*view, f));
+    let mut sizes = vec![0usize; c.count as usize];
+    for &x in &c.component {
+        if x != u32::MAX {
+            sizes[x as usize] += 1;
+        }
+    }
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    sizes.truncate(limit.min(100));
+    Ok(Json(
+        json!({"lsn": lsn.to_string(), "count": c.count, "largest": sizes}),
+    ))
+}
+
+/// Lag figures from a status snapshot.
+struct Lag {
+    bytes: u64,
+    seconds: f64,
+}
+
+fn lag(s: &sync::replicator::StatusSnapshot) -> Lag {
+    let bytes = s.server_wal_end.0.saturating_sub(s.applied_lsn.0);
+    let seconds = if bytes == 0 {
+        0.0
+    } else {
+        s.last_commit_time.map_or(0.0, |t| {
+            let now_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(0);
+            ((now_us - t.unix_micros()) as f64 / 1e6).max(0.0)
+        })
+    };
+    Lag { bytes, seconds }
+}
+
+async fn health(State(api): State<Api>) -> Response {
+    let s = api.status.snapshot();
+    let l = lag(&s);
+    let view = api.status.graph().map(|g| g.view());
+    let state = match s.phase {
+        Phase::Starting => "starting",
+        Phase::InitialCopy => "initial_copy",
+        Phase::Disconnected | Phase::Failed => "disconnected",
+        Phase::Stopping => "stopping",
+        Phase::Streaming if l.seconds > api.max_lag_seconds => "lagging",
+        Phase::Streaming if l.bytes > 0 && l.seconds > 1.0 => "catching_up",
+        Phase::Streaming => "streaming",
+    };
+    let ok = matches!(state, "streaming" | "catching_up");
+    let body = json!({
+        "status": state,
+        "applied_lsn": s.applied_lsn.to_string(),
+        "confirmed_flush_lsn": s.durable_lsn.to_string(),
+        "server_wal_lsn": s.server_wal_end.to_string(),
+        "lag_bytes": l.bytes,
+        "lag_seconds": l.seconds,
+        "last_error": s.last_error,
+        "overlay_edges": view.as_ref().map_or(0, |v| v.overlay_edges()),
+        "read_only_reason": Json_::Null,
+        "snapshot_lsn": s.snapshot_lsn.to_string(),
+    });
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn status(State(api): State<Api>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
+    api.authorize(&headers)?;
+    let s = api.status.snapshot();
+    let schema = api.status.schema().unwrap_or_default();
+    let mut per_label = serde_json::Map::new();
+    let mut edges = 0;
+    if let Some(g) = api.status.graph() {
+        let v = g.view();
+        edges = v.edge_count();
+        let mut counts = vec![0u64; schema.node_labels.len()];
+        for i in 0..v.node_count() {
+            let n = NodeId(i);
+            if v.is_visible(n) {
+                if let Some(d) = v.node(n) {
+                    if let Some(c) = counts.get_mut(d.label.0 as usize) {
+                        *c += 1;
+                    }
+                }
+            }
+        }
+        for (l, c) in schema.node_labels.iter().zip(counts) {
+            per_label.insert(l.clone(), json!(c));
+        }
+    }
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "slot": schema.slot,
+        "publication": schema.publication,
+        "mapping_hash": format!("{:016x}", schema.mapping_hash),
+        "phase": s.phase.as_str(),
+        "applied_lsn": s.applied_lsn.to_string(),
+        "nodes_per_label": per_label,
+        "edges": edges,
+        "uptime_seconds": api.started.elapsed().as_secs_f64(),
+    })))
+}
+
+async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Result<Response, ApiError> {
+    api.authorize(&headers)?;
+    let s = api.status.snapshot();
+    let l = lag(&s);
+    let (nodes, edges, overlay) = api.status.graph().map_or((0, 0, 0), |g| {
+        let v = g.view();
+        (v.node_count(), v.edge_count(), v.overlay_edges())
+    });
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        out.push_str(
+            &format!("# HELP graphsync_{name} {help}\n# TYPE graphsync_{name} {kind}\n graphsync_{name} {value}\n")
+                .replace("\n graphsync", "\ngraphsync"),
+        );
+    };
+    metric(
+        "applied_lsn",
+        "gauge",
+        "Every transaction committed before this WAL position is applied.",
+        s.applied_lsn.0 as f64,
+    );
+    metric(
+        "confirmed_lsn",
+        "gauge",
+        "WAL position confirmed to the server (durable checkpoint).",
+        s.durable_lsn.0 as f64,
+    );
+    metric(
+        "server_wal_lsn",
+        "gauge",
+        "Server WAL end as last reported.",
+        s.server_wal_end.0 as f64,
+    );
+    metric(
+        "lag_bytes",
+        "gauge",
+        "Server WAL end minus applied position.",
+        l.bytes as f64,
+    );
+    metric(
+        "lag_seconds",
+        "gauge",
+        "Age of the last applied commit while behind.",
+        l.seconds,
+    );
+    metric(
+        "transactions_applied_total",
+        "counter",
+        "Transactions applied.",
+        s.transactions as f64,
+    );
+    metric(
+        "row_changes_applied_total",
+        "counter",
+        "Row changes applied.",
+        s.changes as f64,
+    );
+    metric("reconnects_total", "counter", "Reconnects.", s.reconnects as f64);
+    metric(
+        "graph_node_ids",
+        "gauge",
+        "Node ids in the graph (visible or not).",
+        f64::from(nodes),
+    );
+    metric("graph_edges", "gauge", "Visible edges.", edges as f64);
+    metric(
+        "overlay_edges",
+        "gauge",
+        "Edge changes held in overlays since the last compaction.",
+        overlay as f64,
+    );
+    metric(
+        "streaming",
+        "gauge",
+        "1 while streaming.",
+        f64::from(u8::from(s.phase == Phase::Streaming)),
+    );
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
