@@ -1,0 +1,174 @@
+//! The HTTP API of `graphsync replicate`, driven over real sockets against the harness's
+//! PostgreSQL: every endpoint, its errors, read-your-writes, tenants and the bearer token.
+
+mod common;
+
+use common::replica::{self, current_lsn, http_get, http_json};
+use common::workload;
+use pgtest::Cluster;
+use serde_json::Value;
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// A small graph with two tenants: users 1-3 in org 1 (1→2→3), users 10-11 in org 2 (10→11),
+/// a cross-tenant edge 3→10, and post 100 by user 1.
+const DATA: &str = "
+INSERT INTO users VALUES (1, 1, 'ann', NULL), (2, 1, 'bob', NULL), (3, 1, 'cy', NULL), (10, 2, 'dee', NULL), (11, 2, 'ed', NULL);
+INSERT INTO follows VALUES (1, 2, 1.0), (2, 3, 5.0), (1, 3, 10.0), (3, 10, 1.0), (10, 11, 1.0);
+INSERT INTO posts VALUES (100, 1, 'hello');
+";
+
+fn names(j: &Value, field: &str) -> Vec<String> {
+    let mut v: Vec<String> = j[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("{field} missing in {j}"))
+        .iter()
+        .map(|n| {
+            n.get("node")
+                .and_then(Value::as_str)
+                .or(n.as_str())
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_endpoint() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("http");
+    cluster.psql(&db, workload::SCHEMA);
+    cluster.psql(&db, DATA);
+    let dir = tempfile::tempdir().unwrap();
+    let config = workload::write_config(dir.path(), &db);
+    let mut r = replica::spawn(
+        cluster,
+        &db,
+        &config,
+        &dir.path().join("data"),
+        &["--api-token", "s3cret"],
+    );
+    let addr = r.addr();
+    let lsn = current_lsn(cluster, &db);
+    let get = |path: &str| -> (u16, Value) {
+        let (code, body) = http_get(&addr, path, Some("s3cret"));
+        (code, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+    };
+    // Health turns 200 once streaming (bounded wait on a condition).
+    let healthy = pgtest::wait_for(DEADLINE, || http_json(&addr, "/health").0 == 200);
+    assert!(healthy, "health: {:?}; log:\n{}", http_json(&addr, "/health"), r.log());
+    let (_, h) = http_json(&addr, "/health");
+    assert_eq!(h["status"], "streaming", "{h}");
+    for k in [
+        "applied_lsn",
+        "confirmed_flush_lsn",
+        "server_wal_lsn",
+        "lag_bytes",
+        "lag_seconds",
+        "snapshot_lsn",
+    ] {
+        assert!(h.get(k).is_some(), "{k} missing: {h}");
+    }
+
+    // The bearer token guards everything but /health.
+    let (code, body) = http_get(&addr, "/v1/status", None);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("bearer token"), "{body}");
+    assert_eq!(http_get(&addr, "/v1/status", Some("wrong")).0, 401);
+    let (code, s) = get("/v1/status");
+    assert_eq!(code, 200, "{s}");
+    assert_eq!(s["slot"], format!("gs_{db}"));
+    assert_eq!(s["nodes_per_label"]["User"], 5, "{s}");
+    assert_eq!(s["nodes_per_label"]["Post"], 1, "{s}");
+    let (code, body) = http_get(&addr, "/metrics", Some("s3cret"));
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("graphsync_applied_lsn ") && body.contains("# TYPE graphsync_lag_bytes gauge"),
+        "{body}"
+    );
+
+    // Node lookup.
+    let (code, n) = get(&format!("/v1/nodes/User/1?min_lsn={lsn}"));
+    assert_eq!(code, 200, "{n}");
+    assert_eq!(n["tenant"], "1");
+    assert_eq!(n["properties"]["name"], "ann");
+    assert_eq!(get("/v1/nodes/User/999").0, 404);
+    let (code, e) = get("/v1/nodes/Nope/1");
+    assert_eq!(code, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("unknown node label"), "{e}");
+    assert_eq!(get("/v1/nodes/User/abc").0, 400);
+
+    // Neighbours, with direction, label and tenant.
+    let (code, j) = get("/v1/neighbors?node=User:1");
+    assert_eq!(code, 200, "{j}");
+    assert_eq!(names(&j, "neighbors"), ["User:2", "User:3"]);
+    assert!(j["lsn"].as_str().unwrap().contains('/'));
+    let (_, j) = get("/v1/neighbors?node=User:1&direction=in");
+    assert_eq!(names(&j, "neighbors"), ["Post:100"]);
+    let (_, j) = get("/v1/neighbors?node=User:3&direction=both&edge_label=FOLLOWS");
+    assert_eq!(names(&j, "neighbors"), ["User:1", "User:10", "User:2"]);
+    let (_, j) = get("/v1/neighbors?node=User:3&direction=both&tenant=1");
+    assert_eq!(
+        names(&j, "neighbors"),
+        ["User:1", "User:2"],
+        "tenant 1 never shows tenant 2"
+    );
+    for (path, param) in [
+        ("/v1/neighbors", "node"),
+        ("/v1/neighbors?node=User", "node"),
+        ("/v1/neighbors?node=User:1&direction=up", "direction"),
+        ("/v1/neighbors?node=User:1&edge_label=LIKES", "edge_label"),
+        ("/v1/neighbors?node=User:1&min_lsn=zz", "min_lsn"),
+        ("/v1/traverse?start=User:1&max_depth=x", "max_depth"),
+        ("/v1/shortest-path?from=User:1&to=User:3&weighted=maybe", "weighted"),
+    ] {
+        let (code, e) = get(path);
+        assert_eq!(code, 400, "{path}: {e}");
+        assert_eq!(e["parameter"], param, "{path}: {e}");
+    }
+
+    // Traversal: depth, tenant restriction.
+    let (code, j) = get("/v1/traverse?start=User:1&max_depth=2");
+    assert_eq!(code, 200, "{j}");
+    assert_eq!(names(&j, "nodes"), ["User:1", "User:10", "User:2", "User:3"]);
+    let (_, j) = get("/v1/traverse?start=User:1&max_depth=5&tenant=1");
+    assert_eq!(names(&j, "nodes"), ["User:1", "User:2", "User:3"]);
+    let (_, j) = get("/v1/traverse?start=User:1&max_depth=5&limit=2");
+    assert_eq!(j["nodes"].as_array().unwrap().len(), 2);
+
+    // Shortest paths: hops and weights.
+    let (code, j) = get("/v1/shortest-path?from=User:1&to=User:3");
+    assert_eq!(code, 200, "{j}");
+    assert_eq!(j["nodes"], serde_json::json!(["User:1", "User:3"]));
+    assert_eq!(j["hops"], 1);
+    let (_, j) = get("/v1/shortest-path?from=User:1&to=User:3&weighted=true");
+    assert_eq!(j["nodes"], serde_json::json!(["User:1", "User:2", "User:3"]), "{j}");
+    assert_eq!(j["cost"], 6.0);
+    assert_eq!(get("/v1/shortest-path?from=User:11&to=User:1").0, 404);
+    assert_eq!(get("/v1/shortest-path?from=User:1&to=User:11&tenant=1").0, 404);
+
+    // Components.
+    let (_, j) = get("/v1/components?node=User:11");
+    assert_eq!(j["size"], 6, "{j}");
+    let (_, j) = get("/v1/components?node=User:11&tenant=2");
+    assert_eq!(j["size"], 2, "{j}");
+    let (_, j) = get("/v1/components");
+    assert_eq!(j["count"], 1, "{j}");
+
+    // Read-your-writes: insert, read the WAL position, query with it.
+    cluster.psql(&db, "INSERT INTO follows VALUES (11, 1, 1.0)");
+    let lsn = current_lsn(cluster, &db);
+    let (code, j) = get(&format!("/v1/neighbors?node=User:11&min_lsn={lsn}&timeout_ms=30000"));
+    assert_eq!(code, 200, "{j}");
+    assert_eq!(names(&j, "neighbors"), ["User:1"], "the new edge is there");
+    // A position far ahead times out with 504 and the current LSN.
+    let (code, j) = get("/v1/neighbors?node=User:1&min_lsn=FF/0&timeout_ms=200");
+    assert_eq!(code, 504, "{j}");
+    assert!(j["lsn"].as_str().is_some(), "{j}");
+
+    let (status, log) = r.stop();
+    assert!(status.success(), "{log}");
+}
