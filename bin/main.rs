@@ -2,6 +2,7 @@
 
 mod decode;
 mod http;
+mod notify;
 mod replicate;
 mod snapshot_cmd;
 

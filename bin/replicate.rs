@@ -100,9 +100,50 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
                 })
                 .await
         });
+        let notifier = tokio::spawn(notify_loop(status.clone(), rx.clone()));
         let result = replicator::run(opts, status, rx).await;
+        notifier.abort();
+        let n = crate::notify::Notifier::from_env();
+        match &result {
+            Ok(()) => n.send("STATUS=stopped"),
+            Err(e) => n.send(&format!("STATUS=failed: {e}")),
+        }
         server.abort();
         result?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// READY=1 once the graph is loaded and streaming, STATUS= with the lag, WATCHDOG=1 pings,
+/// STOPPING=1 when shutdown starts.
+async fn notify_loop(status: Arc<ReplicaStatus>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    use sync::replicator::Phase;
+    let n = crate::notify::Notifier::from_env();
+    let watchdog = crate::notify::Notifier::watchdog_interval();
+    let mut ready = false;
+    let tick = watchdog.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(1));
+    loop {
+        let s = status.snapshot();
+        if !ready && s.phase == Phase::Streaming {
+            ready = true;
+            n.send(&format!("READY=1\nSTATUS=streaming from {}", s.applied_lsn));
+        } else if ready {
+            let lag = s.server_wal_end.0.saturating_sub(s.applied_lsn.0);
+            n.send(&format!(
+                "STATUS={}: applied {}, lag {lag} bytes",
+                s.phase.as_str(),
+                s.applied_lsn
+            ));
+        }
+        if watchdog.is_some() {
+            n.send("WATCHDOG=1");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = shutdown.wait_for(|s| *s) => {
+                n.send("STOPPING=1\nSTATUS=stopping: writing the final checkpoint");
+                return;
+            }
+        }
+    }
 }

@@ -21,6 +21,18 @@ pub struct Replicator {
 
 /// Starts `graphsync replicate` for `db` with `config` (a file path), checkpoints every 300 ms.
 pub fn spawn(cluster: &Cluster, db: &str, config: &Path, data_dir: &Path, extra: &[&str]) -> Replicator {
+    spawn_with_env(cluster, db, config, data_dir, extra, &[])
+}
+
+/// As [`spawn`], with extra environment variables.
+pub fn spawn_with_env(
+    cluster: &Cluster,
+    db: &str,
+    config: &Path,
+    data_dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Replicator {
     static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let log = data_dir.with_extension(format!("run{n}.log"));
@@ -40,6 +52,7 @@ pub fn spawn(cluster: &Cluster, db: &str, config: &Path, data_dir: &Path, extra:
         .args(["--checkpoint-interval-ms", "300", "--listen", "127.0.0.1:0"])
         .args(extra)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::from(logf))
         .spawn()
@@ -104,6 +117,13 @@ impl Replicator {
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
         }
     }
 

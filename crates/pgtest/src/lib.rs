@@ -374,6 +374,17 @@ impl Cluster {
         }
     }
 
+    /// Stops the server with `mode` (`fast`, `immediate`), waiting until it is down.
+    pub fn stop(&self, mode: &str) {
+        self.run("pg_ctl", &["-D", self.data.to_str().unwrap(), "-m", mode, "-w", "stop"])
+            .expect("pg_ctl stop");
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn start_again(&self) {
+        self.pg_ctl_start().expect("pg_ctl start");
+    }
+
     /// Restarts the server (fast shutdown) on the same port.
     pub fn restart(&self) {
         self.run(

@@ -772,6 +772,7 @@ async fn stream(
     let mut next_advance = Instant::now();
     let mut next_ping = Instant::now() + Duration::from_secs(1);
     let mut confirmed = st.manifest.lsn;
+    let mut server_end = Lsn(0);
     loop {
         if *shutdown.borrow() {
             status.update(|s| s.phase = Phase::Stopping);
@@ -789,6 +790,10 @@ async fn stream(
         let tick = (Instant::now() + Duration::from_millis(200)).min(next_checkpoint);
         match stream.next_before(Some(tick.into())).await? {
             Next::Event(ReplicationEvent::XLogData { data, wal_end, .. }) => {
+                if wal_end > server_end {
+                    server_end = wal_end;
+                    status.update(|s| s.server_wal_end = s.server_wal_end.max(wal_end));
+                }
                 let msg = decoder.decode(&data)?;
                 if let Some(txn) = assembler.feed(msg, &decoder)? {
                     if txn.end_lsn > st.safe {
