@@ -1,5 +1,6 @@
 //! The `graphsync` executable: command-line parsing and the I/O edge around the library crates.
 
+mod admin;
 mod decode;
 mod http;
 mod notify;
@@ -29,7 +30,17 @@ enum Command {
         files: Vec<std::path::PathBuf>,
     },
     /// Replicate the mapped tables into the graph until SIGTERM/SIGINT.
+    ///
+    /// Example: graphsync replicate --config graph.toml --database-url postgres://graphsync@db/app --data-dir /var/lib/graphsync
     Replicate(replicate::ReplicateArgs),
+    /// Print a mapping config drafted from the database's catalog.
+    ///
+    /// Example: graphsync init --discover --database-url postgres://graphsync@db/app > graph.toml
+    Init(admin::InitArgs),
+    /// Drop the replication slot, and the publication if graphsync created it.
+    ///
+    /// Example: graphsync teardown --config graph.toml
+    Teardown(admin::TeardownArgs),
     /// Inspect graph snapshot files.
     Snapshot {
         #[command(subcommand)]
@@ -65,6 +76,8 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Replicate(args) => replicate::run(args),
+        Command::Init(args) => admin::init(args),
+        Command::Teardown(args) => admin::teardown(args),
         Command::Decode { files } => decode::run(&files),
         Command::Snapshot {
             command: SnapshotCommand::Info { file },

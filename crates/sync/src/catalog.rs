@@ -94,6 +94,49 @@ pub(crate) fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// The comment graphsync puts on publications it creates.
+pub const CREATED_BY: &str = "created by graphsync";
+
+/// Drops the slot (if it exists and is not in use) and the publication if graphsync created
+/// it. Returns what was dropped, for the log.
+pub async fn teardown(
+    client: &mut ReplicationClient,
+    slot: &str,
+    publication: &str,
+) -> Result<Vec<String>, CatalogError> {
+    let mut done = Vec::new();
+    if let Some(s) = slot_state(client, slot).await? {
+        if let Some(pid) = s.active_pid {
+            return Err(CatalogError::Table {
+                table: format!("slot {slot}"),
+                problem: format!("is in use by server process {pid}"),
+                fix: "stop graphsync (or the other consumer) first".into(),
+            });
+        }
+        client
+            .simple_query(&format!("SELECT pg_drop_replication_slot({})", literal(slot)))
+            .await?;
+        done.push(format!("dropped replication slot {slot}"));
+    }
+    let r = client
+        .simple_query(&format!(
+            "SELECT obj_description(oid, 'pg_publication') FROM pg_catalog.pg_publication WHERE pubname = {}",
+            literal(publication)
+        ))
+        .await?;
+    if let Some(row) = r.rows.first() {
+        if row[0].as_deref() == Some(CREATED_BY) {
+            client
+                .simple_query(&format!("DROP PUBLICATION {}", quote_ident(publication)))
+                .await?;
+            done.push(format!("dropped publication {publication}"));
+        } else {
+            done.push(format!("kept publication {publication} (not created by graphsync)"));
+        }
+    }
+    Ok(done)
+}
+
 /// Key column types graphsync can use for node keys.
 const KEY_TYPES: &[u32] = &[21, 23, 20, 2950, 25, 1043, 1042, 19];
 
@@ -281,6 +324,14 @@ pub async fn ensure_publication(
         let list = tables.iter().map(TableInfo::quoted).collect::<Vec<_>>().join(", ");
         client
             .simple_query(&format!("CREATE PUBLICATION {} FOR TABLE {list}", quote_ident(name)))
+            .await?;
+        // Marks it as ours: `graphsync teardown` drops only publications carrying this.
+        client
+            .simple_query(&format!(
+                "COMMENT ON PUBLICATION {} IS {}",
+                quote_ident(name),
+                literal(CREATED_BY)
+            ))
             .await?;
         tracing::info!(publication = name, tables = tables.len(), "created publication");
         return Ok(true);

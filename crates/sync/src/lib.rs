@@ -25,6 +25,7 @@ pub mod change;
 pub mod checkpoint;
 pub mod config;
 pub mod copy;
+pub mod discover;
 pub mod mapper;
 pub mod replicator;
 pub mod rows;
