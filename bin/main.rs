@@ -2,6 +2,7 @@
 
 mod admin;
 mod decode;
+mod demo;
 mod http;
 mod notify;
 mod replicate;
@@ -33,6 +34,10 @@ enum Command {
     ///
     /// Example: graphsync replicate --config graph.toml --database-url postgres://graphsync@db/app --data-dir /var/lib/graphsync
     Replicate(replicate::ReplicateArgs),
+    /// Try graphsync in one command: a throw-away PostgreSQL with a sample multi-tenant social
+    /// graph and a live writer, replicated, with the HTTP API and example queries. Ctrl-C stops
+    /// it and removes everything it made.
+    Demo(demo::DemoArgs),
     /// Print a mapping config drafted from the database's catalog.
     ///
     /// Example: graphsync init --discover --database-url postgres://graphsync@db/app > graph.toml
@@ -66,6 +71,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Replicate(_)) {
         "info"
+    } else if matches!(cli.command, Command::Demo(_)) {
+        "warn,sync=info"
     } else {
         "warn"
     };
@@ -77,6 +84,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Replicate(args) => replicate::run(args),
         Command::Init(args) => admin::init(args),
+        Command::Demo(args) => demo::run(args),
         Command::Teardown(args) => admin::teardown(args),
         Command::Decode { files } => decode::run(&files),
         Command::Snapshot {

@@ -216,8 +216,13 @@ impl Cluster {
         .map_err(|e| format!("{e}\nserver log:\n{}", self.server_log()))
     }
 
+    /// The cluster's directory (data directory, socket, server log).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Keeps stopping and deleting the cluster even if this process is killed.
-    fn spawn_watchdog(&self) {
+    pub fn spawn_watchdog(&self) {
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {ctl} -D '{data}' -m immediate stop >/dev/null 2>&1; {rm}",
             pid = std::process::id(),

@@ -821,6 +821,10 @@ async fn stream(
                 }
             }
             Next::Event(ReplicationEvent::Keepalive { wal_end, .. }) => {
+                if wal_end > server_end {
+                    server_end = wal_end;
+                    status.update(|s| s.server_wal_end = s.server_wal_end.max(wal_end));
+                }
                 if assembler.is_idle() && wal_end > st.safe {
                     st.safe = wal_end;
                     status.update(|s| {
