@@ -345,3 +345,32 @@ fn initial_copy_under_load() {
     assert!(txns >= 60, "{txns}");
     assert_graph_equals(&data, &config, &workload::expected(cluster, &db));
 }
+
+/// The sample schema and mapping shipped in fixtures/ (used by docker-compose.yml) replicate.
+#[test]
+fn sample_fixture_replicates() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("fixture");
+    cluster.psql(&db, include_str!("../fixtures/schemas/social.sql"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("social.toml");
+    let text = include_str!("../fixtures/configs/social.toml").replace("\"graphsync\"", &format!("\"gs_{db}\""));
+    std::fs::write(&config, text).unwrap();
+    let mut r = replica::spawn(cluster, &db, &config, &dir.path().join("data"), &[]);
+    cluster.psql(
+        &db,
+        "UPDATE users SET status = 'inactive' WHERE id = 1; DELETE FROM follows WHERE follower_id = 2;",
+    );
+    let last = current_lsn(cluster, &db);
+    let addr = r.addr();
+    let (code, j) = replica::http_json(&addr, &format!("/v1/nodes/User/1?min_lsn={last}"));
+    assert_eq!(code, 200, "{j}");
+    assert_eq!(j["filters"]["status"], "inactive", "{j}");
+    let (_, s) = replica::http_json(&addr, "/v1/status");
+    assert_eq!(s["nodes_per_label"]["User"], 1000, "{s}");
+    assert_eq!(s["nodes_per_label"]["Post"], 500, "{s}");
+    let (_, j) = replica::http_json(&addr, "/v1/neighbors?node=User:2");
+    assert_eq!(j["neighbors"].as_array().unwrap().len(), 0, "{j}");
+    let (status, log) = r.stop();
+    assert!(status.success(), "{log}");
+}
