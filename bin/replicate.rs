@@ -39,6 +39,10 @@ pub struct ReplicateArgs {
     /// /health answers 503 "lagging" past this replica lag.
     #[arg(long, env = "GRAPHSYNC_MAX_LAG_SECONDS", default_value_t = 30.0)]
     pub max_lag_seconds: f64,
+    /// Megabytes of streamed (large, in-progress) transactions held in memory before they
+    /// spill to temporary files in the data directory.
+    #[arg(long, env = "GRAPHSYNC_SPILL_THRESHOLD_MB", default_value_t = 64)]
+    pub spill_threshold_mb: usize,
     /// Milliseconds between checkpoints while changes arrive.
     #[arg(long, env = "GRAPHSYNC_CHECKPOINT_INTERVAL_MS", default_value_t = 10_000)]
     pub checkpoint_interval_ms: u64,
@@ -60,6 +64,7 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         opts.publication = p;
     }
     opts.rebuild = args.rebuild;
+    opts.spill_threshold = args.spill_threshold_mb << 20;
     opts.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms.max(10));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -374,3 +374,28 @@ fn sample_fixture_replicates() {
     let (status, log) = r.stop();
     assert!(status.success(), "{log}");
 }
+
+/// With a zero spill threshold every streamed change goes through a temporary file: large
+/// transactions (with a rolled-back savepoint) still land exactly.
+#[test]
+fn streamed_transactions_spill_to_disk() {
+    let (cluster, db, dir, config) = setup("spill");
+    let mut w = Workload::new(0x5911);
+    cluster.psql(&db, &w.seed(100));
+    let data = dir.path().join("data");
+    let mut r = replica::spawn(cluster, &db, &config, &data, &["--spill-threshold-mb", "0"]);
+    cluster.psql(&db, &w.script(40, None, Some(5), Some(7)));
+    cluster.psql(&db, &w.script(40, None, Some(30), None));
+    let last = current_lsn(cluster, &db);
+    r.wait_durable(last, DEADLINE);
+    let (status, log) = r.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.matches("spilled to disk").count() >= 2,
+        "no transaction was spilled:\n{log}"
+    );
+    assert_graph_equals(&data, &config, &workload::expected(cluster, &db));
+    // Spill files are unnamed temporary files: nothing is left in the directory.
+    let left = std::fs::read_dir(data.join("spill")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0);
+}

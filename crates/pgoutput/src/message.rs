@@ -161,6 +161,24 @@ impl TupleData {
         }
     }
 
+    /// Rebuilds a tuple from the entries of [`TupleData::buffer`] and its column count (as
+    /// spilled to disk), checking that exactly `natts` well-formed entries fill `buf`.
+    pub fn from_entries(buf: Bytes, natts: u16) -> Option<Self> {
+        let mut rest: &[u8] = &buf;
+        for _ in 0..natts {
+            let (&kind, r) = rest.split_first()?;
+            rest = match kind {
+                b'n' | b'u' => r,
+                b't' | b'b' => {
+                    let len = u32::from_be_bytes(r.get(..4)?.try_into().ok()?) as usize;
+                    r.get(4 + len..)?
+                }
+                _ => return None,
+            };
+        }
+        rest.is_empty().then_some(TupleData { buf, natts })
+    }
+
     /// Number of columns.
     pub fn len(&self) -> usize {
         usize::from(self.natts)

@@ -10,21 +10,27 @@
 //!   transaction ended by `Stream Prepare`) are held by GID and released at `Commit Prepared`,
 //!   dropped at `Rollback Prepared`.
 //!
-//! Pure: no I/O, no clock. Buffered transactions are held in memory (their tuples are
-//! zero-copy slices of the received messages); [`TxnAssembler::buffered_bytes`] reports how
-//! much, so the caller can bound it.
+//! No clock, and no I/O but one: buffered transactions are held in memory (their tuples are
+//! zero-copy slices of the received messages) until the streamed ones together pass the spill
+//! threshold ([`TxnAssembler::with_spill`]); then the transaction being added to moves to a
+//! temporary [`SpillFile`], so memory stays bounded whatever the transaction's size.
 
 use crate::change::{CommittedTxn, RowChange};
+use crate::spill::{SpillError, SpillFile};
 use pgoutput::{DecodeError, Decoder, Message};
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 /// A protocol sequence the assembler cannot make sense of (a bug on one side or a corrupted
 /// stream): the caller must stop and reconnect from its durable position.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum AssemblyError {
     /// A message needs a relation the stream never described.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// A large transaction could not be spilled to disk.
+    #[error(transparent)]
+    Spill(#[from] SpillError),
     /// A message arrived where the protocol does not allow it.
     #[error("unexpected {kind} message {context}")]
     Unexpected {
@@ -47,6 +53,8 @@ struct Streamed {
     /// Each change with the (sub)transaction that made it.
     changes: Vec<(u32, RowChange)>,
     bytes: usize,
+    /// Earlier changes, on disk.
+    spill: Option<SpillFile>,
 }
 
 /// Assembles committed transactions from decoded pgoutput messages.
@@ -56,8 +64,11 @@ pub struct TxnAssembler {
     /// The xid of the open Stream Start block.
     stream_block: Option<u32>,
     streams: HashMap<u32, Streamed>,
-    prepared: HashMap<String, (u32, Vec<RowChange>, usize)>,
+    prepared: HashMap<String, (u32, Vec<RowChange>, usize, Option<SpillFile>)>,
     buffered: usize,
+    spill_dir: Option<PathBuf>,
+    spill_threshold: usize,
+    spilled_bytes: u64,
 }
 
 fn tuple_bytes(c: &RowChange) -> usize {
@@ -70,9 +81,24 @@ fn tuple_bytes(c: &RowChange) -> usize {
 }
 
 impl TxnAssembler {
-    /// An assembler with nothing buffered.
+    /// An assembler with nothing buffered that holds everything in memory.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An assembler that spills a streamed transaction to a temporary file in `dir` once the
+    /// streamed transactions buffered in memory pass `threshold` bytes.
+    pub fn with_spill(dir: PathBuf, threshold: usize) -> Self {
+        TxnAssembler {
+            spill_dir: Some(dir),
+            spill_threshold: threshold,
+            ..Self::default()
+        }
+    }
+
+    /// Bytes written to spill files so far.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.spilled_bytes
     }
 
     /// Bytes of changes held for transactions not yet committed (streamed, open or prepared).
@@ -88,7 +114,11 @@ impl TxnAssembler {
 
     /// Forgets every buffered transaction (after a reconnect the server resends them).
     pub fn reset(&mut self) {
-        *self = Self::default();
+        *self = TxnAssembler {
+            spill_dir: self.spill_dir.take(),
+            spill_threshold: self.spill_threshold,
+            ..Self::default()
+        };
     }
 
     /// Feeds one message (already passed through `decoder`, whose relation cache types the
@@ -125,16 +155,17 @@ impl TxnAssembler {
                     end_lsn: c.end_lsn,
                     commit_time: c.commit_time,
                     changes: open.changes,
+                    spilled: None,
                 }));
             }
             Message::Prepare(p) => {
                 let open = self.open.take().ok_or(unexpected("Prepare", "outside a transaction"))?;
                 self.buffered += open.bytes;
-                self.prepared.insert(p.gid, (open.xid, open.changes, open.bytes));
+                self.prepared.insert(p.gid, (open.xid, open.changes, open.bytes, None));
                 return Ok(None);
             }
             Message::CommitPrepared(c) => {
-                let Some((xid, changes, bytes)) = self.prepared.remove(&c.gid) else {
+                let Some((xid, changes, bytes, spilled)) = self.prepared.remove(&c.gid) else {
                     // Prepared before our start position and already applied, or an empty
                     // transaction: nothing held, nothing to apply.
                     return Ok(Some(CommittedTxn {
@@ -143,6 +174,7 @@ impl TxnAssembler {
                         end_lsn: c.end_lsn,
                         commit_time: c.commit_time,
                         changes: Vec::new(),
+                        spilled: None,
                     }));
                 };
                 self.buffered -= bytes;
@@ -152,10 +184,11 @@ impl TxnAssembler {
                     end_lsn: c.end_lsn,
                     commit_time: c.commit_time,
                     changes,
+                    spilled,
                 }));
             }
             Message::RollbackPrepared(r) => {
-                if let Some((_, _, bytes)) = self.prepared.remove(&r.gid) {
+                if let Some((_, _, bytes, _)) = self.prepared.remove(&r.gid) {
                     self.buffered -= bytes;
                 }
                 return Ok(None);
@@ -175,14 +208,18 @@ impl TxnAssembler {
                 return Ok(None);
             }
             Message::StreamCommit(c) => {
-                let s = self.streams.remove(&c.xid).unwrap_or_default();
+                let mut s = self.streams.remove(&c.xid).unwrap_or_default();
                 self.buffered -= s.bytes;
+                if let Some(f) = s.spill.as_mut() {
+                    f.finish()?;
+                }
                 return Ok(Some(CommittedTxn {
                     xid: c.xid,
                     commit_lsn: c.commit_lsn,
                     end_lsn: c.end_lsn,
                     commit_time: c.commit_time,
                     changes: s.changes.into_iter().map(|(_, c)| c).collect(),
+                    spilled: s.spill,
                 }));
             }
             Message::StreamAbort(a) => {
@@ -191,6 +228,9 @@ impl TxnAssembler {
                         self.buffered -= s.bytes;
                     }
                 } else if let Some(s) = self.streams.get_mut(&a.xid) {
+                    if let Some(f) = s.spill.as_mut() {
+                        f.abort_subxact(a.subxid);
+                    }
                     let before = s.bytes;
                     s.changes.retain(|(sub, _)| *sub != a.subxid);
                     s.bytes = s.changes.iter().map(|(_, c)| tuple_bytes(c)).sum();
@@ -199,9 +239,14 @@ impl TxnAssembler {
                 return Ok(None);
             }
             Message::StreamPrepare(p) => {
-                let s = self.streams.remove(&p.xid).unwrap_or_default();
-                self.prepared
-                    .insert(p.gid, (p.xid, s.changes.into_iter().map(|(_, c)| c).collect(), s.bytes));
+                let mut s = self.streams.remove(&p.xid).unwrap_or_default();
+                if let Some(f) = s.spill.as_mut() {
+                    f.finish()?;
+                }
+                self.prepared.insert(
+                    p.gid,
+                    (p.xid, s.changes.into_iter().map(|(_, c)| c).collect(), s.bytes, s.spill),
+                );
                 return Ok(None);
             }
             Message::Relation(_) | Message::Type(_) | Message::Origin(_) | Message::LogicalMessage(_) => {
@@ -245,6 +290,21 @@ impl TxnAssembler {
             s.changes.push((xid.unwrap_or(top), change));
             s.bytes += size;
             self.buffered += size;
+            if let Some(dir) = &self.spill_dir {
+                if self.buffered > self.spill_threshold {
+                    let file = match s.spill.as_mut() {
+                        Some(f) => f,
+                        None => s.spill.insert(SpillFile::create(dir)?),
+                    };
+                    let before = file.bytes();
+                    for (sub, c) in s.changes.drain(..) {
+                        file.push(sub, &c)?;
+                    }
+                    self.spilled_bytes += file.bytes() - before;
+                    self.buffered -= s.bytes;
+                    s.bytes = 0;
+                }
+            }
         } else if let Some(open) = self.open.as_mut() {
             open.changes.push(change);
             open.bytes += size;
@@ -291,32 +351,46 @@ mod tests {
         })
     }
 
-    /// Feeds messages through an encoder/decoder round trip, as the replicator does.
+    /// Feeds messages through an encoder/decoder round trip, as the replicator does; once
+    /// holding everything in memory, once spilling every streamed change to disk. Both must
+    /// give the same transactions.
     fn run(msgs: Vec<Message>) -> Vec<(u32, Vec<String>)> {
-        let mut d = Decoder::new();
-        let mut a = TxnAssembler::new();
-        let mut out = Vec::new();
-        for m in msgs {
-            let bytes = Bytes::from(encode_message(&m));
-            let m = d.decode(&bytes).unwrap();
-            if let Some(t) = a.feed(m, &d).unwrap() {
-                let rows = t
-                    .changes
-                    .iter()
-                    .map(|c| match c {
-                        RowChange::Insert { new, .. } => match new.column(0) {
-                            Some(ColumnRef::Text(b)) => String::from_utf8_lossy(b).into_owned(),
+        let dir = tempfile::tempdir().unwrap();
+        let mut results = Vec::new();
+        for mut a in [
+            TxnAssembler::new(),
+            TxnAssembler::with_spill(dir.path().to_path_buf(), 1),
+        ] {
+            let mut d = Decoder::new();
+            let mut out = Vec::new();
+            for m in &msgs {
+                let bytes = Bytes::from(encode_message(m));
+                let m = d.decode(&bytes).unwrap();
+                if let Some(t) = a.feed(m, &d).unwrap() {
+                    let mut rows = Vec::new();
+                    t.for_each_change::<SpillError>(|c| {
+                        rows.push(match c {
+                            RowChange::Insert { new, .. } => match new.column(0) {
+                                Some(ColumnRef::Text(b)) => String::from_utf8_lossy(b).into_owned(),
+                                other => format!("{other:?}"),
+                            },
                             other => format!("{other:?}"),
-                        },
-                        other => format!("{other:?}"),
+                        });
+                        Ok(())
                     })
-                    .collect();
-                out.push((t.xid, rows));
+                    .unwrap();
+                    assert_eq!(rows.len(), t.len());
+                    out.push((t.xid, rows));
+                }
             }
+            assert!(a.is_idle(), "{a:?}");
+            assert_eq!(a.buffered_bytes(), 0);
+            results.push((out, a.spilled_bytes()));
         }
-        assert!(a.is_idle(), "{a:?}");
-        assert_eq!(a.buffered_bytes(), 0);
-        out
+        assert_eq!(results[0].1, 0);
+        assert!(results[1].1 > 0, "nothing spilled");
+        assert_eq!(results[0].0, results[1].0, "spilling changed the result");
+        results.remove(0).0
     }
 
     fn ts() -> PgTimestamp {

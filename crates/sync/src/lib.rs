@@ -29,3 +29,4 @@ pub mod discover;
 pub mod mapper;
 pub mod replicator;
 pub mod rows;
+pub mod spill;

@@ -46,6 +46,9 @@ pub enum MapError {
     /// The graph refused the transaction.
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// Spilled changes could not be read back.
+    #[error(transparent)]
+    Spill(#[from] crate::spill::SpillError),
     /// The bulk build of the initial copy failed.
     #[error(transparent)]
     Bulk(#[from] BulkError),
@@ -501,9 +504,7 @@ impl Mapper {
         txn: &CommittedTxn,
     ) -> Result<Arc<GraphView>, MapError> {
         let mut t = graph.begin(txn.end_lsn.0)?;
-        for change in &txn.changes {
-            self.apply_change(&mut t, index, change)?;
-        }
+        txn.for_each_change(|change| self.apply_change(&mut t, index, change))?;
         Ok(t.commit()?)
     }
 

@@ -51,6 +51,9 @@ pub struct Options {
     pub status_interval: Duration,
     /// Compaction thresholds.
     pub compaction: CompactionPolicy,
+    /// Streamed transactions buffered in memory past this many bytes spill to temporary
+    /// files in the data directory.
+    pub spill_threshold: usize,
 }
 
 impl Options {
@@ -66,6 +69,7 @@ impl Options {
             checkpoint_interval: Duration::from_secs(10),
             status_interval: Duration::from_secs(10),
             compaction: CompactionPolicy::default(),
+            spill_threshold: 64 << 20,
         }
     }
 }
@@ -767,7 +771,7 @@ async fn stream(
         s.last_error = None;
     });
     let mut decoder = Decoder::new();
-    let mut assembler = TxnAssembler::new();
+    let mut assembler = TxnAssembler::with_spill(opts.data_dir.join("spill"), opts.spill_threshold);
     let mut next_checkpoint = Instant::now() + opts.checkpoint_interval;
     let mut next_advance = Instant::now();
     let mut next_ping = Instant::now() + Duration::from_secs(1);
@@ -802,9 +806,17 @@ async fn stream(
                             tokio::task::block_in_place(|| st.graph.compact())?;
                         }
                         mapper.apply(&mut st.graph, &mut st.index, &txn)?;
+                        if let Some(sp) = &txn.spilled {
+                            tracing::info!(
+                                xid = txn.xid,
+                                changes = txn.len(),
+                                spilled_bytes = sp.bytes(),
+                                "applied a large transaction spilled to disk"
+                            );
+                        }
                         st.safe = txn.end_lsn;
                         st.dirty = true;
-                        let n = txn.changes.len() as u64;
+                        let n = txn.len() as u64;
                         status.update(|s| {
                             s.applied_lsn = txn.end_lsn;
                             s.last_commit_time = Some(txn.commit_time);
