@@ -441,6 +441,7 @@ proptest! {
                 end_lsn: Lsn(lsn),
                 commit_time: PgTimestamp(0),
                 changes,
+                spilled: None,
             };
             mapper.apply(&mut graph, &mut index, &txn).unwrap();
             check(&graph.view(), &mapper, &model)?;
