@@ -622,5 +622,69 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Result<Response,
         "1 while streaming.",
         f64::from(u8::from(s.phase == Phase::Streaming)),
     );
+    metric(
+        "compactions_total",
+        "counter",
+        "Overlay compactions.",
+        s.compactions as f64,
+    );
+    metric(
+        "compaction_seconds_total",
+        "counter",
+        "Time spent compacting.",
+        s.compaction_seconds,
+    );
+    metric(
+        "checkpoints_total",
+        "counter",
+        "Checkpoints written.",
+        s.checkpoints as f64,
+    );
+    metric(
+        "snapshot_bytes",
+        "gauge",
+        "Size of the newest snapshot file.",
+        s.snapshot_bytes as f64,
+    );
+    let age = if s.snapshot_unix_ms > 0 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        (now - s.snapshot_unix_ms) as f64 / 1000.0
+    } else {
+        0.0
+    };
+    metric(
+        "snapshot_age_seconds",
+        "gauge",
+        "Age of the newest snapshot written by this process.",
+        age,
+    );
+    for (name, help, h) in [
+        (
+            "apply_seconds",
+            "Time to apply one transaction to the graph.",
+            &s.apply_seconds,
+        ),
+        (
+            "commit_to_apply_seconds",
+            "Server commit to applied here, per transaction.",
+            &s.commit_to_apply_seconds,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP graphsync_{name} {help}\n# TYPE graphsync_{name} histogram\n"
+        ));
+        let mut cum = 0;
+        for (b, c) in sync::replicator::Histogram::BOUNDS.iter().zip(h.buckets) {
+            cum += c;
+            out.push_str(&format!("graphsync_{name}_bucket{{le=\"{b}\"}} {cum}\n"));
+        }
+        out.push_str(&format!(
+            "graphsync_{name}_bucket{{le=\"+Inf\"}} {}\ngraphsync_{name}_sum {}\ngraphsync_{name}_count {}\n",
+            h.count, h.sum, h.count
+        ));
+    }
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }

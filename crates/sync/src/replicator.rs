@@ -214,9 +214,51 @@ impl Phase {
     }
 }
 
+/// A latency histogram with fixed buckets (seconds), Prometheus style.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// Observations at or below each bound of [`Histogram::BOUNDS`] (cumulative counts are
+    /// computed when exported).
+    pub buckets: [u64; 12],
+    /// Observations.
+    pub count: u64,
+    /// Sum of observed seconds.
+    pub sum: f64,
+}
+
+impl Histogram {
+    /// Upper bounds of the buckets, in seconds.
+    pub const BOUNDS: [f64; 12] = [
+        0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+    ];
+
+    /// Records one observation.
+    pub fn observe(&mut self, seconds: f64) {
+        if let Some(i) = Self::BOUNDS.iter().position(|&b| seconds <= b) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+}
+
 /// A point-in-time copy of the replica's status.
 #[derive(Debug, Clone, Default)]
 pub struct StatusSnapshot {
+    /// Time to apply each transaction to the graph.
+    pub apply_seconds: Histogram,
+    /// Commit on the server → applied here, per transaction (replica lag as it happens).
+    pub commit_to_apply_seconds: Histogram,
+    /// Compactions run.
+    pub compactions: u64,
+    /// Time spent compacting.
+    pub compaction_seconds: f64,
+    /// Checkpoints written.
+    pub checkpoints: u64,
+    /// Size of the newest snapshot file.
+    pub snapshot_bytes: u64,
+    /// When the newest snapshot was written (Unix ms).
+    pub snapshot_unix_ms: i64,
     /// Phase.
     pub phase: Phase,
     /// Every transaction committed before this is applied to the graph.
@@ -445,11 +487,15 @@ fn checkpoint(
     let view = st.graph.view();
     let m = store.write(&view, &st.index, st.safe, hash, now_ms())?;
     tracing::info!(lsn = %m.lsn, snapshot = %m.snapshot, ms = started.elapsed().as_millis() as u64, "checkpoint written");
+    let bytes = std::fs::metadata(store.dir().join(&m.snapshot)).map_or(0, |md| md.len());
     st.manifest = m;
     st.dirty = false;
     status.update(|s| {
         s.durable_lsn = st.manifest.lsn;
         s.snapshot_lsn = st.manifest.snapshot_lsn;
+        s.checkpoints += 1;
+        s.snapshot_bytes = bytes;
+        s.snapshot_unix_ms = now_ms();
     });
     Ok(())
 }
@@ -805,7 +851,10 @@ async fn stream(
                             tracing::warn!("overlays at the hard limit; compacting before applying");
                             tokio::task::block_in_place(|| st.graph.compact())?;
                         }
+                        let started = Instant::now();
                         mapper.apply(&mut st.graph, &mut st.index, &txn)?;
+                        let took = started.elapsed().as_secs_f64();
+                        let lag = (now_ms() * 1000 - txn.commit_time.unix_micros()) as f64 / 1e6;
                         if let Some(sp) = &txn.spilled {
                             tracing::info!(
                                 xid = txn.xid,
@@ -818,6 +867,8 @@ async fn stream(
                         st.dirty = true;
                         let n = txn.len() as u64;
                         status.update(|s| {
+                            s.apply_seconds.observe(took);
+                            s.commit_to_apply_seconds.observe(lag.max(0.0));
                             s.applied_lsn = txn.end_lsn;
                             s.last_commit_time = Some(txn.commit_time);
                             s.server_wal_end = s.server_wal_end.max(wal_end);
@@ -827,7 +878,12 @@ async fn stream(
                         if st.graph.needs_compaction() {
                             let started = Instant::now();
                             tokio::task::block_in_place(|| st.graph.compact())?;
-                            tracing::info!(ms = started.elapsed().as_millis() as u64, "compacted overlays");
+                            let took = started.elapsed();
+                            tracing::info!(ms = took.as_millis() as u64, "compacted overlays");
+                            status.update(|s| {
+                                s.compactions += 1;
+                                s.compaction_seconds += took.as_secs_f64();
+                            });
                         }
                     }
                 }
