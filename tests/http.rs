@@ -89,6 +89,15 @@ fn every_endpoint() {
         body.contains("graphsync_applied_lsn ") && body.contains("# TYPE graphsync_lag_bytes gauge"),
         "{body}"
     );
+    for m in [
+        "graphsync_apply_seconds_bucket{le=\"+Inf\"}",
+        "graphsync_commit_to_apply_seconds_count",
+        "graphsync_checkpoints_total",
+        "graphsync_snapshot_bytes",
+        "graphsync_compactions_total",
+    ] {
+        assert!(body.contains(m), "{m} missing:\n{body}");
+    }
 
     // Node lookup.
     let (code, n) = get(&format!("/v1/nodes/User/1?min_lsn={lsn}"));
