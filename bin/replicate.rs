@@ -43,6 +43,9 @@ pub struct ReplicateArgs {
     /// spill to temporary files in the data directory.
     #[arg(long, env = "GRAPHSYNC_SPILL_THRESHOLD_MB", default_value_t = 64)]
     pub spill_threshold_mb: usize,
+    /// Reconnect after this many milliseconds without a message from the server.
+    #[arg(long, env = "GRAPHSYNC_RECEIVE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub receive_timeout_ms: u64,
     /// Milliseconds between checkpoints while changes arrive.
     #[arg(long, env = "GRAPHSYNC_CHECKPOINT_INTERVAL_MS", default_value_t = 10_000)]
     pub checkpoint_interval_ms: u64,
@@ -65,6 +68,7 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     }
     opts.rebuild = args.rebuild;
     opts.spill_threshold = args.spill_threshold_mb << 20;
+    opts.receive_timeout = Duration::from_millis(args.receive_timeout_ms.max(1000));
     opts.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms.max(10));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

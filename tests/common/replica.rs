@@ -33,6 +33,11 @@ pub fn spawn_with_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Replicator {
+    spawn_url(&cluster.conn_str(db), config, data_dir, extra, env)
+}
+
+/// Starts `graphsync replicate` against connection string `url`.
+pub fn spawn_url(url: &str, config: &Path, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Replicator {
     static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let log = data_dir.with_extension(format!("run{n}.log"));
@@ -48,7 +53,7 @@ pub fn spawn_with_env(
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--database-url")
-        .arg(cluster.conn_str(db))
+        .arg(url)
         .args(["--checkpoint-interval-ms", "300", "--listen", "127.0.0.1:0"])
         .args(extra)
         .env("RUST_LOG", "info")

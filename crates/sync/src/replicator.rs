@@ -51,6 +51,9 @@ pub struct Options {
     pub status_interval: Duration,
     /// Compaction thresholds.
     pub compaction: CompactionPolicy,
+    /// Reconnect when nothing (data or keepalive) came from the server for this long; while
+    /// idle the replicator asks for a keepalive every 250 ms.
+    pub receive_timeout: Duration,
     /// Streamed transactions buffered in memory past this many bytes spill to temporary
     /// files in the data directory.
     pub spill_threshold: usize,
@@ -70,6 +73,7 @@ impl Options {
             status_interval: Duration::from_secs(10),
             compaction: CompactionPolicy::default(),
             spill_threshold: 64 << 20,
+            receive_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -156,6 +160,9 @@ pub enum SyncError {
     /// The server ended the stream.
     #[error("the server ended the replication stream")]
     StreamEnded,
+    /// Nothing came from the server for too long.
+    #[error("nothing heard from the server for {0:?} (network stalled?); reconnecting")]
+    ReceiveTimeout(Duration),
     /// Initial copy data was malformed (table unknown).
     #[error("initial copy: {0}")]
     CopyData(#[from] CopyError),
@@ -176,7 +183,7 @@ impl SyncError {
         match self {
             SyncError::Repl(e) => e.is_transient() || e.is_slot_in_use(),
             SyncError::Catalog(CatalogError::Repl(e)) => e.is_transient(),
-            SyncError::StreamEnded | SyncError::SlotInUse { .. } => true,
+            SyncError::StreamEnded | SyncError::SlotInUse { .. } | SyncError::ReceiveTimeout(_) => true,
             _ => false,
         }
     }
@@ -498,6 +505,11 @@ fn checkpoint(
         s.snapshot_unix_ms = now_ms();
     });
     Ok(())
+}
+
+fn checkpoint_failed(status: &ReplicaStatus, e: &CheckpointError) {
+    tracing::error!(error = %e, "checkpoint failed; keeping the previous one, confirming nothing new, retrying");
+    status.update(|s| s.last_error = Some(e.to_string()));
 }
 
 async fn session(
@@ -823,6 +835,7 @@ async fn stream(
     let mut next_ping = Instant::now() + Duration::from_secs(1);
     let mut confirmed = st.manifest.lsn;
     let mut server_end = Lsn(0);
+    let mut last_heard = Instant::now();
     loop {
         if *shutdown.borrow() {
             status.update(|s| s.phase = Phase::Stopping);
@@ -838,7 +851,11 @@ async fn stream(
             return Ok(());
         }
         let tick = (Instant::now() + Duration::from_millis(200)).min(next_checkpoint);
-        match stream.next_before(Some(tick.into())).await? {
+        let next = stream.next_before(Some(tick.into())).await?;
+        if !matches!(next, Next::Deadline) {
+            last_heard = Instant::now();
+        }
+        match next {
             Next::Event(ReplicationEvent::XLogData { data, wal_end, .. }) => {
                 if wal_end > server_end {
                     server_end = wal_end;
@@ -905,13 +922,26 @@ async fn stream(
             Next::Ended => return Err(SyncError::StreamEnded),
         }
         let now = Instant::now();
+        // A checkpoint that cannot be written (disk full, permissions) is not fatal: the
+        // previous one stays, nothing more is confirmed, and it is retried next interval.
         if st.dirty && now >= next_checkpoint {
-            tokio::task::block_in_place(|| checkpoint(store, st, hash, status))?;
+            match tokio::task::block_in_place(|| checkpoint(store, st, hash, status)) {
+                Ok(()) => {}
+                Err(e) => checkpoint_failed(status, &e),
+            }
             next_checkpoint = Instant::now() + opts.checkpoint_interval;
         } else if !st.dirty && st.safe > st.manifest.lsn && now >= next_advance {
-            st.manifest = store.advance(&st.manifest, st.safe)?;
-            status.update(|s| s.durable_lsn = st.manifest.lsn);
+            match store.advance(&st.manifest, st.safe) {
+                Ok(m) => {
+                    st.manifest = m;
+                    status.update(|s| s.durable_lsn = st.manifest.lsn);
+                }
+                Err(e) => checkpoint_failed(status, &e),
+            }
             next_advance = now + Duration::from_secs(1);
+        }
+        if now.duration_since(last_heard) > opts.receive_timeout {
+            return Err(SyncError::ReceiveTimeout(opts.receive_timeout));
         }
         if now >= next_checkpoint {
             next_checkpoint = now + opts.checkpoint_interval;

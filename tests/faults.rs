@@ -1,0 +1,136 @@
+//! Faults: the network cut and stalled between graphsync and PostgreSQL, a checkpoint that
+//! cannot be written, a snapshot corrupted while stopped.
+
+mod common;
+
+use common::proxy::Proxy;
+use common::replica::{self, assert_graph_equals, current_lsn};
+use common::workload::{self, Workload};
+use pgtest::Cluster;
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Cut and stall (3× wal_sender_timeout) the connection through a proxy while a writer runs:
+/// graphsync reconnects each time and the graph equals SQL.
+#[test]
+fn network_cut_and_stall() {
+    let cluster = Cluster::start().expect("cluster");
+    cluster.set_extra_conf("wal_sender_timeout = '2s'\n");
+    cluster.reload();
+    let db = cluster.create_database("net");
+    cluster.psql(&db, workload::SCHEMA);
+    let mut w = Workload::new(0x0e7);
+    cluster.psql(&db, &w.seed(200));
+    let dir = tempfile::tempdir().unwrap();
+    let config = workload::write_config(dir.path(), &db);
+    let data = dir.path().join("data");
+    let proxy = Proxy::start(cluster.port());
+    let url = cluster
+        .conn_str(&db)
+        .replace(&format!("port={}", cluster.port()), &format!("port={}", proxy.port));
+    let mut r = replica::spawn_url(&url, &config, &data, &["--receive-timeout-ms", "3000"], &[]);
+    r.wait_durable(current_lsn(&cluster, &db), DEADLINE);
+    for round in 0..3 {
+        cluster.psql(&db, &w.script(30, None, None, None));
+        proxy.cut();
+        cluster.psql(&db, &w.script(30, None, None, None));
+        let lsn = current_lsn(&cluster, &db);
+        r.wait_durable(lsn, DEADLINE);
+        // Stall: no bytes either way for 3× wal_sender_timeout.
+        proxy.stall();
+        cluster.psql(&db, &w.script(30, None, (round == 1).then_some(5), None));
+        let stalled = Instant::now();
+        while stalled.elapsed() < Duration::from_secs(6) {
+            // Waiting out the stall itself is the point of the test.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        proxy.resume();
+        r.wait_durable(current_lsn(&cluster, &db), DEADLINE);
+    }
+    let (status, log) = r.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.matches("reconnecting").count() >= 4, "expected reconnects:\n{log}");
+    assert_graph_equals(&data, &config, &workload::expected(&cluster, &db));
+}
+
+/// A checkpoint that cannot be written is reported, the previous one stays and nothing more
+/// is confirmed; once writable again, replication carries on and nothing is lost.
+#[test]
+fn unwritable_checkpoint() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("unwritable");
+    cluster.psql(&db, workload::SCHEMA);
+    let mut w = Workload::new(0xd15c);
+    cluster.psql(&db, &w.seed(100));
+    let dir = tempfile::tempdir().unwrap();
+    let config = workload::write_config(dir.path(), &db);
+    let data = dir.path().join("data");
+    let mut r = replica::spawn(cluster, &db, &config, &data, &[]);
+    r.wait_durable(current_lsn(cluster, &db), DEADLINE);
+    let before = replica::manifest_lsn(&data).unwrap();
+    // The manifest's temporary name taken by a directory: every checkpoint write fails
+    // (as with a full disk), whatever the user running the test may write.
+    let blocker = data.join(".checkpoint.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    cluster.psql(&db, &w.script(50, None, None, None));
+    let failed = pgtest::wait_for(DEADLINE, || r.log().contains("checkpoint failed"));
+    assert!(failed, "{}", r.log());
+    let (_, health) = replica::http_json(&r.addr(), "/health");
+    assert!(
+        health["last_error"].as_str().unwrap_or("").contains("checkpoint"),
+        "{health}"
+    );
+    assert_eq!(replica::manifest_lsn(&data), Some(before), "the manifest moved");
+    let confirmed = replica::confirmed_flush(cluster, &db, &format!("gs_{db}")).unwrap();
+    assert!(
+        confirmed <= before,
+        "confirmed {confirmed} past the durable checkpoint {before}"
+    );
+    std::fs::remove_dir(&blocker).unwrap();
+    let last = current_lsn(cluster, &db);
+    r.wait_durable(last, DEADLINE);
+    let (status, log) = r.stop();
+    assert!(status.success(), "{log}");
+    assert_graph_equals(&data, &config, &workload::expected(cluster, &db));
+}
+
+/// A snapshot corrupted while graphsync is stopped is refused at start (the message names the
+/// file and the fix); --rebuild rebuilds from source.
+#[test]
+fn corrupted_snapshot_refused_then_rebuilt() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("corrupt");
+    cluster.psql(&db, workload::SCHEMA);
+    let mut w = Workload::new(0xbad);
+    cluster.psql(&db, &w.seed(100));
+    let dir = tempfile::tempdir().unwrap();
+    let config = workload::write_config(dir.path(), &db);
+    let data = dir.path().join("data");
+    for _ in 0..2 {
+        let mut r = replica::spawn(cluster, &db, &config, &data, &[]);
+        cluster.psql(&db, &w.script(20, None, None, None));
+        r.wait_durable(current_lsn(cluster, &db), DEADLINE);
+        let (status, log) = r.stop();
+        assert!(status.success(), "{log}");
+    }
+    let manifest = sync::checkpoint::CheckpointStore::open(&data)
+        .unwrap()
+        .manifest()
+        .unwrap();
+    let snap = data.join(&manifest.snapshot);
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&snap, bytes).unwrap();
+    let r = replica::spawn(cluster, &db, &config, &data, &[]);
+    let (status, log) = r.wait(DEADLINE);
+    assert!(!status.success(), "a corrupt snapshot was accepted:\n{log}");
+    assert!(log.contains(&manifest.snapshot) && log.contains("--rebuild"), "{log}");
+    cluster.psql(&db, &w.script(20, None, None, None));
+    let mut r = replica::spawn(cluster, &db, &config, &data, &["--rebuild"]);
+    r.wait_durable(current_lsn(cluster, &db), DEADLINE);
+    let (status, log) = r.stop();
+    assert!(status.success(), "{log}");
+    assert_graph_equals(&data, &config, &workload::expected(cluster, &db));
+}
