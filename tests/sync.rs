@@ -384,6 +384,8 @@ fn streamed_transactions_spill_to_disk() {
     cluster.psql(&db, &w.seed(100));
     let data = dir.path().join("data");
     let mut r = replica::spawn(cluster, &db, &config, &data, &["--spill-threshold-mb", "0"]);
+    // Streaming first, so both big transactions arrive through the stream.
+    r.wait_durable(current_lsn(cluster, &db), DEADLINE);
     cluster.psql(&db, &w.script(40, None, Some(5), Some(7)));
     cluster.psql(&db, &w.script(40, None, Some(30), None));
     let last = current_lsn(cluster, &db);
