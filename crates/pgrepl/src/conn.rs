@@ -92,13 +92,23 @@ impl Conn {
                 }
                 self.rbuf.reserve(len + 1 - self.rbuf.len());
             } else {
-                self.rbuf.reserve(8192);
+                // Large reads: a busy stream delivers thousands of small messages per read.
+                self.rbuf.reserve(256 * 1024);
             }
             let n = self.socket.read_buf(&mut self.rbuf).await?;
             if n == 0 {
                 return Err(ReplError::Closed);
             }
         }
+    }
+
+    /// Whether a complete message is already buffered (the next read needs no I/O).
+    pub(crate) fn has_frame(&self) -> bool {
+        if self.rbuf.len() < 5 {
+            return false;
+        }
+        let len = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]) as usize;
+        self.rbuf.len() > len
     }
 
     /// Writes out everything queued in `wbuf`.

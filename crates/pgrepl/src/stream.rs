@@ -112,6 +112,12 @@ impl ReplicationStream {
         self.proto_version
     }
 
+    /// Whether the next message is already received (reading it needs no I/O): lets a
+    /// consumer batch work while more is immediately available.
+    pub fn has_buffered(&self) -> bool {
+        self.client.conn.has_frame()
+    }
+
     /// Highest WAL position received so far.
     pub fn received(&self) -> Lsn {
         self.received

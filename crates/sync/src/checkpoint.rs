@@ -174,10 +174,23 @@ impl CheckpointStore {
         mapping_hash: u64,
         now_unix_ms: i64,
     ) -> Result<Manifest, CheckpointError> {
+        self.write_encoded(view, &index.encode(), lsn, mapping_hash, now_unix_ms)
+    }
+
+    /// As [`CheckpointStore::write`] with the row index already encoded ([`RowIndex::encode`]),
+    /// so the writer can hand the work to another thread without cloning the index.
+    pub fn write_encoded(
+        &self,
+        view: &GraphView,
+        index: &[u8],
+        lsn: Lsn,
+        mapping_hash: u64,
+        now_unix_ms: i64,
+    ) -> Result<Manifest, CheckpointError> {
         let snap_lsn = Lsn(view.lsn());
         let snapshot = format!("graph-{:016X}.snap", snap_lsn.0);
         let rows = format!("rows-{:016X}.idx", snap_lsn.0);
-        write_atomic(&self.dir, &rows, &index.encode())?;
+        write_atomic(&self.dir, &rows, index)?;
         snapshot::write(view, &self.dir.join(&snapshot), mapping_hash, now_unix_ms)?;
         let m = Manifest {
             lsn: lsn.max(snap_lsn),

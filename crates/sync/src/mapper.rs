@@ -494,6 +494,25 @@ impl Mapper {
         Ok(Some(plan))
     }
 
+    /// Applies several committed transactions, in order, as one published view at the last
+    /// one's end LSN (readers still only ever see a transaction boundary). Used to catch up:
+    /// one copy-on-write of the touched overlay chunks instead of one per transaction.
+    pub fn apply_many(
+        &mut self,
+        graph: &mut Graph,
+        index: &mut RowIndex,
+        txns: &[CommittedTxn],
+    ) -> Result<Arc<GraphView>, MapError> {
+        let Some(last) = txns.last() else {
+            return Ok(graph.view());
+        };
+        let mut t = graph.begin(last.end_lsn.0)?;
+        for txn in txns {
+            txn.for_each_change(|change| self.apply_change(&mut t, index, change))?;
+        }
+        Ok(t.commit()?)
+    }
+
     /// Applies one committed transaction to `graph` as one published view at `txn.end_lsn`,
     /// keeping `index` in step. On error nothing is published, but `index` may hold part of
     /// the transaction: the caller must stop and recover from its last checkpoint.

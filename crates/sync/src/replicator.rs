@@ -16,6 +16,7 @@
 
 use crate::assembly::{AssemblyError, TxnAssembler};
 use crate::catalog::{self, CatalogError, TableInfo};
+use crate::change::CommittedTxn;
 use crate::checkpoint::{CheckpointError, CheckpointStore, Manifest};
 use crate::config::MappingConfig;
 use crate::copy::{CopyError, CopyReader};
@@ -392,6 +393,10 @@ struct State {
     manifest: Manifest,
     /// Transactions applied since the manifest's snapshot.
     dirty: bool,
+    /// Incremented by every applied batch.
+    version: u64,
+    /// Checkpoint and compaction in flight; kept across reconnects so none is lost or raced.
+    bg: Background,
 }
 
 fn now_ms() -> i64 {
@@ -463,6 +468,8 @@ pub async fn run(
                     // Nothing new can be durable without a connection; the last checkpoint
                     // stands. Write one more if changes are pending.
                     if let Some(st) = state.as_mut() {
+                        let mut bg = std::mem::take(&mut st.bg);
+                        bg.reap_checkpoint(&store, st, &status, true).await;
                         if st.dirty {
                             let _ = checkpoint(&store, st, opts.config.mapping_hash(), &status);
                         }
@@ -504,6 +511,154 @@ fn checkpoint(
         s.snapshot_bytes = bytes;
         s.snapshot_unix_ms = now_ms();
     });
+    Ok(())
+}
+
+/// A checkpoint being written on a blocking thread: the manifest and how long it took.
+type CheckpointTask = tokio::task::JoinHandle<Result<(Manifest, Duration), CheckpointError>>;
+
+/// Checkpoints and compactions running on blocking threads while streaming goes on.
+#[derive(Default)]
+struct Background {
+    /// A checkpoint being written, and the state version it captured.
+    checkpoint: Option<(u64, CheckpointTask)>,
+    compaction: Option<tokio::task::JoinHandle<graph::Compacted>>,
+}
+
+impl Background {
+    /// Starts a checkpoint of the current view covering `st.safe` if none is running.
+    fn start_checkpoint(&mut self, store: &CheckpointStore, st: &mut State, hash: u64) {
+        if self.checkpoint.is_some() {
+            return;
+        }
+        let view = st.graph.view();
+        let index = st.index.encode();
+        let (store, lsn) = (store.clone(), st.safe);
+        self.checkpoint = Some((
+            st.version,
+            tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                store
+                    .write_encoded(&view, &index, lsn, hash, now_ms())
+                    .map(|m| (m, started.elapsed()))
+            }),
+        ));
+    }
+
+    /// Collects a finished checkpoint (or waits for it with `wait`).
+    async fn reap_checkpoint(&mut self, store: &CheckpointStore, st: &mut State, status: &ReplicaStatus, wait: bool) {
+        let Some((_, h)) = self.checkpoint.as_ref() else { return };
+        if !wait && !h.is_finished() {
+            return;
+        }
+        let Some((version, h)) = self.checkpoint.take() else {
+            return;
+        };
+        match h.await {
+            Ok(Ok((m, took))) => {
+                // Clean only if nothing was applied since the checkpoint captured the view.
+                if st.version == version {
+                    st.dirty = false;
+                }
+                tracing::info!(lsn = %m.lsn, snapshot = %m.snapshot, ms = took.as_millis() as u64, "checkpoint written");
+                let bytes = std::fs::metadata(store.dir().join(&m.snapshot)).map_or(0, |md| md.len());
+                // An idle advance may not have happened meanwhile (none runs while a
+                // checkpoint is in flight), so this manifest is the newest.
+                st.manifest = m;
+                status.update(|s| {
+                    s.durable_lsn = st.manifest.lsn;
+                    s.snapshot_lsn = st.manifest.snapshot_lsn;
+                    s.checkpoints += 1;
+                    s.snapshot_bytes = bytes;
+                    s.snapshot_unix_ms = now_ms();
+                });
+            }
+            Ok(Err(e)) => checkpoint_failed(status, &e),
+            Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
+        }
+    }
+
+    /// Starts a compaction when overlays passed the soft limit; swaps in a finished one;
+    /// waits for it when overlays reached the hard limit.
+    async fn compaction(&mut self, st: &mut State, status: &ReplicaStatus) -> Result<(), SyncError> {
+        if self.compaction.is_none() && st.graph.needs_compaction() {
+            let job = st.graph.begin_compaction();
+            let started = Instant::now();
+            self.compaction = Some(tokio::task::spawn_blocking(move || {
+                let done = job.build();
+                tracing::debug!(ms = started.elapsed().as_millis() as u64, "compaction built");
+                done
+            }));
+            status.update(|s| s.compactions += 1);
+        }
+        let must_wait = st.graph.read_only_reason().is_some();
+        let ready = self.compaction.as_ref().is_some_and(|h| h.is_finished());
+        if ready || (must_wait && self.compaction.is_some()) {
+            if must_wait {
+                tracing::warn!("overlays at the hard limit; waiting for the compaction");
+            }
+            let started = Instant::now();
+            if let Some(h) = self.compaction.take() {
+                let done = h
+                    .await
+                    .map_err(|e| SyncError::Io(format!("compaction task failed: {e}")))?;
+                st.graph.finish_compaction(done)?;
+                let took = started.elapsed();
+                tracing::info!(ms = took.as_millis() as u64, "compacted overlays");
+                status.update(|s| s.compaction_seconds += took.as_secs_f64());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies the batched transactions as one graph transaction and publishes it.
+fn apply_pending(
+    pending: &mut Vec<CommittedTxn>,
+    mapper: &mut Mapper,
+    st: &mut State,
+    status: &ReplicaStatus,
+) -> Result<(), SyncError> {
+    let Some(last) = pending.last() else { return Ok(()) };
+    let (end, time) = (last.end_lsn, last.commit_time);
+    if st.graph.read_only_reason().is_some() {
+        // No compaction in flight to wait for (the loop waits for one before applying).
+        tracing::warn!("overlays at the hard limit; compacting before applying");
+        tokio::task::block_in_place(|| st.graph.compact())?;
+    }
+    let started = Instant::now();
+    mapper.apply_many(&mut st.graph, &mut st.index, pending)?;
+    let took = started.elapsed().as_secs_f64();
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    for txn in pending.iter() {
+        if let Some(sp) = &txn.spilled {
+            tracing::info!(
+                xid = txn.xid,
+                changes = txn.len(),
+                spilled_bytes = sp.bytes(),
+                "applied a large transaction spilled to disk"
+            );
+        }
+    }
+    let changes: usize = pending.iter().map(CommittedTxn::len).sum();
+    status.update(|s| {
+        s.apply_seconds.observe(took);
+        for txn in pending.iter() {
+            let lag = (now_us - txn.commit_time.unix_micros()) as f64 / 1e6;
+            s.commit_to_apply_seconds.observe(lag.max(0.0));
+        }
+        s.applied_lsn = end;
+        s.last_commit_time = Some(time);
+        s.transactions += pending.len() as u64;
+        s.changes += changes as u64;
+    });
+    st.safe = end;
+    st.dirty = true;
+    st.version += 1;
+    pending.clear();
     Ok(())
 }
 
@@ -611,6 +766,8 @@ async fn session(
                     safe: r.lsn,
                     manifest: r.manifest,
                     dirty: false,
+                    version: 0,
+                    bg: Background::default(),
                 });
             }
             None => {
@@ -647,6 +804,8 @@ async fn session(
                         mapping_hash: hash,
                     },
                     dirty: true,
+                    version: 0,
+                    bg: Background::default(),
                 };
                 tokio::task::block_in_place(|| checkpoint(store, &mut st, hash, status))?;
                 let _ = std::fs::remove_file(store.dir().join("initial-copy.started"));
@@ -836,9 +995,19 @@ async fn stream(
     let mut confirmed = st.manifest.lsn;
     let mut server_end = Lsn(0);
     let mut last_heard = Instant::now();
+    let mut pending: Vec<CommittedTxn> = Vec::new();
+    let mut pending_changes = 0usize;
     loop {
         if *shutdown.borrow() {
+            apply_pending(&mut pending, mapper, st, status)?;
             status.update(|s| s.phase = Phase::Stopping);
+            let mut bg = std::mem::take(&mut st.bg);
+            bg.reap_checkpoint(store, st, status, true).await;
+            if let Some(h) = bg.compaction.take() {
+                if let Ok(done) = h.await {
+                    st.graph.finish_compaction(done)?;
+                }
+            }
             if st.dirty {
                 tokio::task::block_in_place(|| checkpoint(store, st, hash, status))?;
             } else if st.safe > st.manifest.lsn {
@@ -863,49 +1032,22 @@ async fn stream(
                 }
                 let msg = decoder.decode(&data)?;
                 if let Some(txn) = assembler.feed(msg, &decoder)? {
-                    if txn.end_lsn > st.safe {
-                        if st.graph.read_only_reason().is_some() {
-                            tracing::warn!("overlays at the hard limit; compacting before applying");
-                            tokio::task::block_in_place(|| st.graph.compact())?;
-                        }
-                        let started = Instant::now();
-                        mapper.apply(&mut st.graph, &mut st.index, &txn)?;
-                        let took = started.elapsed().as_secs_f64();
-                        let lag = (now_ms() * 1000 - txn.commit_time.unix_micros()) as f64 / 1e6;
-                        if let Some(sp) = &txn.spilled {
-                            tracing::info!(
-                                xid = txn.xid,
-                                changes = txn.len(),
-                                spilled_bytes = sp.bytes(),
-                                "applied a large transaction spilled to disk"
-                            );
-                        }
-                        st.safe = txn.end_lsn;
-                        st.dirty = true;
-                        let n = txn.len() as u64;
-                        status.update(|s| {
-                            s.apply_seconds.observe(took);
-                            s.commit_to_apply_seconds.observe(lag.max(0.0));
-                            s.applied_lsn = txn.end_lsn;
-                            s.last_commit_time = Some(txn.commit_time);
-                            s.server_wal_end = s.server_wal_end.max(wal_end);
-                            s.transactions += 1;
-                            s.changes += n;
-                        });
-                        if st.graph.needs_compaction() {
-                            let started = Instant::now();
-                            tokio::task::block_in_place(|| st.graph.compact())?;
-                            let took = started.elapsed();
-                            tracing::info!(ms = took.as_millis() as u64, "compacted overlays");
-                            status.update(|s| {
-                                s.compactions += 1;
-                                s.compaction_seconds += took.as_secs_f64();
-                            });
+                    let after = pending.last().map_or(st.safe, |t: &CommittedTxn| t.end_lsn);
+                    if txn.end_lsn > after {
+                        pending_changes += txn.len();
+                        let spilled = txn.spilled.is_some();
+                        pending.push(txn);
+                        // Batch while more is already received, within bounds.
+                        if spilled || !stream.has_buffered() || pending_changes >= 50_000 || pending.len() >= 2_000 {
+                            apply_pending(&mut pending, mapper, st, status)?;
+                            pending_changes = 0;
                         }
                     }
                 }
             }
             Next::Event(ReplicationEvent::Keepalive { wal_end, .. }) => {
+                apply_pending(&mut pending, mapper, st, status)?;
+                pending_changes = 0;
                 if wal_end > server_end {
                     server_end = wal_end;
                     status.update(|s| s.server_wal_end = s.server_wal_end.max(wal_end));
@@ -918,19 +1060,26 @@ async fn stream(
                     });
                 }
             }
-            Next::Deadline => {}
+            Next::Deadline => {
+                apply_pending(&mut pending, mapper, st, status)?;
+                pending_changes = 0;
+            }
             Next::Ended => return Err(SyncError::StreamEnded),
         }
         let now = Instant::now();
         // A checkpoint that cannot be written (disk full, permissions) is not fatal: the
         // previous one stays, nothing more is confirmed, and it is retried next interval.
-        if st.dirty && now >= next_checkpoint {
-            match tokio::task::block_in_place(|| checkpoint(store, st, hash, status)) {
-                Ok(()) => {}
-                Err(e) => checkpoint_failed(status, &e),
-            }
+        let mut bg = std::mem::take(&mut st.bg);
+        bg.reap_checkpoint(store, st, status, false).await;
+        let compacted = bg.compaction(st, status).await;
+        if st.dirty && now >= next_checkpoint && bg.checkpoint.is_none() {
+            bg.start_checkpoint(store, st, hash);
             next_checkpoint = Instant::now() + opts.checkpoint_interval;
-        } else if !st.dirty && st.safe > st.manifest.lsn && now >= next_advance {
+        }
+        let idle_advance = !st.dirty && bg.checkpoint.is_none() && st.safe > st.manifest.lsn && now >= next_advance;
+        st.bg = bg;
+        compacted?;
+        if idle_advance {
             match store.advance(&st.manifest, st.safe) {
                 Ok(m) => {
                     st.manifest = m;
