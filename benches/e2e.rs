@@ -150,6 +150,9 @@ fn catch_up(
     let r = start(rt, cluster, db, cfg, data);
     let took = wait_applied(&r, target, Duration::from_secs(1800));
     let cpu = cpu_seconds("self") - cpu0;
+    let snap = r.status.snapshot();
+    let apply = snap.apply_seconds.sum;
+    let compaction = snap.compaction_seconds;
     let walsender_cpu = cluster
         .psql(
             db,
@@ -199,7 +202,11 @@ fn catch_up(
         format!("CPU per million changes, {what}"),
         format!("{:.2} s graphsync", cpu / rows as f64 * 1e6),
         format!("{:.2} s walsender", ws_cpu / rows as f64 * 1e6),
-        String::new(),
+        format!(
+            "of which applying {:.2} s, compacting {:.2} s",
+            apply / rows as f64 * 1e6,
+            compaction / rows as f64 * 1e6
+        ),
     ]);
 }
 
@@ -242,7 +249,7 @@ fn main() {
         &data,
         &move |from, to| {
             format!(
-                "INSERT INTO edges SELECT g / 10, (g * 7919) % {n_nodes}, 1.0 FROM generate_series({from}, {}) g ON CONFLICT DO NOTHING;\n",
+                "INSERT INTO edges SELECT g / 10, (g::bigint * 7919) % {n_nodes}, 1.0 FROM generate_series({from}, {}) g ON CONFLICT DO NOTHING;\n",
                 to - 1
             )
         },

@@ -268,7 +268,7 @@ impl NodeBase {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct NodeStore {
     base: Arc<NodeBase>,
-    changed: imbl::HashMap<u32, Option<Arc<NodeData>>>,
+    changed: Changed,
     index_delta: imbl::HashMap<(NodeLabel, NodeKey), u32>,
     tenant_ids: imbl::HashMap<NodeKey, TenantId>,
     tenant_names: imbl::Vector<NodeKey>,
@@ -278,10 +278,50 @@ pub(crate) struct NodeStore {
     filter_members: imbl::HashMap<FilterValueId, Arc<RoaringBitmap>>,
 }
 
+/// Node data changed since the base: a persistent map for base nodes, and for nodes added
+/// since (dense ids from the base's length on) a persistent vector, so inserting new nodes
+/// appends instead of copying hash-trie paths.
+#[derive(Debug, Clone, Default)]
+struct Changed {
+    base: imbl::HashMap<u32, Option<Arc<NodeData>>>,
+    added: imbl::Vector<Option<Arc<NodeData>>>,
+}
+
+impl Changed {
+    /// `Some(data)` if `n` changed since a base of `base_len` nodes.
+    fn get(&self, base_len: u32, n: u32) -> Option<&Option<Arc<NodeData>>> {
+        if n < base_len {
+            self.base.get(&n)
+        } else {
+            self.added.get((n - base_len) as usize)
+        }
+    }
+
+    fn insert(&mut self, base_len: u32, n: u32, data: Option<Arc<NodeData>>) {
+        if n < base_len {
+            self.base.insert(n, data);
+            return;
+        }
+        let i = (n - base_len) as usize;
+        while self.added.len() < i {
+            self.added.push_back(None);
+        }
+        if i == self.added.len() {
+            self.added.push_back(data);
+        } else {
+            self.added.set(i, data);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.base.is_empty() && self.added.is_empty()
+    }
+}
+
 impl NodeStore {
     /// The data of node `n`, if it was ever given any (built from the columns for base nodes).
     pub(crate) fn data(&self, n: u32) -> Option<Arc<NodeData>> {
-        if let Some(d) = self.changed.get(&n) {
+        if let Some(d) = self.changed.get(self.base.len() as u32, n) {
             return d.clone();
         }
         let b = &self.base;
@@ -314,7 +354,7 @@ impl NodeStore {
     /// Whether `n` changed since the base (its tenant must then be read from `changed`).
     pub(crate) fn tenant_of(&self, n: u32, changed: bool) -> Option<TenantId> {
         if changed {
-            if let Some(d) = self.changed.get(&n) {
+            if let Some(d) = self.changed.get(self.base.len() as u32, n) {
                 let t = d.as_ref()?.tenant.as_ref()?;
                 return self.tenant_ids.get(t).copied();
             }
@@ -433,7 +473,8 @@ impl NodeStore {
         if let Some(d) = &data {
             self.index_delta.insert((d.label, d.key.clone()), n);
         }
-        self.changed.insert(n, data);
+        let base_len = self.base.len() as u32;
+        self.changed.insert(base_len, n, data);
     }
 
     /// A store whose base holds `nodes` (node `i` is `nodes[i]`), built in one pass.
@@ -471,7 +512,7 @@ impl NodeStore {
     pub(crate) fn compacted(&self, node_count: u32) -> NodeStore {
         let mut store = NodeStore {
             base: Arc::default(),
-            changed: imbl::HashMap::new(),
+            changed: Changed::default(),
             index_delta: imbl::HashMap::new(),
             tenant_ids: self.tenant_ids.clone(),
             tenant_names: self.tenant_names.clone(),

@@ -144,8 +144,10 @@ struct Chunk {
     /// For each node, 1 + its position in `deltas`, or 0 when it has no overlay edges: a
     /// direct index, no hashing on the traversal path.
     slot: [u16; CHUNK_NODES],
-    /// Overlay edges of the chunk's nodes: `[outgoing, incoming]`.
-    deltas: Vec<[NodeDelta; 2]>,
+    /// Overlay edges of the chunk's nodes: `[outgoing, incoming]`, each shared between views
+    /// until written: a transaction that touches one node clones that node's edges, not the
+    /// whole chunk's.
+    deltas: Vec<Arc<[NodeDelta; 2]>>,
 }
 
 impl Default for Chunk {
@@ -176,7 +178,7 @@ impl Chunk {
             // At most 256 entries: fits in u16.
             self.slot[i] = self.deltas.len() as u16;
         }
-        &mut self.deltas[usize::from(self.slot[i]) - 1][usize::from(dir == Direction::In)]
+        &mut Arc::make_mut(&mut self.deltas[usize::from(self.slot[i]) - 1])[usize::from(dir == Direction::In)]
     }
 }
 
@@ -591,7 +593,9 @@ impl Topology for GraphView {
             if let Some(c) = self.chunk(n.0) {
                 let s = c.slot[n.index() & (CHUNK_NODES - 1)];
                 if s != 0 {
-                    crate::query::prefetch_ptr(c.deltas.as_ptr().wrapping_add(usize::from(s) - 1));
+                    if let Some(d) = c.deltas.get(usize::from(s) - 1) {
+                        crate::query::prefetch_ptr(Arc::as_ptr(d));
+                    }
                 }
             }
         }
@@ -670,6 +674,22 @@ impl Txn<'_> {
 
     /// Inserts or updates the node `data.label` / `data.key` and makes it visible.
     pub fn upsert_node(&mut self, data: NodeData) -> NodeId {
+        if self.b.view.nodes.resolve(data.label, &data.key).is_none() {
+            // A node never seen: a fresh id is visible from the start, so it needs no
+            // placeholder and no restore, just its data.
+            let id = NodeId(self.b.view.node_count);
+            for m in [
+                Mutation::AddNode,
+                Mutation::SetNode {
+                    id,
+                    data: Some(Arc::new(data)),
+                },
+            ] {
+                // Cannot fail: the id was just allocated.
+                let _ = self.push(m);
+            }
+            return id;
+        }
         let id = self.node_id(data.label, &data.key);
         if !self.b.visible(id) {
             let _ = self.push(Mutation::RestoreNode(id));
@@ -780,25 +800,23 @@ impl Builder {
         }
     }
 
-    /// Stored out-edges of `n` in the builder's state (whatever the endpoints' visibility).
-    fn out_edges(&self, n: NodeId) -> Vec<EdgeInput> {
-        let mut out = Vec::new();
+    /// Calls `f(other, label, weight)` for each stored edge of `n` in `dir` (Out or In) in the
+    /// builder's state, whatever the endpoints' visibility.
+    fn side(&self, n: NodeId, dir: Direction, f: &mut impl FnMut(NodeId, EdgeLabel, f64)) {
         if n.0 >= self.view.node_count {
-            return out;
+            return;
         }
-        let delta = if is_dirty(&self.chunks, n.0, Direction::Out) {
-            lookup(&self.chunks, n.0).and_then(|c| c.delta(n.0, Direction::Out))
+        let delta = if is_dirty(&self.chunks, n.0, dir) {
+            lookup(&self.chunks, n.0).and_then(|c| c.delta(n.0, dir))
         } else {
             None
         };
-        let edge = |target: u32, label, weight| EdgeInput {
-            source: n,
-            target: NodeId(target),
-            label,
-            weight,
-        };
         if n.0 < self.view.base.node_count() {
-            let adj = self.view.base.forward();
+            let adj = if dir == Direction::In {
+                self.view.base.reverse()
+            } else {
+                self.view.base.forward()
+            };
             let (nodes, labels, weights) = adj.edges(n);
             let start = adj.range(n).start as u32;
             let deleted: &[u32] = delta.map_or(&[], |d| &d.deleted);
@@ -806,12 +824,27 @@ impl Builder {
                 if !deleted.is_empty() && deleted.binary_search(&(start + i as u32)).is_ok() {
                     continue;
                 }
-                out.push(edge(nodes[i], labels[i], weights.map_or(1.0, |w| w[i])));
+                f(NodeId(nodes[i]), labels[i], weights.map_or(1.0, |w| w[i]));
             }
         }
         if let Some(d) = delta {
-            out.extend(d.added.iter().map(|e| edge(e.other, e.label, e.weight)));
+            for e in &d.added {
+                f(NodeId(e.other), e.label, e.weight);
+            }
         }
+    }
+
+    /// Stored out-edges of `n` in the builder's state (whatever the endpoints' visibility).
+    fn out_edges(&self, n: NodeId) -> Vec<EdgeInput> {
+        let mut out = Vec::new();
+        self.side(n, Direction::Out, &mut |m, label, weight| {
+            out.push(EdgeInput {
+                source: n,
+                target: m,
+                label,
+                weight,
+            })
+        });
         out
     }
 
@@ -828,15 +861,14 @@ impl Builder {
 
     /// Edges of `n` (a self-loop once) whose other end is visible.
     fn visible_incident(&self, n: NodeId) -> usize {
-        let view = self.current_view();
         let mut count = 0;
-        view.side(n, Direction::Out, &mut |m, _, _| {
-            if m == n || view.is_visible(m) {
+        self.side(n, Direction::Out, &mut |m, _, _| {
+            if m == n || self.visible(m) {
                 count += 1;
             }
         });
-        view.side(n, Direction::In, &mut |m, _, _| {
-            if m != n && view.is_visible(m) {
+        self.side(n, Direction::In, &mut |m, _, _| {
+            if m != n && self.visible(m) {
                 count += 1;
             }
         });
