@@ -77,10 +77,22 @@ struct Running {
 }
 
 fn start(rt: &tokio::runtime::Runtime, cluster: &Cluster, db: &str, cfg: &Path, data: &Path) -> Running {
+    start_with(rt, cluster, db, cfg, data, false)
+}
+
+fn start_with(
+    rt: &tokio::runtime::Runtime,
+    cluster: &Cluster,
+    db: &str,
+    cfg: &Path,
+    data: &Path,
+    binary: bool,
+) -> Running {
     let config = Arc::new(MappingConfig::load(cfg).unwrap());
     let conn = pgrepl::Config::parse(&cluster.conn_str(db)).unwrap();
     let mut opts = Options::new(config, conn, data.to_path_buf());
     opts.checkpoint_interval = Duration::from_secs(5);
+    opts.binary = binary;
     let status = ReplicaStatus::new();
     let (stop, rx) = tokio::sync::watch::channel(false);
     let task = rt.spawn(replicator::run(opts, status.clone(), rx));
@@ -127,6 +139,7 @@ fn catch_up(
     rows: u64,
     out: &mut Vec<[String; 4]>,
     what: &str,
+    binary: bool,
 ) {
     // Both slots exist before the writes; graphsync's has a checkpoint of the current state.
     let r = start(rt, cluster, db, cfg, data);
@@ -147,7 +160,7 @@ fn catch_up(
     let target = current_lsn(cluster, db);
 
     let cpu0 = cpu_seconds("self");
-    let r = start(rt, cluster, db, cfg, data);
+    let r = start_with(rt, cluster, db, cfg, data, binary);
     let took = wait_applied(&r, target, Duration::from_secs(1800));
     let cpu = cpu_seconds("self") - cpu0;
     let snap = r.status.snapshot();
@@ -256,6 +269,7 @@ fn main() {
         rows,
         &mut out,
         "edge table",
+        false,
     );
     catch_up(
         &rt,
@@ -273,6 +287,26 @@ fn main() {
         rows,
         &mut out,
         "10-column table",
+        false,
+    );
+    catch_up(
+        &rt,
+        &cluster,
+        &db,
+        &cfg,
+        &data,
+        &move |from, to| {
+            let (from, to) = (from + 2 * rows, to + 2 * rows);
+            format!(
+                "INSERT INTO wide SELECT g, g % {n_nodes}, g % 7, 'text ' || g, md5(g::text), g * 0.5, g * 3, g % 2 = 0, \
+                 '2024-01-01'::timestamptz + g * interval '1 second', g / 3.0 FROM generate_series({from}, {}) g;\n",
+                to - 1
+            )
+        },
+        rows,
+        &mut out,
+        "10-column table, binary",
+        true,
     );
 
     // Restart from the snapshot of this graph vs copying it again.

@@ -43,6 +43,10 @@ pub struct ReplicateArgs {
     /// spill to temporary files in the data directory.
     #[arg(long, env = "GRAPHSYNC_SPILL_THRESHOLD_MB", default_value_t = 64)]
     pub spill_threshold_mb: usize,
+    /// Ask the server for column values in binary form (less work for both sides on numeric,
+    /// temporal and uuid columns).
+    #[arg(long, env = "GRAPHSYNC_BINARY")]
+    pub binary: bool,
     /// Reconnect after this many milliseconds without a message from the server.
     #[arg(long, env = "GRAPHSYNC_RECEIVE_TIMEOUT_MS", default_value_t = 30_000)]
     pub receive_timeout_ms: u64,
@@ -68,6 +72,7 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     }
     opts.rebuild = args.rebuild;
     opts.spill_threshold = args.spill_threshold_mb << 20;
+    opts.binary = args.binary;
     opts.receive_timeout = Duration::from_millis(args.receive_timeout_ms.max(1000));
     opts.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms.max(10));
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -326,7 +326,7 @@ fn initial_copy_under_load() {
             w.txns
         })
     };
-    let mut r = replica::spawn(cluster, &db, &config, &data, &[]);
+    let mut r = replica::spawn(cluster, &db, &config, &data, &["--binary"]);
     let copied = pgtest::wait_for(DEADLINE, || r.log().contains("initial copy done"));
     assert!(copied, "no initial copy; log:\n{}", r.log());
     stop.store(true, Ordering::SeqCst);
@@ -383,7 +383,8 @@ fn streamed_transactions_spill_to_disk() {
     let mut w = Workload::new(0x5911);
     cluster.psql(&db, &w.seed(100));
     let data = dir.path().join("data");
-    let mut r = replica::spawn(cluster, &db, &config, &data, &["--spill-threshold-mb", "0"]);
+    // Also with values in binary form: spilled tuples keep their column kinds.
+    let mut r = replica::spawn(cluster, &db, &config, &data, &["--spill-threshold-mb", "0", "--binary"]);
     // Streaming first, so both big transactions arrive through the stream.
     r.wait_durable(current_lsn(cluster, &db), DEADLINE);
     cluster.psql(&db, &w.script(40, None, Some(5), Some(7)));

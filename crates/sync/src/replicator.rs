@@ -52,6 +52,8 @@ pub struct Options {
     pub status_interval: Duration,
     /// Compaction thresholds.
     pub compaction: CompactionPolicy,
+    /// Ask pgoutput for column values in binary form where the type allows.
+    pub binary: bool,
     /// Reconnect when nothing (data or keepalive) came from the server for this long; while
     /// idle the replicator asks for a keepalive every 250 ms.
     pub receive_timeout: Duration,
@@ -75,6 +77,7 @@ impl Options {
             compaction: CompactionPolicy::default(),
             spill_threshold: 64 << 20,
             receive_timeout: Duration::from_secs(30),
+            binary: false,
         }
     }
 }
@@ -979,6 +982,7 @@ async fn stream(
     let hash = opts.config.mapping_hash();
     let mut start = StartOptions::new(opts.publication.clone());
     start.streaming = Streaming::On;
+    start.binary = opts.binary;
     start.status_interval = opts.status_interval;
     // Confirm exactly the durable position from the first status update on.
     let mut stream = client.start_replication(&opts.slot, st.manifest.lsn, &start).await?;
