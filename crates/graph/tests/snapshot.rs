@@ -217,3 +217,13 @@ fn every_flipped_byte_and_truncation_is_refused() {
 fn xxhash_of_header(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&bytes[0..32])
 }
+
+/// Writes the sample graph's snapshot to `$GRAPHSYNC_FUZZ_SEED` (the fuzz corpus seed):
+/// `GRAPHSYNC_FUZZ_SEED=fuzz/corpus/snapshot/sample.snap cargo test -p graph --test snapshot -- --ignored`.
+#[test]
+#[ignore]
+fn write_fuzz_seed() {
+    let Some(path) = std::env::var_os("GRAPHSYNC_FUZZ_SEED") else { return };
+    let g = sample_graph();
+    snapshot::write(&g.view(), std::path::Path::new(&path), 7, 0).unwrap();
+}
