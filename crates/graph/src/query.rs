@@ -125,6 +125,11 @@ pub trait Topology {
     #[inline]
     fn prefetch(&self, _n: NodeId, _dir: Direction) {}
 
+    /// A hint that `n`'s edges are read very soon, after [`Topology::prefetch`]: the third
+    /// stage, for data reached through a pointer loaded by the second.
+    #[inline]
+    fn prefetch_late(&self, _n: NodeId, _dir: Direction) {}
+
     /// A hint that [`Topology::prefetch`] will be called for `n` soon: load what locating
     /// `n`'s edges needs (two-stage prefetching).
     #[inline]
@@ -321,6 +326,9 @@ pub fn k_hop<G: Topology>(
         depth += 1;
         while head < level_end {
             let n = out[head].0;
+            if let Some(&(ahead, _)) = out.get(head + AHEAD / 2) {
+                g.prefetch_late(ahead, dir);
+            }
             if let Some(&(ahead, _)) = out.get(head + AHEAD) {
                 g.prefetch(ahead, dir);
             }

@@ -588,7 +588,21 @@ impl Topology for GraphView {
         if n.0 < self.base.node_count() {
             self.base.prefetch(n, dir);
         }
-        // Second stage for changed nodes: their overlay entry (the slot was prefetched earlier).
+        // Second stage for changed nodes: the pointer to their overlay entry (the slot was
+        // prefetched earlier).
+        if is_dirty(&self.chunks, n.0, dir) {
+            if let Some(c) = self.chunk(n.0) {
+                let s = c.slot[n.index() & (CHUNK_NODES - 1)];
+                if s != 0 {
+                    crate::query::prefetch_ptr(c.deltas.as_ptr().wrapping_add(usize::from(s) - 1));
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn prefetch_late(&self, n: NodeId, dir: Direction) {
+        // Third stage: the overlay entry itself.
         if is_dirty(&self.chunks, n.0, dir) {
             if let Some(c) = self.chunk(n.0) {
                 let s = c.slot[n.index() & (CHUNK_NODES - 1)];

@@ -223,7 +223,9 @@ fn xxhash_of_header(bytes: &[u8]) -> u64 {
 #[test]
 #[ignore]
 fn write_fuzz_seed() {
-    let Some(path) = std::env::var_os("GRAPHSYNC_FUZZ_SEED") else { return };
+    let Some(path) = std::env::var_os("GRAPHSYNC_FUZZ_SEED") else {
+        return;
+    };
     let g = sample_graph();
     snapshot::write(&g.view(), std::path::Path::new(&path), 7, 0).unwrap();
 }
