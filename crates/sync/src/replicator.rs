@@ -605,7 +605,13 @@ impl Background {
                 let done = h
                     .await
                     .map_err(|e| SyncError::Io(format!("compaction task failed: {e}")))?;
-                st.graph.finish_compaction(done)?;
+                match st.graph.finish_compaction(done) {
+                    // A synchronous compaction at the hard limit superseded this one.
+                    Err(ApplyError::StaleCompaction) => return Ok(()),
+                    r => {
+                        r?;
+                    }
+                }
                 let took = started.elapsed();
                 tracing::info!(ms = took.as_millis() as u64, "compacted overlays");
                 status.update(|s| s.compaction_seconds += took.as_secs_f64());
@@ -1009,7 +1015,10 @@ async fn stream(
             bg.reap_checkpoint(store, st, status, true).await;
             if let Some(h) = bg.compaction.take() {
                 if let Ok(done) = h.await {
-                    st.graph.finish_compaction(done)?;
+                    match st.graph.finish_compaction(done) {
+                        Err(ApplyError::StaleCompaction) | Ok(_) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             }
             if st.dirty {
