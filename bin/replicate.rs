@@ -47,6 +47,10 @@ pub struct ReplicateArgs {
     /// temporal and uuid columns).
     #[arg(long, env = "GRAPHSYNC_BINARY")]
     pub binary: bool,
+    /// Overlay edge changes that start a background compaction (transactions are refused
+    /// only at 16 times this, until it finishes).
+    #[arg(long, env = "GRAPHSYNC_COMPACTION_THRESHOLD", default_value_t = 1 << 20)]
+    pub compaction_threshold: usize,
     /// Reconnect after this many milliseconds without a message from the server.
     #[arg(long, env = "GRAPHSYNC_RECEIVE_TIMEOUT_MS", default_value_t = 30_000)]
     pub receive_timeout_ms: u64,
@@ -73,6 +77,10 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     opts.rebuild = args.rebuild;
     opts.spill_threshold = args.spill_threshold_mb << 20;
     opts.binary = args.binary;
+    opts.compaction = graph::CompactionPolicy {
+        soft_limit: args.compaction_threshold.max(1),
+        hard_limit: args.compaction_threshold.max(1).saturating_mul(16),
+    };
     opts.receive_timeout = Duration::from_millis(args.receive_timeout_ms.max(1000));
     opts.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms.max(10));
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -30,7 +30,9 @@ fn oracle_two_thousand_transactions() {
     let mut w = Workload::new(0x5eed);
     cluster.psql(&db, &w.seed(300));
     let data = dir.path().join("data");
-    let mut r = replica::spawn(cluster, &db, &config, &data, &[]);
+    // A small compaction threshold: background compactions run (and replay what was applied
+    // meanwhile) many times during the workload.
+    let mut r = replica::spawn(cluster, &db, &config, &data, &["--compaction-threshold", "300"]);
     // Writes while the replicator starts (initial copy and streaming).
     for batch in 0..20 {
         let script = w.script(
@@ -51,6 +53,10 @@ fn oracle_two_thousand_transactions() {
     let (status, log) = r.stop();
     assert!(status.success(), "graphsync exited with {status}; log:\n{log}");
     assert!(log.contains("initial copy done"), "{log}");
+    assert!(
+        log.matches("compacted overlays").count() >= 3,
+        "too few compactions:\n{log}"
+    );
     if std::env::var_os("GRAPHSYNC_TEST_LOG").is_some() {
         eprintln!("{log}");
     }
@@ -145,7 +151,8 @@ fn crash_twenty_sigkills_lose_nothing() {
     let mut seed = 0x9e3779b97f4a7c15u64;
     let mut logs = String::new();
     for _ in 0..20 {
-        let r = replica::spawn(cluster, &db, &config, &data, &[]);
+        // Small compaction threshold: some kills land during background compactions.
+        let r = replica::spawn(cluster, &db, &config, &data, &["--compaction-threshold", "200"]);
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;

@@ -1193,6 +1193,11 @@ impl Graph {
         }
     }
 
+    /// Changes the compaction limits.
+    pub fn set_policy(&mut self, policy: CompactionPolicy) {
+        self.policy = policy;
+    }
+
     /// The current view. Cheap (one reference count); hold it for a whole query.
     pub fn view(&self) -> Arc<GraphView> {
         self.current.view()

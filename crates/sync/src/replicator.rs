@@ -763,6 +763,8 @@ async fn session(
                     });
                 }
                 tracing::info!(lsn = %r.lsn, snapshot = %r.manifest.snapshot, nodes = r.graph.view().node_count(), edges = r.graph.view().edge_count(), "restored checkpoint");
+                let mut r = r;
+                r.graph.set_policy(opts.compaction);
                 status.set_graph(r.graph.reader());
                 status.update(|st| {
                     st.applied_lsn = r.lsn;
