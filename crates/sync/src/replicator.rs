@@ -1034,7 +1034,7 @@ async fn stream(
             tracing::info!(confirmed = %st.manifest.lsn, "stopped cleanly");
             return Ok(());
         }
-        let tick = (Instant::now() + Duration::from_millis(200)).min(next_checkpoint);
+        let tick = (Instant::now() + Duration::from_millis(50)).min(next_checkpoint);
         let next = stream.next_before(Some(tick.into())).await?;
         if !matches!(next, Next::Deadline) {
             last_heard = Instant::now();
