@@ -271,43 +271,34 @@ fn main() {
         "edge table",
         false,
     );
-    catch_up(
-        &rt,
-        &cluster,
-        &db,
-        &cfg,
-        &data,
-        &move |from, to| {
+    // Rows of the 10-column table, ids from `offset` on.
+    let wide = move |offset: u64| {
+        move |from: u64, to: u64| {
+            let (from, to) = (from + offset, to + offset);
             format!(
                 "INSERT INTO wide SELECT g, g % {n_nodes}, g % 7, 'text ' || g, md5(g::text), g * 0.5, g * 3, g % 2 = 0, \
                  '2024-01-01'::timestamptz + g * interval '1 second', g / 3.0 FROM generate_series({from}, {}) g;\n",
                 to - 1
             )
-        },
-        rows,
-        &mut out,
-        "10-column table",
-        false,
-    );
-    catch_up(
-        &rt,
-        &cluster,
-        &db,
-        &cfg,
-        &data,
-        &move |from, to| {
-            let (from, to) = (from + 2 * rows, to + 2 * rows);
-            format!(
-                "INSERT INTO wide SELECT g, g % {n_nodes}, g % 7, 'text ' || g, md5(g::text), g * 0.5, g * 3, g % 2 = 0, \
-                 '2024-01-01'::timestamptz + g * interval '1 second', g / 3.0 FROM generate_series({from}, {}) g;\n",
-                to - 1
-            )
-        },
-        rows,
-        &mut out,
-        "10-column table, binary",
-        true,
-    );
+        }
+    };
+    for (offset, what, binary) in [
+        (0, "10-column table", false),
+        (2 * rows, "10-column table, binary", true),
+    ] {
+        catch_up(
+            &rt,
+            &cluster,
+            &db,
+            &cfg,
+            &data,
+            &wide(offset),
+            rows,
+            &mut out,
+            what,
+            binary,
+        );
+    }
 
     // Restart from the snapshot of this graph vs copying it again.
     let r = start(&rt, &cluster, &db, &cfg, &data);

@@ -119,12 +119,7 @@ impl Api {
 }
 
 fn key_text(k: &NodeKey) -> String {
-    match k {
-        NodeKey::Int(i) => i.to_string(),
-        NodeKey::Text(t) => t.to_string(),
-        NodeKey::Uuid(u) => pgoutput::Value::format_uuid(u),
-        NodeKey::Composite(parts) => parts.iter().map(key_text).collect::<Vec<_>>().join(","),
-    }
+    k.to_string()
 }
 
 fn node_name(view: &GraphView, schema: &GraphSchema, n: NodeId) -> String {

@@ -202,12 +202,7 @@ pub struct Expected {
 }
 
 fn key_text(k: &NodeKey) -> String {
-    match k {
-        NodeKey::Int(i) => i.to_string(),
-        NodeKey::Text(t) => t.to_string(),
-        NodeKey::Uuid(u) => pgoutput::Value::format_uuid(u),
-        NodeKey::Composite(parts) => parts.iter().map(key_text).collect::<Vec<_>>().join(","),
-    }
+    k.to_string()
 }
 
 /// Loads the checkpoint in `data_dir` and compares it with `expected`: the same visible

@@ -29,6 +29,35 @@ pub enum NodeKey {
     Composite(Arc<[NodeKey]>),
 }
 
+impl std::fmt::Display for NodeKey {
+    /// The key as text, as the API names nodes (`Label:key`): integers in decimal, uuids in
+    /// their canonical form, text as is, composite keys' parts joined by `,`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeKey::Int(i) => write!(f, "{i}"),
+            NodeKey::Text(t) => f.write_str(t),
+            NodeKey::Uuid(u) => {
+                for (i, b) in u.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        f.write_str("-")?;
+                    }
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
+            NodeKey::Composite(parts) => {
+                for (i, p) in parts.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 impl NodeKey {
     /// Appends the key's self-delimiting binary encoding (the one snapshots use) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {

@@ -512,28 +512,39 @@ impl GraphView {
     /// Edges of `n` in one direction (Out or In), base minus deletions plus additions.
     #[inline]
     fn side(&self, n: NodeId, dir: Direction, f: &mut impl FnMut(NodeId, EdgeLabel, f64)) {
+        edges_of(&self.base, self.delta(n, dir), n, dir, f)
+    }
+}
+
+/// Edges of `n` in one direction: the base CSR's minus the deleted positions, plus the added
+/// ones of its overlay entry `delta`.
+#[inline]
+fn edges_of(
+    base: &Csr,
+    delta: Option<&NodeDelta>,
+    n: NodeId,
+    dir: Direction,
+    f: &mut impl FnMut(NodeId, EdgeLabel, f64),
+) {
+    if n.0 < base.node_count() {
         let adj = if dir == Direction::In {
-            self.base.reverse()
+            base.reverse()
         } else {
-            self.base.forward()
+            base.forward()
         };
-        let in_base = n.0 < self.base.node_count();
-        let delta = self.delta(n, dir);
-        if in_base {
-            let (nodes, labels, weights) = adj.edges(n);
-            let start = adj.range(n).start as u32;
-            let deleted: &[u32] = delta.map_or(&[], |d| &d.deleted);
-            for i in 0..nodes.len() {
-                if !deleted.is_empty() && deleted.binary_search(&(start + i as u32)).is_ok() {
-                    continue;
-                }
-                f(NodeId(nodes[i]), labels[i], weights.map_or(1.0, |w| w[i]));
+        let (nodes, labels, weights) = adj.edges(n);
+        let start = adj.range(n).start as u32;
+        let deleted: &[u32] = delta.map_or(&[], |d| &d.deleted);
+        for i in 0..nodes.len() {
+            if !deleted.is_empty() && deleted.binary_search(&(start + i as u32)).is_ok() {
+                continue;
             }
+            f(NodeId(nodes[i]), labels[i], weights.map_or(1.0, |w| w[i]));
         }
-        if let Some(d) = delta {
-            for e in &d.added {
-                f(NodeId(e.other), e.label, e.weight);
-            }
+    }
+    if let Some(d) = delta {
+        for e in &d.added {
+            f(NodeId(e.other), e.label, e.weight);
         }
     }
 }
@@ -825,27 +836,7 @@ impl Builder {
         } else {
             None
         };
-        if n.0 < self.view.base.node_count() {
-            let adj = if dir == Direction::In {
-                self.view.base.reverse()
-            } else {
-                self.view.base.forward()
-            };
-            let (nodes, labels, weights) = adj.edges(n);
-            let start = adj.range(n).start as u32;
-            let deleted: &[u32] = delta.map_or(&[], |d| &d.deleted);
-            for i in 0..nodes.len() {
-                if !deleted.is_empty() && deleted.binary_search(&(start + i as u32)).is_ok() {
-                    continue;
-                }
-                f(NodeId(nodes[i]), labels[i], weights.map_or(1.0, |w| w[i]));
-            }
-        }
-        if let Some(d) = delta {
-            for e in &d.added {
-                f(NodeId(e.other), e.label, e.weight);
-            }
-        }
+        edges_of(&self.view.base, delta, n, dir, f)
     }
 
     /// Stored out-edges of `n` in the builder's state (whatever the endpoints' visibility).

@@ -504,9 +504,15 @@ fn checkpoint(
     let view = st.graph.view();
     let m = store.write(&view, &st.index, st.safe, hash, now_ms())?;
     tracing::info!(lsn = %m.lsn, snapshot = %m.snapshot, ms = started.elapsed().as_millis() as u64, "checkpoint written");
+    record_checkpoint(store, st, m, status);
+    st.dirty = false;
+    Ok(())
+}
+
+/// Makes `m` the state's manifest and reports it.
+fn record_checkpoint(store: &CheckpointStore, st: &mut State, m: Manifest, status: &ReplicaStatus) {
     let bytes = std::fs::metadata(store.dir().join(&m.snapshot)).map_or(0, |md| md.len());
     st.manifest = m;
-    st.dirty = false;
     status.update(|s| {
         s.durable_lsn = st.manifest.lsn;
         s.snapshot_lsn = st.manifest.snapshot_lsn;
@@ -514,7 +520,6 @@ fn checkpoint(
         s.snapshot_bytes = bytes;
         s.snapshot_unix_ms = now_ms();
     });
-    Ok(())
 }
 
 /// A checkpoint being written on a blocking thread: the manifest and how long it took.
@@ -564,17 +569,9 @@ impl Background {
                     st.dirty = false;
                 }
                 tracing::info!(lsn = %m.lsn, snapshot = %m.snapshot, ms = took.as_millis() as u64, "checkpoint written");
-                let bytes = std::fs::metadata(store.dir().join(&m.snapshot)).map_or(0, |md| md.len());
-                // An idle advance may not have happened meanwhile (none runs while a
-                // checkpoint is in flight), so this manifest is the newest.
-                st.manifest = m;
-                status.update(|s| {
-                    s.durable_lsn = st.manifest.lsn;
-                    s.snapshot_lsn = st.manifest.snapshot_lsn;
-                    s.checkpoints += 1;
-                    s.snapshot_bytes = bytes;
-                    s.snapshot_unix_ms = now_ms();
-                });
+                // No idle advance runs while a checkpoint is in flight, so this manifest is the
+                // newest.
+                record_checkpoint(store, st, m, status);
             }
             Ok(Err(e)) => checkpoint_failed(status, &e),
             Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
