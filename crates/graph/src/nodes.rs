@@ -294,11 +294,19 @@ impl NodeBase {
 }
 
 /// The node store of one view.
+/// (label, key) → the nodes added since the base that ever held it, oldest first.
+type NewKeys = HashMap<(NodeLabel, NodeKey), smallvec::SmallVec<[u32; 1]>>;
+
 #[derive(Debug, Clone, Default)]
 pub(crate) struct NodeStore {
     base: Arc<NodeBase>,
     changed: Changed,
+    /// Keys base nodes took since the base (rare: a key change of an existing row).
     index_delta: imbl::HashMap<(NodeLabel, NodeKey), u32>,
+    /// Keys of nodes added since the base: append-only and shared by every view derived from
+    /// this base (a view sees only the nodes it holds data for, so every hit is checked
+    /// against the view's own data). Avoids copying hash-trie paths per inserted node.
+    new_keys: Arc<std::sync::RwLock<NewKeys>>,
     tenant_ids: imbl::HashMap<NodeKey, TenantId>,
     tenant_names: imbl::Vector<NodeKey>,
     members: imbl::HashMap<TenantId, Arc<RoaringBitmap>>,
@@ -396,10 +404,28 @@ impl NodeStore {
 
     /// The node with this label and key.
     pub(crate) fn resolve(&self, label: NodeLabel, key: &NodeKey) -> Option<u32> {
-        match self.index_delta.get(&(label, key.clone())) {
-            // `u32::MAX` shadows a base entry whose node took another key.
-            Some(&n) => (n != u32::MAX).then_some(n),
-            None => self.base.lookup(label, key),
+        let k = (label, key.clone());
+        if let Some(&n) = self.index_delta.get(&k) {
+            if self.holds(n, label, key) {
+                return Some(n);
+            }
+        }
+        if let Some(ids) = self.new_keys.read().unwrap_or_else(|e| e.into_inner()).get(&k) {
+            if let Some(&n) = ids.iter().rev().find(|&&n| self.holds(n, label, key)) {
+                return Some(n);
+            }
+        }
+        self.base.lookup(label, key).filter(|&n| self.holds(n, label, key))
+    }
+
+    /// Whether node `n` has this label and key in this store's state.
+    fn holds(&self, n: u32, label: NodeLabel, key: &NodeKey) -> bool {
+        let base_len = self.base.len() as u32;
+        match self.changed.get(base_len, n) {
+            Some(Some(d)) => d.label == label && d.key == *key,
+            Some(None) => false,
+            // Unchanged since the base: the base index (which found it) is right.
+            None => n < base_len,
         }
     }
 
@@ -490,19 +516,20 @@ impl NodeStore {
         for v in new_filters.iter().filter(|v| !old_filters.contains(v)) {
             Arc::make_mut(self.filter_members.entry(*v).or_default()).insert(n);
         }
-        if let Some(o) = &old {
-            if data.as_ref().is_none_or(|d| d.label != o.label || d.key != o.key) {
-                let k = (o.label, o.key.clone());
-                if self.resolve(o.label, &o.key) == Some(n) {
-                    // A key a node leaves stays mapped to it in the base index; shadow it.
-                    self.index_delta.insert(k, u32::MAX);
+        // Keys a node leaves need no clean-up: every index hit is checked against the data.
+        let base_len = self.base.len() as u32;
+        if let Some(d) = &data {
+            let k = (d.label, d.key.clone());
+            if n >= base_len {
+                let mut keys = self.new_keys.write().unwrap_or_else(|e| e.into_inner());
+                let ids = keys.entry(k).or_default();
+                if ids.last() != Some(&n) {
+                    ids.push(n);
                 }
+            } else if self.base.lookup(d.label, &d.key) != Some(n) {
+                self.index_delta.insert(k, n);
             }
         }
-        if let Some(d) = &data {
-            self.index_delta.insert((d.label, d.key.clone()), n);
-        }
-        let base_len = self.base.len() as u32;
         self.changed.insert(base_len, n, data);
     }
 
@@ -543,6 +570,7 @@ impl NodeStore {
             base: Arc::default(),
             changed: Changed::default(),
             index_delta: imbl::HashMap::new(),
+            new_keys: Arc::default(),
             tenant_ids: self.tenant_ids.clone(),
             tenant_names: self.tenant_names.clone(),
             members: self.members.clone(),
