@@ -67,15 +67,43 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum SnapshotCommand {
     /// Validate a snapshot completely and print its metadata as JSON.
-    Info {
-        /// The snapshot file.
-        file: std::path::PathBuf,
-    },
+    Info(SnapshotTarget),
     /// Validate a snapshot completely; exit 0 if it is sound, 1 (with the reason) if not.
-    Verify {
-        /// The snapshot file.
-        file: std::path::PathBuf,
-    },
+    Verify(SnapshotTarget),
+}
+
+/// Which snapshot: a file, or the current checkpoint's in a data directory.
+#[derive(clap::Args, Debug)]
+struct SnapshotTarget {
+    /// The snapshot file.
+    #[arg(required_unless_present = "data_dir")]
+    file: Option<std::path::PathBuf>,
+    /// The data directory of `graphsync replicate`: its current checkpoint's snapshot.
+    #[arg(long, env = "GRAPHSYNC_DATA_DIR", conflicts_with = "file")]
+    data_dir: Option<std::path::PathBuf>,
+}
+
+impl SnapshotTarget {
+    fn path(&self) -> anyhow::Result<std::path::PathBuf> {
+        if let Some(f) = &self.file {
+            return Ok(f.clone());
+        }
+        let dir = self.data_dir.clone().unwrap_or_default();
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "{} is not a directory (pass the --data-dir graphsync replicate uses)",
+                dir.display()
+            );
+        }
+        let store = sync::checkpoint::CheckpointStore::open(&dir)?;
+        let m = store.manifest().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} holds no readable checkpoint.json (not a graphsync data directory, or no checkpoint yet)",
+                dir.display()
+            )
+        })?;
+        Ok(dir.join(m.snapshot))
+    }
 }
 
 fn main() -> ExitCode {
@@ -104,11 +132,11 @@ fn main() -> ExitCode {
         Command::Teardown(args) => admin::teardown(args),
         Command::Decode { files } => decode::run(&files),
         Command::Snapshot {
-            command: SnapshotCommand::Info { file },
-        } => snapshot_cmd::info(&file),
+            command: SnapshotCommand::Info(t),
+        } => t.path().and_then(|f| snapshot_cmd::info(&f)),
         Command::Snapshot {
-            command: SnapshotCommand::Verify { file },
-        } => snapshot_cmd::verify(&file),
+            command: SnapshotCommand::Verify(t),
+        } => t.path().and_then(|f| snapshot_cmd::verify(&f)),
     };
     match result {
         Ok(code) => code,

@@ -74,7 +74,7 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     if let Some(p) = args.publication {
         opts.publication = p;
     }
-    opts.rebuild = args.rebuild;
+    opts.rebuild = args.rebuild || opts.config.source.rebuild;
     opts.spill_threshold = args.spill_threshold_mb << 20;
     opts.binary = args.binary;
     opts.compaction = graph::CompactionPolicy {

@@ -32,6 +32,37 @@ fn info_and_verify() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (LSN 1/10"));
 
+    // The current checkpoint's snapshot of a data directory.
+    std::fs::write(
+        dir.path().join("checkpoint.json"),
+        r#"{"format":1,"lsn":"1/10","snapshot_lsn":"1/10","snapshot":"g.snap","rows":"r.idx","mapping_hash":"000000000000abcd"}"#,
+    )
+    .unwrap();
+    let out = graphsync()
+        .args(["snapshot", "verify", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("g.snap: ok"));
+    let missing = dir.path().join("missing");
+    let out = graphsync()
+        .args(["snapshot", "info", "--data-dir"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a directory"));
+    assert!(!missing.exists(), "inspecting must not create the directory");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = graphsync()
+        .args(["snapshot", "info", "--data-dir"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no readable checkpoint.json"));
+
     let mut bytes = std::fs::read(&path).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;

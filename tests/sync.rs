@@ -257,7 +257,11 @@ fn dropped_slot_refused_then_rebuilt() {
     cluster.psql(&db, &w.script(50, None, None, None));
     let log = refused(cluster, &db, &config, &data);
     assert!(log.contains("does not exist") && log.contains("--rebuild"), "{log}");
-    run_to_completion(cluster, &db, &config, &data, &["--rebuild"]);
+    // The config option does what --rebuild does.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let pubname = format!("publication = \"gs_{db}\"");
+    std::fs::write(&config, text.replace(&pubname, &format!("{pubname}\nrebuild = true"))).unwrap();
+    run_to_completion(cluster, &db, &config, &data, &[]);
     assert_graph_equals(&data, &config, &workload::expected(cluster, &db));
 }
 

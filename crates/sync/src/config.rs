@@ -60,6 +60,10 @@ pub struct SourceConfig {
     /// Publication name (created for the mapped tables if missing).
     #[serde(default = "default_name")]
     pub publication: String,
+    /// Rebuild from source (drop and recreate the slot, copy again) when the state cannot be
+    /// resumed, instead of refusing; like `--rebuild`.
+    #[serde(default)]
+    pub rebuild: bool,
 }
 
 fn default_name() -> String {
@@ -72,6 +76,7 @@ impl Default for SourceConfig {
             database_url: None,
             slot: default_name(),
             publication: default_name(),
+            rebuild: false,
         }
     }
 }
