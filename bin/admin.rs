@@ -9,7 +9,7 @@ use std::process::ExitCode;
 pub struct InitArgs {
     /// Draft the mapping from the catalog: tables with a primary key become nodes, foreign keys
     /// edges, tables whose primary key is two foreign keys edge tables.
-    #[arg(long)]
+    #[arg(long, env = "GRAPHSYNC_DISCOVER")]
     pub discover: bool,
     /// Connection string (URL or key=value; default: PG* variables).
     #[arg(long, env = "GRAPHSYNC_DATABASE_URL", hide_env_values = true)]

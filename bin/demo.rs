@@ -16,7 +16,7 @@ pub struct DemoArgs {
     #[arg(long, env = "GRAPHSYNC_LISTEN", default_value = "127.0.0.1:9187")]
     pub listen: std::net::SocketAddr,
     /// Users in the sample graph.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "GRAPHSYNC_DEMO_USERS", default_value_t = 1000)]
     pub users: u32,
 }
 
