@@ -448,11 +448,26 @@ pub async fn run(
     let mut state: Option<State> = None;
     let mut backoff = Backoff::new();
     let mut rebuild = opts.rebuild;
+    // Load the checkpoint while connecting: a restart costs the slower of the two, not both.
+    let mut restoring = (!rebuild).then(|| {
+        let (store, hash) = (store.clone(), opts.config.mapping_hash());
+        tokio::task::spawn_blocking(move || store.restore(hash))
+    });
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
-        let result = session(&opts, &store, &mut mapper, &mut state, &mut rebuild, &status, &shutdown).await;
+        let result = session(
+            &opts,
+            &store,
+            &mut mapper,
+            &mut state,
+            &mut rebuild,
+            &mut restoring,
+            &status,
+            &shutdown,
+        )
+        .await;
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() => {
@@ -673,12 +688,17 @@ fn checkpoint_failed(status: &ReplicaStatus, e: &CheckpointError) {
     status.update(|s| s.last_error = Some(e.to_string()));
 }
 
+/// A checkpoint being loaded on a blocking thread.
+type RestoreTask = tokio::task::JoinHandle<Result<Option<crate::checkpoint::Restored>, CheckpointError>>;
+
+#[allow(clippy::too_many_arguments)]
 async fn session(
     opts: &Options,
     store: &CheckpointStore,
     mapper: &mut Mapper,
     state: &mut Option<State>,
     rebuild: &mut bool,
+    restoring: &mut Option<RestoreTask>,
     status: &Arc<ReplicaStatus>,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<(), SyncError> {
@@ -734,7 +754,12 @@ async fn session(
                 }
                 _ => {}
             }
-            store.restore(hash)?
+            match restoring.take() {
+                Some(task) => task
+                    .await
+                    .map_err(|e| SyncError::Io(format!("loading the checkpoint failed: {e}")))??,
+                None => store.restore(hash)?,
+            }
         };
         match restored {
             Some(r) => {
