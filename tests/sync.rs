@@ -413,3 +413,50 @@ fn streamed_transactions_spill_to_disk() {
     let left = std::fs::read_dir(data.join("spill")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0);
 }
+
+/// Partitioned tables: copied through their root, changes published as the root's (also
+/// rows moving between partitions), the graph equals SQL.
+#[test]
+fn partitioned_tables_replicate() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("parts");
+    cluster.psql(
+        &db,
+        "CREATE TABLE users (id bigint, org_id int, name text, bio text, PRIMARY KEY (id)) PARTITION BY RANGE (id);
+         CREATE TABLE users_lo PARTITION OF users FOR VALUES FROM (MINVALUE) TO (1000);
+         CREATE TABLE users_hi PARTITION OF users FOR VALUES FROM (1000) TO (MAXVALUE);
+         CREATE TABLE follows (follower_id bigint, followee_id bigint, weight float8, PRIMARY KEY (follower_id, followee_id))
+           PARTITION BY HASH (follower_id);
+         CREATE TABLE follows_0 PARTITION OF follows FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+         CREATE TABLE follows_1 PARTITION OF follows FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+         CREATE TABLE posts (id bigint PRIMARY KEY, author_id bigint, title text);
+         INSERT INTO users SELECT g, g % 3, 'u' || g, NULL FROM generate_series(990, 1010) g;
+         INSERT INTO follows SELECT g, g + 1, 1 FROM generate_series(990, 1009) g;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = workload::write_config(dir.path(), &db);
+    let data = dir.path().join("data");
+    let mut r = replica::spawn(cluster, &db, &config, &data, &[]);
+    r.wait_durable(current_lsn(cluster, &db), DEADLINE);
+    cluster.psql(
+        &db,
+        "UPDATE users SET id = 2000 WHERE id = 995;
+         UPDATE users SET id = 5 WHERE id = 1005;
+         DELETE FROM users WHERE id = 1008;
+         INSERT INTO users VALUES (3000, 1, 'x', NULL);
+         INSERT INTO follows VALUES (3000, 990, 2), (5, 3000, 1);
+         UPDATE follows SET follower_id = 2000 WHERE follower_id = 995;
+         DELETE FROM follows WHERE follower_id = 1000;",
+    );
+    let last = current_lsn(cluster, &db);
+    replica::compare_over_http(&r.addr(), &workload::expected(cluster, &db), last);
+    let (status, log) = r.stop();
+    assert!(status.success(), "{log}");
+    assert_graph_equals(&data, &config, &workload::expected(cluster, &db));
+    // A publication of the user's that names partitions' changes by the partitions: refused.
+    cluster.psql(&db, "CREATE PUBLICATION leafs FOR TABLE users, follows, posts");
+    let r = replica::spawn(cluster, &db, &config, &data, &["--publication", "leafs"]);
+    let (status, log) = r.wait(DEADLINE);
+    assert!(!status.success());
+    assert!(log.contains("publish_via_partition_root = true"), "{log}");
+}

@@ -30,6 +30,8 @@ pub struct TableInfo {
     pub columns: Vec<(String, u32)>,
     /// Replica identity columns (all columns for FULL).
     pub identity_columns: Vec<String>,
+    /// A partitioned table (its changes must be published as the root's).
+    pub partitioned: bool,
 }
 
 impl TableInfo {
@@ -166,6 +168,14 @@ pub async fn check_tables(
         };
         let oid: u32 = row[0].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
         let ident = row[1].as_deref().unwrap_or("d");
+        let kind = row[2].as_deref().unwrap_or("r");
+        if kind != "r" && kind != "p" {
+            return Err(CatalogError::Table {
+                table: qualified.into(),
+                problem: format!("is not a table (relkind {kind}: a view, materialized view or foreign table has no changes to replicate)"),
+                fix: "map the underlying tables instead".into(),
+            });
+        }
         let cols = client
             .simple_query(&format!(
                 "SELECT attname, atttypid FROM pg_catalog.pg_attribute \
@@ -234,6 +244,7 @@ pub async fn check_tables(
             identity,
             columns,
             identity_columns,
+            partitioned: kind == "p",
         };
         let has = |c: &str| info.columns.iter().find(|(n, _)| n == c).map(|(_, t)| *t);
         for c in needed_columns(config, qualified) {
@@ -316,14 +327,17 @@ pub async fn ensure_publication(
 ) -> Result<bool, CatalogError> {
     let r = client
         .simple_query(&format!(
-            "SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = {}",
+            "SELECT puballtables, pubviaroot FROM pg_catalog.pg_publication WHERE pubname = {}",
             literal(name)
         ))
         .await?;
     if r.rows.is_empty() {
         let list = tables.iter().map(TableInfo::quoted).collect::<Vec<_>>().join(", ");
         client
-            .simple_query(&format!("CREATE PUBLICATION {} FOR TABLE {list}", quote_ident(name)))
+            .simple_query(&format!(
+                "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish_via_partition_root = true)",
+                quote_ident(name)
+            ))
             .await?;
         // Marks it as ours: `graphsync teardown` drops only publications carrying this.
         client
@@ -335,6 +349,18 @@ pub async fn ensure_publication(
             .await?;
         tracing::info!(publication = name, tables = tables.len(), "created publication");
         return Ok(true);
+    }
+    if r.rows[0][1].as_deref() != Some("t") {
+        if let Some(t) = tables.iter().find(|t| t.partitioned) {
+            return Err(CatalogError::Table {
+                table: t.qualified.clone(),
+                problem: format!("is partitioned but publication {name} publishes changes under the partitions' names"),
+                fix: format!(
+                    "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                    quote_ident(name)
+                ),
+            });
+        }
     }
     if r.rows[0][0].as_deref() == Some("t") {
         return Ok(false);

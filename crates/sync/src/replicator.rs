@@ -935,12 +935,13 @@ async fn initial_copy(
         }
         let rel = Arc::new(t.relation(&cols));
         let sql = format!(
-            "COPY {} ({}) TO STDOUT (FORMAT binary)",
-            t.quoted(),
+            // The SELECT form also reads partitioned tables (a plain COPY of one is refused).
+            "COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)",
             cols.iter()
                 .map(|c| pgrepl::quote_ident(c))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            t.quoted()
         );
         let mut reader = CopyReader::new(cols.len());
         let started = Instant::now();
