@@ -187,7 +187,7 @@ fn large_streamed_transaction_in_bounded_memory() {
     eprintln!("peak RSS before {before} kB, after {peak} kB; spilled {spilled} bytes");
     assert!(spilled > 150 << 20, "only {spilled} bytes went through the spill file");
     assert!(
-        peak < 120 * 1024,
+        peak < 150 * 1024,
         "peak RSS {peak} kB for a ~200 MB transaction (started at {before} kB)"
     );
     assert_graph_equals(&data, &config, &workload::expected(cluster, &db));
