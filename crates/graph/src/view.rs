@@ -634,6 +634,8 @@ impl Topology for GraphView {
         if is_dirty(&self.chunks, n.0, dir) {
             if let Some(c) = self.chunk(n.0) {
                 crate::query::prefetch_ptr(c.slot.as_ptr().wrapping_add(n.index() & (CHUNK_NODES - 1)));
+                // The entry table's header, read by the next stage.
+                crate::query::prefetch_ptr(&c.deltas as *const Vec<_>);
             }
         }
     }
