@@ -1030,6 +1030,8 @@ async fn stream(
     let mut confirmed = st.manifest.lsn;
     let mut server_end = Lsn(0);
     let mut last_heard = Instant::now();
+    let mut next_progress = Instant::now() + Duration::from_secs(10);
+    let mut progress_txns = status.snapshot().transactions;
     let mut pending: Vec<CommittedTxn> = Vec::new();
     let mut pending_changes = 0usize;
     loop {
@@ -1126,6 +1128,23 @@ async fn stream(
                 Err(e) => checkpoint_failed(status, &e),
             }
             next_advance = now + Duration::from_secs(1);
+        }
+        // Progress while far behind (a backlog after downtime): every 10 s.
+        if now >= next_progress {
+            next_progress = now + Duration::from_secs(10);
+            let snap = status.snapshot();
+            let behind = server_end.0.saturating_sub(st.safe.0);
+            if behind > 16 << 20 {
+                let txns = snap.transactions - progress_txns;
+                tracing::info!(
+                    applied = %st.safe,
+                    server = %server_end,
+                    behind_mb = behind >> 20,
+                    txns_per_s = txns / 10,
+                    "catching up"
+                );
+            }
+            progress_txns = snap.transactions;
         }
         if now.duration_since(last_heard) > opts.receive_timeout {
             return Err(SyncError::ReceiveTimeout(opts.receive_timeout));
