@@ -529,6 +529,12 @@ async fn status(State(api): State<Api>, headers: HeaderMap) -> Result<Json<Json_
     }
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "versions": {
+            "graphsync": env!("CARGO_PKG_VERSION"),
+            "snapshot_format": graph::snapshot::FORMAT_VERSION,
+            "postgresql": s.server_version,
+            "pgoutput_protocol": s.proto_version,
+        },
         "slot": schema.slot,
         "publication": schema.publication,
         "mapping_hash": format!("{:016x}", schema.mapping_hash),

@@ -83,6 +83,14 @@ fn every_endpoint() {
     assert_eq!(s["slot"], format!("gs_{db}"));
     assert_eq!(s["nodes_per_label"]["User"], 5, "{s}");
     assert_eq!(s["nodes_per_label"]["Post"], 1, "{s}");
+    assert!(
+        s["versions"]["postgresql"].as_str().is_some_and(|v| v.starts_with("1")),
+        "{s}"
+    );
+    assert!(
+        s["versions"]["pgoutput_protocol"].as_u64().is_some_and(|v| v >= 1),
+        "{s}"
+    );
     let (code, body) = http_get(&addr, "/metrics", Some("s3cret"));
     assert_eq!(code, 200);
     assert!(

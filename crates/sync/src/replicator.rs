@@ -290,6 +290,10 @@ pub struct StatusSnapshot {
     pub changes: u64,
     /// Reconnects since start.
     pub reconnects: u64,
+    /// The server's version (`server_version`), once connected.
+    pub server_version: Option<String>,
+    /// The negotiated pgoutput protocol version, once streaming.
+    pub proto_version: Option<u32>,
 }
 
 /// The type of a node key column, for parsing keys given as text (HTTP queries).
@@ -706,6 +710,8 @@ async fn session(
     let mut client = ReplicationClient::connect(&opts.conn).await?;
     let sys = client.identify_system().await?;
     tracing::info!(target = %opts.conn.target(), system_id = %sys.system_id, wal = %sys.xlog_pos, "connected");
+    let server_version = client.parameter("server_version").map(str::to_string);
+    status.update(|s| s.server_version = server_version);
     let tables = catalog::check_tables(&mut client, &opts.config).await?;
     catalog::ensure_publication(&mut client, &opts.publication, &tables).await?;
     status.set_schema(GraphSchema {
@@ -1018,9 +1024,11 @@ async fn stream(
     // Confirm exactly the durable position from the first status update on.
     let mut stream = client.start_replication(&opts.slot, st.manifest.lsn, &start).await?;
     tracing::info!(slot = %opts.slot, from = %st.manifest.lsn, proto = stream.proto_version(), "streaming");
+    let proto = stream.proto_version();
     status.update(|s| {
         s.phase = Phase::Streaming;
         s.last_error = None;
+        s.proto_version = Some(proto);
     });
     let mut decoder = Decoder::new();
     let mut assembler = TxnAssembler::with_spill(opts.data_dir.join("spill"), opts.spill_threshold);
