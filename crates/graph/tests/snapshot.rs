@@ -229,3 +229,20 @@ fn write_fuzz_seed() {
     let g = sample_graph();
     snapshot::write(&g.view(), std::path::Path::new(&path), 7, 0).unwrap();
 }
+
+/// The snapshot fuzz corpus (`fuzz/corpus/snapshot`) loads or is refused, never panics, on
+/// stable, in CI; the seed itself loads.
+#[test]
+fn fuzz_corpus_replays() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/snapshot");
+    let mut loaded = 0;
+    for e in std::fs::read_dir(&dir).expect("fuzz corpus") {
+        if snapshot::load(&e.unwrap().path()).is_ok() {
+            loaded += 1;
+        }
+    }
+    assert!(
+        loaded >= 1,
+        "the seed snapshot no longer loads (format changed? regenerate it)"
+    );
+}
