@@ -166,32 +166,13 @@ async fn demo(
         started: Instant::now(),
         max_lag_seconds: 30.0,
     };
-    let mut http_stop = rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, crate::http::router(api))
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let server = crate::http::spawn(listener, api, rx.clone());
     let mut opts = Options::new(config, conn, work.join("data"));
     opts.checkpoint_interval = Duration::from_secs(2);
     let replication = tokio::spawn(replicator::run(opts, status.clone(), rx.clone()));
 
     // Ctrl-C / SIGTERM.
-    let signals = {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            let _ = tx.send(true);
-        })
-    };
+    let signals = crate::replicate::stop_on_signal(tx.clone());
 
     let deadline = Instant::now() + Duration::from_secs(120);
     while status.snapshot().phase != Phase::Streaming {

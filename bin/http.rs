@@ -42,6 +42,21 @@ pub fn router(api: Api) -> Router {
         .with_state(api)
 }
 
+/// Serves the API on `listener` until `stop` turns true.
+pub fn spawn(
+    listener: tokio::net::TcpListener,
+    api: Api,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, router(api))
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    })
+}
+
 type Params = Query<HashMap<String, String>>;
 
 struct ApiError(StatusCode, Json_);
@@ -301,10 +316,8 @@ async fn neighbors(State(api): State<Api>, headers: HeaderMap, Query(p): Params)
     if let Some(f) = filter(&view, &schema, &p)? {
         let dirs: &[Direction] = match dir {
             Direction::Both => &[Direction::Out, Direction::In],
-            d => std::slice::from_ref(match d {
-                Direction::Out => &Direction::Out,
-                _ => &Direction::In,
-            }),
+            Direction::Out => &[Direction::Out],
+            Direction::In => &[Direction::In],
         };
         if f.tenant.is_none_or(|t| view.tenant_of(n) == Some(t)) {
             for &d in dirs {
@@ -556,10 +569,9 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Result<Response,
     });
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-        out.push_str(
-            &format!("# HELP graphsync_{name} {help}\n# TYPE graphsync_{name} {kind}\n graphsync_{name} {value}\n")
-                .replace("\n graphsync", "\ngraphsync"),
-        );
+        out.push_str(&format!(
+            "# HELP graphsync_{name} {help}\n# TYPE graphsync_{name} {kind}\ngraphsync_{name} {value}\n"
+        ));
     };
     metric(
         "applied_lsn",

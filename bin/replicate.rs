@@ -90,18 +90,7 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::info!("shutdown requested: finishing the current transaction and writing a checkpoint");
-            let _ = tx.send(true);
-        });
+        stop_on_signal(tx);
         let status = ReplicaStatus::new();
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -114,14 +103,7 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             started: std::time::Instant::now(),
             max_lag_seconds: args.max_lag_seconds,
         };
-        let mut http_shutdown = rx.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, crate::http::router(api))
-                .with_graceful_shutdown(async move {
-                    let _ = http_shutdown.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let server = crate::http::spawn(listener, api, rx.clone());
         let notifier = tokio::spawn(notify_loop(status.clone(), rx.clone()));
         let result = replicator::run(opts, status, rx).await;
         notifier.abort();
@@ -168,4 +150,20 @@ async fn notify_loop(status: Arc<ReplicaStatus>, mut shutdown: tokio::sync::watc
             }
         }
     }
+}
+
+/// Turns SIGTERM or SIGINT into `true` on `tx` (the replicator and the HTTP server stop on it).
+pub fn stop_on_signal(tx: tokio::sync::watch::Sender<bool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutdown requested: finishing the current transaction and writing a checkpoint");
+        let _ = tx.send(true);
+    })
 }

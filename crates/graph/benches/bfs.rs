@@ -149,18 +149,7 @@ fn main() {
         let mut lsn = 1;
         for batch in list[split..].chunks(1_000) {
             lsn += 1;
-            let txn: Vec<Mutation> = batch
-                .iter()
-                .map(|&(s, t)| {
-                    Mutation::AddEdge(EdgeInput {
-                        source: NodeId(s),
-                        target: NodeId(t),
-                        label: EdgeLabel(0),
-                        weight: 1.0,
-                    })
-                })
-                .collect();
-            g.apply(lsn, &txn).unwrap();
+            g.apply(lsn, &add_edges(batch)).unwrap();
         }
         let apply_rate = (m - split) as f64 / t.elapsed().as_secs_f64();
         let view = g.view();
@@ -356,18 +345,7 @@ fn compaction(n: u32) {
     drop(base);
     let extra = edges(n, 1_000_000, false, 10);
     for (i, batch) in extra.chunks(1_000).enumerate() {
-        let txn: Vec<Mutation> = batch
-            .iter()
-            .map(|&(s, t)| {
-                Mutation::AddEdge(EdgeInput {
-                    source: NodeId(s),
-                    target: NodeId(t),
-                    label: EdgeLabel(0),
-                    weight: 1.0,
-                })
-            })
-            .collect();
-        g.apply(2 + i as u64, &txn).unwrap();
+        g.apply(2 + i as u64, &add_edges(batch)).unwrap();
     }
     let t = Instant::now();
     let v = g.compact().unwrap();
@@ -385,4 +363,19 @@ fn rss_bytes() -> usize {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()))
         .map_or(0, |pages| pages * 4096)
+}
+
+/// One transaction adding `batch`'s edges (label 0, weight 1).
+fn add_edges(batch: &[(u32, u32)]) -> Vec<Mutation> {
+    batch
+        .iter()
+        .map(|&(s, t)| {
+            Mutation::AddEdge(EdgeInput {
+                source: NodeId(s),
+                target: NodeId(t),
+                label: EdgeLabel(0),
+                weight: 1.0,
+            })
+        })
+        .collect()
 }

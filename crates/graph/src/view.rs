@@ -701,7 +701,7 @@ impl Txn<'_> {
 
     /// Inserts or updates the node `data.label` / `data.key` and makes it visible.
     pub fn upsert_node(&mut self, data: NodeData) -> NodeId {
-        if self.b.view.nodes.resolve(data.label, &data.key).is_none() {
+        let Some(id) = self.b.view.nodes.resolve(data.label, &data.key).map(NodeId) else {
             // A node never seen: a fresh id is visible from the start, so it needs no
             // placeholder and no restore, just its data.
             let id = NodeId(self.b.view.node_count);
@@ -716,8 +716,7 @@ impl Txn<'_> {
                 let _ = self.push(m);
             }
             return id;
-        }
-        let id = self.node_id(data.label, &data.key);
+        };
         if !self.b.visible(id) {
             let _ = self.push(Mutation::RestoreNode(id));
         }
@@ -755,7 +754,33 @@ impl Txn<'_> {
     /// Every stored out-edge of `n` in the transaction's state, including edges to nodes that
     /// are not visible (they are rows of their own tables).
     pub fn out_edges(&self, n: NodeId) -> Vec<EdgeInput> {
-        self.b.out_edges(n)
+        let mut out = Vec::new();
+        self.b.side(n, Direction::Out, &mut |m, label, weight| {
+            out.push(EdgeInput {
+                source: n,
+                target: m,
+                label,
+                weight,
+            })
+        });
+        out
+    }
+
+    /// The first stored out-edge of `n` that `pred` accepts (no allocation).
+    pub fn find_out_edge(&self, n: NodeId, mut pred: impl FnMut(&EdgeInput) -> bool) -> Option<EdgeInput> {
+        let mut found = None;
+        self.b.side(n, Direction::Out, &mut |m, label, weight| {
+            let e = EdgeInput {
+                source: n,
+                target: m,
+                label,
+                weight,
+            };
+            if found.is_none() && pred(&e) {
+                found = Some(e);
+            }
+        });
+        found
     }
 
     /// Number of node ids in the transaction's state.
@@ -839,20 +864,6 @@ impl Builder {
             None
         };
         edges_of(&self.view.base, delta, n, dir, f)
-    }
-
-    /// Stored out-edges of `n` in the builder's state (whatever the endpoints' visibility).
-    fn out_edges(&self, n: NodeId) -> Vec<EdgeInput> {
-        let mut out = Vec::new();
-        self.side(n, Direction::Out, &mut |m, label, weight| {
-            out.push(EdgeInput {
-                source: n,
-                target: m,
-                label,
-                weight,
-            })
-        });
-        out
     }
 
     fn visible(&self, n: NodeId) -> bool {

@@ -121,32 +121,24 @@ impl TxnAssembler {
         };
     }
 
+    fn begin(&mut self, kind: &'static str, xid: u32) -> Result<Option<CommittedTxn>, AssemblyError> {
+        if self.open.is_some() || self.stream_block.is_some() {
+            return Err(unexpected(kind, "inside another transaction"));
+        }
+        self.open = Some(Open {
+            xid,
+            changes: Vec::new(),
+            bytes: 0,
+        });
+        Ok(None)
+    }
+
     /// Feeds one message (already passed through `decoder`, whose relation cache types the
     /// rows). Returns a transaction when one commits.
     pub fn feed(&mut self, msg: Message, decoder: &Decoder) -> Result<Option<CommittedTxn>, AssemblyError> {
         let change = match msg {
-            Message::Begin(b) => {
-                if self.open.is_some() || self.stream_block.is_some() {
-                    return Err(unexpected("Begin", "inside another transaction"));
-                }
-                self.open = Some(Open {
-                    xid: b.xid,
-                    changes: Vec::new(),
-                    bytes: 0,
-                });
-                return Ok(None);
-            }
-            Message::BeginPrepare(p) => {
-                if self.open.is_some() || self.stream_block.is_some() {
-                    return Err(unexpected("Begin Prepare", "inside another transaction"));
-                }
-                self.open = Some(Open {
-                    xid: p.xid,
-                    changes: Vec::new(),
-                    bytes: 0,
-                });
-                return Ok(None);
-            }
+            Message::Begin(b) => return self.begin("Begin", b.xid),
+            Message::BeginPrepare(p) => return self.begin("Begin Prepare", p.xid),
             Message::Commit(c) => {
                 let open = self.open.take().ok_or(unexpected("Commit", "outside a transaction"))?;
                 return Ok(Some(CommittedTxn {

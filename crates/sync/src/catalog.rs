@@ -140,7 +140,7 @@ pub async fn teardown(
 }
 
 /// Key column types graphsync can use for node keys.
-const KEY_TYPES: &[u32] = &[21, 23, 20, 2950, 25, 1043, 1042, 19];
+pub(crate) const KEY_TYPES: &[u32] = &[21, 23, 20, 2950, 25, 1043, 1042, 19];
 
 /// Reads and checks every mapped table. Errors name the first problem found.
 pub async fn check_tables(

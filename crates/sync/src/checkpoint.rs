@@ -37,6 +37,16 @@ pub enum CheckpointError {
     /// The graph snapshot could not be written.
     #[error("cannot write graph snapshot: {0}")]
     Snapshot(#[from] SnapshotError),
+    /// The checkpoint was built under another mapping.
+    #[error("the mapping changed since the checkpoint in {dir} was written (hash {old:016x}, now {new:016x}); fix: run with --rebuild to rebuild the graph from the source tables")]
+    MappingChanged {
+        /// The data directory.
+        dir: PathBuf,
+        /// The checkpoint's mapping hash.
+        old: u64,
+        /// The configured mapping's hash.
+        new: u64,
+    },
     /// Checkpoints exist but none is usable.
     #[error(
         "no usable checkpoint in {dir}: {reasons}; fix: run with --rebuild to rebuild the graph from the source tables"
@@ -267,8 +277,7 @@ impl CheckpointStore {
     /// older snapshot that loads (covering only its own LSN). `Ok(None)` when the directory
     /// holds no checkpoint at all.
     ///
-    /// A checkpoint built under another mapping is reported as [`CheckpointError::NoneUsable`]
-    /// naming the hashes.
+    /// A checkpoint built under another mapping is [`CheckpointError::MappingChanged`].
     pub fn restore(&self, mapping_hash: u64) -> Result<Option<Restored>, CheckpointError> {
         if !self.has_any() {
             return Ok(None);
@@ -289,12 +298,10 @@ impl CheckpointStore {
         };
         if let Some(m) = &manifest {
             if m.mapping_hash != mapping_hash {
-                return Err(CheckpointError::NoneUsable {
+                return Err(CheckpointError::MappingChanged {
                     dir: self.dir.clone(),
-                    reasons: format!(
-                        "the checkpoint was built with another mapping (hash {:016x}, the config now hashes to {:016x})",
-                        m.mapping_hash, mapping_hash
-                    ),
+                    old: m.mapping_hash,
+                    new: mapping_hash,
                 });
             }
             match self.load_one(&m.snapshot, &m.rows, mapping_hash) {

@@ -5,7 +5,7 @@
 //! mapped table's primary key becomes an `[[edges]]` entry from the row's own node. What is
 //! skipped is listed in comments with the reason, so the draft is a starting point to edit.
 
-use crate::catalog::{literal, CatalogError};
+use crate::catalog::{literal, CatalogError, KEY_TYPES};
 use pgrepl::ReplicationClient;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -20,7 +20,6 @@ struct Table {
     fks: Vec<(Vec<String>, u32, Vec<String>)>,
 }
 
-const KEY_TYPES: &[u32] = &[21, 23, 20, 2950, 25, 1043];
 const NUMERIC: &[u32] = &[21, 23, 20, 700, 701, 1700];
 
 /// `users` → `User`, `user_groups` → `UserGroup`.

@@ -522,9 +522,7 @@ impl Mapper {
         index: &mut RowIndex,
         txn: &CommittedTxn,
     ) -> Result<Arc<GraphView>, MapError> {
-        let mut t = graph.begin(txn.end_lsn.0)?;
-        txn.for_each_change(|change| self.apply_change(&mut t, index, change))?;
-        Ok(t.commit()?)
+        self.apply_many(graph, index, std::slice::from_ref(txn))
     }
 
     fn apply_change(
@@ -537,12 +535,12 @@ impl Mapper {
             RowChange::Insert { rel, new } => {
                 let Some(plan) = self.plan(rel)? else { return Ok(()) };
                 let newv = typed(rel, new, "Insert")?;
+                // A node table's row identity is its node key: computed once.
+                let rk = row_key(&plan, &newv)?;
                 if let Some(np) = &plan.node {
-                    let data = node_data(&plan, np, &newv, None)?;
-                    t.upsert_node(data);
+                    t.upsert_node(node_data(&plan, np, rk.clone(), &newv, None)?);
                 }
                 if !plan.edges.is_empty() {
-                    let rk = row_key(&plan, &newv)?;
                     for ep in &plan.edges {
                         if let Some(e) = edge_of(&plan, ep, &newv, None, t)? {
                             t.add_edge(e)?;
@@ -562,19 +560,18 @@ impl Mapper {
                     None => newv,
                 };
                 let old_ident = oldv.as_ref().unwrap_or(&newv);
+                // For a node table these are the old and new node keys.
+                let old_rk = row_key(&plan, old_ident)?;
+                let new_rk = row_key(&plan, &newv)?;
                 if let Some(np) = &plan.node {
-                    let old_key = key_of(&plan, &np.key, old_ident)?;
-                    let new_key = key_of(&plan, &np.key, &newv)?;
-                    let held = t.resolve(np.label, &old_key).and_then(|id| t.node(id));
-                    let data = node_data(&plan, np, &newv, held.as_deref())?;
-                    if old_key != new_key {
-                        t.delete_node(np.label, &old_key);
+                    let held = t.resolve(np.label, &old_rk).and_then(|id| t.node(id));
+                    let data = node_data(&plan, np, new_rk.clone(), &newv, held.as_deref())?;
+                    if old_rk != new_rk {
+                        t.delete_node(np.label, &old_rk);
                     }
                     t.upsert_node(data);
                 }
                 if !plan.edges.is_empty() {
-                    let old_rk = row_key(&plan, old_ident)?;
-                    let new_rk = row_key(&plan, &newv)?;
                     for ep in &plan.edges {
                         let before = take_edge(index, &plan, ep, &old_rk, old_ident, t)?;
                         let after = edge_of(&plan, ep, &newv, before.as_ref(), t)?;
@@ -597,12 +594,11 @@ impl Mapper {
             RowChange::Delete { rel, old } => {
                 let Some(plan) = self.plan(rel)? else { return Ok(()) };
                 let oldv = typed(rel, old, "Delete")?;
+                let rk = row_key(&plan, &oldv)?;
                 if let Some(np) = &plan.node {
-                    let key = key_of(&plan, &np.key, &oldv)?;
-                    t.delete_node(np.label, &key);
+                    t.delete_node(np.label, &rk);
                 }
                 if !plan.edges.is_empty() {
-                    let rk = row_key(&plan, &oldv)?;
                     for ep in &plan.edges {
                         if let Some(e) = take_edge(index, &plan, ep, &rk, &oldv, t)? {
                             t.remove_edge(e)?;
@@ -698,9 +694,7 @@ fn take_edge(
     } else {
         None
     };
-    Ok(t.out_edges(source)
-        .into_iter()
-        .find(|e| e.label == ep.label && target.is_none_or(|n| e.target == n)))
+    Ok(t.find_out_edge(source, |e| e.label == ep.label && target.is_none_or(|n| e.target == n)))
 }
 
 fn typed(rel: &Relation, tuple: &TupleData, kind: &'static str) -> Result<Vec<Value>, MapError> {
@@ -758,8 +752,14 @@ fn row_key(plan: &RelPlan, values: &[Value]) -> Result<NodeKey, RowError> {
     })
 }
 
-fn node_data(plan: &RelPlan, np: &NodePlan, values: &[Value], held: Option<&NodeData>) -> Result<NodeData, RowError> {
-    let key = key_of(plan, &np.key, values)?;
+/// The node a row makes; `key` is its key (the row's identity, computed by the caller).
+fn node_data(
+    plan: &RelPlan,
+    np: &NodePlan,
+    key: NodeKey,
+    values: &[Value],
+    held: Option<&NodeData>,
+) -> Result<NodeData, RowError> {
     let unchanged = |c: usize| matches!(values[c], Value::UnchangedToast);
     let tenant = match np.tenant {
         Some(c) if unchanged(c) => held.and_then(|h| h.tenant.clone()),
@@ -931,14 +931,13 @@ impl BulkLoad {
             nodes: &mut self.nodes,
             visible: &mut self.visible,
         };
+        let rk = row_key(&plan, values)?;
         if let Some(np) = &plan.node {
-            let data = node_data(&plan, np, values, None)?;
-            let id = ids.id(np.label, &data.key);
-            self.nodes[id.index()] = Some(data);
+            let id = ids.id(np.label, &rk);
+            self.nodes[id.index()] = Some(node_data(&plan, np, rk.clone(), values, None)?);
             self.visible[id.index()] = true;
         }
         if !plan.edges.is_empty() {
-            let rk = row_key(&plan, values)?;
             for ep in &plan.edges {
                 let mut ids = BulkIds {
                     ids: &mut self.ids,

@@ -111,16 +111,6 @@ pub enum SyncError {
         /// What was wrong.
         source: CopyError,
     },
-    /// The mapping changed since the checkpoint.
-    #[error("the mapping changed since the checkpoint in {dir} was written (hash {old:016x}, now {new:016x}); fix: run with --rebuild to rebuild the graph from the source tables")]
-    MappingChanged {
-        /// Data directory.
-        dir: PathBuf,
-        /// The checkpoint's hash.
-        old: u64,
-        /// The config's hash.
-        new: u64,
-    },
     /// The slot we resume from is gone.
     #[error("replication slot {slot:?} does not exist but the data directory holds a checkpoint at {lsn}: changes since then are lost to us; fix: run with --rebuild to recreate the slot and copy the tables again")]
     SlotMissing {
@@ -398,12 +388,19 @@ struct State {
     safe: Lsn,
     /// The manifest on disk.
     manifest: Manifest,
-    /// Transactions applied since the manifest's snapshot.
-    dirty: bool,
     /// Incremented by every applied batch.
     version: u64,
+    /// The version the manifest's snapshot holds; anything newer is not durable yet.
+    durable_version: u64,
     /// Checkpoint and compaction in flight; kept across reconnects so none is lost or raced.
     bg: Background,
+}
+
+impl State {
+    /// Whether transactions were applied since the manifest's snapshot.
+    fn dirty(&self) -> bool {
+        self.version != self.durable_version
+    }
 }
 
 fn now_ms() -> i64 {
@@ -492,7 +489,7 @@ pub async fn run(
                     if let Some(st) = state.as_mut() {
                         let mut bg = std::mem::take(&mut st.bg);
                         bg.reap_checkpoint(&store, st, &status, true).await;
-                        if st.dirty {
+                        if st.dirty() {
                             let _ = checkpoint(&store, st, opts.config.mapping_hash(), &status);
                         }
                     }
@@ -524,7 +521,7 @@ fn checkpoint(
     let m = store.write(&view, &st.index, st.safe, hash, now_ms())?;
     tracing::info!(lsn = %m.lsn, snapshot = %m.snapshot, ms = started.elapsed().as_millis() as u64, "checkpoint written");
     record_checkpoint(store, st, m, status);
-    st.dirty = false;
+    st.durable_version = st.version;
     Ok(())
 }
 
@@ -583,10 +580,8 @@ impl Background {
         };
         match h.await {
             Ok(Ok((m, took))) => {
-                // Clean only if nothing was applied since the checkpoint captured the view.
-                if st.version == version {
-                    st.dirty = false;
-                }
+                // Durable up to the version the checkpoint captured, not later ones.
+                st.durable_version = version;
                 tracing::info!(lsn = %m.lsn, snapshot = %m.snapshot, ms = took.as_millis() as u64, "checkpoint written");
                 // No idle advance runs while a checkpoint is in flight, so this manifest is the
                 // newest.
@@ -681,7 +676,6 @@ fn apply_pending(
         s.changes += changes as u64;
     });
     st.safe = end;
-    st.dirty = true;
     st.version += 1;
     pending.clear();
     Ok(())
@@ -750,16 +744,6 @@ async fn session(
         let restored = if *rebuild {
             None
         } else {
-            match store.manifest() {
-                Some(m) if m.mapping_hash != hash => {
-                    return Err(SyncError::MappingChanged {
-                        dir: store.dir().to_path_buf(),
-                        old: m.mapping_hash,
-                        new: hash,
-                    })
-                }
-                _ => {}
-            }
             match restoring.take() {
                 Some(task) => task
                     .await
@@ -804,8 +788,8 @@ async fn session(
                     index: r.index,
                     safe: r.lsn,
                     manifest: r.manifest,
-                    dirty: false,
                     version: 0,
+                    durable_version: 0,
                     bg: Background::default(),
                 });
             }
@@ -842,8 +826,9 @@ async fn session(
                         rows: String::new(),
                         mapping_hash: hash,
                     },
-                    dirty: true,
-                    version: 0,
+                    // The copied graph is not durable until its first checkpoint.
+                    version: 1,
+                    durable_version: 0,
                     bg: Background::default(),
                 };
                 tokio::task::block_in_place(|| checkpoint(store, &mut st, hash, status))?;
@@ -1056,7 +1041,7 @@ async fn stream(
                     }
                 }
             }
-            if st.dirty {
+            if st.dirty() {
                 tokio::task::block_in_place(|| checkpoint(store, st, hash, status))?;
             } else if st.safe > st.manifest.lsn {
                 st.manifest = store.advance(&st.manifest, st.safe)?;
@@ -1120,11 +1105,11 @@ async fn stream(
         let mut bg = std::mem::take(&mut st.bg);
         bg.reap_checkpoint(store, st, status, false).await;
         let compacted = bg.compaction(st, status).await;
-        if st.dirty && now >= next_checkpoint && bg.checkpoint.is_none() {
+        if st.dirty() && now >= next_checkpoint && bg.checkpoint.is_none() {
             bg.start_checkpoint(store, st, hash);
             next_checkpoint = Instant::now() + opts.checkpoint_interval;
         }
-        let idle_advance = !st.dirty && bg.checkpoint.is_none() && st.safe > st.manifest.lsn && now >= next_advance;
+        let idle_advance = !st.dirty() && bg.checkpoint.is_none() && st.safe > st.manifest.lsn && now >= next_advance;
         st.bg = bg;
         compacted?;
         if idle_advance {
