@@ -499,7 +499,8 @@ async fn health(State(api): State<Api>) -> Response {
     let body = json!({
         "status": state,
         "applied_lsn": s.applied_lsn.to_string(),
-        "confirmed_flush_lsn": s.durable_lsn.to_string(),
+        "confirmed_flush_lsn": s.confirmed_lsn.to_string(),
+        "durable_lsn": s.durable_lsn.to_string(),
         "server_wal_lsn": s.server_wal_end.to_string(),
         "lag_bytes": l.bytes,
         "lag_seconds": l.seconds,
@@ -582,7 +583,13 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Result<Response,
     metric(
         "confirmed_lsn",
         "gauge",
-        "WAL position confirmed to the server (durable checkpoint).",
+        "WAL position confirmed to the server (covered by both kept checkpoints).",
+        s.confirmed_lsn.0 as f64,
+    );
+    metric(
+        "durable_lsn",
+        "gauge",
+        "WAL position covered by the newest checkpoint on disk.",
         s.durable_lsn.0 as f64,
     );
     metric(

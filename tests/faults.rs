@@ -95,10 +95,12 @@ fn unwritable_checkpoint() {
     assert_graph_equals(&data, &config, &workload::expected(cluster, &db));
 }
 
-/// A snapshot corrupted while graphsync is stopped is refused at start (the message names the
-/// file and the fix); --rebuild rebuilds from source.
+/// A snapshot corrupted while graphsync is stopped is refused at start and the previous one is
+/// used (the server still holds everything after it, since only what both cover is
+/// confirmed): nothing is lost. With both corrupted, the start is refused (the message names
+/// the files and the fix) and --rebuild rebuilds from source.
 #[test]
-fn corrupted_snapshot_refused_then_rebuilt() {
+fn corrupted_snapshot_falls_back_then_rebuilt() {
     let cluster = Cluster::shared();
     let db = cluster.create_database("corrupt");
     cluster.psql(&db, workload::SCHEMA);
@@ -114,15 +116,40 @@ fn corrupted_snapshot_refused_then_rebuilt() {
         let (status, log) = r.stop();
         assert!(status.success(), "{log}");
     }
-    let manifest = sync::checkpoint::CheckpointStore::open(&data)
-        .unwrap()
-        .manifest()
-        .unwrap();
-    let snap = data.join(&manifest.snapshot);
-    let mut bytes = std::fs::read(&snap).unwrap();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x40;
-    std::fs::write(&snap, bytes).unwrap();
+    let store = sync::checkpoint::CheckpointStore::open(&data).unwrap();
+    let corrupt = |name: &str| {
+        let snap = data.join(name);
+        let mut bytes = std::fs::read(&snap).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x40;
+        std::fs::write(&snap, bytes).unwrap();
+    };
+    let manifest = store.manifest().unwrap();
+    let previous = manifest.previous.clone().expect("two checkpoints after two runs");
+    assert!(
+        replica::confirmed_flush(cluster, &db, &format!("gs_{db}")).unwrap() <= previous.lsn,
+        "confirmed past the previous checkpoint"
+    );
+    corrupt(&manifest.snapshot);
+    cluster.psql(&db, &w.script(20, None, None, None));
+    let mut r = replica::spawn(cluster, &db, &config, &data, &[]);
+    r.wait_durable(current_lsn(cluster, &db), DEADLINE);
+    let (status, log) = r.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("skipped an unusable checkpoint file") && log.contains(&manifest.snapshot),
+        "the corrupt snapshot was not reported:\n{log}"
+    );
+    assert!(
+        log.contains(&previous.snapshot),
+        "the previous snapshot was not used:\n{log}"
+    );
+    assert_graph_equals(&data, &config, &workload::expected(cluster, &db));
+
+    // Both kept snapshots corrupted: refused, and --rebuild rebuilds.
+    let manifest = store.manifest().unwrap();
+    corrupt(&manifest.snapshot);
+    corrupt(&manifest.previous.clone().expect("a previous checkpoint").snapshot);
     let r = replica::spawn(cluster, &db, &config, &data, &[]);
     let (status, log) = r.wait(DEADLINE);
     assert!(!status.success(), "a corrupt snapshot was accepted:\n{log}");

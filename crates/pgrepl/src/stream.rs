@@ -97,10 +97,12 @@ impl ReplicationStream {
             proto_version,
             status_interval,
             next_status: Instant::now() + status_interval,
+            // Flush 0 confirms nothing (the server ignores an invalid position) until the
+            // caller declares what is durable.
             feedback: Feedback {
                 write: start,
-                flush: start,
-                apply: start,
+                flush: Lsn(0),
+                apply: Lsn(0),
             },
             received: start,
             server_done: false,

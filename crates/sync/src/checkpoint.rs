@@ -1,17 +1,22 @@
 //! Durable checkpoints in the data directory, and recovering the newest good one.
 //!
-//! A checkpoint is three files:
+//! A checkpoint is two files plus the manifest:
 //! - `graph-<LSN>.snap`: the graph snapshot (graph engine format: checksummed, mmap-loaded);
 //! - `rows-<LSN>.idx`: the mapper's row index (checksummed);
-//! - `checkpoint.json`: the manifest naming them, the mapping hash, and the *covered LSN*:
-//!   every transaction that committed before it is in the snapshot. It can be ahead of the
-//!   snapshot's own LSN when only WAL of unmapped tables followed (an idle advance); then it is
-//!   rewritten without a new snapshot.
+//! - `checkpoint.json`: the manifest naming the current checkpoint's files, the mapping hash,
+//!   the *covered LSN* (every transaction that committed before it is in the snapshot), and the
+//!   previous checkpoint with its own covered LSN (the fallback).
+//!
+//! `<LSN>` in a file name is the covered LSN when the file was written, so a file found without
+//! a manifest still says what it covers. The manifest's covered LSN can move past it when only
+//! WAL of unmapped tables followed (an idle advance); then only the manifest is rewritten.
 //!
 //! Every file is written to a temporary name, fsynced, renamed, and the directory fsynced, so
-//! a crash leaves either the old or the new checkpoint. The covered LSN of the manifest on disk
-//! is the only position graphsync ever confirms to the server. The previous snapshot is kept
-//! (older ones pruned), so one corrupt file still leaves a fallback.
+//! a crash leaves either the old or the new checkpoint. Two checkpoints are kept (older ones
+//! pruned), and graphsync confirms to the server only what *both* cover
+//! ([`Manifest::confirmable`]): if the newest snapshot is found corrupt at start, the previous
+//! one is restored and the server still holds every change after it. The price is WAL retained
+//! for one checkpoint interval more.
 //!
 //! Not for deciding when to checkpoint (the replicator does).
 
@@ -59,6 +64,17 @@ pub enum CheckpointError {
     },
 }
 
+/// The previous checkpoint, kept as the fallback for a corrupt current one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// Snapshot file name.
+    pub snapshot: String,
+    /// Row index file name.
+    pub rows: String,
+    /// Covered LSN of that snapshot.
+    pub lsn: Lsn,
+}
+
 /// The manifest (`checkpoint.json`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
@@ -72,9 +88,18 @@ pub struct Manifest {
     pub rows: String,
     /// Hash of the mapping the graph was built with.
     pub mapping_hash: u64,
+    /// The previous checkpoint (none right after the initial copy or a fallback restore).
+    pub previous: Option<Fallback>,
 }
 
 impl Manifest {
+    /// The position graphsync may confirm to the server: covered by the current checkpoint
+    /// and by the previous one, so losing either still leaves a restorable state the server
+    /// can stream on from.
+    pub fn confirmable(&self) -> Lsn {
+        self.previous.as_ref().map_or(self.lsn, |p| p.lsn.min(self.lsn))
+    }
+
     fn to_json(&self) -> String {
         serde_json::json!({
             "format": 1,
@@ -83,6 +108,11 @@ impl Manifest {
             "snapshot": self.snapshot,
             "rows": self.rows,
             "mapping_hash": format!("{:016x}", self.mapping_hash),
+            "previous": self.previous.as_ref().map(|p| serde_json::json!({
+                "snapshot": p.snapshot,
+                "rows": p.rows,
+                "lsn": p.lsn.to_string(),
+            })),
         })
         .to_string()
     }
@@ -97,7 +127,26 @@ impl Manifest {
         };
         let lsn =
             |k: &str| -> Result<Lsn, String> { str_(k)?.parse().map_err(|_| format!("manifest {k} is not an LSN")) };
+        let previous = match v.get("previous") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(p) => {
+                let field = |k: &str| {
+                    p.get(k)
+                        .and_then(|x| x.as_str())
+                        .map(str::to_string)
+                        .ok_or_else(|| format!("manifest previous lacks {k}"))
+                };
+                Some(Fallback {
+                    snapshot: field("snapshot")?,
+                    rows: field("rows")?,
+                    lsn: field("lsn")?
+                        .parse()
+                        .map_err(|_| "manifest previous.lsn is not an LSN".to_string())?,
+                })
+            }
+        };
         Ok(Manifest {
+            previous,
             lsn: lsn("lsn")?,
             snapshot_lsn: lsn("snapshot_lsn")?,
             snapshot: str_("snapshot")?,
@@ -158,6 +207,11 @@ impl CheckpointStore {
         Ok(CheckpointStore { dir: dir.to_path_buf() })
     }
 
+    /// The snapshot file name of a checkpoint covering `lsn`.
+    pub fn snapshot_name(lsn: Lsn) -> String {
+        format!("graph-{:016X}.snap", lsn.0)
+    }
+
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -174,40 +228,57 @@ impl CheckpointStore {
         self.dir.join(MANIFEST).exists() || !self.snapshots().is_empty()
     }
 
-    /// Writes a full checkpoint of `view` and `index` covering `lsn` (≥ the view's LSN), then
-    /// prunes all but the previous snapshot. Returns the new manifest.
+    /// Writes a full checkpoint of `view` and `index` covering `lsn` (≥ the view's LSN), with
+    /// `previous` as its fallback, then prunes every other checkpoint. Returns the new
+    /// manifest.
     pub fn write(
         &self,
         view: &GraphView,
         index: &RowIndex,
         lsn: Lsn,
+        previous: Option<Fallback>,
         mapping_hash: u64,
         now_unix_ms: i64,
     ) -> Result<Manifest, CheckpointError> {
-        self.write_encoded(view, &index.encode(), lsn, mapping_hash, now_unix_ms)
+        self.write_encoded(view, &index.encode(), lsn, previous, mapping_hash, now_unix_ms)
     }
 
     /// As [`CheckpointStore::write`] with the row index already encoded ([`RowIndex::encode`]),
     /// so the writer can hand the work to another thread without cloning the index.
+    ///
+    /// The files are named after the covered LSN, which must differ from `previous`'s files
+    /// (a new checkpoint covers more than the one it supersedes).
     pub fn write_encoded(
         &self,
         view: &GraphView,
         index: &[u8],
         lsn: Lsn,
+        previous: Option<Fallback>,
         mapping_hash: u64,
         now_unix_ms: i64,
     ) -> Result<Manifest, CheckpointError> {
         let snap_lsn = Lsn(view.lsn());
-        let snapshot = format!("graph-{:016X}.snap", snap_lsn.0);
-        let rows = format!("rows-{:016X}.idx", snap_lsn.0);
+        let covered = lsn.max(snap_lsn);
+        let snapshot = Self::snapshot_name(covered);
+        let rows = format!("rows-{:016X}.idx", covered.0);
+        if previous.as_ref().is_some_and(|p| p.snapshot == snapshot) {
+            return Err(CheckpointError::Io {
+                path: self.dir.join(&snapshot),
+                source: std::io::Error::other("a new checkpoint must cover more than the one it replaces"),
+            });
+        }
         write_atomic(&self.dir, &rows, index)?;
         snapshot::write(view, &self.dir.join(&snapshot), mapping_hash, now_unix_ms)?;
         let m = Manifest {
-            lsn: lsn.max(snap_lsn),
+            lsn: covered,
             snapshot_lsn: snap_lsn,
             snapshot,
             rows,
             mapping_hash,
+            previous: previous.map(|p| Fallback {
+                lsn: p.lsn.min(covered),
+                ..p
+            }),
         };
         write_atomic(&self.dir, MANIFEST, m.to_json().as_bytes())?;
         self.prune(&m);
@@ -215,10 +286,16 @@ impl CheckpointStore {
     }
 
     /// Moves the covered LSN of the current checkpoint forward (nothing mapped changed since
-    /// its snapshot). Returns the new manifest.
-    pub fn advance(&self, current: &Manifest, lsn: Lsn) -> Result<Manifest, CheckpointError> {
+    /// its snapshot), and the previous one's too when `previous_too` (it holds the same graph
+    /// state). Returns the new manifest.
+    pub fn advance(&self, current: &Manifest, lsn: Lsn, previous_too: bool) -> Result<Manifest, CheckpointError> {
+        let lsn = lsn.max(current.lsn);
         let m = Manifest {
-            lsn: lsn.max(current.lsn),
+            lsn,
+            previous: current.previous.clone().map(|p| Fallback {
+                lsn: if previous_too { lsn } else { p.lsn },
+                ..p
+            }),
             ..current.clone()
         };
         write_atomic(&self.dir, MANIFEST, m.to_json().as_bytes())?;
@@ -243,15 +320,9 @@ impl CheckpointStore {
     }
 
     fn prune(&self, keep: &Manifest) {
-        // Keep the new snapshot and the newest older one.
-        let snaps = self.snapshots();
-        let mut kept_older = false;
-        for (lsn, name) in snaps {
-            if name == keep.snapshot {
-                continue;
-            }
-            if !kept_older && lsn < keep.snapshot_lsn.0 {
-                kept_older = true;
+        // Keep the manifest's two checkpoints.
+        for (lsn, name) in self.snapshots() {
+            if name == keep.snapshot || keep.previous.as_ref().is_some_and(|p| p.snapshot == name) {
                 continue;
             }
             let _ = std::fs::remove_file(self.dir.join(&name));
@@ -259,6 +330,7 @@ impl CheckpointStore {
         }
     }
 
+    /// Loads one checkpoint's files; returns the snapshot's own LSN too.
     fn load_one(&self, snapshot: &str, rows: &str, mapping_hash: u64) -> Result<(Graph, RowIndex, u64), String> {
         let loaded = snapshot::load(&self.dir.join(snapshot)).map_err(|e| format!("{snapshot}: {e}"))?;
         if loaded.meta.config_hash != mapping_hash {
@@ -273,8 +345,9 @@ impl CheckpointStore {
         Ok((Graph::from_view(loaded.view, CompactionPolicy::default()), index, lsn))
     }
 
-    /// The newest usable checkpoint: the manifest's, or if its files are corrupt, the newest
-    /// older snapshot that loads (covering only its own LSN). `Ok(None)` when the directory
+    /// The newest usable checkpoint: the manifest's, or if its files are corrupt, the previous
+    /// checkpoint the manifest names (at the LSN it covers); without a readable manifest, the
+    /// newest snapshot file that loads (at the LSN in its name). `Ok(None)` when the directory
     /// holds no checkpoint at all.
     ///
     /// A checkpoint built under another mapping is [`CheckpointError::MappingChanged`].
@@ -317,19 +390,30 @@ impl CheckpointStore {
                 Err(e) => refused.push(e),
             }
         }
-        for (lsn, name) in self.snapshots() {
-            if manifest.as_ref().is_some_and(|m| m.snapshot == name) {
-                continue;
-            }
-            let rows = format!("rows-{lsn:016X}.idx");
+        // The previous checkpoint covers what the manifest says; a file found on its own covers
+        // what its name says (its covered LSN when written).
+        let candidates: Vec<(String, String, Lsn)> = match manifest.as_ref() {
+            Some(m) => m
+                .previous
+                .iter()
+                .map(|p| (p.snapshot.clone(), p.rows.clone(), p.lsn))
+                .collect(),
+            None => self
+                .snapshots()
+                .into_iter()
+                .map(|(lsn, name)| (name, format!("rows-{lsn:016X}.idx"), Lsn(lsn)))
+                .collect(),
+        };
+        for (name, rows, covered) in candidates {
             match self.load_one(&name, &rows, mapping_hash) {
                 Ok((graph, index, snap_lsn)) => {
                     let m = Manifest {
-                        lsn: Lsn(snap_lsn),
+                        lsn: covered.max(Lsn(snap_lsn)),
                         snapshot_lsn: Lsn(snap_lsn),
                         snapshot: name,
                         rows,
                         mapping_hash,
+                        previous: None,
                     };
                     return Ok(Some(Restored {
                         graph,
@@ -359,5 +443,121 @@ impl CheckpointStore {
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use graph::{Csr, EdgeInput, EdgeLabel, NodeId};
+    use std::sync::Arc;
+
+    fn view(edges: u32, lsn: u64) -> Arc<GraphView> {
+        let e: Vec<EdgeInput> = (0..edges)
+            .map(|i| EdgeInput {
+                source: NodeId(i),
+                target: NodeId(i + 1),
+                label: EdgeLabel(0),
+                weight: 1.0,
+            })
+            .collect();
+        Graph::new(Csr::build(edges + 1, &e, false).unwrap(), lsn).view()
+    }
+
+    fn fallback(m: &Manifest) -> Option<Fallback> {
+        Some(Fallback {
+            snapshot: m.snapshot.clone(),
+            rows: m.rows.clone(),
+            lsn: m.lsn,
+        })
+    }
+
+    fn snap_files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".snap"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn confirms_what_both_checkpoints_cover_and_falls_back_to_the_previous() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        let idx = RowIndex::default();
+        let a = store.write(&view(1, 0x10), &idx, Lsn(0x20), None, 7, 0).unwrap();
+        assert_eq!(a.confirmable(), Lsn(0x20), "the only checkpoint");
+        let a = store.advance(&a, Lsn(0x30), false).unwrap();
+        assert_eq!(a.confirmable(), Lsn(0x30));
+        let b = store
+            .write(&view(2, 0x40), &idx, Lsn(0x50), fallback(&a), 7, 0)
+            .unwrap();
+        assert_eq!(b.snapshot, "graph-0000000000000050.snap");
+        assert_eq!(b.confirmable(), Lsn(0x30), "only what the previous checkpoint covers");
+        let b = store.advance(&b, Lsn(0x60), false).unwrap();
+        assert_eq!((b.lsn, b.confirmable()), (Lsn(0x60), Lsn(0x30)));
+        let c = store
+            .write(&view(3, 0x70), &idx, Lsn(0x70), fallback(&b), 7, 0)
+            .unwrap();
+        assert_eq!(c.confirmable(), Lsn(0x60));
+        assert_eq!(
+            snap_files(dir.path()),
+            ["graph-0000000000000050.snap", "graph-0000000000000070.snap"],
+            "two checkpoints kept"
+        );
+        assert_eq!(store.manifest().unwrap(), c);
+
+        // The newest snapshot corrupted: the previous one is restored at what it covers.
+        let newest = dir.path().join(&c.snapshot);
+        let mut bytes = std::fs::read(&newest).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        std::fs::write(&newest, bytes).unwrap();
+        let r = store.restore(7).unwrap().unwrap();
+        assert_eq!(r.lsn, Lsn(0x60));
+        assert_eq!(r.manifest.snapshot, "graph-0000000000000050.snap");
+        assert_eq!(r.graph.view().edge_count(), 2);
+        assert!(r.refused.iter().any(|e| e.contains(&c.snapshot)), "{:?}", r.refused);
+        assert!(r.lsn >= c.confirmable(), "the server still holds everything after it");
+
+        // Without a manifest, a file covers what its name says.
+        std::fs::remove_file(dir.path().join(MANIFEST)).unwrap();
+        let r = store.restore(7).unwrap().unwrap();
+        assert_eq!((r.lsn, r.graph.view().edge_count()), (Lsn(0x50), 2));
+    }
+
+    #[test]
+    fn a_copy_of_an_unchanged_graph_lets_the_fallback_advance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        let idx = RowIndex::default();
+        let a = store.write(&view(1, 0x10), &idx, Lsn(0x10), None, 7, 0).unwrap();
+        let b = store
+            .write(&view(2, 0x20), &idx, Lsn(0x20), fallback(&a), 7, 0)
+            .unwrap();
+        // Idle: the same graph written again further on, its previous covering as much.
+        let prev = Fallback {
+            lsn: Lsn(0x90),
+            ..fallback(&b).unwrap()
+        };
+        let c = store.write(&view(2, 0x20), &idx, Lsn(0x90), Some(prev), 7, 0).unwrap();
+        assert_eq!(c.confirmable(), Lsn(0x90));
+        let c = store.advance(&c, Lsn(0xA0), true).unwrap();
+        assert_eq!(c.confirmable(), Lsn(0xA0));
+        // A checkpoint may not replace the file it falls back to.
+        let same = store.write(&view(2, 0x20), &idx, Lsn(0x90), fallback(&c), 7, 0);
+        assert!(matches!(same, Err(CheckpointError::Io { .. })), "{same:?}");
+        assert_eq!(store.manifest().unwrap(), c);
+    }
+
+    #[test]
+    fn manifest_without_previous_still_reads() {
+        let m = Manifest::from_json(
+            r#"{"format":1,"lsn":"1/10","snapshot_lsn":"1/10","snapshot":"g.snap","rows":"r.idx","mapping_hash":"000000000000abcd"}"#,
+        )
+        .unwrap();
+        assert_eq!((m.confirmable(), m.previous), (Lsn(0x1_0000_0010), None));
     }
 }

@@ -2,22 +2,24 @@
 //! reconnect.
 //!
 //! Invariants kept here:
-//! - the flush LSN sent to the server is always the covered LSN of the manifest on disk
-//!   ([`crate::checkpoint`]), so a crash anywhere loses nothing;
+//! - the flush LSN sent to the server is never more than what both checkpoints on disk cover
+//!   ([`crate::checkpoint::Manifest::confirmable`]), so a crash anywhere, or a corrupt newest
+//!   snapshot, loses nothing;
 //! - transactions that ended at or before the restored position are skipped (the server may
 //!   resend from its `confirmed_flush_lsn`);
 //! - a restored position behind the slot's `confirmed_flush_lsn`, a missing or invalidated
 //!   slot, or a checkpoint of another mapping is refused (or rebuilt with `rebuild`), never
 //!   streamed over;
-//! - when nothing mapped is pending, the covered LSN follows the server's keepalives, so an
-//!   idle slot does not hold WAL.
+//! - when nothing mapped is pending, the covered LSN follows the server's keepalives (and one
+//!   copy of the unchanged graph lets the fallback follow too), so an idle slot does not hold
+//!   WAL.
 //!
 //! Not for CLI or HTTP (the binary reads [`ReplicaStatus`]).
 
 use crate::assembly::{AssemblyError, TxnAssembler};
 use crate::catalog::{self, CatalogError, TableInfo};
 use crate::change::CommittedTxn;
-use crate::checkpoint::{CheckpointError, CheckpointStore, Manifest};
+use crate::checkpoint::{CheckpointError, CheckpointStore, Fallback, Manifest};
 use crate::config::MappingConfig;
 use crate::copy::{CopyError, CopyReader};
 use crate::mapper::{BulkLoad, MapError, Mapper, RowIndex};
@@ -264,8 +266,11 @@ pub struct StatusSnapshot {
     pub phase: Phase,
     /// Every transaction committed before this is applied to the graph.
     pub applied_lsn: Lsn,
-    /// The covered LSN of the checkpoint on disk: what is confirmed to the server.
+    /// The covered LSN of the newest checkpoint on disk.
     pub durable_lsn: Lsn,
+    /// What is confirmed to the server: covered by both kept checkpoints
+    /// ([`Manifest::confirmable`]).
+    pub confirmed_lsn: Lsn,
     /// The snapshot's own LSN.
     pub snapshot_lsn: Lsn,
     /// The server's WAL end as last reported.
@@ -392,6 +397,9 @@ struct State {
     version: u64,
     /// The version the manifest's snapshot holds; anything newer is not durable yet.
     durable_version: u64,
+    /// Whether the manifest's previous checkpoint holds the same graph state as its current
+    /// one (a fallback copy written while idle), so an idle advance moves both.
+    previous_same: bool,
     /// Checkpoint and compaction in flight; kept across reconnects so none is lost or raced.
     bg: Background,
 }
@@ -400,6 +408,27 @@ impl State {
     /// Whether transactions were applied since the manifest's snapshot.
     fn dirty(&self) -> bool {
         self.version != self.durable_version
+    }
+
+    /// The current checkpoint as the fallback of the next one.
+    fn fallback(&self) -> Option<Fallback> {
+        (!self.manifest.snapshot.is_empty()).then(|| Fallback {
+            snapshot: self.manifest.snapshot.clone(),
+            rows: self.manifest.rows.clone(),
+            // Unchanged since that snapshot: it covers everything applied so far.
+            lsn: if self.dirty() { self.manifest.lsn } else { self.safe },
+        })
+    }
+
+    /// Whether to write a copy of the unchanged graph so that the fallback catches up with
+    /// the current checkpoint: nothing to checkpoint, yet the server has moved past what we
+    /// can confirm (WAL of unmapped tables only).
+    fn needs_fallback_copy(&self) -> bool {
+        !self.dirty()
+            && !self.previous_same
+            && self.manifest.previous.is_some()
+            && self.safe > self.manifest.confirmable()
+            && CheckpointStore::snapshot_name(self.safe) != self.manifest.snapshot
     }
 }
 
@@ -518,8 +547,9 @@ fn checkpoint(
 ) -> Result<(), CheckpointError> {
     let started = Instant::now();
     let view = st.graph.view();
-    let m = store.write(&view, &st.index, st.safe, hash, now_ms())?;
+    let m = store.write(&view, &st.index, st.safe, st.fallback(), hash, now_ms())?;
     tracing::info!(lsn = %m.lsn, snapshot = %m.snapshot, ms = started.elapsed().as_millis() as u64, "checkpoint written");
+    st.previous_same = !st.dirty();
     record_checkpoint(store, st, m, status);
     st.durable_version = st.version;
     Ok(())
@@ -531,6 +561,7 @@ fn record_checkpoint(store: &CheckpointStore, st: &mut State, m: Manifest, statu
     st.manifest = m;
     status.update(|s| {
         s.durable_lsn = st.manifest.lsn;
+        s.confirmed_lsn = st.manifest.confirmable();
         s.snapshot_lsn = st.manifest.snapshot_lsn;
         s.checkpoints += 1;
         s.snapshot_bytes = bytes;
@@ -544,8 +575,9 @@ type CheckpointTask = tokio::task::JoinHandle<Result<(Manifest, Duration), Check
 /// Checkpoints and compactions running on blocking threads while streaming goes on.
 #[derive(Default)]
 struct Background {
-    /// A checkpoint being written, and the state version it captured.
-    checkpoint: Option<(u64, CheckpointTask)>,
+    /// A checkpoint being written, the state version it captured, and whether that state is
+    /// the current checkpoint's (a fallback copy).
+    checkpoint: Option<(u64, bool, CheckpointTask)>,
     compaction: Option<tokio::task::JoinHandle<graph::Compacted>>,
 }
 
@@ -557,13 +589,14 @@ impl Background {
         }
         let view = st.graph.view();
         let index = st.index.encode();
-        let (store, lsn) = (store.clone(), st.safe);
+        let (store, lsn, previous) = (store.clone(), st.safe, st.fallback());
         self.checkpoint = Some((
             st.version,
+            !st.dirty(),
             tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
                 store
-                    .write_encoded(&view, &index, lsn, hash, now_ms())
+                    .write_encoded(&view, &index, lsn, previous, hash, now_ms())
                     .map(|m| (m, started.elapsed()))
             }),
         ));
@@ -571,17 +604,20 @@ impl Background {
 
     /// Collects a finished checkpoint (or waits for it with `wait`).
     async fn reap_checkpoint(&mut self, store: &CheckpointStore, st: &mut State, status: &ReplicaStatus, wait: bool) {
-        let Some((_, h)) = self.checkpoint.as_ref() else { return };
+        let Some((_, _, h)) = self.checkpoint.as_ref() else {
+            return;
+        };
         if !wait && !h.is_finished() {
             return;
         }
-        let Some((version, h)) = self.checkpoint.take() else {
+        let Some((version, copy, h)) = self.checkpoint.take() else {
             return;
         };
         match h.await {
             Ok(Ok((m, took))) => {
                 // Durable up to the version the checkpoint captured, not later ones.
                 st.durable_version = version;
+                st.previous_same = copy;
                 tracing::info!(lsn = %m.lsn, snapshot = %m.snapshot, ms = took.as_millis() as u64, "checkpoint written");
                 // No idle advance runs while a checkpoint is in flight, so this manifest is the
                 // newest.
@@ -781,6 +817,7 @@ async fn session(
                 status.update(|st| {
                     st.applied_lsn = r.lsn;
                     st.durable_lsn = r.lsn;
+                    st.confirmed_lsn = r.manifest.confirmable();
                     st.snapshot_lsn = r.manifest.snapshot_lsn;
                 });
                 *state = Some(State {
@@ -790,6 +827,7 @@ async fn session(
                     manifest: r.manifest,
                     version: 0,
                     durable_version: 0,
+                    previous_same: false,
                     bg: Background::default(),
                 });
             }
@@ -825,10 +863,12 @@ async fn session(
                         snapshot: String::new(),
                         rows: String::new(),
                         mapping_hash: hash,
+                        previous: None,
                     },
                     // The copied graph is not durable until its first checkpoint.
                     version: 1,
                     durable_version: 0,
+                    previous_same: false,
                     bg: Background::default(),
                 };
                 tokio::task::block_in_place(|| checkpoint(store, &mut st, hash, status))?;
@@ -1020,7 +1060,9 @@ async fn stream(
     let mut next_checkpoint = Instant::now() + opts.checkpoint_interval;
     let mut next_advance = Instant::now();
     let mut next_ping = Instant::now() + Duration::from_secs(1);
-    let mut confirmed = st.manifest.lsn;
+    // Nothing is confirmed by starting to stream; the loop confirms what both kept
+    // checkpoints cover.
+    let mut confirmed = Lsn(0);
     let mut server_end = Lsn(0);
     let mut last_heard = Instant::now();
     let mut next_progress = Instant::now() + Duration::from_secs(10);
@@ -1044,12 +1086,15 @@ async fn stream(
             if st.dirty() {
                 tokio::task::block_in_place(|| checkpoint(store, st, hash, status))?;
             } else if st.safe > st.manifest.lsn {
-                st.manifest = store.advance(&st.manifest, st.safe)?;
+                st.manifest = store.advance(&st.manifest, st.safe, st.previous_same)?;
             }
-            stream.set_flushed(st.manifest.lsn);
-            status.update(|s| s.durable_lsn = st.manifest.lsn);
+            stream.set_flushed(st.manifest.confirmable());
+            status.update(|s| {
+                s.durable_lsn = st.manifest.lsn;
+                s.confirmed_lsn = st.manifest.confirmable();
+            });
             let _ = stream.stop().await;
-            tracing::info!(confirmed = %st.manifest.lsn, "stopped cleanly");
+            tracing::info!(covered = %st.manifest.lsn, confirmed = %st.manifest.confirmable(), "stopped cleanly");
             return Ok(());
         }
         let tick = (Instant::now() + Duration::from_millis(50)).min(next_checkpoint);
@@ -1105,7 +1150,7 @@ async fn stream(
         let mut bg = std::mem::take(&mut st.bg);
         bg.reap_checkpoint(store, st, status, false).await;
         let compacted = bg.compaction(st, status).await;
-        if st.dirty() && now >= next_checkpoint && bg.checkpoint.is_none() {
+        if (st.dirty() || st.needs_fallback_copy()) && now >= next_checkpoint && bg.checkpoint.is_none() {
             bg.start_checkpoint(store, st, hash);
             next_checkpoint = Instant::now() + opts.checkpoint_interval;
         }
@@ -1113,10 +1158,13 @@ async fn stream(
         st.bg = bg;
         compacted?;
         if idle_advance {
-            match store.advance(&st.manifest, st.safe) {
+            match store.advance(&st.manifest, st.safe, st.previous_same) {
                 Ok(m) => {
                     st.manifest = m;
-                    status.update(|s| s.durable_lsn = st.manifest.lsn);
+                    status.update(|s| {
+                        s.durable_lsn = st.manifest.lsn;
+                        s.confirmed_lsn = st.manifest.confirmable();
+                    });
                 }
                 Err(e) => checkpoint_failed(status, &e),
             }
@@ -1151,8 +1199,8 @@ async fn stream(
             stream.send_status(true).await?;
             next_ping = now + Duration::from_millis(250);
         }
-        if st.manifest.lsn > confirmed {
-            confirmed = st.manifest.lsn;
+        if st.manifest.confirmable() > confirmed {
+            confirmed = st.manifest.confirmable();
             stream.set_flushed(confirmed);
             stream.send_status(false).await?;
         }

@@ -448,7 +448,12 @@ proptest! {
             match action {
                 // Checkpoint, then carry on from what was restored (a restart).
                 0 => {
-                    store.write(&graph.view(), &index, Lsn(lsn), hash, 0).unwrap();
+                    let previous = store.manifest().map(|m| sync::checkpoint::Fallback {
+                        snapshot: m.snapshot,
+                        rows: m.rows,
+                        lsn: m.lsn,
+                    });
+                    store.write(&graph.view(), &index, Lsn(lsn), previous, hash, 0).unwrap();
                     let restored = store.restore(hash).unwrap().unwrap();
                     prop_assert_eq!(restored.lsn, Lsn(lsn));
                     prop_assert_eq!(&restored.index, &index);
