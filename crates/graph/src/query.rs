@@ -120,20 +120,40 @@ pub trait Topology {
         self.for_each_edge(n, dir, |m, _, _| f(m));
     }
 
-    /// A hint that `n`'s edges in `dir` will be read soon (a BFS calls it for nodes a few places
-    /// ahead in its queue, so memory latency overlaps with work).
-    #[inline]
-    fn prefetch(&self, _n: NodeId, _dir: Direction) {}
+    /// What the first look at a node ([`Topology::prefetch_index`]) tells the later stages of
+    /// a traversal about it, so they need not look it up again (for a view: whether the node
+    /// has overlay edges).
+    type Ahead<'a>: Copy + Default
+    where
+        Self: 'a;
 
-    /// A hint that `n`'s edges are read very soon, after [`Topology::prefetch`]: the third
-    /// stage, for data reached through a pointer loaded by the second.
+    /// First stage of prefetching, for a node some places ahead in a BFS queue: loads what
+    /// locating `n`'s edges needs and returns what it learnt for the later stages.
     #[inline]
-    fn prefetch_late(&self, _n: NodeId, _dir: Direction) {}
+    fn prefetch_index(&self, _n: NodeId, _dir: Direction) -> Self::Ahead<'_> {
+        Default::default()
+    }
 
-    /// A hint that [`Topology::prefetch`] will be called for `n` soon: load what locating
-    /// `n`'s edges needs (two-stage prefetching).
+    /// Second stage: `n`'s edges in `dir` will be read soon (memory latency overlaps with
+    /// work). `ahead` is what [`Topology::prefetch_index`] returned for `n`; returns it,
+    /// refined for the later stages.
     #[inline]
-    fn prefetch_index(&self, _n: NodeId, _dir: Direction) {}
+    fn prefetch<'a>(&'a self, _n: NodeId, _dir: Direction, ahead: Self::Ahead<'a>) -> Self::Ahead<'a> {
+        ahead
+    }
+
+    /// As [`Topology::for_each_neighbor`], given what [`Topology::prefetch_index`] returned
+    /// for `n`.
+    #[inline]
+    fn for_each_neighbor_ahead<'a>(
+        &'a self,
+        n: NodeId,
+        dir: Direction,
+        _ahead: Self::Ahead<'a>,
+        f: impl FnMut(NodeId),
+    ) {
+        self.for_each_neighbor(n, dir, f);
+    }
 }
 
 /// Asks the CPU to start loading the cache line at `p`.
@@ -178,8 +198,10 @@ impl Topology for Csr {
         }
     }
 
+    type Ahead<'a> = ();
+
     #[inline]
-    fn prefetch(&self, n: NodeId, dir: Direction) {
+    fn prefetch(&self, n: NodeId, dir: Direction, _: ()) {
         let adj = sides(self, dir).0;
         let r = adj.range(n);
         prefetch_ptr(adj.targets_ptr(r.start));
@@ -320,25 +342,42 @@ pub fn k_hop<G: Topology>(
     let mut depth = 0;
     // Level by level: `out[head..level_end]` is the current frontier.
     const AHEAD: usize = 8;
+    // What the first prefetch stage learnt about queue position `p`, at `p % RING` (tagged
+    // with `p`: a position pushed after its first stage would have run gets looked up anew).
+    const RING: usize = 4 * AHEAD;
+    let mut ring = [(usize::MAX, G::Ahead::default()); RING];
+    fn look<'a, G: Topology>(
+        g: &'a G,
+        ring: &[(usize, G::Ahead<'a>)],
+        p: usize,
+        n: NodeId,
+        dir: Direction,
+    ) -> G::Ahead<'a> {
+        let (q, a) = ring[p % ring.len()];
+        if q == p {
+            a
+        } else {
+            g.prefetch_index(n, dir)
+        }
+    }
     let unrestricted = filter.tenant.is_none() && filter.value.is_none() && g.all_visible();
     while head < out.len() && depth < max_depth {
         let level_end = out.len();
         depth += 1;
         while head < level_end {
             let n = out[head].0;
-            if let Some(&(ahead, _)) = out.get(head + AHEAD / 2) {
-                g.prefetch_late(ahead, dir);
-            }
             if let Some(&(ahead, _)) = out.get(head + AHEAD) {
-                g.prefetch(ahead, dir);
+                let p = head + AHEAD;
+                ring[p % RING] = (p, g.prefetch(ahead, dir, look(g, &ring, p, ahead, dir)));
             }
             if let Some(&(ahead, _)) = out.get(head + 2 * AHEAD) {
-                g.prefetch_index(ahead, dir);
+                ring[(head + 2 * AHEAD) % RING] = (head + 2 * AHEAD, g.prefetch_index(ahead, dir));
             }
+            let here = look(g, &ring, head, n, dir);
             head += 1;
             let mut full = false;
             if filter.label.is_none() {
-                g.for_each_neighbor(n, dir, |m| {
+                g.for_each_neighbor_ahead(n, dir, here, |m| {
                     if !full && (unrestricted || admits(g, &filter, m)) && scratch.visit(m) {
                         out.push((m, depth));
                         full = out.len() >= max_nodes;

@@ -18,14 +18,14 @@ use crate::query::{Direction, Topology};
 use crate::{Csr, EdgeInput, EdgeLabel, NodeId};
 use std::sync::{Arc, RwLock};
 
-const CHUNK_SHIFT: u32 = 8;
+const CHUNK_SHIFT: u32 = 6;
 const CHUNK_NODES: usize = 1 << CHUNK_SHIFT;
 const CHUNK_WORDS: usize = CHUNK_NODES / 64;
 const GROUP_SHIFT: u32 = 14;
 const GROUP_NODES: usize = 1 << GROUP_SHIFT;
 const GROUP_CHUNKS: usize = GROUP_NODES / CHUNK_NODES;
 
-/// 64 chunks, and which of their nodes have overlay edges at all (kept here, densely, so a
+/// 256 chunks, and which of their nodes have overlay edges at all (kept here, densely, so a
 /// traversal learns "nothing changed at this node" from one load in a small, hot array).
 /// Cloned on write like the chunks themselves.
 #[derive(Debug, Clone)]
@@ -134,20 +134,26 @@ struct NodeDelta {
     deleted: smallvec::SmallVec<[u32; 2]>,
 }
 
-/// Overlay state of 256 consecutive node ids.
+/// A node's overlay edges, `[outgoing, incoming]`, each direction on a cache line of its own
+/// (64-byte aligned, 64 bytes each), so a traversal reads one line per changed node.
+#[derive(Debug, Clone, Default)]
+#[repr(C, align(64))]
+struct NodeDeltas([NodeDelta; 2]);
+
+const _: () = assert!(std::mem::size_of::<NodeDelta>() <= 64);
+
+/// Overlay state of 64 consecutive node ids.
 #[derive(Debug, Clone)]
 struct Chunk {
     /// Deleted nodes.
     tombstones: [u64; CHUNK_WORDS],
     /// Nodes deleted in the base's dense bitset and restored since.
     restored: [u64; CHUNK_WORDS],
-    /// For each node, 1 + its position in `deltas`, or 0 when it has no overlay edges: a
-    /// direct index, no hashing on the traversal path.
-    slot: [u16; CHUNK_NODES],
-    /// Overlay edges of the chunk's nodes: `[outgoing, incoming]`, each shared between views
-    /// until written: a transaction that touches one node clones that node's edges, not the
-    /// whole chunk's.
-    deltas: Vec<Arc<[NodeDelta; 2]>>,
+    /// Overlay edges of each node, if it has any: one load from the chunk to the entry (no
+    /// hashing, no second indirection on the traversal path). Each entry is shared between
+    /// views until written: a transaction that touches one node clones that node's edges, and
+    /// this chunk's 64 pointers, not the other nodes' edges.
+    deltas: [Option<Arc<NodeDeltas>>; CHUNK_NODES],
 }
 
 impl Default for Chunk {
@@ -155,30 +161,25 @@ impl Default for Chunk {
         Chunk {
             tombstones: [0; CHUNK_WORDS],
             restored: [0; CHUNK_WORDS],
-            slot: [0; CHUNK_NODES],
-            deltas: Vec::new(),
+            deltas: std::array::from_fn(|_| None),
         }
     }
 }
 
 impl Chunk {
     #[inline]
+    fn entry(&self, n: u32) -> Option<&Arc<NodeDeltas>> {
+        self.deltas[n as usize & (CHUNK_NODES - 1)].as_ref()
+    }
+
+    #[inline]
     fn delta(&self, n: u32, dir: Direction) -> Option<&NodeDelta> {
-        let s = self.slot[n as usize & (CHUNK_NODES - 1)];
-        if s == 0 {
-            return None;
-        }
-        Some(&self.deltas[usize::from(s) - 1][usize::from(dir == Direction::In)])
+        Some(&self.entry(n)?.0[usize::from(dir == Direction::In)])
     }
 
     fn delta_mut(&mut self, n: u32, dir: Direction) -> &mut NodeDelta {
-        let i = n as usize & (CHUNK_NODES - 1);
-        if self.slot[i] == 0 {
-            self.deltas.push(Default::default());
-            // At most 256 entries: fits in u16.
-            self.slot[i] = self.deltas.len() as u16;
-        }
-        &mut Arc::make_mut(&mut self.deltas[usize::from(self.slot[i]) - 1])[usize::from(dir == Direction::In)]
+        let d = self.deltas[n as usize & (CHUNK_NODES - 1)].get_or_insert_with(Default::default);
+        &mut Arc::make_mut(d).0[usize::from(dir == Direction::In)]
     }
 }
 
@@ -439,11 +440,22 @@ impl GraphView {
     /// Neighbours of a node with overlay edges (or added since the base): base minus deleted
     /// positions plus added edges. Kept out of line so the common path stays small.
     #[inline(never)]
-    fn changed_neighbors(&self, n: NodeId, dir: Direction, mut f: impl FnMut(NodeId)) {
-        let dirty = is_dirty(&self.chunks, n.0, dir);
+    /// Neighbours of a node that has overlay edges in `dir` (or is past the base), given its
+    /// overlay chunk, and its overlay entry if already located.
+    fn changed_neighbors(
+        &self,
+        n: NodeId,
+        dir: Direction,
+        chunk: Option<&Chunk>,
+        entry: Option<&Arc<NodeDeltas>>,
+        mut f: impl FnMut(NodeId),
+    ) {
         let mut one = |d: Direction| {
             // Endpoints only: no labels or weights read.
-            let delta = if dirty { self.delta(n, d) } else { None };
+            let delta = match entry {
+                Some(e) => Some(&e.0[usize::from(d == Direction::In)]),
+                None => chunk.and_then(|c| c.delta(n.0, d)),
+            };
             if n.0 < self.base.node_count() {
                 let adj = if d == Direction::In {
                     self.base.reverse()
@@ -590,55 +602,86 @@ impl Topology for GraphView {
         if n.0 < self.base.node_count() && !is_dirty(&self.chunks, n.0, dir) {
             self.base.for_each_neighbor(n, dir, f);
         } else {
-            self.changed_neighbors(n, dir, f);
+            self.changed_neighbors(n, dir, self.chunk(n.0), None, f);
         }
     }
 
+    type Ahead<'a> = OverlayAhead<'a>;
+
     #[inline(always)]
-    fn prefetch(&self, n: NodeId, dir: Direction) {
+    fn for_each_neighbor_ahead<'a>(
+        &'a self,
+        n: NodeId,
+        dir: Direction,
+        ahead: OverlayAhead<'a>,
+        mut f: impl FnMut(NodeId),
+    ) {
+        let in_base = n.0 < self.base.node_count();
+        if in_base && !ahead.dirty {
+            self.base.for_each_neighbor(n, dir, f);
+            return;
+        }
+        // The common change, edges added and none deleted: the base's own loop, then the
+        // additions.
+        if let (true, Some(e), Direction::Out | Direction::In) = (in_base, ahead.entry, dir) {
+            let delta = &e.0[usize::from(dir == Direction::In)];
+            if delta.deleted.is_empty() {
+                self.base.for_each_neighbor(n, dir, &mut f);
+                delta.added.iter().for_each(|e| f(NodeId(e.other)));
+                return;
+            }
+        }
+        self.changed_neighbors(n, dir, ahead.chunk, ahead.entry, f);
+    }
+
+    #[inline(always)]
+    fn prefetch<'a>(&'a self, n: NodeId, dir: Direction, mut ahead: OverlayAhead<'a>) -> OverlayAhead<'a> {
         if n.0 < self.base.node_count() {
-            self.base.prefetch(n, dir);
+            self.base.prefetch(n, dir, ());
         }
-        // Second stage for changed nodes: the pointer to their overlay entry (the slot was
-        // prefetched earlier).
-        if is_dirty(&self.chunks, n.0, dir) {
-            if let Some(c) = self.chunk(n.0) {
-                let s = c.slot[n.index() & (CHUNK_NODES - 1)];
-                if s != 0 {
-                    crate::query::prefetch_ptr(c.deltas.as_ptr().wrapping_add(usize::from(s) - 1));
-                }
+        // Second stage for changed nodes: their overlay entry (the pointer to it was
+        // prefetched by the first).
+        if let Some(d) = ahead.chunk.and_then(|c| c.entry(n.0)) {
+            if dir != Direction::In {
+                crate::query::prefetch_ptr(&d.0[0]);
             }
+            if dir != Direction::Out {
+                crate::query::prefetch_ptr(&d.0[1]);
+            }
+            ahead.entry = Some(d);
         }
+        ahead
     }
 
     #[inline(always)]
-    fn prefetch_late(&self, n: NodeId, dir: Direction) {
-        // Third stage: the overlay entry itself.
-        if is_dirty(&self.chunks, n.0, dir) {
-            if let Some(c) = self.chunk(n.0) {
-                let s = c.slot[n.index() & (CHUNK_NODES - 1)];
-                if s != 0 {
-                    if let Some(d) = c.deltas.get(usize::from(s) - 1) {
-                        crate::query::prefetch_ptr(Arc::as_ptr(d));
-                    }
-                }
-            }
-        }
-    }
-
-    #[inline(always)]
-    fn prefetch_index(&self, n: NodeId, dir: Direction) {
+    fn prefetch_index(&self, n: NodeId, dir: Direction) -> OverlayAhead<'_> {
         if n.0 < self.base.node_count() {
             self.base.prefetch_index(n, dir);
         }
-        if is_dirty(&self.chunks, n.0, dir) {
-            if let Some(c) = self.chunk(n.0) {
-                crate::query::prefetch_ptr(c.slot.as_ptr().wrapping_add(n.index() & (CHUNK_NODES - 1)));
-                // The entry table's header, read by the next stage.
-                crate::query::prefetch_ptr(&c.deltas as *const Vec<_>);
-            }
+        if !is_dirty(&self.chunks, n.0, dir) {
+            return OverlayAhead::default();
+        }
+        let chunk = self.chunk(n.0);
+        if let Some(c) = chunk {
+            // The pointer to the node's overlay entry, read by the next stage.
+            crate::query::prefetch_ptr(&c.deltas[n.index() & (CHUNK_NODES - 1)]);
+        }
+        OverlayAhead {
+            dirty: true,
+            chunk,
+            entry: None,
         }
     }
+}
+
+/// What the first prefetch stage of a traversal learnt about a node of a [`GraphView`]:
+/// whether it has overlay edges in the direction, and its overlay chunk.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OverlayAhead<'a> {
+    dirty: bool,
+    chunk: Option<&'a Chunk>,
+    /// Located by the second stage.
+    entry: Option<&'a Arc<NodeDeltas>>,
 }
 
 /// One transaction being built on top of the current view; see [`Graph::begin`].

@@ -156,34 +156,42 @@ fn check(view: &GraphView, o: &Oracle) -> Result<(), TestCaseError> {
             got.sort();
             prop_assert_eq!(got, o.neighbours(n, dir), "node {} {:?}", n, dir);
         }
-        // k-hop reachability equals the oracle's BFS.
-        let got: std::collections::BTreeSet<u32> = k_hop(
-            view,
-            &mut scratch,
-            NodeId(n),
-            Direction::Out,
-            EdgeFilter::default(),
-            3,
-            usize::MAX,
-        )
-        .unwrap()
-        .into_iter()
-        .map(|(m, _)| m.0)
-        .collect();
-        let mut want = std::collections::BTreeSet::from([n]);
-        let mut frontier = vec![n];
-        for _ in 0..3 {
-            let mut next = Vec::new();
-            for &f in &frontier {
-                for (m, _) in o.neighbours(f, Direction::Out) {
-                    if want.insert(m) {
-                        next.push(m);
+        // k-hop levels equal the oracle's BFS, in every direction, to depth 3 and unbounded
+        // (long queues run the traversal's prefetch stages over changed nodes too).
+        for dir in [Direction::Out, Direction::In, Direction::Both] {
+            for max_depth in [3, u32::MAX] {
+                let got: std::collections::BTreeMap<u32, u32> = k_hop(
+                    view,
+                    &mut scratch,
+                    NodeId(n),
+                    dir,
+                    EdgeFilter::default(),
+                    max_depth,
+                    usize::MAX,
+                )
+                .unwrap()
+                .into_iter()
+                .map(|(m, d)| (m.0, d))
+                .collect();
+                let mut want = std::collections::BTreeMap::from([(n, 0)]);
+                let mut frontier = vec![n];
+                let mut depth = 0;
+                while !frontier.is_empty() && depth < max_depth {
+                    depth += 1;
+                    let mut next = Vec::new();
+                    for &f in &frontier {
+                        for (m, _) in o.neighbours(f, dir) {
+                            if let std::collections::btree_map::Entry::Vacant(e) = want.entry(m) {
+                                e.insert(depth);
+                                next.push(m);
+                            }
+                        }
                     }
+                    frontier = next;
                 }
+                prop_assert_eq!(got, want, "k-hop from {} {:?} depth {}", n, dir, max_depth);
             }
-            frontier = next;
         }
-        prop_assert_eq!(got, want);
     }
     // Shortest paths (BFS and Dijkstra) from node 0 to every node, against the oracle.
     if o.visible.first() == Some(&true) {
