@@ -345,6 +345,8 @@ pub fn k_hop<G: Topology>(
     // What the first prefetch stage learnt about queue position `p`, at `p % RING` (tagged
     // with `p`: a position pushed after its first stage would have run gets looked up anew).
     const RING: usize = 4 * AHEAD;
+    // A graph with nothing to carry (a plain CSR) skips the ring altogether.
+    let staged = std::mem::size_of::<G::Ahead<'_>>() != 0;
     let mut ring = [(usize::MAX, G::Ahead::default()); RING];
     fn look<'a, G: Topology>(
         g: &'a G,
@@ -368,12 +370,24 @@ pub fn k_hop<G: Topology>(
             let n = out[head].0;
             if let Some(&(ahead, _)) = out.get(head + AHEAD) {
                 let p = head + AHEAD;
-                ring[p % RING] = (p, g.prefetch(ahead, dir, look(g, &ring, p, ahead, dir)));
+                if staged {
+                    ring[p % RING] = (p, g.prefetch(ahead, dir, look(g, &ring, p, ahead, dir)));
+                } else {
+                    g.prefetch(ahead, dir, Default::default());
+                }
             }
             if let Some(&(ahead, _)) = out.get(head + 2 * AHEAD) {
-                ring[(head + 2 * AHEAD) % RING] = (head + 2 * AHEAD, g.prefetch_index(ahead, dir));
+                let p = head + 2 * AHEAD;
+                let found = g.prefetch_index(ahead, dir);
+                if staged {
+                    ring[p % RING] = (p, found);
+                }
             }
-            let here = look(g, &ring, head, n, dir);
+            let here = if staged {
+                look(g, &ring, head, n, dir)
+            } else {
+                Default::default()
+            };
             head += 1;
             let mut full = false;
             if filter.label.is_none() {
