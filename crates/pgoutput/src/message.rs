@@ -221,6 +221,16 @@ impl TupleData {
     pub fn buffer(&self) -> &Bytes {
         &self.buf
     }
+
+    /// The same tuple in an allocation of its own: holding it no longer keeps alive the
+    /// message, or the whole network read buffer, it was sliced from. For tuples kept long
+    /// (a streamed transaction buffered until its commit).
+    pub fn detached(&self) -> TupleData {
+        TupleData {
+            buf: Bytes::copy_from_slice(&self.buf),
+            natts: self.natts,
+        }
+    }
 }
 
 /// Iterator over a tuple's columns.

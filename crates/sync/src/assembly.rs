@@ -279,7 +279,10 @@ impl TxnAssembler {
         let size = tuple_bytes(&change);
         if let Some(top) = self.stream_block {
             let s = self.streams.entry(top).or_default();
-            s.changes.push((xid.unwrap_or(top), change));
+            // Kept until the commit, possibly long after later reads: a copy of its own, not
+            // a slice pinning a network read buffer (each one up to 256 kB when the server
+            // streams a live transaction a few rows at a time).
+            s.changes.push((xid.unwrap_or(top), change.detached()));
             s.bytes += size;
             self.buffered += size;
             if let Some(dir) = &self.spill_dir {
@@ -540,5 +543,54 @@ mod tests {
         .unwrap();
         // A row of a relation never described.
         assert!(matches!(a.feed(insert(None, "x"), &d), Err(AssemblyError::Decode(_))));
+    }
+    /// A streamed change kept in memory until its commit owns its bytes: it does not pin the
+    /// (much larger) buffer its message was read into.
+    #[test]
+    fn buffered_streamed_changes_do_not_pin_the_read_buffer() {
+        let mut a = TxnAssembler::new();
+        let mut d = Decoder::new();
+        let mut feed = |a: &mut TxnAssembler, m: Message, pad: usize| {
+            // The message at the start of a big buffer, as a network read leaves it.
+            let mut buf = encode_message(&m);
+            let len = buf.len();
+            buf.resize(len + pad, 0);
+            let whole = Bytes::from(buf);
+            let m = d.decode(&whole.slice(..len)).unwrap();
+            (a.feed(m, &d).unwrap(), whole)
+        };
+        feed(&mut a, Message::Relation(rel()), 0);
+        feed(
+            &mut a,
+            Message::StreamStart(StreamStart {
+                xid: 5,
+                first_segment: true,
+            }),
+            0,
+        );
+        let (_, read) = feed(&mut a, insert(Some(5), "kept"), 256 * 1024);
+        feed(&mut a, Message::StreamStop, 0);
+        let (txn, _) = feed(
+            &mut a,
+            Message::StreamCommit(StreamCommit {
+                xid: 5,
+                flags: 0,
+                commit_lsn: Lsn(10),
+                end_lsn: Lsn(11),
+                commit_time: ts(),
+            }),
+            0,
+        );
+        let txn = txn.expect("committed");
+        let RowChange::Insert { new, .. } = &txn.changes[0] else {
+            panic!("{txn:?}")
+        };
+        let kept = new.buffer().as_ptr_range();
+        let buffer = read.as_ptr_range();
+        assert!(
+            kept.end <= buffer.start || kept.start >= buffer.end,
+            "the buffered change still points into the read buffer"
+        );
+        assert_eq!(new.column(0), Some(ColumnRef::Text(b"kept")));
     }
 }

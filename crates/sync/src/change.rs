@@ -40,6 +40,29 @@ pub enum RowChange {
     },
 }
 
+impl RowChange {
+    /// The same change with its tuples in allocations of their own ([`TupleData::detached`]),
+    /// so keeping it does not pin the network buffer it was decoded from.
+    pub fn detached(&self) -> RowChange {
+        match self {
+            RowChange::Insert { rel, new } => RowChange::Insert {
+                rel: rel.clone(),
+                new: new.detached(),
+            },
+            RowChange::Update { rel, old, new } => RowChange::Update {
+                rel: rel.clone(),
+                old: old.as_ref().map(|(k, t)| (*k, t.detached())),
+                new: new.detached(),
+            },
+            RowChange::Delete { rel, old } => RowChange::Delete {
+                rel: rel.clone(),
+                old: old.detached(),
+            },
+            RowChange::Truncate { rels } => RowChange::Truncate { rels: rels.clone() },
+        }
+    }
+}
+
 /// A transaction that committed on the server, ready to apply atomically.
 #[derive(Debug)]
 pub struct CommittedTxn {
