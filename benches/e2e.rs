@@ -3,8 +3,11 @@
 //! write load, restart from a snapshot vs the initial copy, and query latency while streaming.
 //!
 //! `cargo bench --bench e2e` prints one table. Knobs: `GRAPHSYNC_BENCH_ROWS` (rows of the
-//! catch-up tables, default 1,000,000), `GRAPHSYNC_BENCH_LOAD_SECS` (steady-load phase, default
-//! 20), `GRAPHSYNC_BENCH_RATE` (transactions per second of 5 rows, default 2000).
+//! catch-up tables, default 1,000,000), `GRAPHSYNC_BENCH_LOAD_SECS` (each load phase, default
+//! 60), `GRAPHSYNC_BENCH_RATE` (transactions per second of 5 rows in the fixed-rate phase,
+//! default 2000; the second phase writes as fast as two connections can commit),
+//! `GRAPHSYNC_BENCH_BIG_EDGES` (edges of the graph for the second restart measurement, default
+//! 10,000,000; 0 skips it).
 
 use graph::{query, Direction, EdgeFilter, NodeId, Topology};
 use pgoutput::Lsn;
@@ -223,9 +226,200 @@ fn catch_up(
     ]);
 }
 
+/// Time from process start to streaming from the checkpoint of the current graph, vs a fresh
+/// initial copy of the same tables (on a second slot and data directory).
+fn restart_vs_copy(
+    rt: &tokio::runtime::Runtime,
+    cluster: &Cluster,
+    db: &str,
+    cfg: &Path,
+    data: &Path,
+    dir: &Path,
+    out: &mut Vec<[String; 4]>,
+) {
+    let r = start(rt, cluster, db, cfg, data);
+    wait_applied(&r, current_lsn(cluster, db), Duration::from_secs(1800));
+    stop(rt, r);
+    let t = Instant::now();
+    let r = start(rt, cluster, db, cfg, data);
+    while r.status.snapshot().phase != Phase::Streaming {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let restart = t.elapsed();
+    let edges = r.status.graph().map_or(0, |g| g.view().edge_count());
+    stop(rt, r);
+    let cfg2 = dir.join("copy.toml");
+    std::fs::write(&cfg2, config(db).replace("slot = \"gs_", "slot = \"gs2_")).unwrap();
+    let copy_dir = dir.join("copy");
+    let _ = std::fs::remove_dir_all(&copy_dir);
+    let t = Instant::now();
+    let r = start(rt, cluster, db, &cfg2, &copy_dir);
+    while r.status.snapshot().phase != Phase::Streaming {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let copy = t.elapsed();
+    stop(rt, r);
+    cluster.psql(db, &format!("SELECT pg_drop_replication_slot('gs2_{db}')"));
+    let _ = std::fs::remove_dir_all(&copy_dir);
+    out.push([
+        format!("start to streaming, {edges} edges"),
+        format!("{:.1} ms from snapshot", restart.as_secs_f64() * 1e3),
+        format!("{:.0} ms initial copy", copy.as_secs_f64() * 1e3),
+        format!("{:.0}x faster", copy.as_secs_f64() / restart.as_secs_f64()),
+    ]);
+}
+
+/// `secs` of transactions of 5 edge rows, at `rate` per second or (`None`) as fast as two
+/// connections commit, with queries on the live graph meanwhile: lag (commit → applied) and
+/// query latency rows.
+#[allow(clippy::too_many_arguments)]
+fn load(
+    rt: &tokio::runtime::Runtime,
+    cluster: &Cluster,
+    db: &str,
+    cfg: &Path,
+    data: &Path,
+    rate: Option<u64>,
+    secs: u64,
+    n_nodes: u64,
+    next_key: &mut u64,
+    out: &mut Vec<[String; 4]>,
+) {
+    let r = start(rt, cluster, db, cfg, data);
+    wait_applied(&r, current_lsn(cluster, db), Duration::from_secs(600));
+    let before = r.status.snapshot().commit_to_apply_seconds;
+    let walsender = cluster
+        .psql(
+            db,
+            &format!("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'gs_{db}'"),
+        )
+        .trim()
+        .to_string();
+    let (cpu0, ws0) = (cpu_seconds("self"), cpu_seconds(&walsender));
+    let conn = pgrepl::Config::parse(&cluster.conn_str(db)).unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..if rate.is_some() { 1 } else { 2 })
+        .map(|w| {
+            let (done, conn) = (done.clone(), conn.clone());
+            // Each writer its own key range (within int4): rows never conflict.
+            let base = *next_key + w * 100_000_000;
+            rt.spawn(async move {
+                let mut c = ReplicationClient::connect_sql(&conn).await.unwrap();
+                let start = Instant::now();
+                let mut k: u64 = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Some(rate) = rate {
+                        let due = start + Duration::from_secs_f64(k as f64 / rate as f64);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    let a = base + k * 5;
+                    c.simple_query(&format!(
+                        "BEGIN; INSERT INTO edges SELECT g % {n_nodes}, {a} + g, 1 FROM generate_series(0, 4) g; COMMIT;"
+                    ))
+                    .await
+                    .unwrap();
+                    k += 1;
+                }
+                (k, start.elapsed())
+            })
+        })
+        .collect();
+    *next_key += 200_000_000;
+    let reader = r.status.graph().unwrap();
+    let mut neigh = Vec::new();
+    let mut hop3 = Vec::new();
+    let mut scratch = query::Scratch::default();
+    let t = Instant::now();
+    let mut i = 0u32;
+    while t.elapsed() < Duration::from_secs(secs) {
+        let view = reader.view();
+        let n = NodeId((i.wrapping_mul(2_654_435_761)) % view.node_count().max(1));
+        i += 1;
+        if !view.is_visible(n) {
+            continue;
+        }
+        let q = Instant::now();
+        let _ = query::neighbors(&*view, n, Direction::Out, EdgeFilter::default());
+        neigh.push(q.elapsed());
+        let q = Instant::now();
+        let _ = query::k_hop(
+            &*view,
+            &mut scratch,
+            n,
+            Direction::Out,
+            EdgeFilter::default(),
+            3,
+            100_000,
+        );
+        hop3.push(q.elapsed());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (cpu, ws) = (cpu_seconds("self") - cpu0, cpu_seconds(&walsender) - ws0);
+    let wall = t.elapsed().as_secs_f64();
+    let mut txns = 0;
+    let mut took = Duration::ZERO;
+    for w in writers {
+        let (k, d) = rt.block_on(w).unwrap();
+        txns += k;
+        took = took.max(d);
+    }
+    wait_applied(&r, current_lsn(cluster, db), Duration::from_secs(600));
+    let after = r.status.snapshot().commit_to_apply_seconds;
+    stop(rt, r);
+    let mut h = after.clone();
+    for (b, a) in h.buckets.iter_mut().zip(before.buckets) {
+        *b -= a;
+    }
+    h.count -= before.count;
+    let pct = |p: f64| -> String {
+        let want = (h.count as f64 * p).ceil() as u64;
+        let mut cum = 0;
+        for (b, c) in sync::replicator::Histogram::BOUNDS.iter().zip(h.buckets) {
+            cum += c;
+            if cum >= want {
+                return format!("<= {:.1} ms", b * 1e3);
+            }
+        }
+        "> 5 s".into()
+    };
+    let how = if rate.is_some() { "fixed rate" } else { "max rate" };
+    let achieved = txns as f64 / took.as_secs_f64();
+    out.push([
+        format!("lag, {how} {achieved:.0} tx/s x 5 rows, {secs} s"),
+        format!("p50 {}", pct(0.5)),
+        format!("p99 {}", pct(0.99)),
+        format!(
+            "max {}; CPU graphsync {:.2}, walsender {:.2} cores",
+            pct(1.0),
+            cpu / wall,
+            ws / wall
+        ),
+    ]);
+    let q = |v: &mut Vec<Duration>, p: f64| {
+        v.sort();
+        v.get(((v.len() as f64 - 1.0) * p) as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
+    out.push([
+        format!("query latency while streaming, {how}"),
+        format!(
+            "neighbours p50 {:.1} us / p99 {:.1} us",
+            q(&mut neigh, 0.5),
+            q(&mut neigh, 0.99)
+        ),
+        format!(
+            "3-hop p50 {:.1} us / p99 {:.1} us",
+            q(&mut hop3, 0.5),
+            q(&mut hop3, 0.99)
+        ),
+        format!("{} queries each", neigh.len()),
+    ]);
+}
+
 fn main() {
     let rows = env_or("GRAPHSYNC_BENCH_ROWS", 1_000_000);
-    let load_secs = env_or("GRAPHSYNC_BENCH_LOAD_SECS", 20);
+    let load_secs = env_or("GRAPHSYNC_BENCH_LOAD_SECS", 60);
     let rate = env_or("GRAPHSYNC_BENCH_RATE", 2000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -271,6 +465,7 @@ fn main() {
         "edge table",
         false,
     );
+    restart_vs_copy(&rt, &cluster, &db, &cfg, &data, dir.path(), &mut out);
     // Rows of the 10-column table, ids from `offset` on.
     let wide = move |offset: u64| {
         move |from: u64, to: u64| {
@@ -300,141 +495,48 @@ fn main() {
         );
     }
 
-    // Restart from the snapshot of this graph vs copying it again.
-    let r = start(&rt, &cluster, &db, &cfg, &data);
-    wait_applied(&r, current_lsn(&cluster, &db), Duration::from_secs(600));
-    stop(&rt, r);
-    let t = Instant::now();
-    let r = start(&rt, &cluster, &db, &cfg, &data);
-    while r.status.snapshot().phase != Phase::Streaming {
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    let restart = t.elapsed();
-    let edges = r.status.graph().map_or(0, |g| g.view().edge_count());
-    stop(&rt, r);
-    // A second slot and data directory: the copy does not disturb the first replica.
-    let cfg2 = dir.path().join("copy.toml");
-    std::fs::write(&cfg2, config(&db).replace("slot = \"gs_", "slot = \"gs2_")).unwrap();
-    let copy_dir = dir.path().join("copy");
-    let t = Instant::now();
-    let r = start(&rt, &cluster, &db, &cfg2, &copy_dir);
-    while r.status.snapshot().phase != Phase::Streaming {
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    let copy = t.elapsed();
-    stop(&rt, r);
-    cluster.psql(&db, &format!("SELECT pg_drop_replication_slot('gs2_{db}')"));
-    out.push([
-        format!("start to streaming, {edges} edges"),
-        format!("{:.1} ms from snapshot", restart.as_secs_f64() * 1e3),
-        format!("{:.0} ms initial copy", copy.as_secs_f64() * 1e3),
-        format!("{:.0}x faster", copy.as_secs_f64() / restart.as_secs_f64()),
-    ]);
-
-    // Lag and query latency under a steady write load.
-    let r = start(&rt, &cluster, &db, &cfg, &data);
-    wait_applied(&r, current_lsn(&cluster, &db), Duration::from_secs(600));
-    let before = r.status.snapshot().commit_to_apply_seconds;
-    let conn = pgrepl::Config::parse(&cluster.conn_str(&db)).unwrap();
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let done = done.clone();
-        rt.spawn(async move {
-            let mut c = ReplicationClient::connect_sql(&conn).await.unwrap();
-            let start = Instant::now();
-            let mut k: u64 = 0;
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                let due = start + Duration::from_secs_f64(k as f64 / rate as f64);
-                tokio::time::sleep_until(due.into()).await;
-                let a = 10_000_000 + k * 5;
-                c.simple_query(&format!(
-                    "BEGIN; INSERT INTO edges SELECT g % {n_nodes}, {a} + g, 1 FROM generate_series(0, 4) g; COMMIT;"
-                ))
-                .await
-                .unwrap();
-                k += 1;
-            }
-            (k, start.elapsed())
-        })
-    };
-    let reader = r.status.graph().unwrap();
-    let mut neigh = Vec::new();
-    let mut hop3 = Vec::new();
-    let mut scratch = query::Scratch::default();
-    let t = Instant::now();
-    let mut i = 0u32;
-    while t.elapsed() < Duration::from_secs(load_secs) {
-        let view = reader.view();
-        let n = NodeId((i.wrapping_mul(2_654_435_761)) % view.node_count().max(1));
-        i += 1;
-        if !view.is_visible(n) {
-            continue;
-        }
-        let q = Instant::now();
-        let _ = query::neighbors(&*view, n, Direction::Out, EdgeFilter::default());
-        neigh.push(q.elapsed());
-        let q = Instant::now();
-        let _ = query::k_hop(
-            &*view,
-            &mut scratch,
-            n,
-            Direction::Out,
-            EdgeFilter::default(),
-            3,
-            100_000,
+    // Lag and query latency under a steady write load, then under as much as the server takes.
+    let mut next_key = 10_000_000u64;
+    for rate in [Some(rate), None] {
+        load(
+            &rt,
+            &cluster,
+            &db,
+            &cfg,
+            &data,
+            rate,
+            load_secs,
+            n_nodes,
+            &mut next_key,
+            &mut out,
         );
-        hop3.push(q.elapsed());
-        std::thread::sleep(Duration::from_millis(2));
     }
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (txns, took) = rt.block_on(writer).unwrap();
-    wait_applied(&r, current_lsn(&cluster, &db), Duration::from_secs(600));
-    let after = r.status.snapshot().commit_to_apply_seconds;
-    stop(&rt, r);
-    let mut h = after.clone();
-    for (b, a) in h.buckets.iter_mut().zip(before.buckets) {
-        *b -= a;
-    }
-    h.count -= before.count;
-    let pct = |p: f64| -> String {
-        let want = (h.count as f64 * p).ceil() as u64;
-        let mut cum = 0;
-        for (b, c) in sync::replicator::Histogram::BOUNDS.iter().zip(h.buckets) {
-            cum += c;
-            if cum >= want {
-                return format!("<= {:.1} ms", b * 1e3);
-            }
+
+    // Restart from a snapshot of a bigger graph: the edge table topped up to `big` edges.
+    let big = env_or("GRAPHSYNC_BENCH_BIG_EDGES", 10_000_000);
+    if big > 0 {
+        let have: u64 = cluster.psql(&db, "SELECT count(*) FROM edges").trim().parse().unwrap();
+        let mut from = 0u64;
+        let mut added = 0u64;
+        while have + added < big && from < 4 * big {
+            let to = from + 1_000_000;
+            let n: u64 = cluster
+                .psql(
+                    &db,
+                    &format!(
+                        "WITH i AS (INSERT INTO edges SELECT g % {n_nodes}, ((g / {n_nodes}) * 7 + 3) % {n_nodes}, 1.0 \
+                         FROM generate_series({from}, {}) g ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM i",
+                        to.min(from + big - have - added) - 1
+                    ),
+                )
+                .trim()
+                .parse()
+                .unwrap();
+            added += n;
+            from = to;
         }
-        "> 5 s".into()
-    };
-    out.push([
-        format!(
-            "lag at {:.0} tx/s x 5 rows, {load_secs} s",
-            txns as f64 / took.as_secs_f64()
-        ),
-        format!("p50 {}", pct(0.5)),
-        format!("p99 {}", pct(0.99)),
-        format!("max {}", pct(1.0)),
-    ]);
-    let q = |v: &mut Vec<Duration>, p: f64| {
-        v.sort();
-        v.get(((v.len() as f64 - 1.0) * p) as usize)
-            .map_or(0.0, |d| d.as_secs_f64() * 1e6)
-    };
-    out.push([
-        "query latency while streaming".into(),
-        format!(
-            "neighbours p50 {:.1} us / p99 {:.1} us",
-            q(&mut neigh, 0.5),
-            q(&mut neigh, 0.99)
-        ),
-        format!(
-            "3-hop p50 {:.1} us / p99 {:.1} us",
-            q(&mut hop3, 0.5),
-            q(&mut hop3, 0.99)
-        ),
-        format!("{} queries each", neigh.len()),
-    ]);
+        restart_vs_copy(&rt, &cluster, &db, &cfg, &data, dir.path(), &mut out);
+    }
 
     println!("\n{:<42} | {:<34} | {:<34} |", "measure", "graphsync", "reference");
     println!("{}", "-".repeat(130));
