@@ -435,11 +435,10 @@ impl GraphView {
         v
     }
 
-    /// Neighbours of a node with overlay edges (or added since the base): base minus deleted
-    /// positions plus added edges. Kept out of line so the common path stays small.
+    /// Neighbours of a node with overlay edges in `dir` (or added since the base), given its
+    /// overlay chunk and, if already located, its entry: base minus deleted positions plus
+    /// added edges. Kept out of line so the common path stays small.
     #[inline(never)]
-    /// Neighbours of a node that has overlay edges in `dir` (or is past the base), given its
-    /// overlay chunk, and its overlay entry if already located.
     fn changed_neighbors(
         &self,
         n: NodeId,
@@ -615,7 +614,7 @@ impl Topology for GraphView {
         mut f: impl FnMut(NodeId),
     ) {
         let in_base = n.0 < self.base.node_count();
-        if in_base && !ahead.dirty {
+        if in_base && ahead.chunk.is_none() {
             self.base.for_each_neighbor(n, dir, f);
             return;
         }
@@ -671,19 +670,14 @@ impl Topology for GraphView {
             // The pointer to the node's overlay entry, read by the next stage.
             crate::query::prefetch_ptr(&c.deltas[n.index() & (CHUNK_NODES - 1)]);
         }
-        OverlayAhead {
-            dirty: true,
-            chunk,
-            entry: None,
-        }
+        OverlayAhead { chunk, entry: None }
     }
 }
 
-/// What the first prefetch stage of a traversal learnt about a node of a [`GraphView`]:
-/// whether it has overlay edges in the direction, and its overlay chunk.
+/// What the first prefetch stage of a traversal learnt about a node of a [`GraphView`]: its
+/// overlay chunk if it has overlay edges in the direction (none: unchanged there).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OverlayAhead<'a> {
-    dirty: bool,
     chunk: Option<&'a Chunk>,
     /// Located by the second stage.
     entry: Option<&'a Arc<NodeDeltas>>,

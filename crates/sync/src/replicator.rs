@@ -291,6 +291,16 @@ pub struct StatusSnapshot {
     pub proto_version: Option<u32>,
 }
 
+impl StatusSnapshot {
+    /// Takes the checkpoint positions from the manifest: the newest checkpoint's covered and
+    /// snapshot LSNs, and what is confirmed.
+    fn manifest_positions(&mut self, m: &Manifest) {
+        self.durable_lsn = m.lsn;
+        self.confirmed_lsn = m.confirmable();
+        self.snapshot_lsn = m.snapshot_lsn;
+    }
+}
+
 /// The type of a node key column, for parsing keys given as text (HTTP queries).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
@@ -560,9 +570,7 @@ fn record_checkpoint(store: &CheckpointStore, st: &mut State, m: Manifest, statu
     let bytes = std::fs::metadata(store.dir().join(&m.snapshot)).map_or(0, |md| md.len());
     st.manifest = m;
     status.update(|s| {
-        s.durable_lsn = st.manifest.lsn;
-        s.confirmed_lsn = st.manifest.confirmable();
-        s.snapshot_lsn = st.manifest.snapshot_lsn;
+        s.manifest_positions(&st.manifest);
         s.checkpoints += 1;
         s.snapshot_bytes = bytes;
         s.snapshot_unix_ms = now_ms();
@@ -575,9 +583,8 @@ type CheckpointTask = tokio::task::JoinHandle<Result<(Manifest, Duration), Check
 /// Checkpoints and compactions running on blocking threads while streaming goes on.
 #[derive(Default)]
 struct Background {
-    /// A checkpoint being written, the state version it captured, and whether that state is
-    /// the current checkpoint's (a fallback copy).
-    checkpoint: Option<(u64, bool, CheckpointTask)>,
+    /// A checkpoint being written, and the state version it captured.
+    checkpoint: Option<(u64, CheckpointTask)>,
     compaction: Option<tokio::task::JoinHandle<graph::Compacted>>,
 }
 
@@ -592,7 +599,6 @@ impl Background {
         let (store, lsn, previous) = (store.clone(), st.safe, st.fallback());
         self.checkpoint = Some((
             st.version,
-            !st.dirty(),
             tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
                 store
@@ -604,20 +610,20 @@ impl Background {
 
     /// Collects a finished checkpoint (or waits for it with `wait`).
     async fn reap_checkpoint(&mut self, store: &CheckpointStore, st: &mut State, status: &ReplicaStatus, wait: bool) {
-        let Some((_, _, h)) = self.checkpoint.as_ref() else {
-            return;
-        };
+        let Some((_, h)) = self.checkpoint.as_ref() else { return };
         if !wait && !h.is_finished() {
             return;
         }
-        let Some((version, copy, h)) = self.checkpoint.take() else {
+        let Some((version, h)) = self.checkpoint.take() else {
             return;
         };
         match h.await {
             Ok(Ok((m, took))) => {
+                // A copy of the state the previous checkpoint already held (written while
+                // idle) leaves both checkpoints with the same graph.
+                st.previous_same = version == st.durable_version;
                 // Durable up to the version the checkpoint captured, not later ones.
                 st.durable_version = version;
-                st.previous_same = copy;
                 tracing::info!(lsn = %m.lsn, snapshot = %m.snapshot, ms = took.as_millis() as u64, "checkpoint written");
                 // No idle advance runs while a checkpoint is in flight, so this manifest is the
                 // newest.
@@ -816,9 +822,7 @@ async fn session(
                 status.set_graph(r.graph.reader());
                 status.update(|st| {
                     st.applied_lsn = r.lsn;
-                    st.durable_lsn = r.lsn;
-                    st.confirmed_lsn = r.manifest.confirmable();
-                    st.snapshot_lsn = r.manifest.snapshot_lsn;
+                    st.manifest_positions(&r.manifest);
                 });
                 *state = Some(State {
                     graph: r.graph,
@@ -1089,10 +1093,7 @@ async fn stream(
                 st.manifest = store.advance(&st.manifest, st.safe, st.previous_same)?;
             }
             stream.set_flushed(st.manifest.confirmable());
-            status.update(|s| {
-                s.durable_lsn = st.manifest.lsn;
-                s.confirmed_lsn = st.manifest.confirmable();
-            });
+            status.update(|s| s.manifest_positions(&st.manifest));
             let _ = stream.stop().await;
             tracing::info!(covered = %st.manifest.lsn, confirmed = %st.manifest.confirmable(), "stopped cleanly");
             return Ok(());
@@ -1161,10 +1162,7 @@ async fn stream(
             match store.advance(&st.manifest, st.safe, st.previous_same) {
                 Ok(m) => {
                     st.manifest = m;
-                    status.update(|s| {
-                        s.durable_lsn = st.manifest.lsn;
-                        s.confirmed_lsn = st.manifest.confirmable();
-                    });
+                    status.update(|s| s.manifest_positions(&st.manifest));
                 }
                 Err(e) => checkpoint_failed(status, &e),
             }
