@@ -167,7 +167,7 @@ pub fn write(
 ) -> Result<SnapshotMeta, SnapshotError> {
     let compacted;
     let csr = if view.has_overlay() {
-        compacted = view.compact_edges();
+        compacted = view.compact_edges()?;
         &compacted
     } else {
         view.base()

@@ -662,7 +662,7 @@ fn take_edge(
     ep: &EdgePlan,
     row: &NodeKey,
     ident: &[Value],
-    t: &graph::Txn<'_>,
+    t: &mut graph::Txn<'_>,
 ) -> Result<Option<EdgeInput>, MapError> {
     let mode = index.mode(ep.mapping);
     if mode == EdgeLookup::Rows {
@@ -694,7 +694,11 @@ fn take_edge(
     } else {
         None
     };
-    Ok(t.find_out_edge(source, |e| e.label == ep.label && target.is_none_or(|n| e.target == n)))
+    Ok(match target {
+        // Both ends known: found without scanning either endpoint's list (a hub's can be long).
+        Some(target) => t.find_edge(source, target, ep.label),
+        None => t.find_out_edge(source, |e| e.label == ep.label),
+    })
 }
 
 fn typed(rel: &Relation, tuple: &TupleData, kind: &'static str) -> Result<Vec<Value>, MapError> {

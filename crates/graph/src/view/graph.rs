@@ -1,0 +1,300 @@
+//! The single writer: holds the current view, publishes one per transaction, and folds
+//! overlays into a fresh base (compaction) while transactions keep being applied.
+//!
+//! Not for: what a mutation does to a view (`txn`), or the overlay layout (`tree`, `delta`).
+
+use super::delta::EdgeIndex;
+use super::txn::{ApplyError, Builder, Mutation, Txn};
+use super::GraphView;
+use crate::nodes::{NodeData, NodeKey, NodeLabel, NodeStore};
+use crate::{Csr, EdgeInput, NodeId};
+use std::sync::{Arc, RwLock};
+
+/// Why a bulk build failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BulkError {
+    /// Two nodes share a label and key.
+    #[error("two nodes have label {label:?} and key {key:?}")]
+    DuplicateKey {
+        /// The label.
+        label: NodeLabel,
+        /// The key.
+        key: NodeKey,
+    },
+    /// More nodes than ids.
+    #[error("{0} nodes exceed the limit of 2^32 - 1")]
+    TooManyNodes(usize),
+    /// The edges do not fit the nodes.
+    #[error(transparent)]
+    Csr(#[from] crate::CsrError),
+}
+
+/// When overlays are folded into a fresh CSR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionPolicy {
+    /// [`Graph::needs_compaction`] turns true at this many overlay edge changes.
+    pub soft_limit: usize,
+    /// Transactions are refused ([`ApplyError::ReadOnly`]) at this many.
+    pub hard_limit: usize,
+}
+
+impl Default for CompactionPolicy {
+    fn default() -> Self {
+        CompactionPolicy {
+            soft_limit: 1 << 20,
+            hard_limit: 16 << 20,
+        }
+    }
+}
+
+/// A compaction in progress: the view it folds. [`CompactionJob::build`] may run on any
+/// thread while the writer keeps applying transactions.
+#[derive(Debug)]
+pub struct CompactionJob {
+    view: Arc<GraphView>,
+    generation: u64,
+}
+
+impl CompactionJob {
+    /// Folds the job's view (the expensive part; no locks held).
+    pub fn build(self) -> Compacted {
+        let csr = self.view.compact_edges().map_err(|e| e.to_string());
+        Compacted {
+            nodes: self.view.nodes.compacted(self.view.node_count),
+            csr,
+            deleted: self.view.deleted_bits(),
+            lsn: self.view.lsn,
+            visible_edges: self.view.edge_count,
+            generation: self.generation,
+        }
+    }
+}
+
+/// The result of [`CompactionJob::build`], to hand to [`Graph::finish_compaction`].
+#[derive(Debug)]
+pub struct Compacted {
+    nodes: NodeStore,
+    /// The fresh base, or why it could not be built (an invariant broke).
+    csr: Result<Csr, String>,
+    /// Dense bitset of the nodes not visible at the compacted LSN.
+    deleted: Vec<u64>,
+    lsn: u64,
+    /// Compaction changes storage, not what is visible.
+    visible_edges: usize,
+    generation: u64,
+}
+
+/// A cloneable, thread-safe handle to the latest published view of a [`Graph`]. Taking a view
+/// holds a lock only for the time of cloning an `Arc`; the writer holds it only to swap one.
+#[derive(Debug, Clone)]
+pub struct GraphReader(Arc<RwLock<Arc<GraphView>>>);
+
+impl GraphReader {
+    /// The latest published view.
+    pub fn view(&self) -> Arc<GraphView> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Transactions (LSN and mutations) in the order they were applied.
+type TxnLog = Vec<(u64, Vec<Mutation>)>;
+
+/// The writable graph: holds the current view and publishes a new one per transaction.
+#[derive(Debug)]
+pub struct Graph {
+    current: GraphReader,
+    policy: CompactionPolicy,
+    /// Transactions applied since the running compaction's view, to replay on its result.
+    pub(super) since_compaction: Option<(u64, TxnLog)>,
+    /// Incremented by every [`Graph::begin_compaction`]; only the newest job may finish.
+    generation: u64,
+    /// Where edges sit in long lists (the writer's own; cleared when the base changes).
+    pub(super) index: EdgeIndex,
+}
+
+impl Graph {
+    /// A graph whose first view is `base` at `lsn`.
+    pub fn new(base: Csr, lsn: u64) -> Self {
+        Self::with_policy(base, lsn, CompactionPolicy::default())
+    }
+
+    /// Builds a graph in bulk (an initial copy): node `i` of `nodes` gets id `i` (`None` for
+    /// an id that exists but has no data yet), edges go straight into the CSR. O(V + E).
+    pub fn bulk(
+        nodes: Vec<Option<NodeData>>,
+        edges: &[EdgeInput],
+        weighted: bool,
+        lsn: u64,
+        policy: CompactionPolicy,
+    ) -> Result<Self, BulkError> {
+        Self::bulk_with_hidden(nodes, Vec::new(), edges, weighted, lsn, policy)
+    }
+
+    /// As [`Graph::bulk`], with some nodes present but not visible: bit `i` of `hidden` set
+    /// means node `i` exists (resolvable by label and key, its edges stored) but is invisible
+    /// until a transaction upserts it, like a node an edge pointed at before its row arrived.
+    pub fn bulk_with_hidden(
+        nodes: Vec<Option<NodeData>>,
+        hidden: Vec<u64>,
+        edges: &[EdgeInput],
+        weighted: bool,
+        lsn: u64,
+        policy: CompactionPolicy,
+    ) -> Result<Self, BulkError> {
+        let node_count = u32::try_from(nodes.len()).map_err(|_| BulkError::TooManyNodes(nodes.len()))?;
+        let store = NodeStore::from_nodes(nodes).map_err(|(label, key)| BulkError::DuplicateKey { label, key })?;
+        let csr = Csr::build(node_count, edges, weighted)?;
+        let mut view = GraphView::new(csr, lsn);
+        view.nodes = store;
+        if hidden.iter().any(|&w| w != 0) {
+            let is_hidden = |n: NodeId| hidden.get(n.index() >> 6).is_some_and(|w| w & (1 << (n.0 & 63)) != 0);
+            view.edge_count = edges
+                .iter()
+                .filter(|e| !is_hidden(e.source) && !is_hidden(e.target))
+                .count();
+            view.base_deleted = Some(Arc::new(hidden));
+        }
+        Ok(Self::from_view(view, policy))
+    }
+
+    /// A graph starting from a loaded snapshot's view.
+    pub fn from_view(view: GraphView, policy: CompactionPolicy) -> Self {
+        Graph {
+            current: GraphReader(Arc::new(RwLock::new(Arc::new(view)))),
+            policy,
+            since_compaction: None,
+            generation: 0,
+            index: EdgeIndex::default(),
+        }
+    }
+
+    /// As [`Graph::new`] with explicit compaction limits.
+    pub fn with_policy(base: Csr, lsn: u64, policy: CompactionPolicy) -> Self {
+        Graph {
+            current: GraphReader(Arc::new(RwLock::new(Arc::new(GraphView::new(base, lsn))))),
+            policy,
+            since_compaction: None,
+            generation: 0,
+            index: EdgeIndex::default(),
+        }
+    }
+
+    /// Changes the compaction limits.
+    pub fn set_policy(&mut self, policy: CompactionPolicy) {
+        self.policy = policy;
+    }
+
+    /// The current view. Cheap (one reference count); hold it for a whole query.
+    pub fn view(&self) -> Arc<GraphView> {
+        self.current.view()
+    }
+
+    /// A handle for readers on other threads: it always yields the latest published view.
+    pub fn reader(&self) -> GraphReader {
+        self.current.clone()
+    }
+
+    pub(super) fn publish(&self, view: Arc<GraphView>) {
+        *self.current.0.write().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+
+    /// Whether overlays passed the soft limit and a compaction should start.
+    pub fn needs_compaction(&self) -> bool {
+        self.since_compaction.is_none() && self.view().overlay_edges >= self.policy.soft_limit
+    }
+
+    /// Why the graph refuses changes, if it does.
+    pub fn read_only_reason(&self) -> Option<String> {
+        let pending = self.view().overlay_edges;
+        (pending >= self.policy.hard_limit).then(|| {
+            format!(
+                "{pending} overlay edge changes reached the hard limit of {} before compaction caught up",
+                self.policy.hard_limit
+            )
+        })
+    }
+
+    /// Applies one transaction atomically and publishes the resulting view at `lsn`. On error
+    /// nothing is applied. Only one writer may call this at a time (it takes `&mut self`).
+    pub fn apply(&mut self, lsn: u64, mutations: &[Mutation]) -> Result<Arc<GraphView>, ApplyError> {
+        let mut txn = self.begin(lsn)?;
+        for m in mutations {
+            txn.push(m.clone())?;
+        }
+        txn.commit()
+    }
+
+    /// Starts a transaction that will be published at `lsn`. Dropping it without
+    /// [`Txn::commit`] discards it.
+    pub fn begin(&mut self, lsn: u64) -> Result<Txn<'_>, ApplyError> {
+        if let Some(reason) = self.read_only_reason() {
+            return Err(ApplyError::ReadOnly { reason });
+        }
+        let cur = self.view();
+        if lsn <= cur.lsn {
+            return Err(ApplyError::StaleLsn { lsn, current: cur.lsn });
+        }
+        let b = Builder::new(&cur);
+        Ok(Txn {
+            graph: self,
+            b,
+            log: Vec::new(),
+            lsn,
+        })
+    }
+
+    fn build(
+        cur: &GraphView,
+        lsn: u64,
+        mutations: &[Mutation],
+        index: &mut EdgeIndex,
+    ) -> Result<GraphView, ApplyError> {
+        let mut b = Builder::new(cur);
+        for m in mutations {
+            b.apply(m, index)?;
+        }
+        Ok(b.finish(lsn))
+    }
+
+    /// Starts a compaction of the current view; run [`CompactionJob::build`] anywhere, then
+    /// [`Graph::finish_compaction`]. Transactions applied meanwhile are kept and replayed.
+    pub fn begin_compaction(&mut self) -> CompactionJob {
+        let view = self.view();
+        self.since_compaction = Some((view.lsn, Vec::new()));
+        self.generation += 1;
+        CompactionJob {
+            view,
+            generation: self.generation,
+        }
+    }
+
+    /// Swaps in a finished compaction: the fresh CSR plus every transaction applied since the
+    /// compaction began, replayed in order, published as one view at the current LSN.
+    pub fn finish_compaction(&mut self, done: Compacted) -> Result<Arc<GraphView>, ApplyError> {
+        if done.generation != self.generation || self.since_compaction.is_none() {
+            return Err(ApplyError::StaleCompaction);
+        }
+        let (_, log) = self.since_compaction.take().unwrap_or_default();
+        let csr = done.csr.map_err(ApplyError::Compaction)?;
+        let mut view = GraphView::new(csr, done.lsn);
+        view.edge_count = done.visible_edges;
+        view.nodes = done.nodes;
+        if done.deleted.iter().any(|&w| w != 0) {
+            view.base_deleted = Some(Arc::new(done.deleted));
+        }
+        // Positions in the old base's rows mean nothing in the new one.
+        self.index.clear();
+        for (lsn, txn) in &log {
+            view = Self::build(&view, *lsn, txn, &mut self.index)?;
+        }
+        let view = Arc::new(view);
+        self.publish(view.clone());
+        Ok(view)
+    }
+
+    /// Compacts now, on this thread.
+    pub fn compact(&mut self) -> Result<Arc<GraphView>, ApplyError> {
+        let done = self.begin_compaction().build();
+        self.finish_compaction(done)
+    }
+}

@@ -1,0 +1,444 @@
+//! Versioned graph views: an immutable CSR base plus copy-on-write overlays, published
+//! atomically per transaction.
+//!
+//! A [`GraphView`] is immutable and shared (`Arc`); readers keep one for as long as a query
+//! runs and never block the writer. [`Graph::apply`] (or [`Graph::begin`] … [`Txn::commit`])
+//! builds the next view from the current one and publishes it with a pointer swap, so readers
+//! see whole transactions or nothing.
+//!
+//! Where things live:
+//! - `tree`: the overlay radix tree (which nodes changed; tombstones; one entry per changed
+//!   node), copied on write per group, chunk and entry.
+//! - `delta`: a node's overlay edges per direction — a few inline, the rest in a shared
+//!   append-only buffer (`append`), deletions as positions — so a transaction costs O(its
+//!   changes), never O(a node's degree).
+//! - `txn`: mutations and the transaction builder; `graph`: the single writer, publishing and
+//!   compaction.
+//!
+//! Not for: node keys and data (`nodes`), queries (`query`), files (`snapshot`).
+
+mod append;
+mod delta;
+mod graph;
+mod tree;
+mod txn;
+
+pub use graph::{BulkError, Compacted, CompactionJob, CompactionPolicy, Graph, GraphReader};
+pub use txn::{ApplyError, Mutation, Txn};
+
+use crate::nodes::{FilterId, FilterValueId, NodeData, NodeKey, NodeLabel, NodeStore, TenantId};
+use crate::query::{Direction, Topology};
+use crate::{Csr, EdgeInput, EdgeLabel, NodeId};
+use delta::{NodeDelta, NodeDeltas, Row};
+use std::sync::Arc;
+use tree::{is_changed, is_dirty, lookup, Chunk, Groups, Liveness, CHUNK_NODES, GROUP_NODES};
+
+/// Synchronisation types of the append-only buffer (loom's in its model test).
+mod shim {
+    pub(crate) use std::sync::atomic::{AtomicUsize, Ordering};
+    pub(crate) use std::sync::Arc;
+
+    /// One slot of an append-only buffer.
+    #[repr(transparent)]
+    pub(crate) struct Slot<T>(std::cell::UnsafeCell<std::mem::MaybeUninit<T>>);
+
+    impl<T: Copy> Slot<T> {
+        pub(crate) fn empty() -> Self {
+            Slot(std::cell::UnsafeCell::new(std::mem::MaybeUninit::uninit()))
+        }
+
+        /// # Safety
+        /// Nothing reads or writes this slot meanwhile.
+        pub(crate) unsafe fn write(&self, v: T) {
+            // SAFETY: exclusive access, by the caller's contract.
+            unsafe { (*self.0.get()).write(v) };
+        }
+
+        /// # Safety
+        /// The slot was written, and is not written meanwhile.
+        pub(crate) unsafe fn read(&self) -> T {
+            // SAFETY: initialised and not written concurrently, by the caller's contract.
+            unsafe { (*self.0.get()).assume_init() }
+        }
+    }
+
+    /// The first `len` slots as values.
+    ///
+    /// # Safety
+    /// Those slots were written and are not written while the slice lives.
+    pub(crate) unsafe fn initialized<T>(slots: &[Slot<T>], len: usize) -> &[T] {
+        debug_assert!(len <= slots.len());
+        // SAFETY: `Slot<T>` is `repr(transparent)` over `UnsafeCell<MaybeUninit<T>>`, both
+        // `repr(transparent)` over `T`; the first `len` are initialised and not mutated while
+        // the borrow lives (caller's contract).
+        unsafe { std::slice::from_raw_parts(slots.as_ptr() as *const T, len) }
+    }
+}
+
+/// An immutable version of the graph, at the LSN of the last transaction applied to it.
+#[derive(Debug, Clone)]
+pub struct GraphView {
+    base: Arc<Csr>,
+    chunks: Arc<Groups>,
+    /// Nodes deleted when the base was compacted (absent: none).
+    base_deleted: Option<Arc<Vec<u64>>>,
+    /// Tombstone bits in the overlay tree.
+    deleted: usize,
+    /// Restored bits in the overlay tree.
+    restored: usize,
+    nodes: NodeStore,
+    node_count: u32,
+    edge_count: usize,
+    overlay_edges: usize,
+    lsn: u64,
+}
+
+impl GraphView {
+    /// A view of `base` with no changes, at `lsn`.
+    pub fn new(base: Csr, lsn: u64) -> Self {
+        let node_count = base.node_count();
+        let edge_count = base.edge_count();
+        GraphView {
+            base: Arc::new(base),
+            chunks: Arc::new(vec![None; (node_count as usize).div_ceil(GROUP_NODES)]),
+            base_deleted: None,
+            deleted: 0,
+            restored: 0,
+            nodes: NodeStore::default(),
+            node_count,
+            edge_count,
+            overlay_edges: 0,
+            lsn,
+        }
+    }
+
+    /// Folds every overlay into a fresh CSR over the same node ids: removed edges go, every
+    /// stored edge stays (including those of deleted nodes, which may be restored). O(V + E).
+    /// Weights are kept when any edge is not 1.0.
+    pub(crate) fn compact_edges(&self) -> Result<Csr, crate::CsrError> {
+        let mut edges = Vec::with_capacity(self.edge_count);
+        let mut weighted = self.base.is_weighted();
+        for u in 0..self.node_count {
+            self.side(NodeId(u), Direction::Out, &mut |m, label, weight| {
+                weighted |= weight != 1.0;
+                edges.push(EdgeInput {
+                    source: NodeId(u),
+                    target: NodeId(m),
+                    label,
+                    weight,
+                });
+            });
+        }
+        Csr::build(self.node_count, &edges, weighted)
+    }
+
+    #[inline]
+    fn liveness(&self) -> Liveness<'_> {
+        liveness(self, &self.chunks)
+    }
+
+    /// Dense bitset of the nodes that are not visible.
+    pub(crate) fn deleted_bits(&self) -> Vec<u64> {
+        let live = self.liveness();
+        let mut bits = vec![0u64; (self.node_count as usize).div_ceil(64)];
+        for n in 0..self.node_count {
+            if !live.is_live(n) {
+                bits[(n >> 6) as usize] |= 1 << (n & 63);
+            }
+        }
+        bits
+    }
+
+    /// The data of node `n`, if it has any.
+    pub fn node(&self, n: NodeId) -> Option<Arc<NodeData>> {
+        self.nodes.data(n.0)
+    }
+
+    /// Heap bytes of the node store's base columns and index.
+    pub fn node_base_bytes(&self) -> usize {
+        self.nodes.base_heap_bytes()
+    }
+
+    /// The node with this label and key, visible or not.
+    pub fn resolve(&self, label: NodeLabel, key: &NodeKey) -> Option<NodeId> {
+        self.nodes.resolve(label, key).map(NodeId)
+    }
+
+    /// The id of a tenant value (`None` if no node ever had it).
+    pub fn tenant(&self, value: &NodeKey) -> Option<TenantId> {
+        self.nodes.tenant_id(value)
+    }
+
+    /// The value of a tenant id.
+    pub fn tenant_value(&self, t: TenantId) -> Option<&NodeKey> {
+        self.nodes.tenant_value(t)
+    }
+
+    /// The id of a filter value (`None` if no node ever had it).
+    pub fn filter_value(&self, filter: FilterId, value: &NodeKey) -> Option<FilterValueId> {
+        self.nodes.filter_value_id(filter, value)
+    }
+
+    /// Visible nodes holding filter value `v`, in id order.
+    pub fn filter_members(&self, v: FilterValueId) -> Vec<NodeId> {
+        self.nodes.filter_members(v).map_or_else(Vec::new, |b| {
+            b.iter().map(NodeId).filter(|&n| self.is_visible(n)).collect()
+        })
+    }
+
+    /// Visible members of tenant `t`, in id order.
+    pub fn tenant_members(&self, t: TenantId) -> Vec<NodeId> {
+        self.nodes.members(t).map_or_else(Vec::new, |b| {
+            b.iter().map(NodeId).filter(|&n| self.is_visible(n)).collect()
+        })
+    }
+
+    /// Node data as the snapshot stores it.
+    pub(crate) fn node_columns(&self) -> crate::nodes::NodeColumns {
+        self.nodes.to_columns(self.node_count)
+    }
+
+    /// Whether anything changed since the base was built (nodes added, edges, deletions or
+    /// restorations).
+    pub fn has_overlay(&self) -> bool {
+        self.overlay_edges > 0 || self.deleted > 0 || self.restored > 0 || self.node_count != self.base.node_count()
+    }
+
+    /// A view of a base with a dense deleted-node bitset and a known visible edge count.
+    pub(crate) fn from_parts(
+        base: Csr,
+        deleted: Option<Vec<u64>>,
+        nodes: NodeStore,
+        visible_edges: usize,
+        lsn: u64,
+    ) -> Self {
+        let mut v = GraphView::new(base, lsn);
+        v.nodes = nodes;
+        v.base_deleted = deleted.filter(|d| d.iter().any(|&w| w != 0)).map(Arc::new);
+        v.edge_count = visible_edges;
+        v
+    }
+
+    /// The LSN this view reflects.
+    pub fn lsn(&self) -> u64 {
+        self.lsn
+    }
+
+    /// Visible edges (both endpoints exist and are not deleted).
+    pub fn edge_count(&self) -> usize {
+        self.edge_count
+    }
+
+    /// Edge additions and deletions held in overlays (what compaction would fold).
+    pub fn overlay_edges(&self) -> usize {
+        self.overlay_edges
+    }
+
+    /// The immutable base.
+    pub fn base(&self) -> &Csr {
+        &self.base
+    }
+
+    #[inline]
+    fn chunk(&self, n: u32) -> Option<&Chunk> {
+        lookup(&self.chunks, n)
+    }
+
+    /// `n`'s base row in one direction (Out or In); empty for nodes added since the base.
+    #[inline]
+    fn row(&self, n: NodeId, dir: Direction) -> Row<'_> {
+        base_row(&self.base, n, dir)
+    }
+
+    /// Edges of `n` in one direction (Out or In), base minus deletions plus additions.
+    #[inline]
+    fn side(&self, n: NodeId, dir: Direction, f: &mut impl FnMut(u32, EdgeLabel, f64)) {
+        delta::for_each_edge(self.row(n, dir), node_delta(&self.chunks, n.0, dir), f)
+    }
+
+    /// Neighbours of a node with overlay edges in `dir` (or added since the base), given its
+    /// overlay chunk and, if already located, its entry. Kept out of line so the common path
+    /// stays small.
+    #[inline(never)]
+    fn changed_neighbors(
+        &self,
+        n: NodeId,
+        dir: Direction,
+        chunk: Option<&Chunk>,
+        entry: Option<&Arc<NodeDeltas>>,
+        mut f: impl FnMut(NodeId),
+    ) {
+        let mut one = |d: Direction| {
+            let e = entry.or_else(|| chunk.and_then(|c| c.entry(n.0)));
+            delta::for_each_neighbor(self.row(n, d).nodes, e.map(|e| e.side(d)), &mut |m| f(NodeId(m)));
+        };
+        match dir {
+            Direction::Both => {
+                one(Direction::Out);
+                one(Direction::In);
+            }
+            d => one(d),
+        }
+    }
+}
+
+/// `n`'s row of `base` in `dir` (Out or In); empty past the base's nodes.
+#[inline]
+fn base_row(base: &Csr, n: NodeId, dir: Direction) -> Row<'_> {
+    if n.0 >= base.node_count() {
+        return Row::default();
+    }
+    let adj = if dir == Direction::In {
+        base.reverse()
+    } else {
+        base.forward()
+    };
+    let (nodes, labels, weights) = adj.edges(n);
+    Row { nodes, labels, weights }
+}
+
+/// `n`'s overlay edges in `dir` (Out or In), if it has any.
+#[inline]
+fn node_delta(groups: &Groups, n: u32, dir: Direction) -> Option<&NodeDelta> {
+    if !is_dirty(groups, n, dir) {
+        return None;
+    }
+    Some(lookup(groups, n)?.entry(n)?.side(dir))
+}
+
+/// Which nodes of `view` exist, with the overlay tree `groups` (the view's or a builder's).
+fn liveness<'a>(view: &'a GraphView, groups: &'a Groups) -> Liveness<'a> {
+    Liveness {
+        node_count: view.node_count,
+        base_deleted: view.base_deleted.as_deref().map(|v| v.as_slice()),
+        deleted: view.deleted,
+        restored: view.restored,
+        groups,
+    }
+}
+
+impl Topology for GraphView {
+    fn node_count(&self) -> u32 {
+        self.node_count
+    }
+
+    #[inline]
+    fn has_filter_value(&self, n: NodeId, v: FilterValueId) -> bool {
+        self.nodes.filter_members(v).is_some_and(|b| b.contains(n.0))
+    }
+
+    #[inline]
+    fn all_visible(&self) -> bool {
+        self.base_deleted.is_none() && self.deleted == 0
+    }
+
+    #[inline]
+    fn tenant_of(&self, n: NodeId) -> Option<TenantId> {
+        self.nodes.tenant_of(n.0, is_changed(&self.chunks, n.0))
+    }
+
+    #[inline]
+    fn is_visible(&self, n: NodeId) -> bool {
+        self.liveness().is_live(n.0)
+    }
+
+    #[inline]
+    fn for_each_edge(&self, n: NodeId, dir: Direction, mut f: impl FnMut(NodeId, EdgeLabel, f64)) {
+        let mut g = |m: u32, l: EdgeLabel, w: f64| f(NodeId(m), l, w);
+        match dir {
+            Direction::Both => {
+                self.side(n, Direction::Out, &mut g);
+                self.side(n, Direction::In, &mut g);
+            }
+            d => self.side(n, d, &mut g),
+        }
+    }
+
+    #[inline(always)]
+    fn for_each_neighbor(&self, n: NodeId, dir: Direction, f: impl FnMut(NodeId)) {
+        if n.0 < self.base.node_count() && !is_dirty(&self.chunks, n.0, dir) {
+            self.base.for_each_neighbor(n, dir, f);
+        } else {
+            self.changed_neighbors(n, dir, self.chunk(n.0), None, f);
+        }
+    }
+
+    type Ahead<'a> = OverlayAhead<'a>;
+
+    #[inline(always)]
+    fn for_each_neighbor_ahead<'a>(
+        &'a self,
+        n: NodeId,
+        dir: Direction,
+        ahead: OverlayAhead<'a>,
+        mut f: impl FnMut(NodeId),
+    ) {
+        let in_base = n.0 < self.base.node_count();
+        if in_base && ahead.chunk.is_none() {
+            self.base.for_each_neighbor(n, dir, f);
+            return;
+        }
+        // The common change, edges added and none deleted: the base's own loop, then the
+        // additions (inline, or a shared buffer's prefix), with no check per edge.
+        if let (true, Some(e), Direction::Out | Direction::In) = (in_base, ahead.entry, dir) {
+            let delta = e.side(dir);
+            if delta.deleted.is_none() {
+                self.base.for_each_neighbor(n, dir, &mut f);
+                delta.added.as_slice().iter().for_each(|e| f(NodeId(e.other)));
+                return;
+            }
+        }
+        self.changed_neighbors(n, dir, ahead.chunk, ahead.entry, f);
+    }
+
+    #[inline(always)]
+    fn prefetch<'a>(&'a self, n: NodeId, dir: Direction, mut ahead: OverlayAhead<'a>) -> OverlayAhead<'a> {
+        if n.0 < self.base.node_count() {
+            self.base.prefetch(n, dir, ());
+        }
+        // Second stage for changed nodes: their overlay entry (the pointer to it was
+        // prefetched by the first).
+        if let Some(d) = ahead.chunk.and_then(|c| c.entry(n.0)) {
+            // A direction's entry may span two cache lines (aligned allocations cost the
+            // writer more than the second prefetch costs here).
+            let line = |x: &NodeDelta| {
+                let p = x as *const NodeDelta as *const u8;
+                crate::query::prefetch_ptr(p);
+                crate::query::prefetch_ptr(p.wrapping_add(std::mem::size_of::<NodeDelta>() - 1));
+            };
+            if dir != Direction::In {
+                line(&d.0[0]);
+            }
+            if dir != Direction::Out {
+                line(&d.0[1]);
+            }
+            ahead.entry = Some(d);
+        }
+        ahead
+    }
+
+    #[inline(always)]
+    fn prefetch_index(&self, n: NodeId, dir: Direction) -> OverlayAhead<'_> {
+        if n.0 < self.base.node_count() {
+            self.base.prefetch_index(n, dir);
+        }
+        if !is_dirty(&self.chunks, n.0, dir) {
+            return OverlayAhead::default();
+        }
+        let chunk = self.chunk(n.0);
+        if let Some(c) = chunk {
+            // The pointer to the node's overlay entry, read by the next stage.
+            crate::query::prefetch_ptr(&c.deltas[n.index() & (CHUNK_NODES - 1)]);
+        }
+        OverlayAhead { chunk, entry: None }
+    }
+}
+
+/// What the first prefetch stage of a traversal learnt about a node of a [`GraphView`]: its
+/// overlay chunk if it has overlay edges in the direction (none: unchanged there).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OverlayAhead<'a> {
+    chunk: Option<&'a Chunk>,
+    /// Located by the second stage.
+    entry: Option<&'a Arc<NodeDeltas>>,
+}

@@ -1,0 +1,513 @@
+//! Transactions: the mutations a transaction is made of, and the builder that turns the
+//! current view plus mutations into the next view.
+//!
+//! Not for: publishing or compaction (`graph`), or the layout of overlay edges (`delta`).
+
+use super::delta::{EdgeIndex, EdgeRec, Found};
+use super::tree::{bit, clear_bit, set_bit, Chunk, Groups, CHUNK_SHIFT, GROUP_CHUNKS, GROUP_NODES, GROUP_SHIFT};
+use super::{base_row, delta, liveness, node_delta, GraphView};
+use crate::nodes::{NodeData, NodeKey, NodeLabel};
+use crate::query::Direction;
+use crate::{EdgeInput, EdgeLabel, NodeId};
+use std::sync::Arc;
+
+/// Why a transaction could not be applied. Nothing of it is applied.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApplyError {
+    /// A mutation names a node that does not exist or was deleted.
+    #[error("node {0} does not exist")]
+    NoSuchNode(u32),
+    /// [`Mutation::RestoreNode`] of a node that is not deleted.
+    #[error("node {0} is not deleted")]
+    NotDeleted(u32),
+    /// A removal names an edge that does not exist.
+    #[error("no edge {from} -> {target} with label {label} and weight {weight}")]
+    NoSuchEdge {
+        /// Source node.
+        from: u32,
+        /// Target node.
+        target: u32,
+        /// Edge label.
+        label: u8,
+        /// Weight.
+        weight: f64,
+    },
+    /// Overlays reached the hard limit before compaction caught up; the graph refuses changes
+    /// until a compaction finishes.
+    #[error("graph is read-only: {reason}")]
+    ReadOnly {
+        /// Why.
+        reason: String,
+    },
+    /// A compaction result from a job that a later compaction superseded.
+    #[error("compaction result is stale: another compaction began after it")]
+    StaleCompaction,
+    /// Compaction could not build a CSR of the view (an invariant broke; the current view is
+    /// kept).
+    #[error("compaction failed: {0}")]
+    Compaction(String),
+    /// The transaction's LSN is not after the current view's.
+    #[error("transaction LSN {lsn} is not after the view's LSN {current}")]
+    StaleLsn {
+        /// The transaction's LSN.
+        lsn: u64,
+        /// The current view's LSN.
+        current: u64,
+    },
+}
+
+/// One change of a transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mutation {
+    /// Allocates the next node id.
+    AddNode,
+    /// Deletes a node: it and its edges become invisible. The edges stay stored (they are
+    /// rows of their own tables) and reappear if the node is restored.
+    RemoveNode(NodeId),
+    /// Brings a deleted node back, with every edge still stored for it.
+    RestoreNode(NodeId),
+    /// Sets (or with `None` clears) a node's data: label, key, tenant, properties. The
+    /// (label, key) index and tenant bitmaps follow.
+    SetNode {
+        /// The node.
+        id: NodeId,
+        /// Its new data.
+        data: Option<Arc<NodeData>>,
+    },
+    /// Adds an edge (parallel edges are kept). Its endpoints need not be visible: an edge to a
+    /// node that does not exist (yet) is kept and becomes visible with the node.
+    AddEdge(EdgeInput),
+    /// Removes one edge with exactly this source, target, label and weight.
+    RemoveEdge(EdgeInput),
+}
+
+/// One transaction being built on top of the current view; see [`super::Graph::begin`].
+///
+/// Every call applies at once to the transaction's own state (later calls see earlier ones);
+/// nothing is visible to readers until [`Txn::commit`]. An error leaves the transaction as it
+/// was before the failing call; dropping the transaction discards it.
+pub struct Txn<'g> {
+    pub(super) graph: &'g mut super::Graph,
+    pub(super) b: Builder,
+    pub(super) log: Vec<Mutation>,
+    pub(super) lsn: u64,
+}
+
+impl std::fmt::Debug for Txn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Txn")
+            .field("lsn", &self.lsn)
+            .field("mutations", &self.log.len())
+            .finish()
+    }
+}
+
+impl Txn<'_> {
+    /// Applies one low-level mutation.
+    pub fn push(&mut self, m: Mutation) -> Result<(), ApplyError> {
+        // Mutations either fail before changing anything or succeed whole.
+        self.b.apply(&m, &mut self.graph.index)?;
+        self.log.push(m);
+        Ok(())
+    }
+
+    /// The id of the node with this label and key. A node never seen gets a new id, absent
+    /// (invisible) until [`Txn::upsert_node`] gives it data: edges may point at it meanwhile.
+    pub fn node_id(&mut self, label: NodeLabel, key: &NodeKey) -> NodeId {
+        if let Some(n) = self.b.view.nodes.resolve(label, key) {
+            return NodeId(n);
+        }
+        let id = NodeId(self.b.view.node_count);
+        let data = NodeData {
+            label,
+            key: key.clone(),
+            tenant: None,
+            filters: Arc::from(Vec::new()),
+            properties: Arc::from(Vec::new()),
+        };
+        for m in [
+            Mutation::AddNode,
+            Mutation::RemoveNode(id),
+            Mutation::SetNode {
+                id,
+                data: Some(Arc::new(data)),
+            },
+        ] {
+            // Cannot fail: the id was just allocated and is visible until removed.
+            let _ = self.push(m);
+        }
+        id
+    }
+
+    /// Inserts or updates the node `data.label` / `data.key` and makes it visible.
+    pub fn upsert_node(&mut self, data: NodeData) -> NodeId {
+        let Some(id) = self.b.view.nodes.resolve(data.label, &data.key).map(NodeId) else {
+            // A node never seen: a fresh id is visible from the start, so it needs no
+            // placeholder and no restore, just its data.
+            let id = NodeId(self.b.view.node_count);
+            for m in [
+                Mutation::AddNode,
+                Mutation::SetNode {
+                    id,
+                    data: Some(Arc::new(data)),
+                },
+            ] {
+                // Cannot fail: the id was just allocated.
+                let _ = self.push(m);
+            }
+            return id;
+        };
+        if !self.b.visible(id) {
+            let _ = self.push(Mutation::RestoreNode(id));
+        }
+        let _ = self.push(Mutation::SetNode {
+            id,
+            data: Some(Arc::new(data)),
+        });
+        id
+    }
+
+    /// Deletes the node with this label and key (it keeps its id and edges, invisible, and
+    /// comes back with them if upserted again). Returns its id, or `None` if it was not there.
+    pub fn delete_node(&mut self, label: NodeLabel, key: &NodeKey) -> Option<NodeId> {
+        let id = NodeId(self.b.view.nodes.resolve(label, key)?);
+        if !self.b.visible(id) {
+            return None;
+        }
+        self.push(Mutation::RemoveNode(id)).ok()?;
+        Some(id)
+    }
+
+    /// The node with this label and key in the transaction's state, visible or not.
+    pub fn resolve(&self, label: NodeLabel, key: &NodeKey) -> Option<NodeId> {
+        self.b.view.nodes.resolve(label, key).map(NodeId)
+    }
+
+    /// The data of node `id` in the transaction's state, if it is visible.
+    pub fn node(&self, id: NodeId) -> Option<Arc<NodeData>> {
+        if id.0 >= self.b.view.node_count || !self.b.visible(id) {
+            return None;
+        }
+        self.b.view.nodes.data(id.0)
+    }
+
+    /// Every stored out-edge of `n` in the transaction's state, including edges to nodes that
+    /// are not visible (they are rows of their own tables).
+    pub fn out_edges(&self, n: NodeId) -> Vec<EdgeInput> {
+        let mut out = Vec::new();
+        self.b.side(n, Direction::Out, &mut |m, label, weight| {
+            out.push(EdgeInput {
+                source: n,
+                target: NodeId(m),
+                label,
+                weight,
+            })
+        });
+        out
+    }
+
+    /// The first stored out-edge of `n` that `pred` accepts (no allocation).
+    pub fn find_out_edge(&self, n: NodeId, mut pred: impl FnMut(&EdgeInput) -> bool) -> Option<EdgeInput> {
+        let mut found = None;
+        self.b.side(n, Direction::Out, &mut |m, label, weight| {
+            let e = EdgeInput {
+                source: n,
+                target: NodeId(m),
+                label,
+                weight,
+            };
+            if found.is_none() && pred(&e) {
+                found = Some(e);
+            }
+        });
+        found
+    }
+
+    /// A stored edge `source → target` with this label (any weight), found without scanning
+    /// long edge lists: the shorter of the two endpoints' lists is searched (through the
+    /// writer's index when it is long).
+    pub fn find_edge(&mut self, source: NodeId, target: NodeId, label: EdgeLabel) -> Option<EdgeInput> {
+        let count = self.b.view.node_count;
+        if source.0 >= count || target.0 >= count {
+            return None;
+        }
+        let found = self.b.find_any_weight(source, target, label, &mut self.graph.index)?;
+        Some(EdgeInput {
+            source,
+            target,
+            label,
+            weight: found,
+        })
+    }
+
+    /// Number of node ids in the transaction's state.
+    pub fn node_count(&self) -> u32 {
+        self.b.view.node_count
+    }
+
+    /// Adds an edge.
+    pub fn add_edge(&mut self, e: EdgeInput) -> Result<(), ApplyError> {
+        self.push(Mutation::AddEdge(e))
+    }
+
+    /// Removes one edge with exactly this source, target, label and weight.
+    pub fn remove_edge(&mut self, e: EdgeInput) -> Result<(), ApplyError> {
+        self.push(Mutation::RemoveEdge(e))
+    }
+
+    /// The state built so far (for reads inside the transaction).
+    pub fn view(&self) -> GraphView {
+        self.b.current_view()
+    }
+
+    /// Publishes the transaction as the graph's new view.
+    pub fn commit(self) -> Result<Arc<GraphView>, ApplyError> {
+        let Txn { graph, b, log, lsn } = self;
+        let view = Arc::new(b.finish(lsn));
+        if let Some((_, pending)) = graph.since_compaction.as_mut() {
+            pending.push((lsn, log));
+        }
+        graph.publish(view.clone());
+        Ok(view)
+    }
+}
+
+/// Builds the next view from a base one; groups, chunks and entries are cloned on first
+/// write.
+pub(super) struct Builder {
+    pub(super) view: GraphView,
+    pub(super) chunks: Groups,
+}
+
+impl Builder {
+    pub(super) fn new(from: &GraphView) -> Self {
+        Builder {
+            chunks: from.chunks.as_ref().clone(),
+            view: from.clone(),
+        }
+    }
+
+    pub(super) fn finish(self, lsn: u64) -> GraphView {
+        let mut view = self.view;
+        view.chunks = Arc::new(self.chunks);
+        view.lsn = lsn;
+        view
+    }
+
+    fn chunk_mut(&mut self, n: u32) -> &mut Chunk {
+        let gi = (n >> GROUP_SHIFT) as usize;
+        if self.chunks.len() <= gi {
+            self.chunks.resize(gi + 1, None);
+        }
+        let group = Arc::make_mut(self.chunks[gi].get_or_insert_with(Default::default));
+        Arc::make_mut(
+            group.chunks[(n >> CHUNK_SHIFT) as usize & (GROUP_CHUNKS - 1)].get_or_insert_with(Default::default),
+        )
+    }
+
+    /// The state built so far, as a view (shares the chunks).
+    fn current_view(&self) -> GraphView {
+        GraphView {
+            chunks: Arc::new(self.chunks.clone()),
+            ..self.view.clone()
+        }
+    }
+
+    /// Calls `f(other, label, weight)` for each stored edge of `n` in `dir` (Out or In) in the
+    /// builder's state, whatever the endpoints' visibility.
+    fn side(&self, n: NodeId, dir: Direction, f: &mut impl FnMut(u32, EdgeLabel, f64)) {
+        if n.0 >= self.view.node_count {
+            return;
+        }
+        delta::for_each_edge(base_row(&self.view.base, n, dir), node_delta(&self.chunks, n.0, dir), f)
+    }
+
+    fn visible(&self, n: NodeId) -> bool {
+        liveness(&self.view, &self.chunks).is_live(n.0)
+    }
+
+    /// Edges of `n` (a self-loop once) whose other end is visible.
+    fn visible_incident(&self, n: NodeId) -> usize {
+        let mut count = 0;
+        self.side(n, Direction::Out, &mut |m, _, _| {
+            if m == n.0 || self.visible(NodeId(m)) {
+                count += 1;
+            }
+        });
+        self.side(n, Direction::In, &mut |m, _, _| {
+            if m != n.0 && self.visible(NodeId(m)) {
+                count += 1;
+            }
+        });
+        count
+    }
+
+    /// `n`'s overlay state in `dir`, made writable (its group, chunk and entry cloned if
+    /// shared) and marked as having overlay edges.
+    fn delta_mut(&mut self, n: u32, dir: Direction) -> &mut delta::NodeDelta {
+        self.chunk_mut(n);
+        if let Some(g) = self.chunks[(n >> GROUP_SHIFT) as usize].as_mut() {
+            let i = n as usize & (GROUP_NODES - 1);
+            Arc::make_mut(g).dirty[usize::from(dir == Direction::In)][i >> 6] |= 1 << (i & 63);
+        }
+        self.chunk_mut(n).entry_mut(n).side_mut(dir)
+    }
+
+    fn add_edge(&mut self, e: EdgeInput, index: &mut EdgeIndex) -> Result<(), ApplyError> {
+        for n in [e.source, e.target] {
+            if n.0 >= self.view.node_count {
+                return Err(ApplyError::NoSuchNode(n.0));
+            }
+        }
+        if self.visible(e.source) && self.visible(e.target) {
+            self.view.edge_count += 1;
+        }
+        for (n, other, dir) in [
+            (e.source, e.target, Direction::Out),
+            (e.target, e.source, Direction::In),
+        ] {
+            let degree = base_row(&self.view.base, n, dir).nodes.len();
+            let rec = EdgeRec {
+                other: other.0,
+                label: e.label,
+                weight: e.weight,
+            };
+            self.delta_mut(n.0, dir).add(rec, degree, index, (n.0, dir));
+        }
+        self.view.overlay_edges += 1;
+        Ok(())
+    }
+
+    /// Where one stored edge `n → other` (in `dir`) with this label and weight is.
+    fn find(
+        &self,
+        n: u32,
+        other: u32,
+        label: EdgeLabel,
+        weight: f64,
+        dir: Direction,
+        index: &mut EdgeIndex,
+    ) -> Option<Found> {
+        index
+            .find_by(
+                (n, dir),
+                base_row(&self.view.base, NodeId(n), dir),
+                node_delta(&self.chunks, n, dir),
+                other,
+                |e| e.same(other, label, weight),
+            )
+            .map(|(at, _)| at)
+    }
+
+    /// Number of stored edges of `n` in `dir`, an upper bound counting deletions.
+    fn stored_len(&self, n: u32, dir: Direction) -> usize {
+        base_row(&self.view.base, NodeId(n), dir).nodes.len()
+            + node_delta(&self.chunks, n, dir).map_or(0, |d| d.added.as_slice().len())
+    }
+
+    /// The weight of a stored edge `source → target` with `label`, any weight.
+    fn find_any_weight(&self, source: NodeId, target: NodeId, label: EdgeLabel, index: &mut EdgeIndex) -> Option<f64> {
+        // Search the shorter list; a weight is needed to name the edge, so walk the first
+        // matching endpoint and label of the chosen side.
+        let (n, other, dir) = if self.stored_len(source.0, Direction::Out) <= self.stored_len(target.0, Direction::In) {
+            (source, target, Direction::Out)
+        } else {
+            (target, source, Direction::In)
+        };
+        index
+            .find_by(
+                (n.0, dir),
+                base_row(&self.view.base, n, dir),
+                node_delta(&self.chunks, n.0, dir),
+                other.0,
+                |e| e.label == label,
+            )
+            .map(|(_, e)| e.weight)
+    }
+
+    fn remove_edge(&mut self, e: EdgeInput, index: &mut EdgeIndex) -> Result<(), ApplyError> {
+        let missing = ApplyError::NoSuchEdge {
+            from: e.source.0,
+            target: e.target.0,
+            label: e.label.0,
+            weight: e.weight,
+        };
+        if e.source.0 >= self.view.node_count || e.target.0 >= self.view.node_count {
+            return Err(missing);
+        }
+        // Found in both directions before changing either, so a failure changes nothing.
+        let out = self.find(e.source.0, e.target.0, e.label, e.weight, Direction::Out, index);
+        let inc = self.find(e.target.0, e.source.0, e.label, e.weight, Direction::In, index);
+        let (Some(out), Some(inc)) = (out, inc) else {
+            debug_assert!(out.is_none() && inc.is_none(), "forward and reverse overlays disagree");
+            return Err(missing);
+        };
+        self.delta_mut(e.source.0, Direction::Out).remove(out);
+        self.delta_mut(e.target.0, Direction::In).remove(inc);
+        if self.visible(e.source) && self.visible(e.target) {
+            self.view.edge_count -= 1;
+        }
+        self.view.overlay_edges += 1;
+        Ok(())
+    }
+
+    pub(super) fn apply(&mut self, m: &Mutation, index: &mut EdgeIndex) -> Result<(), ApplyError> {
+        match *m {
+            Mutation::AddNode => {
+                self.view.node_count += 1;
+                let need = (self.view.node_count as usize).div_ceil(GROUP_NODES);
+                if self.chunks.len() < need {
+                    self.chunks.resize(need, None);
+                }
+                Ok(())
+            }
+            Mutation::RemoveNode(n) => {
+                if !self.visible(n) {
+                    return Err(ApplyError::NoSuchNode(n.0));
+                }
+                self.view.edge_count -= self.visible_incident(n);
+                let c = self.chunk_mut(n.0);
+                if bit(&c.restored, n.0) {
+                    clear_bit(&mut c.restored, n.0);
+                    self.view.restored -= 1;
+                } else {
+                    set_bit(&mut c.tombstones, n.0);
+                    self.view.deleted += 1;
+                }
+                Ok(())
+            }
+            Mutation::RestoreNode(n) => {
+                if n.0 >= self.view.node_count {
+                    return Err(ApplyError::NoSuchNode(n.0));
+                }
+                if self.visible(n) {
+                    return Err(ApplyError::NotDeleted(n.0));
+                }
+                let c = self.chunk_mut(n.0);
+                if bit(&c.tombstones, n.0) {
+                    clear_bit(&mut c.tombstones, n.0);
+                    self.view.deleted -= 1;
+                } else {
+                    set_bit(&mut c.restored, n.0);
+                    self.view.restored += 1;
+                }
+                self.view.edge_count += self.visible_incident(n);
+                Ok(())
+            }
+            Mutation::SetNode { id, ref data } => {
+                if id.0 >= self.view.node_count {
+                    return Err(ApplyError::NoSuchNode(id.0));
+                }
+                self.view.nodes.set(id.0, data.clone());
+                self.chunk_mut(id.0);
+                if let Some(g) = self.chunks[(id.0 >> GROUP_SHIFT) as usize].as_mut() {
+                    let i = id.index() & (GROUP_NODES - 1);
+                    Arc::make_mut(g).changed[i >> 6] |= 1 << (i & 63);
+                }
+                Ok(())
+            }
+            Mutation::AddEdge(e) => self.add_edge(e, index),
+            Mutation::RemoveEdge(e) => self.remove_edge(e, index),
+        }
+    }
+}
