@@ -133,52 +133,14 @@ fn main() {
             best_pg = best_pg.min(t.elapsed().as_secs_f64());
         }
         // The same graph with 1 % of its edges arriving through overlays.
-        let split = m - m / 100;
-        let base_part: Vec<EdgeInput> = list[..split]
-            .iter()
-            .map(|&(s, t)| EdgeInput {
-                source: NodeId(s),
-                target: NodeId(t),
-                label: EdgeLabel(0),
-                weight: 1.0,
-            })
-            .collect();
-        let mut g = Graph::new(Csr::build(n, &base_part, false).unwrap(), 1);
-        drop(base_part);
-        let t = Instant::now();
-        let mut lsn = 1;
-        for batch in list[split..].chunks(1_000) {
-            lsn += 1;
-            g.apply(lsn, &add_edges(batch)).unwrap();
-        }
-        let apply_rate = (m - split) as f64 / t.elapsed().as_secs_f64();
-        let view = g.view();
-        let mut best_view = f64::MAX;
-        // Pure and overlay BFS interleaved, so machine noise hits both alike: best of each, and
-        // the median of the per-pair ratios.
-        // GRAPHSYNC_BENCH_REPEAT=N repeats them (for profiling).
-        let repeat: usize = std::env::var("GRAPHSYNC_BENCH_REPEAT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(15);
-        let mut best_pure = best_ours;
-        let mut ratios = Vec::new();
-        for _ in 0..repeat {
-            let p = time_full_bfs(&csr, &mut scratch, start);
-            let o = time_full_bfs(&*view, &mut scratch, start);
-            ratios.push(p / o);
-            best_pure = best_pure.min(p);
-            best_view = best_view.min(o);
-        }
-        ratios.sort_by(f64::total_cmp);
-        overlay_rows.push(format!(
-            "{:<22} {:>16.0} {:>16.0} {:>8.2} {:>12.2} {:>16.0}",
+        overlay_rows.push(overlay_row(
             name,
-            edges_seen as f64 / best_pure,
-            edges_seen as f64 / best_view,
-            best_pure / best_view,
-            ratios[ratios.len() / 2],
-            apply_rate
+            &list,
+            &csr,
+            &mut scratch,
+            start,
+            edges_seen,
+            best_ours,
         ));
         println!(
             "{:<22} {:>12} {:>16.0} {:>16.0} {:>8.2} {:>14.2}   (built in {:.2} s, reached {} nodes)",
@@ -191,18 +153,245 @@ fn main() {
             build.as_secs_f64(),
             reached.len()
         );
+        drop(pg);
+        drop(csr);
+        // Again with half of the overlay edges moved onto hubs (issue 11): one endpoint each
+        // among 10 hub nodes, the source or the target alike.
+        let split = m - m / 100;
+        onto_hubs(&mut list[split..], n);
+        let hub_csr = Csr::build(n, &inputs(&list), false).unwrap();
+        let reached = k_hop(
+            &hub_csr,
+            &mut scratch,
+            NodeId(start),
+            Direction::Out,
+            EdgeFilter::default(),
+            u32::MAX,
+            usize::MAX,
+        )
+        .unwrap();
+        let edges_seen: usize = reached.iter().map(|(v, _)| hub_csr.forward().degree(*v)).sum();
+        overlay_rows.push(overlay_row(
+            &format!("{name}, hubs"),
+            &list,
+            &hub_csr,
+            &mut scratch,
+            start,
+            edges_seen,
+            f64::MAX,
+        ));
     }
     println!();
     println!(
         "{:<22} {:>16} {:>16} {:>8} {:>12} {:>16}",
         "1% edges in overlays", "pure CSR e/s", "with overlay e/s", "ratio", "median pair", "applied edges/s"
     );
-    for r in overlay_rows {
-        println!("{r}");
+    if !overlay_rows.is_empty() {
+        for r in overlay_rows {
+            println!("{r}");
+        }
+        println!("(\", hubs\": half of the overlay edges have one endpoint among 10 hub nodes)");
+    }
+    if filter.as_ref().is_none_or(|f| "apply".contains(f.as_str())) {
+        hub_apply();
     }
     if filter.is_none() {
         compaction(n);
         pggraph_shaped();
+    }
+}
+
+/// Label 0, weight 1 edges.
+fn inputs(list: &[(u32, u32)]) -> Vec<EdgeInput> {
+    list.iter()
+        .map(|&(s, t)| EdgeInput {
+            source: NodeId(s),
+            target: NodeId(t),
+            label: EdgeLabel(0),
+            weight: 1.0,
+        })
+        .collect()
+}
+
+/// A row of the overlay table: BFS from `start` on `pure` (all of `list`) against a graph whose
+/// base holds all but the last 1 % of `list`, which arrives through overlays in 1,000-edge
+/// transactions. `edges_seen`: edges the BFS scans; `best_pure`: an earlier best time on `pure`.
+fn overlay_row(
+    name: &str,
+    list: &[(u32, u32)],
+    pure: &Csr,
+    scratch: &mut Scratch,
+    start: u32,
+    edges_seen: usize,
+    mut best_pure: f64,
+) -> String {
+    let m = list.len();
+    let split = m - m / 100;
+    let base_part = inputs(&list[..split]);
+    let mut g = Graph::new(Csr::build(pure.node_count(), &base_part, false).unwrap(), 1);
+    drop(base_part);
+    let t = Instant::now();
+    let mut lsn = 1;
+    for batch in list[split..].chunks(1_000) {
+        lsn += 1;
+        g.apply(lsn, &add_edges(batch)).unwrap();
+    }
+    let apply_rate = (m - split) as f64 / t.elapsed().as_secs_f64();
+    let view = g.view();
+    let mut best_view = f64::MAX;
+    // Pure and overlay BFS interleaved, so machine noise hits both alike: best of each, and
+    // the median of the per-pair ratios.
+    // GRAPHSYNC_BENCH_REPEAT=N repeats them (for profiling).
+    let repeat: usize = std::env::var("GRAPHSYNC_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let mut ratios = Vec::new();
+    for _ in 0..repeat {
+        let p = time_full_bfs(pure, scratch, start);
+        let o = time_full_bfs(&*view, scratch, start);
+        ratios.push(p / o);
+        best_pure = best_pure.min(p);
+        best_view = best_view.min(o);
+    }
+    ratios.sort_by(f64::total_cmp);
+    format!(
+        "{:<22} {:>16.0} {:>16.0} {:>8.2} {:>12.2} {:>16.0}",
+        name,
+        edges_seen as f64 / best_pure,
+        edges_seen as f64 / best_view,
+        best_pure / best_view,
+        ratios[ratios.len() / 2],
+        apply_rate
+    )
+}
+
+/// Number of hub nodes in the hub rows.
+const HUBS: u32 = 10;
+
+/// Hub node ids, spread over `0..n` (not all in one chunk of ids).
+fn hub_ids(n: u32) -> Vec<u32> {
+    (0..HUBS).map(|k| k * (n / HUBS) + 11).collect()
+}
+
+/// Moves half of `part`'s edges onto hubs: one endpoint, the source or the target alike,
+/// becomes one of the [`HUBS`] hub nodes.
+fn onto_hubs(part: &mut [(u32, u32)], n: u32) {
+    let hubs = hub_ids(n);
+    let mut r = Rng(3);
+    for e in part.iter_mut() {
+        if r.below(2) == 0 {
+            continue;
+        }
+        let h = hubs[r.below(HUBS) as usize];
+        if r.below(2) == 0 {
+            if h != e.1 {
+                e.0 = h;
+            }
+        } else if h != e.0 {
+            e.1 = h;
+        }
+    }
+}
+
+/// One transaction of [`hub_apply`]: the edge it removes (if any edge is live), the 4 it adds.
+type FiveEdgeTxn = (Option<(u32, u32)>, [(u32, u32); 4]);
+
+/// Graph-level apply throughput of streaming edge changes (issue 11), without the mapper:
+/// 5-edge transactions (4 added + 1 removed that an earlier transaction added), each its own
+/// published view (`Graph::begin`, `Txn::add_edge` / `remove_edge`, `Txn::commit`), on 100,000
+/// nodes with no base edges and no compaction, so every edge lives in overlays. Uniform, then
+/// with half the added edges on 10 hubs (the target 3 times in 4, else the source).
+/// `GRAPHSYNC_BENCH_HUB_CHANGES` edge changes per row (default 4,000,000: each hub then holds
+/// ~120,000 live overlay edges); a row stops early after `GRAPHSYNC_BENCH_HUB_SECS` (default
+/// 15) of applying.
+fn hub_apply() {
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
+    let changes = env("GRAPHSYNC_BENCH_HUB_CHANGES").unwrap_or(4e6) as u64;
+    let cap = env("GRAPHSYNC_BENCH_HUB_SECS").unwrap_or(15.0);
+    let n = 100_000u32;
+    let hubs = hub_ids(n);
+    println!();
+    println!(
+        "{:<36} {:>10} {:>16} {:>10}",
+        "apply, 5-edge txns, 1 view each", "changes", "edge changes/s", "us/change"
+    );
+    for (name, hub_percent) in [("uniform", 0), ("half on 10 hubs", 50)] {
+        let policy = CompactionPolicy {
+            soft_limit: usize::MAX,
+            hard_limit: usize::MAX,
+        };
+        let mut g = Graph::with_policy(Csr::build(n, &[], false).unwrap(), 1, policy);
+        let mut r = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut live: Vec<(u32, u32)> = Vec::new();
+        let (mut done, mut txns, mut secs) = (0u64, 0u64, 0.0);
+        let edge = |(s, t): (u32, u32)| EdgeInput {
+            source: NodeId(s),
+            target: NodeId(t),
+            label: EdgeLabel(0),
+            weight: 1.0,
+        };
+        while done < changes && secs < cap {
+            // 2,000 transactions generated outside the timed part: (removed, added).
+            let chunk: Vec<FiveEdgeTxn> = (0..2_000)
+                .map(|_| {
+                    let del = (!live.is_empty()).then(|| live.swap_remove(r.below(live.len() as u32) as usize));
+                    let add = [(); 4].map(|_| loop {
+                        let e = if r.below(100) < hub_percent {
+                            let (h, u) = (hubs[r.below(HUBS) as usize], r.below(n));
+                            if r.below(4) == 0 {
+                                (h, u)
+                            } else {
+                                (u, h)
+                            }
+                        } else {
+                            (r.below(n), r.below(n))
+                        };
+                        if e.0 != e.1 {
+                            break e;
+                        }
+                    });
+                    live.extend_from_slice(&add);
+                    (del, add)
+                })
+                .collect();
+            let t = Instant::now();
+            for (del, add) in &chunk {
+                txns += 1;
+                let mut tx = g.begin(1 + txns).unwrap();
+                for (i, &e) in add.iter().enumerate() {
+                    if i == 2 {
+                        if let Some(d) = del {
+                            tx.remove_edge(edge(*d)).unwrap();
+                        }
+                    }
+                    tx.add_edge(edge(e)).unwrap();
+                }
+                black_box(tx.commit().unwrap());
+            }
+            secs += t.elapsed().as_secs_f64();
+            done += chunk.iter().map(|(d, _)| 4 + u64::from(d.is_some())).sum::<u64>();
+        }
+        let per_hub: Vec<usize> = hubs
+            .iter()
+            .map(|&h| live.iter().filter(|e| e.0 == h || e.1 == h).count())
+            .collect();
+        println!(
+            "{:<36} {:>10} {:>16.0} {:>10.3}   ({txns} views, {} overlay edge changes, {} live edges, {}..{} per hub{})",
+            name,
+            done,
+            done as f64 / secs,
+            secs * 1e6 / done as f64,
+            g.view().overlay_edges(),
+            live.len(),
+            per_hub.iter().min().unwrap(),
+            per_hub.iter().max().unwrap(),
+            if done < changes {
+                format!("; stopped after {secs:.0} s")
+            } else {
+                String::new()
+            }
+        );
     }
 }
 

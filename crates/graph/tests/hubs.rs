@@ -2,8 +2,9 @@
 //! rows and overlay lists long enough for the shared append-only buffers, the persistent
 //! deletion sets and the writer's edge index), mixed with removals of existing and missing
 //! edges, node deletions and restorations, dropped transactions (whose appends are never
-//! published, though the transaction's own view of them is kept), compactions in the foreground and in the background, and readers holding
-//! old views. After every transaction the new view equals the oracle, and at the end every
+//! published), compactions in the foreground and in the background, and readers holding
+//! old views (released at random, so the versions only they reach are freed while others
+//! are still read). After every transaction the new view equals the oracle, and at the end every
 //! view kept along the way still answers exactly what it answered when it was published.
 
 use graph::*;
@@ -73,6 +74,15 @@ fn answers(v: &GraphView) -> Answers {
     )
 }
 
+/// Panics naming the first difference.
+fn same(got: &Answers, want: &Answers, what: &str) {
+    for n in 0..want.0.len().max(got.0.len()) {
+        assert_eq!(got.0.get(n), want.0.get(n), "{what}: edges of node {n} (out, in)");
+    }
+    assert_eq!(got.1, want.1, "{what}: visibility");
+    assert_eq!(got.2, want.2, "{what}: visible edge count");
+}
+
 fn expected(o: &Oracle) -> Answers {
     let n = o.visible.len() as u32;
     (
@@ -118,6 +128,8 @@ enum Step {
     Compact,
     BeginCompaction,
     FinishCompaction,
+    /// Checks one kept view and lets it go (its versions may then be freed).
+    Release(prop::sample::Index),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -126,6 +138,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Compact),
         1 => Just(Step::BeginCompaction),
         1 => Just(Step::FinishCompaction),
+        6 => any::<prop::sample::Index>().prop_map(Step::Release),
     ]
 }
 
@@ -243,32 +256,31 @@ fn run(base_hub_edges: usize, steps: &[Step]) {
                 let mut t = g.begin(lsn).unwrap();
                 let mut next = o.clone();
                 let ok = run_ops(&mut t, &mut next, ops);
-                if ok && *abort {
-                    // A transaction's own view of what it built is never changed by later
-                    // transactions, though it is dropped.
-                    let v = Arc::new(t.view());
-                    let want = expected(&next);
-                    assert_eq!(answers(&v), want, "a transaction's view differs from its oracle");
-                    kept.push((v, want));
-                } else if ok {
+                if ok && !abort {
                     let v = t.commit().unwrap();
                     o = next;
                     let want = expected(&o);
-                    assert_eq!(answers(&v), want, "view after a transaction differs from the oracle");
+                    same(&answers(&v), &want, "view after a transaction");
                     kept.push((v, want));
                 }
             }
             Step::Compact => {
                 job = None;
                 let v = g.compact().unwrap();
-                assert_eq!(answers(&v), expected(&o), "compaction changed what is visible");
+                same(&answers(&v), &expected(&o), "after compaction");
                 kept.push((v, expected(&o)));
             }
             Step::BeginCompaction => job = Some(g.begin_compaction()),
+            Step::Release(i) => {
+                if !kept.is_empty() {
+                    let (v, want) = kept.swap_remove(i.index(kept.len()));
+                    same(&answers(&v), &want, &format!("released view (lsn {})", v.lsn()));
+                }
+            }
             Step::FinishCompaction => {
                 if let Some(j) = job.take() {
                     let v = g.finish_compaction(j.build()).unwrap();
-                    assert_eq!(answers(&v), expected(&o), "background compaction + replay differs");
+                    same(&answers(&v), &expected(&o), "after background compaction + replay");
                     kept.push((v, expected(&o)));
                 }
             }

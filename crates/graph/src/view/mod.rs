@@ -7,8 +7,9 @@
 //! see whole transactions or nothing.
 //!
 //! Where things live:
-//! - `tree`: the overlay radix tree (which nodes changed; tombstones; one entry per changed
-//!   node), copied on write per group, chunk and entry.
+//! - `table`: per changed node a chain of versions of its overlay state (edges, tombstone),
+//!   shared by every view of one base; a view reads the newest version at or below its
+//!   sequence number. A transaction installs one version per node it touched.
 //! - `delta`: a node's overlay edges per direction — a few inline, the rest in a shared
 //!   append-only buffer (`append`), deletions as positions — so a transaction costs O(its
 //!   changes), never O(a node's degree).
@@ -20,7 +21,7 @@
 mod append;
 mod delta;
 mod graph;
-mod tree;
+mod table;
 mod txn;
 
 pub use graph::{BulkError, Compacted, CompactionJob, CompactionPolicy, Graph, GraphReader};
@@ -29,9 +30,9 @@ pub use txn::{ApplyError, Mutation, Txn};
 use crate::nodes::{FilterId, FilterValueId, NodeData, NodeKey, NodeLabel, NodeStore, TenantId};
 use crate::query::{Direction, Topology};
 use crate::{Csr, EdgeInput, EdgeLabel, NodeId};
-use delta::{NodeDelta, NodeDeltas, Row};
+use delta::{NodeDelta, Row};
 use std::sync::Arc;
-use tree::{is_changed, is_dirty, lookup, Chunk, Groups, Liveness, CHUNK_NODES, GROUP_NODES};
+use table::{Guard, Mark, NodeState, Table, Version, RESTORED, TOMBSTONE};
 
 /// Synchronisation types of the append-only buffer (loom's in its model test).
 mod shim {
@@ -79,12 +80,17 @@ mod shim {
 #[derive(Debug, Clone)]
 pub struct GraphView {
     base: Arc<Csr>,
-    chunks: Arc<Groups>,
+    /// Overlay versions of every view of this base.
+    table: Arc<Table>,
+    /// This view reads versions at or below this sequence number.
+    seq: u64,
+    /// Keeps `seq` registered as live while the view exists.
+    guard: Arc<Guard>,
     /// Nodes deleted when the base was compacted (absent: none).
     base_deleted: Option<Arc<Vec<u64>>>,
-    /// Tombstone bits in the overlay tree.
+    /// Nodes deleted since the base (tombstones in the table).
     deleted: usize,
-    /// Restored bits in the overlay tree.
+    /// Nodes of `base_deleted` restored since.
     restored: usize,
     nodes: NodeStore,
     node_count: u32,
@@ -98,9 +104,12 @@ impl GraphView {
     pub fn new(base: Csr, lsn: u64) -> Self {
         let node_count = base.node_count();
         let edge_count = base.edge_count();
+        let table = Table::new();
         GraphView {
             base: Arc::new(base),
-            chunks: Arc::new(vec![None; (node_count as usize).div_ceil(GROUP_NODES)]),
+            guard: table.register(0),
+            table,
+            seq: 0,
             base_deleted: None,
             deleted: 0,
             restored: 0,
@@ -132,17 +141,52 @@ impl GraphView {
         Csr::build(self.node_count, &edges, weighted)
     }
 
+    /// `n`'s overlay state in this view, if it has one.
     #[inline]
-    fn liveness(&self) -> Liveness<'_> {
-        liveness(self, &self.chunks)
+    fn state(&self, n: u32) -> Option<&NodeState> {
+        self.table.state(n, self.seq)
+    }
+
+    /// Whether `n` exists and is not deleted, given its overlay flags if it has any
+    /// (`flags` is asked only when the counts say deletions or restorations exist).
+    #[inline]
+    fn live_with(&self, n: u32, flags: impl FnOnce() -> u8) -> bool {
+        if n >= self.node_count {
+            return false;
+        }
+        if self.deleted == 0 && self.restored == 0 {
+            return !self.base_deleted_bit(n);
+        }
+        let f = flags();
+        if self.base_deleted_bit(n) && f & RESTORED == 0 {
+            return false;
+        }
+        f & TOMBSTONE == 0
+    }
+
+    #[inline]
+    fn base_deleted_bit(&self, n: u32) -> bool {
+        self.base_deleted
+            .as_deref()
+            .is_some_and(|b| b.get((n >> 6) as usize).is_some_and(|w| w & (1 << (n & 63)) != 0))
+    }
+
+    #[inline]
+    fn live(&self, n: u32) -> bool {
+        self.live_with(n, || {
+            if self.table.marked(n, Mark::Liveness) {
+                self.state(n).map_or(0, |s| s.flags)
+            } else {
+                0
+            }
+        })
     }
 
     /// Dense bitset of the nodes that are not visible.
     pub(crate) fn deleted_bits(&self) -> Vec<u64> {
-        let live = self.liveness();
         let mut bits = vec![0u64; (self.node_count as usize).div_ceil(64)];
         for n in 0..self.node_count {
-            if !live.is_live(n) {
+            if !self.live(n) {
                 bits[(n >> 6) as usize] |= 1 << (n & 63);
             }
         }
@@ -239,11 +283,6 @@ impl GraphView {
         &self.base
     }
 
-    #[inline]
-    fn chunk(&self, n: u32) -> Option<&Chunk> {
-        lookup(&self.chunks, n)
-    }
-
     /// `n`'s base row in one direction (Out or In); empty for nodes added since the base.
     #[inline]
     fn row(&self, n: NodeId, dir: Direction) -> Row<'_> {
@@ -253,24 +292,24 @@ impl GraphView {
     /// Edges of `n` in one direction (Out or In), base minus deletions plus additions.
     #[inline]
     fn side(&self, n: NodeId, dir: Direction, f: &mut impl FnMut(u32, EdgeLabel, f64)) {
-        delta::for_each_edge(self.row(n, dir), node_delta(&self.chunks, n.0, dir), f)
+        delta::for_each_edge(self.row(n, dir), self.delta(n.0, dir), f)
+    }
+
+    /// `n`'s overlay edges in `dir` (Out or In), if it has any.
+    #[inline]
+    fn delta(&self, n: u32, dir: Direction) -> Option<&NodeDelta> {
+        if !self.table.marked_dir(n, dir) {
+            return None;
+        }
+        Some(self.state(n)?.side(dir))
     }
 
     /// Neighbours of a node with overlay edges in `dir` (or added since the base), given its
-    /// overlay chunk and, if already located, its entry. Kept out of line so the common path
-    /// stays small.
+    /// state in this view. Kept out of line so the common path stays small.
     #[inline(never)]
-    fn changed_neighbors(
-        &self,
-        n: NodeId,
-        dir: Direction,
-        chunk: Option<&Chunk>,
-        entry: Option<&Arc<NodeDeltas>>,
-        mut f: impl FnMut(NodeId),
-    ) {
+    fn changed_neighbors(&self, n: NodeId, dir: Direction, state: Option<&NodeState>, mut f: impl FnMut(NodeId)) {
         let mut one = |d: Direction| {
-            let e = entry.or_else(|| chunk.and_then(|c| c.entry(n.0)));
-            delta::for_each_neighbor(self.row(n, d).nodes, e.map(|e| e.side(d)), &mut |m| f(NodeId(m)));
+            delta::for_each_neighbor(self.row(n, d).nodes, state.map(|s| s.side(d)), &mut |m| f(NodeId(m)));
         };
         match dir {
             Direction::Both => {
@@ -297,26 +336,6 @@ fn base_row(base: &Csr, n: NodeId, dir: Direction) -> Row<'_> {
     Row { nodes, labels, weights }
 }
 
-/// `n`'s overlay edges in `dir` (Out or In), if it has any.
-#[inline]
-fn node_delta(groups: &Groups, n: u32, dir: Direction) -> Option<&NodeDelta> {
-    if !is_dirty(groups, n, dir) {
-        return None;
-    }
-    Some(lookup(groups, n)?.entry(n)?.side(dir))
-}
-
-/// Which nodes of `view` exist, with the overlay tree `groups` (the view's or a builder's).
-fn liveness<'a>(view: &'a GraphView, groups: &'a Groups) -> Liveness<'a> {
-    Liveness {
-        node_count: view.node_count,
-        base_deleted: view.base_deleted.as_deref().map(|v| v.as_slice()),
-        deleted: view.deleted,
-        restored: view.restored,
-        groups,
-    }
-}
-
 impl Topology for GraphView {
     fn node_count(&self) -> u32 {
         self.node_count
@@ -334,12 +353,12 @@ impl Topology for GraphView {
 
     #[inline]
     fn tenant_of(&self, n: NodeId) -> Option<TenantId> {
-        self.nodes.tenant_of(n.0, is_changed(&self.chunks, n.0))
+        self.nodes.tenant_of(n.0, self.table.marked(n.0, Mark::Data))
     }
 
     #[inline]
     fn is_visible(&self, n: NodeId) -> bool {
-        self.liveness().is_live(n.0)
+        self.live(n.0)
     }
 
     #[inline]
@@ -356,10 +375,10 @@ impl Topology for GraphView {
 
     #[inline(always)]
     fn for_each_neighbor(&self, n: NodeId, dir: Direction, f: impl FnMut(NodeId)) {
-        if n.0 < self.base.node_count() && !is_dirty(&self.chunks, n.0, dir) {
+        if n.0 < self.base.node_count() && !self.table.marked_dir(n.0, dir) {
             self.base.for_each_neighbor(n, dir, f);
         } else {
-            self.changed_neighbors(n, dir, self.chunk(n.0), None, f);
+            self.changed_neighbors(n, dir, self.state(n.0), f);
         }
     }
 
@@ -374,21 +393,32 @@ impl Topology for GraphView {
         mut f: impl FnMut(NodeId),
     ) {
         let in_base = n.0 < self.base.node_count();
-        if in_base && ahead.chunk.is_none() {
+        if in_base && !ahead.marked {
             self.base.for_each_neighbor(n, dir, f);
             return;
         }
+        let head = if ahead.head.is_some() {
+            ahead.head
+        } else {
+            self.table.head(n.0)
+        };
+        let state = table::walk(head, self.seq).map(|v| &v.state);
         // The common change, edges added and none deleted: the base's own loop, then the
         // additions (inline, or a shared buffer's prefix), with no check per edge.
-        if let (true, Some(e), Direction::Out | Direction::In) = (in_base, ahead.entry, dir) {
-            let delta = e.side(dir);
+        if let (true, Some(s), Direction::Out | Direction::In) = (in_base, state, dir) {
+            let delta = s.side(dir);
             if delta.deleted.is_none() {
                 self.base.for_each_neighbor(n, dir, &mut f);
                 delta.added.as_slice().iter().for_each(|e| f(NodeId(e.other)));
                 return;
             }
         }
-        self.changed_neighbors(n, dir, ahead.chunk, ahead.entry, f);
+        if in_base && state.is_none() {
+            // Marked by a later version only.
+            self.base.for_each_neighbor(n, dir, f);
+            return;
+        }
+        self.changed_neighbors(n, dir, state, f);
     }
 
     #[inline(always)]
@@ -396,23 +426,18 @@ impl Topology for GraphView {
         if n.0 < self.base.node_count() {
             self.base.prefetch(n, dir, ());
         }
-        // Second stage for changed nodes: their overlay entry (the pointer to it was
-        // prefetched by the first).
-        if let Some(d) = ahead.chunk.and_then(|c| c.entry(n.0)) {
-            // A direction's entry may span two cache lines (aligned allocations cost the
-            // writer more than the second prefetch costs here).
-            let line = |x: &NodeDelta| {
-                let p = x as *const NodeDelta as *const u8;
+        // Second stage for changed nodes: their newest version (the slot pointing to it was
+        // prefetched by the first); the walk to this view's version happens when it is read.
+        if ahead.marked {
+            if let Some(v) = self.table.head(n.0) {
+                let p = v as *const Version as *const u8;
                 crate::query::prefetch_ptr(p);
-                crate::query::prefetch_ptr(p.wrapping_add(std::mem::size_of::<NodeDelta>() - 1));
-            };
-            if dir != Direction::In {
-                line(&d.0[0]);
+                crate::query::prefetch_ptr(p.wrapping_add(64));
+                if dir != Direction::Out {
+                    crate::query::prefetch_ptr(p.wrapping_add(128));
+                }
+                ahead.head = Some(v);
             }
-            if dir != Direction::Out {
-                line(&d.0[1]);
-            }
-            ahead.entry = Some(d);
         }
         ahead
     }
@@ -422,23 +447,26 @@ impl Topology for GraphView {
         if n.0 < self.base.node_count() {
             self.base.prefetch_index(n, dir);
         }
-        if !is_dirty(&self.chunks, n.0, dir) {
+        if !self.table.marked_dir(n.0, dir) {
             return OverlayAhead::default();
         }
-        let chunk = self.chunk(n.0);
-        if let Some(c) = chunk {
-            // The pointer to the node's overlay entry, read by the next stage.
-            crate::query::prefetch_ptr(&c.deltas[n.index() & (CHUNK_NODES - 1)]);
+        if let Some(slot) = self.table.head_slot(n.0) {
+            // The pointer to the node's newest version, read by the next stage.
+            crate::query::prefetch_ptr(slot);
         }
-        OverlayAhead { chunk, entry: None }
+        OverlayAhead {
+            marked: true,
+            head: None,
+        }
     }
 }
 
-/// What the first prefetch stage of a traversal learnt about a node of a [`GraphView`]: its
-/// overlay chunk if it has overlay edges in the direction (none: unchanged there).
+/// What the prefetch stages of a traversal learnt about a node of a [`GraphView`]: whether it
+/// has overlay edges in the direction in any version (no: unchanged there), then its newest
+/// version.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OverlayAhead<'a> {
-    chunk: Option<&'a Chunk>,
+    marked: bool,
     /// Located by the second stage.
-    entry: Option<&'a Arc<NodeDeltas>>,
+    head: Option<&'a Version>,
 }

@@ -3,12 +3,14 @@
 //!
 //! Not for: publishing or compaction (`graph`), or the layout of overlay edges (`delta`).
 
-use super::delta::{EdgeIndex, EdgeRec, Found};
-use super::tree::{bit, clear_bit, set_bit, Chunk, Groups, CHUNK_SHIFT, GROUP_CHUNKS, GROUP_NODES, GROUP_SHIFT};
-use super::{base_row, delta, liveness, node_delta, GraphView};
+use super::delta::{EdgeIndex, EdgeRec, Found, NodeDelta};
+use super::table::{Mark, NodeState, RESTORED, TOMBSTONE};
+use super::{base_row, delta, GraphView};
 use crate::nodes::{NodeData, NodeKey, NodeLabel};
 use crate::query::Direction;
 use crate::{EdgeInput, EdgeLabel, NodeId};
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 /// Why a transaction could not be applied. Nothing of it is applied.
@@ -255,15 +257,11 @@ impl Txn<'_> {
         self.push(Mutation::RemoveEdge(e))
     }
 
-    /// The state built so far (for reads inside the transaction).
-    pub fn view(&self) -> GraphView {
-        self.b.current_view()
-    }
-
     /// Publishes the transaction as the graph's new view.
     pub fn commit(self) -> Result<Arc<GraphView>, ApplyError> {
         let Txn { graph, b, log, lsn } = self;
         let view = Arc::new(b.finish(lsn));
+        // The previous view's versions stay for those who hold it.
         if let Some((_, pending)) = graph.since_compaction.as_mut() {
             pending.push((lsn, log));
         }
@@ -272,45 +270,80 @@ impl Txn<'_> {
     }
 }
 
-/// Builds the next view from a base one; groups, chunks and entries are cloned on first
-/// write.
+/// A node's state as this transaction leaves it, and which marks it needs.
+struct Pending {
+    state: NodeState,
+    marks: u8,
+}
+
+/// Hashes node ids (already well spread) cheaply.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// Builds the next view from the current one: the nodes it touches get a private copy of
+/// their state, installed as new versions by [`Builder::finish`] (nothing is shared before,
+/// so dropping the builder discards everything).
 pub(super) struct Builder {
     pub(super) view: GraphView,
-    pub(super) chunks: Groups,
+    pending: HashMap<u32, Pending, BuildHasherDefault<IdHasher>>,
 }
 
 impl Builder {
     pub(super) fn new(from: &GraphView) -> Self {
         Builder {
-            chunks: from.chunks.as_ref().clone(),
             view: from.clone(),
+            pending: HashMap::default(),
         }
     }
 
+    /// Installs the touched nodes' states as versions and returns the new view at `lsn`.
     pub(super) fn finish(self, lsn: u64) -> GraphView {
-        let mut view = self.view;
-        view.chunks = Arc::new(self.chunks);
+        let Builder { mut view, pending } = self;
+        let seq = view.seq + 1;
+        // Versions no live view (this builder's own base view included) reaches are freed.
+        let min_live = view.table.min_live().unwrap_or(view.seq).min(view.seq);
+        for (n, p) in pending {
+            view.table.install(n, seq, p.state, p.marks, min_live);
+        }
+        view.guard = view.table.register(seq);
+        view.seq = seq;
         view.lsn = lsn;
         view
     }
 
-    fn chunk_mut(&mut self, n: u32) -> &mut Chunk {
-        let gi = (n >> GROUP_SHIFT) as usize;
-        if self.chunks.len() <= gi {
-            self.chunks.resize(gi + 1, None);
+    /// `n`'s state in the builder: its pending copy, or the base view's version.
+    fn state(&self, n: u32) -> Option<&NodeState> {
+        match self.pending.get(&n) {
+            Some(p) => Some(&p.state),
+            None => self.view.state(n),
         }
-        let group = Arc::make_mut(self.chunks[gi].get_or_insert_with(Default::default));
-        Arc::make_mut(
-            group.chunks[(n >> CHUNK_SHIFT) as usize & (GROUP_CHUNKS - 1)].get_or_insert_with(Default::default),
-        )
     }
 
-    /// The state built so far, as a view (shares the chunks).
-    fn current_view(&self) -> GraphView {
-        GraphView {
-            chunks: Arc::new(self.chunks.clone()),
-            ..self.view.clone()
-        }
+    /// `n`'s state made writable (copied into the builder on first write), with `marks` added.
+    fn state_mut(&mut self, n: u32, marks: u8) -> &mut NodeState {
+        let view = &self.view;
+        let p = self.pending.entry(n).or_insert_with(|| Pending {
+            state: view.state(n).cloned().unwrap_or_default(),
+            marks: 0,
+        });
+        p.marks |= marks;
+        &mut p.state
     }
 
     /// Calls `f(other, label, weight)` for each stored edge of `n` in `dir` (Out or In) in the
@@ -319,11 +352,21 @@ impl Builder {
         if n.0 >= self.view.node_count {
             return;
         }
-        delta::for_each_edge(base_row(&self.view.base, n, dir), node_delta(&self.chunks, n.0, dir), f)
+        delta::for_each_edge(base_row(&self.view.base, n, dir), self.delta(n.0, dir), f)
+    }
+
+    /// `n`'s overlay edges in `dir` in the builder's state.
+    fn delta(&self, n: u32, dir: Direction) -> Option<&NodeDelta> {
+        Some(self.state(n)?.side(dir))
+    }
+
+    /// `n`'s tombstone and restoration flags in the builder's state.
+    fn flags(&self, n: u32) -> u8 {
+        self.state(n).map_or(0, |s| s.flags)
     }
 
     fn visible(&self, n: NodeId) -> bool {
-        liveness(&self.view, &self.chunks).is_live(n.0)
+        self.view.live_with(n.0, || self.flags(n.0))
     }
 
     /// Edges of `n` (a self-loop once) whose other end is visible.
@@ -342,15 +385,9 @@ impl Builder {
         count
     }
 
-    /// `n`'s overlay state in `dir`, made writable (its group, chunk and entry cloned if
-    /// shared) and marked as having overlay edges.
-    fn delta_mut(&mut self, n: u32, dir: Direction) -> &mut delta::NodeDelta {
-        self.chunk_mut(n);
-        if let Some(g) = self.chunks[(n >> GROUP_SHIFT) as usize].as_mut() {
-            let i = n as usize & (GROUP_NODES - 1);
-            Arc::make_mut(g).dirty[usize::from(dir == Direction::In)][i >> 6] |= 1 << (i & 63);
-        }
-        self.chunk_mut(n).entry_mut(n).side_mut(dir)
+    /// `n`'s overlay edges in `dir`, made writable and marked.
+    fn delta_mut(&mut self, n: u32, dir: Direction) -> &mut NodeDelta {
+        self.state_mut(n, Mark::of(dir).bit()).deltas.side_mut(dir)
     }
 
     fn add_edge(&mut self, e: EdgeInput, index: &mut EdgeIndex) -> Result<(), ApplyError> {
@@ -392,7 +429,7 @@ impl Builder {
             .find_by(
                 (n, dir),
                 base_row(&self.view.base, NodeId(n), dir),
-                node_delta(&self.chunks, n, dir),
+                self.delta(n, dir),
                 other,
                 |e| e.same(other, label, weight),
             )
@@ -402,7 +439,7 @@ impl Builder {
     /// Number of stored edges of `n` in `dir`, an upper bound counting deletions.
     fn stored_len(&self, n: u32, dir: Direction) -> usize {
         base_row(&self.view.base, NodeId(n), dir).nodes.len()
-            + node_delta(&self.chunks, n, dir).map_or(0, |d| d.added.as_slice().len())
+            + self.delta(n, dir).map_or(0, |d| d.added.as_slice().len())
     }
 
     /// The weight of a stored edge `source → target` with `label`, any weight.
@@ -418,7 +455,7 @@ impl Builder {
             .find_by(
                 (n.0, dir),
                 base_row(&self.view.base, n, dir),
-                node_delta(&self.chunks, n.0, dir),
+                self.delta(n.0, dir),
                 other.0,
                 |e| e.label == label,
             )
@@ -455,10 +492,6 @@ impl Builder {
         match *m {
             Mutation::AddNode => {
                 self.view.node_count += 1;
-                let need = (self.view.node_count as usize).div_ceil(GROUP_NODES);
-                if self.chunks.len() < need {
-                    self.chunks.resize(need, None);
-                }
                 Ok(())
             }
             Mutation::RemoveNode(n) => {
@@ -466,12 +499,12 @@ impl Builder {
                     return Err(ApplyError::NoSuchNode(n.0));
                 }
                 self.view.edge_count -= self.visible_incident(n);
-                let c = self.chunk_mut(n.0);
-                if bit(&c.restored, n.0) {
-                    clear_bit(&mut c.restored, n.0);
+                let st = self.state_mut(n.0, Mark::Liveness.bit());
+                if st.flags & RESTORED != 0 {
+                    st.flags &= !RESTORED;
                     self.view.restored -= 1;
                 } else {
-                    set_bit(&mut c.tombstones, n.0);
+                    st.flags |= TOMBSTONE;
                     self.view.deleted += 1;
                 }
                 Ok(())
@@ -483,12 +516,12 @@ impl Builder {
                 if self.visible(n) {
                     return Err(ApplyError::NotDeleted(n.0));
                 }
-                let c = self.chunk_mut(n.0);
-                if bit(&c.tombstones, n.0) {
-                    clear_bit(&mut c.tombstones, n.0);
+                let st = self.state_mut(n.0, Mark::Liveness.bit());
+                if st.flags & TOMBSTONE != 0 {
+                    st.flags &= !TOMBSTONE;
                     self.view.deleted -= 1;
                 } else {
-                    set_bit(&mut c.restored, n.0);
+                    st.flags |= RESTORED;
                     self.view.restored += 1;
                 }
                 self.view.edge_count += self.visible_incident(n);
@@ -499,11 +532,7 @@ impl Builder {
                     return Err(ApplyError::NoSuchNode(id.0));
                 }
                 self.view.nodes.set(id.0, data.clone());
-                self.chunk_mut(id.0);
-                if let Some(g) = self.chunks[(id.0 >> GROUP_SHIFT) as usize].as_mut() {
-                    let i = id.index() & (GROUP_NODES - 1);
-                    Arc::make_mut(g).changed[i >> 6] |= 1 << (i & 63);
-                }
+                self.state_mut(id.0, Mark::Data.bit());
                 Ok(())
             }
             Mutation::AddEdge(e) => self.add_edge(e, index),
