@@ -5,15 +5,20 @@
 //! `cargo bench --bench e2e` prints one table. Knobs: `GRAPHSYNC_BENCH_ROWS` (rows of the
 //! catch-up tables, default 1,000,000), `GRAPHSYNC_BENCH_LOAD_SECS` (each load phase, default
 //! 60), `GRAPHSYNC_BENCH_RATE` (transactions per second of 5 rows in the fixed-rate phase,
-//! default 2000; the second phase writes as fast as two connections can commit),
-//! `GRAPHSYNC_BENCH_BIG_EDGES` (edges of the graph for the second restart measurement, default
-//! 10,000,000; 0 skips it).
+//! default 2000; the second phase writes as fast as two connections can commit; the third,
+//! hub-heavy, runs `pgbench` with 4 clients: 3 inserts of edges to Zipf-distributed followees
+//! and 1 delete per transaction), `GRAPHSYNC_BENCH_BIG_EDGES` (edges of the graph for the
+//! second restart measurement, default 10,000,000; 0 skips it).
+//!
+//! Catch-up and restart run the replicator inside this process; the three load phases run the
+//! real `graphsync replicate` binary (cargo builds it for the bench: `CARGO_BIN_EXE_graphsync`)
+//! as a child process, so its CPU (`/proc/PID/stat`) excludes the load generators, the lag
+//! probe and the queries, which go over its HTTP API.
 
-use graph::{query, Direction, EdgeFilter, NodeId, Topology};
 use pgoutput::Lsn;
 use pgrepl::ReplicationClient;
 use pgtest::Cluster;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use sync::config::MappingConfig;
@@ -269,9 +274,357 @@ fn restart_vs_copy(
     ]);
 }
 
-/// `secs` of transactions of 5 edge rows, at `rate` per second or (`None`) as fast as two
-/// connections commit, with queries on the live graph meanwhile: lag (commit → applied) and
-/// query latency rows.
+/// `graphsync replicate` (the real binary, built by cargo for this bench) as a child process,
+/// so its CPU is its own: the load generators and the queries run elsewhere.
+struct Binary {
+    child: std::process::Child,
+    http: Http,
+    log: PathBuf,
+}
+
+impl Binary {
+    fn spawn(cluster: &Cluster, db: &str, cfg: &Path, data: &Path, dir: &Path) -> Binary {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let log = dir.join("graphsync.log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_graphsync"))
+            .arg("replicate")
+            .arg("--config")
+            .arg(cfg)
+            .args(["--database-url", &cluster.conn_str(db)])
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--checkpoint-interval-ms", "5000"])
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start graphsync replicate");
+        Binary {
+            child,
+            http: Http::new(port),
+            log,
+        }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn port(&self) -> u16 {
+        self.http.port
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(s) = self.child.try_wait().unwrap() {
+            panic!(
+                "graphsync replicate exited ({s}): {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+
+    /// Waits until `/health` reports `lsn` applied.
+    fn wait_applied(&mut self, lsn: Lsn, timeout: Duration) {
+        let t = Instant::now();
+        loop {
+            if applied_lsn(&mut self.http).is_some_and(|a| a >= lsn) {
+                return;
+            }
+            self.assert_running();
+            assert!(
+                t.elapsed() < timeout,
+                "graphsync did not apply {lsn} within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// `/metrics` as name (with labels) → value.
+    fn metrics(&mut self) -> std::collections::HashMap<String, f64> {
+        let (code, body) = self.http.get("/metrics").expect("GET /metrics");
+        assert_eq!(code, 200, "GET /metrics");
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            .collect()
+    }
+
+    /// SIGTERM, then wait for the final checkpoint and a clean exit.
+    fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let t = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                assert!(
+                    s.success(),
+                    "graphsync replicate exited with {s}: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+                return;
+            }
+            if t.elapsed() > Duration::from_secs(300) {
+                let _ = self.child.kill();
+                panic!("graphsync replicate did not stop within 300 s after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client with keep-alive, for graphsync's API (no client crate needed).
+struct Http {
+    port: u16,
+    conn: Option<std::io::BufReader<std::net::TcpStream>>,
+}
+
+impl Http {
+    fn new(port: u16) -> Http {
+        Http { port, conn: None }
+    }
+
+    /// GET `path`: status code and body. Reconnects once if the kept connection failed.
+    fn get(&mut self, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+        let mut last = None;
+        for _ in 0..2 {
+            if self.conn.is_none() {
+                let s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+                s.set_nodelay(true)?;
+                self.conn = Some(std::io::BufReader::new(s));
+            }
+            match Self::exchange(self.conn.as_mut().unwrap(), path) {
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    self.conn = None;
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap())
+    }
+
+    fn exchange(c: &mut std::io::BufReader<std::net::TcpStream>, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+        use std::io::{BufRead, Read, Write};
+        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+        write!(c.get_mut(), "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut line = String::new();
+        if c.read_line(&mut line)? == 0 {
+            return Err(bad("connection closed"));
+        }
+        let code = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| bad("bad status line"))?;
+        let mut len = None;
+        loop {
+            line.clear();
+            if c.read_line(&mut line)? == 0 {
+                return Err(bad("connection closed in headers"));
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let mut body = vec![0; len.ok_or_else(|| bad("no content-length"))?];
+        c.read_exact(&mut body)?;
+        Ok((code, body))
+    }
+}
+
+/// The applied LSN from `/health` (answered in every phase, 503 or not).
+fn applied_lsn(http: &mut Http) -> Option<Lsn> {
+    let (_, body) = http.get("/health").ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    v.get("applied_lsn")?.as_str()?.parse().ok()
+}
+
+/// Lag as a real maximum, not a histogram bucket: one task samples the server's WAL write
+/// position every ms (every transaction acknowledged before the sample ends at or before it),
+/// one thread polls graphsync's applied LSN every ms; a sample's lag is the time from the
+/// sample to the first poll that saw it applied. Over-estimates by at most the time to the
+/// next commit plus one poll interval (~1-2 ms at these rates).
+struct Probe {
+    sampling: Arc<std::sync::atomic::AtomicBool>,
+    polling: Arc<std::sync::atomic::AtomicBool>,
+    server: tokio::task::JoinHandle<Vec<(Instant, Lsn)>>,
+    applied: std::thread::JoinHandle<Vec<(Instant, Lsn)>>,
+}
+
+struct ProbeLag {
+    samples: usize,
+    /// Samples never seen applied (none once the phase waited for everything to apply).
+    unresolved: usize,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl Probe {
+    fn start(rt: &tokio::runtime::Runtime, cluster: &Cluster, db: &str, port: u16) -> Probe {
+        let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let polling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conn = pgrepl::Config::parse(&cluster.conn_str(db)).unwrap();
+        let on = sampling.clone();
+        let server = rt.spawn(async move {
+            let mut c = ReplicationClient::connect_sql(&conn).await.unwrap();
+            let mut v = Vec::new();
+            while on.load(std::sync::atomic::Ordering::SeqCst) {
+                let t = Instant::now();
+                let r = c.simple_query("SELECT pg_current_wal_lsn()").await.unwrap();
+                let lsn = r.rows[0][0].as_deref().unwrap().parse().unwrap();
+                v.push((t, lsn));
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            v
+        });
+        let on = polling.clone();
+        let applied = std::thread::spawn(move || {
+            let mut http = Http::new(port);
+            let mut v = Vec::new();
+            while on.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Some(lsn) = applied_lsn(&mut http) {
+                    v.push((Instant::now(), lsn));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            v
+        });
+        Probe {
+            sampling,
+            polling,
+            server,
+            applied,
+        }
+    }
+
+    /// Stops sampling the server (call while transactions still commit, so that every sample
+    /// is followed by a commit).
+    fn stop_sampling(&self) {
+        self.sampling.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Stops polling (call once everything is applied) and computes the lag of each sample.
+    fn finish(self, rt: &tokio::runtime::Runtime) -> ProbeLag {
+        self.stop_sampling();
+        std::thread::sleep(Duration::from_millis(20));
+        self.polling.store(false, std::sync::atomic::Ordering::SeqCst);
+        let server = rt.block_on(self.server).unwrap();
+        let applied = self.applied.join().unwrap();
+        let mut lags = Vec::with_capacity(server.len());
+        let (mut j, mut unresolved) = (0, 0);
+        for (t, lsn) in server {
+            while j < applied.len() && (applied[j].1 < lsn || applied[j].0 < t) {
+                j += 1;
+            }
+            match applied.get(j) {
+                Some((u, _)) => lags.push(*u - t),
+                None => unresolved += 1,
+            }
+        }
+        lags.sort();
+        let at = |p: f64| {
+            lags.get(((lags.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or_default()
+        };
+        ProbeLag {
+            samples: lags.len(),
+            unresolved,
+            p50: at(0.5),
+            p99: at(0.99),
+            max: lags.last().copied().unwrap_or_default(),
+        }
+    }
+}
+
+/// Neighbours and 3-hop queries over graphsync's HTTP API while it streams.
+#[derive(Default)]
+struct Queries {
+    neigh: Vec<Duration>,
+    hop3: Vec<Duration>,
+    i: u64,
+}
+
+impl Queries {
+    fn round(&mut self, http: &mut Http, n_nodes: u64) {
+        let k = self.i.wrapping_mul(2_654_435_761) % n_nodes;
+        self.i += 1;
+        let q = Instant::now();
+        let (code, _) = http.get(&format!("/v1/neighbors?node=N:{k}")).unwrap();
+        self.neigh.push(q.elapsed());
+        assert_eq!(code, 200, "neighbours of N:{k}");
+        let q = Instant::now();
+        let (code, _) = http
+            .get(&format!("/v1/traverse?start=N:{k}&max_depth=3&limit=1000"))
+            .unwrap();
+        self.hop3.push(q.elapsed());
+        assert_eq!(code, 200, "3-hop from N:{k}");
+    }
+}
+
+/// What a load phase writes.
+#[derive(Clone, Copy)]
+enum Work {
+    /// Transactions of 5 edge rows at this many per second, from one connection.
+    Rate(u64),
+    /// Transactions of 5 edge rows as fast as two connections commit.
+    Max,
+    /// pgbench, 4 clients, as fast as they commit: 3 inserts of an edge to a Zipf-distributed
+    /// followee and 1 delete of an edge of a Zipf-distributed followee per transaction.
+    Hub,
+}
+
+fn walsender_pid(cluster: &Cluster, db: &str) -> String {
+    cluster
+        .psql(
+            db,
+            &format!("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'gs_{db}'"),
+        )
+        .trim()
+        .to_string()
+}
+
+/// The pgbench script of the hub phase (followees 1..n-1, Zipf s = 1.3: node 1 is the target
+/// of about a quarter of the inserts and deletes). The delete removes one edge of its
+/// followee through an index on `b`, skipping rows another client holds.
+fn hub_script(n_nodes: u64) -> String {
+    let n = n_nodes - 1;
+    let mut s = String::new();
+    for i in 1..=4 {
+        s.push_str(&format!(
+            "\\set a{i} random(0, {n})\n\\set b{i} random_zipfian(1, {n}, 1.3)\n"
+        ));
+    }
+    s.push_str("BEGIN;\n");
+    for i in 1..=3 {
+        s.push_str(&format!(
+            "INSERT INTO edges VALUES (:a{i}, :b{i}, 1) ON CONFLICT DO NOTHING;\n"
+        ));
+    }
+    s.push_str(
+        "DELETE FROM edges WHERE (a, b) IN (SELECT a, b FROM edges WHERE b = :b4 LIMIT 1 FOR UPDATE SKIP LOCKED);\nEND;\n",
+    );
+    s
+}
+
+/// `secs` of `work` against the real `graphsync replicate` process: lag (commit → applied:
+/// per transaction from its histogram's buckets, the real maximum from the LSN probe), CPU of
+/// graphsync and of the walsender serving it from the phase's start until all is applied,
+/// and (rate and max phases) query latency over the HTTP API meanwhile.
 #[allow(clippy::too_many_arguments)]
 fn load(
     rt: &tokio::runtime::Runtime,
@@ -279,142 +632,231 @@ fn load(
     db: &str,
     cfg: &Path,
     data: &Path,
-    rate: Option<u64>,
+    dir: &Path,
+    work: Work,
     secs: u64,
     n_nodes: u64,
     next_key: &mut u64,
     out: &mut Vec<[String; 4]>,
 ) {
-    let r = start(rt, cluster, db, cfg, data);
-    wait_applied(&r, current_lsn(cluster, db), Duration::from_secs(600));
-    let before = r.status.snapshot().commit_to_apply_seconds;
-    let walsender = cluster
-        .psql(
-            db,
-            &format!("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'gs_{db}'"),
-        )
-        .trim()
-        .to_string();
-    let (cpu0, ws0) = (cpu_seconds("self"), cpu_seconds(&walsender));
-    let conn = pgrepl::Config::parse(&cluster.conn_str(db)).unwrap();
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writers: Vec<_> = (0..if rate.is_some() { 1 } else { 2 })
-        .map(|w| {
-            let (done, conn) = (done.clone(), conn.clone());
-            // Each writer its own key range (within int4): rows never conflict.
-            let base = *next_key + w * 100_000_000;
-            rt.spawn(async move {
-                let mut c = ReplicationClient::connect_sql(&conn).await.unwrap();
-                let start = Instant::now();
-                let mut k: u64 = 0;
-                while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                    if let Some(rate) = rate {
-                        let due = start + Duration::from_secs_f64(k as f64 / rate as f64);
-                        tokio::time::sleep_until(due.into()).await;
-                    }
-                    let a = base + k * 5;
-                    c.simple_query(&format!(
-                        "BEGIN; INSERT INTO edges SELECT g % {n_nodes}, {a} + g, 1 FROM generate_series(0, 4) g; COMMIT;"
-                    ))
-                    .await
-                    .unwrap();
-                    k += 1;
-                }
-                (k, start.elapsed())
-            })
-        })
-        .collect();
-    *next_key += 200_000_000;
-    let reader = r.status.graph().unwrap();
-    let mut neigh = Vec::new();
-    let mut hop3 = Vec::new();
-    let mut scratch = query::Scratch::default();
-    let t = Instant::now();
-    let mut i = 0u32;
-    while t.elapsed() < Duration::from_secs(secs) {
-        let view = reader.view();
-        let n = NodeId((i.wrapping_mul(2_654_435_761)) % view.node_count().max(1));
-        i += 1;
-        if !view.is_visible(n) {
-            continue;
+    let pgbench = pgtest::find_bin_dir().unwrap().join("pgbench");
+    if matches!(work, Work::Hub) {
+        if !pgbench.is_file() {
+            out.push([
+                "lag, hub phase".into(),
+                format!("skipped: no {}", pgbench.display()),
+                String::new(),
+                String::new(),
+            ]);
+            return;
         }
-        let q = Instant::now();
-        let _ = query::neighbors(&*view, n, Direction::Out, EdgeFilter::default());
-        neigh.push(q.elapsed());
-        let q = Instant::now();
-        let _ = query::k_hop(
-            &*view,
-            &mut scratch,
-            n,
-            Direction::Out,
-            EdgeFilter::default(),
-            3,
-            100_000,
-        );
-        hop3.push(q.elapsed());
-        std::thread::sleep(Duration::from_millis(2));
+        cluster.psql(db, "CREATE INDEX IF NOT EXISTS edges_b ON edges (b)");
     }
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (cpu, ws) = (cpu_seconds("self") - cpu0, cpu_seconds(&walsender) - ws0);
-    let wall = t.elapsed().as_secs_f64();
+    let mut gs = Binary::spawn(cluster, db, cfg, data, dir);
+    gs.wait_applied(current_lsn(cluster, db), Duration::from_secs(600));
+    let pid = gs.pid();
+    let queries = !matches!(work, Work::Hub);
+    let mut qs = Queries::default();
+    let mut http = Http::new(gs.port());
+    // What the probe (and the queries) cost graphsync by themselves: 2 s while idle.
+    let overhead = {
+        let probe = Probe::start(rt, cluster, db, gs.port());
+        let (c0, t) = (cpu_seconds(&pid), Instant::now());
+        while t.elapsed() < Duration::from_secs(2) {
+            if queries {
+                qs.round(&mut http, n_nodes);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let cores = (cpu_seconds(&pid) - c0) / t.elapsed().as_secs_f64();
+        probe.finish(rt);
+        qs = Queries::default();
+        cores
+    };
+    let walsender = walsender_pid(cluster, db);
+    let m0 = gs.metrics();
+    let edges0: i64 = cluster.psql(db, "SELECT count(*) FROM edges").parse().unwrap();
+    let probe = Probe::start(rt, cluster, db, gs.port());
+    let (cpu0, ws0) = (cpu_seconds(&pid), cpu_seconds(&walsender));
+    let t = Instant::now();
+    let mut bench_out = None;
     let mut txns = 0;
     let mut took = Duration::ZERO;
-    for w in writers {
-        let (k, d) = rt.block_on(w).unwrap();
-        txns += k;
-        took = took.max(d);
+    if let Work::Hub = work {
+        let script = dir.join("hub.sql");
+        std::fs::write(&script, hub_script(n_nodes)).unwrap();
+        let child = std::process::Command::new(&pgbench)
+            .args(["-n", "-M", "prepared", "-c", "4", "-j", "2", "--max-tries", "10"])
+            .args(["-T", &secs.to_string(), "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &cluster.port().to_string()])
+            .arg("-f")
+            .arg(&script)
+            .arg(db)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start pgbench");
+        // Stop sampling shortly before pgbench stops, so that commits follow every sample.
+        std::thread::sleep(Duration::from_secs_f64((secs as f64 - 0.5).max(0.5)));
+        probe.stop_sampling();
+        let o = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "pgbench failed: {text}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let field = |prefix: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(prefix))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        txns = field("number of transactions actually processed:") as u64;
+        took = Duration::from_secs(secs);
+        bench_out = Some((field("tps ="), field("number of failed transactions:")));
+    } else {
+        let rate = if let Work::Rate(r) = work { Some(r) } else { None };
+        let conn = pgrepl::Config::parse(&cluster.conn_str(db)).unwrap();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..if rate.is_some() { 1 } else { 2 })
+            .map(|w| {
+                let (done, conn) = (done.clone(), conn.clone());
+                // Each writer its own key range (within int4): rows never conflict.
+                let base = *next_key + w * 100_000_000;
+                rt.spawn(async move {
+                    let mut c = ReplicationClient::connect_sql(&conn).await.unwrap();
+                    let start = Instant::now();
+                    let mut k: u64 = 0;
+                    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                        if let Some(rate) = rate {
+                            let due = start + Duration::from_secs_f64(k as f64 / rate as f64);
+                            tokio::time::sleep_until(due.into()).await;
+                        }
+                        let a = base + k * 5;
+                        c.simple_query(&format!(
+                            "BEGIN; INSERT INTO edges SELECT g % {n_nodes}, {a} + g, 1 FROM generate_series(0, 4) g; COMMIT;"
+                        ))
+                        .await
+                        .unwrap();
+                        k += 1;
+                    }
+                    (k, start.elapsed())
+                })
+            })
+            .collect();
+        *next_key += 200_000_000;
+        while t.elapsed() < Duration::from_secs(secs) {
+            qs.round(&mut http, n_nodes);
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        probe.stop_sampling();
+        std::thread::sleep(Duration::from_millis(50));
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        for w in writers {
+            let (k, d) = rt.block_on(w).unwrap();
+            txns += k;
+            took = took.max(d);
+        }
     }
-    wait_applied(&r, current_lsn(cluster, db), Duration::from_secs(600));
-    let after = r.status.snapshot().commit_to_apply_seconds;
-    stop(rt, r);
-    let mut h = after.clone();
-    for (b, a) in h.buckets.iter_mut().zip(before.buckets) {
-        *b -= a;
+    let writes = t.elapsed();
+    gs.wait_applied(current_lsn(cluster, db), Duration::from_secs(1800));
+    let (cpu, ws) = (cpu_seconds(&pid) - cpu0, cpu_seconds(&walsender) - ws0);
+    let wall = t.elapsed().as_secs_f64();
+    let lag = probe.finish(rt);
+    let m1 = gs.metrics();
+    gs.stop();
+    let delta = |name: &str| m1.get(name).copied().unwrap_or(0.0) - m0.get(name).copied().unwrap_or(0.0);
+    // Per-bucket counts of commit → apply over the phase, from the cumulative buckets.
+    let mut cum = Vec::new();
+    for b in sync::replicator::Histogram::BOUNDS {
+        cum.push(delta(&format!("graphsync_commit_to_apply_seconds_bucket{{le=\"{b}\"}}")) as u64);
     }
-    h.count -= before.count;
+    let count = delta("graphsync_commit_to_apply_seconds_count") as u64;
     let pct = |p: f64| -> String {
-        let want = (h.count as f64 * p).ceil() as u64;
-        let mut cum = 0;
-        for (b, c) in sync::replicator::Histogram::BOUNDS.iter().zip(h.buckets) {
-            cum += c;
-            if cum >= want {
+        let want = (count as f64 * p).ceil() as u64;
+        for (b, c) in sync::replicator::Histogram::BOUNDS.iter().zip(&cum) {
+            if *c >= want {
                 return format!("<= {:.1} ms", b * 1e3);
             }
         }
         "> 5 s".into()
     };
-    let how = if rate.is_some() { "fixed rate" } else { "max rate" };
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let how = match work {
+        Work::Rate(_) => "fixed rate",
+        Work::Max => "max rate",
+        Work::Hub => "hub",
+    };
     let achieved = txns as f64 / took.as_secs_f64();
+    let label = match work {
+        Work::Hub => format!("lag, hub {achieved:.0} tx/s x (3 ins + 1 del), {secs} s"),
+        _ => format!("lag, {how} {achieved:.0} tx/s x 5 rows, {secs} s"),
+    };
     out.push([
-        format!("lag, {how} {achieved:.0} tx/s x 5 rows, {secs} s"),
+        label,
         format!("p50 {}", pct(0.5)),
         format!("p99 {}", pct(0.99)),
         format!(
-            "max {}; CPU graphsync {:.2}, walsender {:.2} cores",
-            pct(1.0),
+            "max {:.1} ms (probe p50 {:.1} / p99 {:.1} ms); CPU graphsync {:.2} ({:.2} net of probe{}), walsender {:.2} cores",
+            ms(lag.max),
+            ms(lag.p50),
+            ms(lag.p99),
             cpu / wall,
+            cpu / wall - overhead,
+            if queries { " + queries" } else { "" },
             ws / wall
         ),
     ]);
-    let q = |v: &mut Vec<Duration>, p: f64| {
-        v.sort();
-        v.get(((v.len() as f64 - 1.0) * p) as usize)
-            .map_or(0.0, |d| d.as_secs_f64() * 1e6)
-    };
-    out.push([
-        format!("query latency while streaming, {how}"),
-        format!(
-            "neighbours p50 {:.1} us / p99 {:.1} us",
-            q(&mut neigh, 0.5),
-            q(&mut neigh, 0.99)
-        ),
-        format!(
-            "3-hop p50 {:.1} us / p99 {:.1} us",
-            q(&mut hop3, 0.5),
-            q(&mut hop3, 0.99)
-        ),
-        format!("{} queries each", neigh.len()),
-    ]);
+    println!(
+        "{how}: {txns} transactions in {:.1} s, all applied {:.2} s after the writes stopped; {} probe samples ({} unresolved); \
+         graphsync CPU {cpu:.2} s, walsender {ws:.2} s over {wall:.1} s; probe{} cost {overhead:.3} cores idle",
+        writes.as_secs_f64(),
+        wall - writes.as_secs_f64(),
+        lag.samples,
+        lag.unresolved,
+        if queries { " + queries" } else { "" },
+    );
+    if queries {
+        let q = |v: &mut Vec<Duration>, p: f64| {
+            v.sort();
+            v.get(((v.len() as f64 - 1.0) * p) as usize)
+                .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+        };
+        out.push([
+            format!("query latency while streaming, {how} (HTTP)"),
+            format!(
+                "neighbours p50 {:.0} us / p99 {:.0} us",
+                q(&mut qs.neigh, 0.5),
+                q(&mut qs.neigh, 0.99)
+            ),
+            format!(
+                "3-hop p50 {:.0} us / p99 {:.0} us",
+                q(&mut qs.hop3, 0.5),
+                q(&mut qs.hop3, 0.99)
+            ),
+            format!("{} queries each", qs.neigh.len()),
+        ]);
+    } else {
+        let changes = delta("graphsync_row_changes_applied_total");
+        let edges1: i64 = cluster.psql(db, "SELECT count(*) FROM edges").parse().unwrap();
+        let net = (edges1 - edges0) as f64;
+        let (ins, del) = ((changes + net) / 2.0, (changes - net) / 2.0);
+        let (tps, failed) = bench_out.unwrap_or_default();
+        let net_cpu = cpu - overhead * wall;
+        out.push([
+            format!("CPU per change, hub ({changes:.0} changes)"),
+            format!("{:.2} us graphsync", cpu / changes * 1e6),
+            format!("{:.2} us walsender", ws / changes * 1e6),
+            format!(
+                "ratio {:.2} (target <= 0.5; {:.2} without the probe's cost); {ins:.0} inserts + {del:.0} deletes, pgbench {tps:.0} tps, {failed:.0} failed",
+                cpu / ws,
+                net_cpu / ws
+            ),
+        ]);
+    }
 }
 
 fn main() {
@@ -497,14 +939,16 @@ fn main() {
 
     // Lag and query latency under a steady write load, then under as much as the server takes.
     let mut next_key = 10_000_000u64;
-    for rate in [Some(rate), None] {
+    // Then hub-heavy: Zipf-distributed edge inserts and deletes, as fast as pgbench commits.
+    for work in [Work::Rate(rate), Work::Max, Work::Hub] {
         load(
             &rt,
             &cluster,
             &db,
             &cfg,
             &data,
-            rate,
+            dir.path(),
+            work,
             load_secs,
             n_nodes,
             &mut next_key,

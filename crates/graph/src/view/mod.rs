@@ -31,6 +31,7 @@ use crate::nodes::{FilterId, FilterValueId, NodeData, NodeKey, NodeLabel, NodeSt
 use crate::query::{Direction, Topology};
 use crate::{Csr, EdgeInput, EdgeLabel, NodeId};
 use delta::{NodeDelta, Row};
+use std::sync::atomic::AtomicPtr;
 use std::sync::Arc;
 use table::{Guard, Mark, NodeState, Table, Version, RESTORED, TOMBSTONE};
 
@@ -393,14 +394,14 @@ impl Topology for GraphView {
         mut f: impl FnMut(NodeId),
     ) {
         let in_base = n.0 < self.base.node_count();
-        if in_base && !ahead.marked {
+        if in_base && ahead.slot.is_none() {
             self.base.for_each_neighbor(n, dir, f);
             return;
         }
-        let head = if ahead.head.is_some() {
-            ahead.head
-        } else {
-            self.table.head(n.0)
+        let head = match (ahead.head, ahead.slot) {
+            (Some(h), _) => Some(h),
+            (None, Some(slot)) => Table::load(slot),
+            (None, None) => self.table.head(n.0),
         };
         let state = table::walk(head, self.seq).map(|v| &v.state);
         // The common change, edges added and none deleted: the base's own loop, then the
@@ -428,16 +429,12 @@ impl Topology for GraphView {
         }
         // Second stage for changed nodes: their newest version (the slot pointing to it was
         // prefetched by the first); the walk to this view's version happens when it is read.
-        if ahead.marked {
-            if let Some(v) = self.table.head(n.0) {
-                let p = v as *const Version as *const u8;
-                crate::query::prefetch_ptr(p);
-                crate::query::prefetch_ptr(p.wrapping_add(64));
-                if dir != Direction::Out {
-                    crate::query::prefetch_ptr(p.wrapping_add(128));
-                }
-                ahead.head = Some(v);
-            }
+        if let Some(v) = ahead.slot.and_then(Table::load) {
+            // Both directions' edges lie within the version's first 112 bytes.
+            let p = v as *const Version as *const u8;
+            crate::query::prefetch_ptr(p);
+            crate::query::prefetch_ptr(p.wrapping_add(64));
+            ahead.head = Some(v);
         }
         ahead
     }
@@ -447,26 +444,23 @@ impl Topology for GraphView {
         if n.0 < self.base.node_count() {
             self.base.prefetch_index(n, dir);
         }
-        if !self.table.marked_dir(n.0, dir) {
-            return OverlayAhead::default();
+        // The slot pointing to the node's newest version, if it has overlay edges in `dir`
+        // in any version; read by the next stage.
+        let slot = self.table.marked_slot(n.0, dir);
+        if let Some(s) = slot {
+            crate::query::prefetch_ptr(s);
         }
-        if let Some(slot) = self.table.head_slot(n.0) {
-            // The pointer to the node's newest version, read by the next stage.
-            crate::query::prefetch_ptr(slot);
-        }
-        OverlayAhead {
-            marked: true,
-            head: None,
-        }
+        OverlayAhead { slot, head: None }
     }
 }
 
-/// What the prefetch stages of a traversal learnt about a node of a [`GraphView`]: whether it
-/// has overlay edges in the direction in any version (no: unchanged there), then its newest
-/// version.
+/// What the prefetch stages of a traversal learnt about a node of a [`GraphView`]: where its
+/// newest version is if it has overlay edges in the direction in any version (none:
+/// unchanged there), then that version.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OverlayAhead<'a> {
-    marked: bool,
+    /// The slot of the node's newest version, if it is marked for the direction.
+    slot: Option<&'a AtomicPtr<Version>>,
     /// Located by the second stage.
     head: Option<&'a Version>,
 }

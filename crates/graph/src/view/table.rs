@@ -162,33 +162,38 @@ impl Table {
     /// Whether any version of `n` has overlay edges in `dir` (either way for `Both`).
     #[inline]
     pub(super) fn marked_dir(&self, n: u32, dir: Direction) -> bool {
-        match self.segment(n) {
-            None => false,
-            Some(s) => {
-                let i = n as usize & (SEG_NODES - 1);
-                let (w, b) = (i >> 6, 1u64 << (i & 63));
-                let word = |m: Mark| s.marks[m as usize][w].load(Ordering::Relaxed);
-                match dir {
-                    Direction::Out => word(Mark::Out) & b != 0,
-                    Direction::In => word(Mark::In) & b != 0,
-                    Direction::Both => (word(Mark::Out) | word(Mark::In)) & b != 0,
-                }
-            }
-        }
+        self.marked_slot(n, dir).is_some()
     }
 
-    /// The slot holding `n`'s newest version (for prefetching).
+    /// The slot holding `n`'s newest version if `n` has overlay edges in `dir` in any version
+    /// (one segment lookup for both).
     #[inline]
-    pub(super) fn head_slot(&self, n: u32) -> Option<&AtomicPtr<Version>> {
-        Some(&self.segment(n)?.heads[n as usize & (SEG_NODES - 1)])
+    pub(super) fn marked_slot(&self, n: u32, dir: Direction) -> Option<&AtomicPtr<Version>> {
+        let s = self.segment(n)?;
+        let i = n as usize & (SEG_NODES - 1);
+        let (w, b) = (i >> 6, 1u64 << (i & 63));
+        let word = |m: Mark| s.marks[m as usize][w].load(Ordering::Relaxed);
+        let marked = match dir {
+            Direction::Out => word(Mark::Out) & b != 0,
+            Direction::In => word(Mark::In) & b != 0,
+            Direction::Both => (word(Mark::Out) | word(Mark::In)) & b != 0,
+        };
+        marked.then(|| &s.heads[i])
     }
 
     /// `n`'s newest version, whatever its sequence.
     #[inline]
     pub(super) fn head(&self, n: u32) -> Option<&Version> {
-        let p = self.head_slot(n)?.load(Ordering::Acquire);
+        Self::load(&self.segment(n)?.heads[n as usize & (SEG_NODES - 1)])
+    }
+
+    /// The version a head slot of this table points to.
+    #[inline]
+    pub(super) fn load(slot: &AtomicPtr<Version>) -> Option<&Version> {
+        let p = slot.load(Ordering::Acquire);
         // SAFETY: heads are freed only when the table is dropped (pruning frees only versions
-        // below a head), and a head was fully written before it was stored (Release).
+        // below a head), and a head was fully written before it was stored (Release). The
+        // slot borrows from the table, so the result cannot outlive it.
         unsafe { p.as_ref() }
     }
 
