@@ -8,7 +8,10 @@
 //! default 2000; the second phase writes as fast as two connections can commit; the third,
 //! hub-heavy, runs `pgbench` with 4 clients: 3 inserts of edges to Zipf-distributed followees
 //! and 1 delete per transaction), `GRAPHSYNC_BENCH_BIG_EDGES` (edges of the graph for the
-//! second restart measurement, default 10,000,000; 0 skips it).
+//! second restart measurement, default 10,000,000; 0 skips it), `GRAPHSYNC_BENCH_ONLY=load`
+//! (only the first catch-up, which builds the graph, and the load phases),
+//! `GRAPHSYNC_BENCH_CHECKPOINT_MS` (graphsync's checkpoint interval in the load phases,
+//! default 5000), `GRAPHSYNC_BENCH_LOG_DIR` (keep graphsync's logs of the load phases there, at info level).
 //!
 //! Catch-up and restart run the replicator inside this process; the three load phases run the
 //! real `graphsync replicate` binary (cargo builds it for the bench: `CARGO_BIN_EXE_graphsync`)
@@ -23,6 +26,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use sync::config::MappingConfig;
 use sync::replicator::{self, Options, Phase, ReplicaStatus};
+
+fn now_unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -288,7 +297,16 @@ impl Binary {
             .and_then(|l| l.local_addr())
             .unwrap()
             .port();
-        let log = dir.join("graphsync.log");
+        // GRAPHSYNC_BENCH_LOG_DIR keeps each run's log (at info level) for reading afterwards.
+        let keep = std::env::var_os("GRAPHSYNC_BENCH_LOG_DIR").map(PathBuf::from);
+        let log = match &keep {
+            Some(d) => {
+                let _ = std::fs::create_dir_all(d);
+                d.join(format!("graphsync-{}.log", now_unix_ms()))
+            }
+            None => dir.join("graphsync.log"),
+        };
+        let level = if keep.is_some() { "info" } else { "warn" };
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_graphsync"))
             .arg("replicate")
             .arg("--config")
@@ -297,8 +315,11 @@ impl Binary {
             .arg("--data-dir")
             .arg(data)
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--checkpoint-interval-ms", "5000"])
-            .env("RUST_LOG", "warn")
+            .args([
+                "--checkpoint-interval-ms",
+                &env_or("GRAPHSYNC_BENCH_CHECKPOINT_MS", 5000).to_string(),
+            ])
+            .env("RUST_LOG", level)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -769,21 +790,20 @@ fn load(
     let m1 = gs.metrics();
     gs.stop();
     let delta = |name: &str| m1.get(name).copied().unwrap_or(0.0) - m0.get(name).copied().unwrap_or(0.0);
-    // Per-bucket counts of commit → apply over the phase, from the cumulative buckets.
-    let mut cum = Vec::new();
-    for b in sync::replicator::Histogram::BOUNDS {
-        cum.push(delta(&format!("graphsync_commit_to_apply_seconds_bucket{{le=\"{b}\"}}")) as u64);
-    }
-    let count = delta("graphsync_commit_to_apply_seconds_count") as u64;
-    let pct = |p: f64| -> String {
+    // Percentiles of a histogram over the phase, from the deltas of its cumulative buckets.
+    let pct_of = |metric: &str, p: f64| -> String {
+        let count = delta(&format!("graphsync_{metric}_count")) as u64;
         let want = (count as f64 * p).ceil() as u64;
-        for (b, c) in sync::replicator::Histogram::BOUNDS.iter().zip(&cum) {
-            if *c >= want {
+        for b in sync::replicator::Histogram::BOUNDS {
+            if delta(&format!("graphsync_{metric}_bucket{{le=\"{b}\"}}")) as u64 >= want {
                 return format!("<= {:.1} ms", b * 1e3);
             }
         }
         "> 5 s".into()
     };
+    let pct = |p: f64| pct_of("commit_to_apply_seconds", p);
+    // graphsync's own share: commit received → applied.
+    let own = |p: f64| pct_of("receive_to_apply_seconds", p);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let how = match work {
         Work::Rate(_) => "fixed rate",
@@ -800,10 +820,12 @@ fn load(
         format!("p50 {}", pct(0.5)),
         format!("p99 {}", pct(0.99)),
         format!(
-            "max {:.1} ms (probe p50 {:.1} / p99 {:.1} ms); CPU graphsync {:.2} ({:.2} net of probe{}), walsender {:.2} cores",
+            "max {:.1} ms (probe p50 {:.1} / p99 {:.1} ms); receive->apply p50 {} / p99 {}; CPU graphsync {:.2} ({:.2} net of probe{}), walsender {:.2} cores",
             ms(lag.max),
             ms(lag.p50),
             ms(lag.p99),
+            own(0.5),
+            own(0.99),
             cpu / wall,
             cpu / wall - overhead,
             if queries { " + queries" } else { "" },
@@ -863,6 +885,8 @@ fn main() {
     let rows = env_or("GRAPHSYNC_BENCH_ROWS", 1_000_000);
     let load_secs = env_or("GRAPHSYNC_BENCH_LOAD_SECS", 60);
     let rate = env_or("GRAPHSYNC_BENCH_RATE", 2000);
+    // `load`: only the first catch-up (it builds the graph) and the load phases.
+    let only_load = std::env::var("GRAPHSYNC_BENCH_ONLY").is_ok_and(|v| v == "load");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -872,7 +896,9 @@ fn main() {
     cluster.spawn_watchdog();
     // The harness keeps logical_decoding_work_mem tiny to exercise streaming; benchmark with
     // the server's default instead.
-    cluster.set_extra_conf("logical_decoding_work_mem = '64MB'\n");
+    cluster.set_extra_conf(
+        "logical_decoding_work_mem = '64MB'\nlog_min_messages = log\nlog_checkpoints = on\nlog_autovacuum_min_duration = 0\n",
+    );
     cluster.reload();
     let db = cluster.create_database("bench");
     cluster.psql(&db, SCHEMA);
@@ -907,7 +933,9 @@ fn main() {
         "edge table",
         false,
     );
-    restart_vs_copy(&rt, &cluster, &db, &cfg, &data, dir.path(), &mut out);
+    if !only_load {
+        restart_vs_copy(&rt, &cluster, &db, &cfg, &data, dir.path(), &mut out);
+    }
     // Rows of the 10-column table, ids from `offset` on.
     let wide = move |offset: u64| {
         move |from: u64, to: u64| {
@@ -919,10 +947,11 @@ fn main() {
             )
         }
     };
-    for (offset, what, binary) in [
+    let wide_runs = [
         (0, "10-column table", false),
         (2 * rows, "10-column table, binary", true),
-    ] {
+    ];
+    for (offset, what, binary) in wide_runs.into_iter().filter(|_| !only_load) {
         catch_up(
             &rt,
             &cluster,
@@ -958,7 +987,7 @@ fn main() {
 
     // Restart from a snapshot of a bigger graph: the edge table topped up to `big` edges.
     let big = env_or("GRAPHSYNC_BENCH_BIG_EDGES", 10_000_000);
-    if big > 0 {
+    if big > 0 && !only_load {
         let have: u64 = cluster.psql(&db, "SELECT count(*) FROM edges").trim().parse().unwrap();
         let mut from = 0u64;
         let mut added = 0u64;
@@ -982,6 +1011,9 @@ fn main() {
         restart_vs_copy(&rt, &cluster, &db, &cfg, &data, dir.path(), &mut out);
     }
 
+    if let Some(d) = std::env::var_os("GRAPHSYNC_BENCH_LOG_DIR") {
+        let _ = std::fs::write(PathBuf::from(d).join("postgres.log"), cluster.server_log());
+    }
     println!("\n{:<42} | {:<34} | {:<34} |", "measure", "graphsync", "reference");
     println!("{}", "-".repeat(130));
     for row in out {

@@ -692,6 +692,11 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Result<Response,
             "Server commit to applied here, per transaction.",
             &s.commit_to_apply_seconds,
         ),
+        (
+            "receive_to_apply_seconds",
+            "Commit received from the server to applied here, per transaction (graphsync's own share of the lag).",
+            &s.receive_to_apply_seconds,
+        ),
     ] {
         out.push_str(&format!(
             "# HELP graphsync_{name} {help}\n# TYPE graphsync_{name} histogram\n"

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 mod csr;
+pub mod fsio;
 mod nodes;
 pub mod query;
 pub mod snapshot;

@@ -20,7 +20,6 @@ use crate::view::GraphView;
 use crate::{Csr, CsrError, EdgeLabel};
 use rkyv::rancor;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64;
@@ -207,22 +206,10 @@ pub fn write(
     let header_sum = xxh3_64(&header[0..32]);
     header[32..40].copy_from_slice(&header_sum.to_le_bytes());
 
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "snapshot".into());
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(&header).map_err(io(&tmp))?;
-    f.write_all(&payload).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    crate::fsio::atomic_write(path, &[&header, &payload]).map_err(|e| SnapshotError::Io {
+        path: e.path,
+        source: e.source,
+    })?;
     meta.file_bytes = (HEADER + payload.len()) as u64;
     Ok(meta)
 }

@@ -25,7 +25,6 @@ use graph::snapshot::{self, SnapshotError};
 use graph::{CompactionPolicy, Graph, GraphView};
 use pgoutput::Lsn;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Why a checkpoint could not be written or none could be restored.
@@ -185,17 +184,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
+/// Writes `bytes` to `name` in `dir` atomically and durably ([`graph::fsio::atomic_write`]).
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let path = dir.join(name);
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
-    Ok(())
+    graph::fsio::atomic_write(&dir.join(name), &[bytes]).map_err(|e| io(&e.path)(e.source))
 }
 
 const MANIFEST: &str = "checkpoint.json";

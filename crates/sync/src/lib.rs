@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod assembly;
+mod background;
 pub mod catalog;
 pub mod change;
 pub mod checkpoint;

@@ -252,6 +252,9 @@ pub struct StatusSnapshot {
     pub apply_seconds: Histogram,
     /// Commit on the server → applied here, per transaction (replica lag as it happens).
     pub commit_to_apply_seconds: Histogram,
+    /// Commit received from the server → applied here, per transaction: graphsync's own share
+    /// of the lag (the rest is the server's: decoding and sending).
+    pub receive_to_apply_seconds: Histogram,
     /// Compactions run.
     pub compactions: u64,
     /// Time spent compacting.
@@ -599,7 +602,7 @@ impl Background {
         let (store, lsn, previous) = (store.clone(), st.safe, st.fallback());
         self.checkpoint = Some((
             st.version,
-            tokio::task::spawn_blocking(move || {
+            crate::background::spawn("checkpoint", move || {
                 let started = Instant::now();
                 store
                     .write_encoded(&view, &index, lsn, previous, hash, now_ms())
@@ -640,7 +643,7 @@ impl Background {
         if self.compaction.is_none() && st.graph.needs_compaction() {
             let job = st.graph.begin_compaction();
             let started = Instant::now();
-            self.compaction = Some(tokio::task::spawn_blocking(move || {
+            self.compaction = Some(crate::background::spawn("compaction", move || {
                 let done = job.build();
                 tracing::debug!(ms = started.elapsed().as_millis() as u64, "compaction built");
                 done
@@ -674,13 +677,41 @@ impl Background {
     }
 }
 
+/// How long a received transaction may wait for more to batch with.
+const MAX_BATCH_DELAY: Duration = Duration::from_millis(5);
+
+/// Transactions received back to back, applied as one graph transaction.
+#[derive(Default)]
+struct Batch {
+    txns: Vec<CommittedTxn>,
+    /// When each commit was received.
+    received: Vec<Instant>,
+    /// Row changes in `txns`.
+    changes: usize,
+}
+
+impl Batch {
+    fn push(&mut self, txn: CommittedTxn) {
+        self.changes += txn.len();
+        self.txns.push(txn);
+        self.received.push(Instant::now());
+    }
+
+    fn clear(&mut self) {
+        self.txns.clear();
+        self.received.clear();
+        self.changes = 0;
+    }
+}
+
 /// Applies the batched transactions as one graph transaction and publishes it.
 fn apply_pending(
-    pending: &mut Vec<CommittedTxn>,
+    batch: &mut Batch,
     mapper: &mut Mapper,
     st: &mut State,
     status: &ReplicaStatus,
 ) -> Result<(), SyncError> {
+    let pending = &batch.txns;
     let Some(last) = pending.last() else { return Ok(()) };
     let (end, time) = (last.end_lsn, last.commit_time);
     if st.graph.read_only_reason().is_some() {
@@ -690,7 +721,8 @@ fn apply_pending(
     }
     let started = Instant::now();
     mapper.apply_many(&mut st.graph, &mut st.index, pending)?;
-    let took = started.elapsed().as_secs_f64();
+    let applied = Instant::now();
+    let took = applied.duration_since(started).as_secs_f64();
     let now_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
@@ -708,9 +740,11 @@ fn apply_pending(
     let changes: usize = pending.iter().map(CommittedTxn::len).sum();
     status.update(|s| {
         s.apply_seconds.observe(took);
-        for txn in pending.iter() {
+        for (txn, received) in pending.iter().zip(&batch.received) {
             let lag = (now_us - txn.commit_time.unix_micros()) as f64 / 1e6;
             s.commit_to_apply_seconds.observe(lag.max(0.0));
+            s.receive_to_apply_seconds
+                .observe(applied.duration_since(*received).as_secs_f64());
         }
         s.applied_lsn = end;
         s.last_commit_time = Some(time);
@@ -719,7 +753,7 @@ fn apply_pending(
     });
     st.safe = end;
     st.version += 1;
-    pending.clear();
+    batch.clear();
     Ok(())
 }
 
@@ -1071,8 +1105,7 @@ async fn stream(
     let mut last_heard = Instant::now();
     let mut next_progress = Instant::now() + Duration::from_secs(10);
     let mut progress_txns = status.snapshot().transactions;
-    let mut pending: Vec<CommittedTxn> = Vec::new();
-    let mut pending_changes = 0usize;
+    let mut pending = Batch::default();
     loop {
         if *shutdown.borrow() {
             apply_pending(&mut pending, mapper, st, status)?;
@@ -1099,7 +1132,10 @@ async fn stream(
             return Ok(());
         }
         let tick = (Instant::now() + Duration::from_millis(50)).min(next_checkpoint);
+        let waited = Instant::now();
         let next = stream.next_before(Some(tick.into())).await?;
+        let t0 = Instant::now();
+        let wait_ms = t0.duration_since(waited).as_millis();
         if !matches!(next, Next::Deadline) {
             last_heard = Instant::now();
         }
@@ -1111,22 +1147,26 @@ async fn stream(
                 }
                 let msg = decoder.decode(&data)?;
                 if let Some(txn) = assembler.feed(msg, &decoder)? {
-                    let after = pending.last().map_or(st.safe, |t: &CommittedTxn| t.end_lsn);
+                    let after = pending.txns.last().map_or(st.safe, |t: &CommittedTxn| t.end_lsn);
                     if txn.end_lsn > after {
-                        pending_changes += txn.len();
                         let spilled = txn.spilled.is_some();
                         pending.push(txn);
-                        // Batch while more is already received, within bounds.
-                        if spilled || !stream.has_buffered() || pending_changes >= 50_000 || pending.len() >= 2_000 {
+                        // Batch while more is already received, within bounds (a burst is
+                        // published at least every few ms, so its first transactions do not
+                        // wait for the whole burst).
+                        if spilled
+                            || !stream.has_buffered()
+                            || pending.changes >= 50_000
+                            || pending.txns.len() >= 2_000
+                            || pending.received[0].elapsed() >= MAX_BATCH_DELAY
+                        {
                             apply_pending(&mut pending, mapper, st, status)?;
-                            pending_changes = 0;
                         }
                     }
                 }
             }
             Next::Event(ReplicationEvent::Keepalive { wal_end, .. }) => {
                 apply_pending(&mut pending, mapper, st, status)?;
-                pending_changes = 0;
                 if wal_end > server_end {
                     server_end = wal_end;
                     status.update(|s| s.server_wal_end = s.server_wal_end.max(wal_end));
@@ -1141,11 +1181,11 @@ async fn stream(
             }
             Next::Deadline => {
                 apply_pending(&mut pending, mapper, st, status)?;
-                pending_changes = 0;
             }
             Next::Ended => return Err(SyncError::StreamEnded),
         }
         let now = Instant::now();
+        let t1 = now;
         // A checkpoint that cannot be written (disk full, permissions) is not fatal: the
         // previous one stays, nothing more is confirmed, and it is retried next interval.
         let mut bg = std::mem::take(&mut st.bg);
@@ -1201,6 +1241,10 @@ async fn stream(
             confirmed = st.manifest.confirmable();
             stream.set_flushed(confirmed);
             stream.send_status(false).await?;
+        }
+        let (handle_ms, rest_ms) = (t1.duration_since(t0).as_millis(), t1.elapsed().as_millis());
+        if handle_ms > 100 || rest_ms > 100 {
+            tracing::debug!(wait_ms, handle_ms, rest_ms, "slow stream loop iteration");
         }
     }
 }

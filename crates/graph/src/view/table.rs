@@ -86,6 +86,10 @@ pub(super) struct Version {
     /// The next older version (null: none). Only the writer changes it, cutting what no live
     /// view reaches.
     prev: AtomicPtr<Version>,
+    /// The oldest live sequence the chain below was pruned for: a later install with the same
+    /// one has nothing to cut and skips the walk (a view held for long, a checkpoint's, would
+    /// otherwise make every install on a hub walk every version since).
+    pruned_for: u64,
 }
 
 /// The versions and marks of 65,536 consecutive node ids.
@@ -225,13 +229,18 @@ impl Table {
             }
         }
         let old = seg.heads[i].load(Ordering::Acquire);
+        // SAFETY: heads are live allocations; only this (the writer's) thread frees versions.
+        let pruned = unsafe { old.as_ref() }.is_some_and(|o| o.pruned_for == min_live);
         let v = Box::into_raw(Box::new(Version {
             seq,
             state,
             prev: AtomicPtr::new(old),
+            pruned_for: min_live,
         }));
         seg.heads[i].store(v, Ordering::Release);
-        prune(old, min_live);
+        if !pruned {
+            prune(old, min_live);
+        }
     }
 
     /// Registers a view at `seq`; it counts as live until the guard is dropped.
