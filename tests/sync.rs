@@ -562,3 +562,93 @@ weight = "amount"
     let m = store.manifest().unwrap();
     assert!(std::fs::metadata(data.join(&m.rows)).unwrap().len() > 1000);
 }
+
+/// A hub-heavy load from a real load generator: pgbench, 4 clients for a few seconds, each
+/// transaction following three Zipf-distributed users (a few users get most follows), removing
+/// one follow of a Zipf-distributed user and renaming a user, while graphsync streams with a
+/// small compaction threshold (compactions replay onto fresh bases under load). Then every
+/// node's neighbours over HTTP at the last commit, and the checkpoint, equal SQL — the hubs'
+/// thousands of followers included.
+#[test]
+fn hub_heavy_pgbench_load_equals_sql() {
+    let Some(pgbench) = pgtest::find_bin_dir()
+        .map(|d| d.join("pgbench"))
+        .filter(|p| p.is_file())
+    else {
+        panic!("pgbench not found next to the PostgreSQL server binaries (apt-get install postgresql)");
+    };
+    let (cluster, db, dir, config) = setup("hubload");
+    const USERS: u64 = 3000;
+    cluster.psql(
+        &db,
+        &format!(
+            "INSERT INTO users SELECT g, g % 7, 'u' || g FROM generate_series(1, {USERS}) g;
+             CREATE INDEX follows_followee ON follows (followee_id);"
+        ),
+    );
+    let data = dir.path().join("data");
+    let mut r = replica::spawn(cluster, &db, &config, &data, &["--compaction-threshold", "5000"]);
+    let script = dir.path().join("hub.sql");
+    let mut s = String::new();
+    for i in 1..=4 {
+        s.push_str(&format!(
+            "\\set a{i} random(1, {USERS})\n\\set b{i} random_zipfian(1, {USERS}, 1.3)\n"
+        ));
+    }
+    s.push_str("BEGIN;\n");
+    for i in 1..=3 {
+        s.push_str(&format!(
+            "INSERT INTO follows VALUES (:a{i}, :b{i}, 1.0) ON CONFLICT DO NOTHING;\n"
+        ));
+    }
+    s.push_str(
+        "DELETE FROM follows WHERE (follower_id, followee_id) IN \
+         (SELECT follower_id, followee_id FROM follows WHERE followee_id = :b4 LIMIT 1 FOR UPDATE SKIP LOCKED);\n\
+         UPDATE users SET name = 'n' || :a4 WHERE id = :a4;\nEND;\n",
+    );
+    std::fs::write(&script, s).unwrap();
+    let out = std::process::Command::new(&pgbench)
+        .args(["-n", "-M", "prepared", "-c", "4", "-j", "2", "-T", "6"])
+        .args([
+            "-h",
+            cluster.host(),
+            "-U",
+            "postgres",
+            "-p",
+            &cluster.port().to_string(),
+        ])
+        .arg("-f")
+        .arg(&script)
+        .arg(&db)
+        .output()
+        .expect("run pgbench");
+    assert!(
+        out.status.success(),
+        "pgbench failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = current_lsn(cluster, &db);
+    let top: i64 = cluster
+        .psql(&db, "SELECT count(*) FROM follows WHERE followee_id = 1")
+        .trim()
+        .parse()
+        .unwrap();
+    let total: i64 = cluster
+        .psql(&db, "SELECT count(*) FROM follows")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        top > 500 && top * 20 > total,
+        "user 1 is not a hub: {top} of {total} follows"
+    );
+    let addr = r.addr();
+    let expected = workload::expected(cluster, &db);
+    replica::compare_over_http(&addr, &expected, last);
+    r.wait_durable(last, DEADLINE);
+    let (status, log) = r.stop();
+    assert!(status.success(), "graphsync exited with {status}; log:\n{log}");
+    assert!(log.contains("compacted overlays"), "no compaction ran:\n{log}");
+    assert_graph_equals(&data, &config, &expected);
+}
