@@ -6,13 +6,14 @@
 //! shortest paths (BFS and Dijkstra), weakly connected components.
 //!
 //! Live changes go through [`Graph::apply`], one transaction at a time, each publishing a new
-//! immutable [`GraphView`] (CSR base + copy-on-write overlays); compaction folds overlays into
+//! immutable [`GraphView`] (CSR base + versioned overlays, O(changes) per transaction);
+//! compaction folds overlays into
 //! a fresh CSR; [`snapshot`] writes a compacted view to a file and maps it back without copying
 //! the arrays.
 //!
-//! What it is not for (yet): node keys, tenants, filters and properties (the node store) are
-//! the rest of the graph-engine issue. It never touches a socket or a clock, and no file but a
-//! snapshot.
+//! Nodes carry labels, keys, tenants, filters and properties (`nodes`), resolved by (label,
+//! key). What it is not for: sockets, clocks, or any file but a snapshot (`snapshot`, written
+//! through `fsio`).
 
 #![warn(missing_docs)]
 

@@ -163,7 +163,8 @@ impl SpillFile {
     }
 
     /// Calls `f` with each spilled change, in order, skipping aborted subtransactions. Reads
-    /// in 1 MB blocks: memory stays bounded whatever the file's size.
+    /// one record at a time (positioned reads into one reused buffer): memory stays bounded by the
+    /// largest change whatever the file's size.
     pub fn for_each<E: From<SpillError>>(&self, mut f: impl FnMut(&RowChange) -> Result<(), E>) -> Result<(), E> {
         let file = self.file.get_ref();
         let mut pos = 0u64;
