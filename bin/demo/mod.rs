@@ -2,6 +2,8 @@
 //! live while a writer changes it, with the HTTP API up and example queries printed. Ctrl-C
 //! stops everything and removes what it made (slot, publication, cluster, temp files).
 
+mod server;
+
 use anyhow::{anyhow, Context};
 use pgrepl::ReplicationClient;
 use std::process::ExitCode;
@@ -87,16 +89,14 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> String {
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let cluster = pgtest::Cluster::start().map_err(|e| {
+    let mut cluster = server::DemoServer::start().map_err(|e| {
         anyhow!(
             "graphsync demo needs PostgreSQL 15+ server binaries (initdb, pg_ctl, postgres) to start a throw-away \
-             server: {e}\ninstall them with: apt-get install -y postgresql (Debian/Ubuntu), dnf install \
+             server: {e:#}\ninstall them with: apt-get install -y postgresql (Debian/Ubuntu), dnf install \
              postgresql-server (Fedora), brew install postgresql@16 (macOS), or set PG_BIN to their directory"
         )
     })?;
-    // Stops and deletes the cluster even if the demo is killed.
-    cluster.spawn_watchdog();
-    let db = cluster.create_database("demo");
+    let db = "demo";
     let work = tempfile::Builder::new()
         .prefix("graphsync-demo-")
         .tempdir()
@@ -104,19 +104,27 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let config_path = work.path().join("demo.toml");
     std::fs::write(&config_path, CONFIG).context("write the demo config")?;
     let config = Arc::new(sync::config::MappingConfig::load(&config_path)?);
-    let conn = pgrepl::Config::parse(&cluster.conn_str(&db))?;
+    let conn = pgrepl::Config::parse(&cluster.conn_str(db))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let admin = pgrepl::Config::parse(&cluster.conn_str("postgres"))?;
+        let mut c = ReplicationClient::connect_sql(&admin).await?;
+        c.simple_query(&format!("CREATE DATABASE {db}")).await?;
+        c.close().await;
+        anyhow::Ok(())
+    })
+    .context("cannot create the demo database")?;
     let result = rt.block_on(demo(
         &args,
         config,
         conn.clone(),
         work.path(),
         cluster.root(),
-        &cluster.conn_str(&db),
+        &cluster.conn_str(db),
     ));
     // Leave nothing behind: the slot and publication (the cluster goes too, but a failure
     // above may have happened before that matters), then the server and the files.
@@ -127,7 +135,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     });
     let root = cluster.root().to_path_buf();
-    drop(cluster);
+    cluster.stop()?;
     let dir = work.path().to_path_buf();
     drop(work);
     match result {
