@@ -195,10 +195,35 @@ fn main() {
     if filter.as_ref().is_none_or(|f| "apply".contains(f.as_str())) {
         hub_apply();
     }
+    if filter.as_ref().is_none_or(|f| "placeholders".contains(f.as_str())) {
+        placeholders();
+    }
     if filter.is_none() {
         compaction(n);
         pggraph_shaped();
     }
+}
+
+/// Memory of nodes that edges point at before they exist (placeholders), in overlay form: 1 M
+/// of them in 100 transactions (resident growth; measured first thing in its own process with
+/// `cargo bench -p graph -- placeholders`, as freed memory from earlier rows would be reused).
+fn placeholders() {
+    const N: u32 = 1_000_000;
+    let no_compaction = CompactionPolicy {
+        soft_limit: usize::MAX,
+        hard_limit: usize::MAX,
+    };
+    let mut g = Graph::with_policy(Csr::build(1, &[], false).unwrap(), 1, no_compaction);
+    let before = rss_bytes();
+    for t in 0..100u32 {
+        let mut txn = g.begin(u64::from(t) + 2).unwrap();
+        for i in 0..N / 100 {
+            txn.node_id(NodeLabel(0), &NodeKey::Int(i64::from(t * (N / 100) + i)));
+        }
+        txn.commit().unwrap();
+    }
+    let per = (rss_bytes() - before) as f64 / f64::from(N);
+    println!("1 M placeholder nodes in overlay form: {per:.0} bytes each (resident growth)");
 }
 
 /// Label 0, weight 1 edges.

@@ -114,6 +114,25 @@ pub struct NodeData {
     pub properties: Arc<[(Arc<str>, PropValue)]>,
 }
 
+impl NodeData {
+    /// Data of a node known only by its label and key (no tenant, filters or properties); the
+    /// empty lists are shared, so such nodes — placeholders for edge endpoints not seen yet —
+    /// allocate nothing for them.
+    pub fn bare(label: NodeLabel, key: NodeKey) -> NodeData {
+        type Filters = Arc<[(FilterId, NodeKey)]>;
+        type Props = Arc<[(Arc<str>, PropValue)]>;
+        static EMPTY: std::sync::OnceLock<(Filters, Props)> = std::sync::OnceLock::new();
+        let (filters, properties) = EMPTY.get_or_init(|| (Arc::from(Vec::new()), Arc::from(Vec::new())));
+        NodeData {
+            label,
+            key,
+            tenant: None,
+            filters: filters.clone(),
+            properties: properties.clone(),
+        }
+    }
+}
+
 const NO_TENANT: u32 = u32::MAX;
 const NO_LABEL: u16 = u16::MAX;
 /// Top bit of a base label: the key is encoded in the arena, not an integer.

@@ -893,13 +893,7 @@ impl Nodes for BulkIds<'_> {
             return NodeId(id);
         }
         let id = self.nodes.len() as u32;
-        self.nodes.push(Some(NodeData {
-            label,
-            key: key.clone(),
-            tenant: None,
-            filters: Arc::from(Vec::new()),
-            properties: Arc::from(Vec::new()),
-        }));
+        self.nodes.push(Some(NodeData::bare(label, key.clone())));
         self.visible.push(false);
         self.ids.insert((label, key.clone()), id);
         NodeId(id)

@@ -120,13 +120,7 @@ impl Txn<'_> {
             return NodeId(n);
         }
         let id = NodeId(self.b.view.node_count);
-        let data = NodeData {
-            label,
-            key: key.clone(),
-            tenant: None,
-            filters: Arc::from(Vec::new()),
-            properties: Arc::from(Vec::new()),
-        };
+        let data = NodeData::bare(label, key.clone());
         for m in [
             Mutation::AddNode,
             Mutation::RemoveNode(id),
