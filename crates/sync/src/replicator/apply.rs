@@ -1,0 +1,85 @@
+//! Applying what was received: transactions that arrived back to back batched into one
+//! graph transaction, published at the last commit, with the latency metrics.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// How long a received transaction may wait for more to batch with.
+pub(super) const MAX_BATCH_DELAY: Duration = Duration::from_millis(5);
+
+/// Transactions received back to back, applied as one graph transaction.
+#[derive(Default)]
+pub(super) struct Batch {
+    pub(super) txns: Vec<CommittedTxn>,
+    /// When each commit was received.
+    pub(super) received: Vec<Instant>,
+    /// Row changes in `txns`.
+    pub(super) changes: usize,
+}
+
+impl Batch {
+    pub(super) fn push(&mut self, txn: CommittedTxn) {
+        self.changes += txn.len();
+        self.txns.push(txn);
+        self.received.push(Instant::now());
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.txns.clear();
+        self.received.clear();
+        self.changes = 0;
+    }
+}
+
+/// Applies the batched transactions as one graph transaction and publishes it.
+pub(super) fn apply_pending(
+    batch: &mut Batch,
+    mapper: &mut Mapper,
+    st: &mut State,
+    status: &ReplicaStatus,
+) -> Result<(), SyncError> {
+    let pending = &batch.txns;
+    let Some(last) = pending.last() else { return Ok(()) };
+    let (end, time) = (last.end_lsn, last.commit_time);
+    if st.graph.read_only_reason().is_some() {
+        // No compaction in flight to wait for (the loop waits for one before applying).
+        tracing::warn!("overlays at the hard limit; compacting before applying");
+        tokio::task::block_in_place(|| st.graph.compact())?;
+    }
+    let started = Instant::now();
+    mapper.apply_many(&mut st.graph, &mut st.index, pending)?;
+    let applied = Instant::now();
+    let took = applied.duration_since(started).as_secs_f64();
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    for txn in pending.iter() {
+        if let Some(sp) = &txn.spilled {
+            tracing::info!(
+                xid = txn.xid,
+                changes = txn.len(),
+                spilled_bytes = sp.bytes(),
+                "applied a large transaction spilled to disk"
+            );
+        }
+    }
+    let changes: usize = pending.iter().map(CommittedTxn::len).sum();
+    status.update(|s| {
+        s.apply_seconds.observe(took);
+        for (txn, received) in pending.iter().zip(&batch.received) {
+            let lag = (now_us - txn.commit_time.unix_micros()) as f64 / 1e6;
+            s.commit_to_apply_seconds.observe(lag.max(0.0));
+            s.receive_to_apply_seconds
+                .observe(applied.duration_since(*received).as_secs_f64());
+        }
+        s.applied_lsn = end;
+        s.last_commit_time = Some(time);
+        s.transactions += pending.len() as u64;
+        s.changes += changes as u64;
+    });
+    st.safe = end;
+    st.version += 1;
+    batch.clear();
+    Ok(())
+}

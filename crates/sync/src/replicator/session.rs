@@ -1,0 +1,199 @@
+//! One connection's session: connect, check the catalog and publication, decide how to
+//! resume (restored checkpoint, refusal, or a rebuild with an initial copy), then stream.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// A checkpoint being loaded on a blocking thread.
+pub(super) type RestoreTask = tokio::task::JoinHandle<Result<Option<crate::checkpoint::Restored>, CheckpointError>>;
+
+/// One session of the run `r`: returns when shutdown was asked (after the final checkpoint)
+/// or with the error that ended it (transient ones reconnect).
+pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
+    let opts = r.opts;
+    let Replicator {
+        store,
+        mapper,
+        status,
+        shutdown,
+        state,
+        rebuild,
+        restoring,
+        ..
+    } = r;
+    let (store, status, shutdown) = (&*store, &*status, &*shutdown);
+    let hash = opts.config.mapping_hash();
+    let mut client = ReplicationClient::connect(&opts.conn).await?;
+    let sys = client.identify_system().await?;
+    tracing::info!(target = %opts.conn.target(), system_id = %sys.system_id, wal = %sys.xlog_pos, "connected");
+    let server_version = client.parameter("server_version").map(str::to_string);
+    status.update(|s| s.server_version = server_version);
+    let tables = catalog::check_tables(&mut client, &opts.config).await?;
+    catalog::ensure_publication(&mut client, &opts.publication, &tables).await?;
+    status.set_schema(GraphSchema {
+        node_labels: mapper.node_labels().to_vec(),
+        edge_labels: mapper.edge_labels().to_vec(),
+        filter_names: mapper.filter_names().to_vec(),
+        key_kinds: opts
+            .config
+            .nodes
+            .iter()
+            .map(|n| {
+                let t = tables.iter().find(|t| t.qualified == n.table);
+                n.key
+                    .names()
+                    .iter()
+                    .map(|c| {
+                        match t
+                            .and_then(|t| t.columns.iter().find(|(name, _)| name == c))
+                            .map(|x| x.1)
+                        {
+                            Some(20 | 21 | 23) => KeyKind::Int,
+                            Some(2950) => KeyKind::Uuid,
+                            _ => KeyKind::Text,
+                        }
+                    })
+                    .collect()
+            })
+            .collect(),
+        slot: opts.slot.clone(),
+        publication: opts.publication.clone(),
+        mapping_hash: hash,
+    });
+    let slot = catalog::slot_state(&mut client, &opts.slot).await?;
+
+    if state.is_none() {
+        let restored = if *rebuild {
+            None
+        } else {
+            match restoring.take() {
+                Some(task) => task
+                    .await
+                    .map_err(|e| SyncError::Io(format!("loading the checkpoint failed: {e}")))??,
+                None => store.restore(hash)?,
+            }
+        };
+        match restored {
+            Some(r) => {
+                for refused in &r.refused {
+                    tracing::warn!(%refused, "skipped an unusable checkpoint file");
+                }
+                let Some(s) = &slot else {
+                    return Err(SyncError::SlotMissing {
+                        slot: opts.slot.clone(),
+                        lsn: r.lsn,
+                    });
+                };
+                if s.wal_status.as_deref() == Some("lost") {
+                    return Err(SyncError::SlotInvalidated {
+                        slot: opts.slot.clone(),
+                    });
+                }
+                if s.confirmed_flush > r.lsn {
+                    return Err(SyncError::Gap {
+                        slot: opts.slot.clone(),
+                        confirmed: s.confirmed_flush,
+                        restored: r.lsn,
+                    });
+                }
+                tracing::info!(lsn = %r.lsn, snapshot = %r.manifest.snapshot, nodes = r.graph.view().node_count(), edges = r.graph.view().edge_count(), "restored checkpoint");
+                let mut r = r;
+                r.graph.set_policy(opts.compaction);
+                status.set_graph(r.graph.reader());
+                status.update(|st| {
+                    st.applied_lsn = r.lsn;
+                    st.manifest_positions(&r.manifest);
+                });
+                *state = Some(State {
+                    graph: r.graph,
+                    index: r.index,
+                    safe: r.lsn,
+                    manifest: r.manifest,
+                    version: 0,
+                    durable_version: 0,
+                    previous_same: false,
+                    bg: Background::default(),
+                });
+            }
+            None => {
+                if let Some(s) = &slot {
+                    let ours = store.dir().join("initial-copy.started").exists();
+                    if !*rebuild && !ours {
+                        return Err(SyncError::SlotWithoutState {
+                            slot: opts.slot.clone(),
+                            dir: store.dir().to_path_buf(),
+                        });
+                    }
+                    if let Some(pid) = s.active_pid {
+                        return Err(SyncError::SlotInUse {
+                            slot: opts.slot.clone(),
+                            pid,
+                        });
+                    }
+                    tracing::warn!(slot = %opts.slot, "dropping the replication slot to rebuild from the source tables");
+                    client.drop_slot(&opts.slot, false).await?;
+                }
+                store.clear()?;
+                status.update(|s| s.phase = Phase::InitialCopy);
+                let (graph, index, lsn) =
+                    super::initial_copy::initial_copy(opts, &mut client, &tables, mapper, store).await?;
+                status.set_graph(graph.reader());
+                let mut st = State {
+                    graph,
+                    index,
+                    safe: lsn,
+                    manifest: Manifest {
+                        lsn: Lsn(0),
+                        snapshot_lsn: Lsn(0),
+                        snapshot: String::new(),
+                        rows: String::new(),
+                        mapping_hash: hash,
+                        previous: None,
+                    },
+                    // The copied graph is not durable until its first checkpoint.
+                    version: 1,
+                    durable_version: 0,
+                    previous_same: false,
+                    bg: Background::default(),
+                };
+                tokio::task::block_in_place(|| checkpoint(store, &mut st, hash, status))?;
+                let _ = std::fs::remove_file(store.dir().join("initial-copy.started"));
+                status.update(|s| s.applied_lsn = lsn);
+                *state = Some(st);
+                *rebuild = false;
+            }
+        }
+    } else if let Some(st) = state.as_ref() {
+        match &slot {
+            None => {
+                return Err(SyncError::SlotMissing {
+                    slot: opts.slot.clone(),
+                    lsn: st.manifest.lsn,
+                })
+            }
+            Some(s) if s.wal_status.as_deref() == Some("lost") => {
+                return Err(SyncError::SlotInvalidated {
+                    slot: opts.slot.clone(),
+                })
+            }
+            Some(s) if s.confirmed_flush > st.safe => {
+                return Err(SyncError::Gap {
+                    slot: opts.slot.clone(),
+                    confirmed: s.confirmed_flush,
+                    restored: st.safe,
+                })
+            }
+            _ => {}
+        }
+    }
+    let st = state.as_mut().ok_or_else(|| SyncError::Io("no replica state".into()))?;
+    if let Some(s) = &slot {
+        if let Some(pid) = s.active_pid {
+            return Err(SyncError::SlotInUse {
+                slot: opts.slot.clone(),
+                pid,
+            });
+        }
+    }
+    super::stream::stream(opts, store, mapper, st, client, status, shutdown).await
+}

@@ -1,0 +1,218 @@
+//! The replica's live status shared with the HTTP layer: phase, positions, counters,
+//! latency histograms, the graph reader and the label names.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Where replication is, for health reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Phase {
+    /// Connecting or restoring.
+    #[default]
+    Starting,
+    /// Copying the tables.
+    InitialCopy,
+    /// Streaming.
+    Streaming,
+    /// Waiting to reconnect.
+    Disconnected,
+    /// Shutting down.
+    Stopping,
+    /// Stopped after an error.
+    Failed,
+}
+
+impl Phase {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::InitialCopy => "initial_copy",
+            Phase::Streaming => "streaming",
+            Phase::Disconnected => "disconnected",
+            Phase::Stopping => "stopping",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// A latency histogram with fixed buckets (seconds), Prometheus style.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// Observations at or below each bound of [`Histogram::BOUNDS`] (cumulative counts are
+    /// computed when exported).
+    pub buckets: [u64; 12],
+    /// Observations.
+    pub count: u64,
+    /// Sum of observed seconds.
+    pub sum: f64,
+}
+
+impl Histogram {
+    /// Upper bounds of the buckets, in seconds.
+    pub const BOUNDS: [f64; 12] = [
+        0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+    ];
+
+    /// Records one observation.
+    pub fn observe(&mut self, seconds: f64) {
+        if let Some(i) = Self::BOUNDS.iter().position(|&b| seconds <= b) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+}
+
+/// A point-in-time copy of the replica's status.
+#[derive(Debug, Clone, Default)]
+pub struct StatusSnapshot {
+    /// Time to apply each transaction to the graph.
+    pub apply_seconds: Histogram,
+    /// Commit on the server → applied here, per transaction (replica lag as it happens).
+    pub commit_to_apply_seconds: Histogram,
+    /// Commit received from the server → applied here, per transaction: graphsync's own share
+    /// of the lag (the rest is the server's: decoding and sending).
+    pub receive_to_apply_seconds: Histogram,
+    /// Compactions run.
+    pub compactions: u64,
+    /// Time spent compacting.
+    pub compaction_seconds: f64,
+    /// Checkpoints written.
+    pub checkpoints: u64,
+    /// Size of the newest snapshot file.
+    pub snapshot_bytes: u64,
+    /// When the newest snapshot was written (Unix ms).
+    pub snapshot_unix_ms: i64,
+    /// Phase.
+    pub phase: Phase,
+    /// Every transaction committed before this is applied to the graph.
+    pub applied_lsn: Lsn,
+    /// The covered LSN of the newest checkpoint on disk.
+    pub durable_lsn: Lsn,
+    /// What is confirmed to the server: covered by both kept checkpoints
+    /// ([`Manifest::confirmable`]).
+    pub confirmed_lsn: Lsn,
+    /// The snapshot's own LSN.
+    pub snapshot_lsn: Lsn,
+    /// The server's WAL end as last reported.
+    pub server_wal_end: Lsn,
+    /// Commit time of the last applied transaction.
+    pub last_commit_time: Option<PgTimestamp>,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// Transactions applied since start.
+    pub transactions: u64,
+    /// Row changes applied since start.
+    pub changes: u64,
+    /// Reconnects since start.
+    pub reconnects: u64,
+    /// The server's version (`server_version`), once connected.
+    pub server_version: Option<String>,
+    /// The negotiated pgoutput protocol version, once streaming.
+    pub proto_version: Option<u32>,
+}
+
+impl StatusSnapshot {
+    /// Takes the checkpoint positions from the manifest: the newest checkpoint's covered and
+    /// snapshot LSNs, and what is confirmed.
+    pub(super) fn manifest_positions(&mut self, m: &Manifest) {
+        self.durable_lsn = m.lsn;
+        self.confirmed_lsn = m.confirmable();
+        self.snapshot_lsn = m.snapshot_lsn;
+    }
+}
+
+/// The type of a node key column, for parsing keys given as text (HTTP queries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// int2, int4, int8.
+    Int,
+    /// uuid.
+    Uuid,
+    /// Anything else (text, varchar...).
+    Text,
+}
+
+/// Names the graph's numbers stand for, and the replication it comes from.
+#[derive(Debug, Clone, Default)]
+pub struct GraphSchema {
+    /// Node label names, by [`graph::NodeLabel`].
+    pub node_labels: Vec<String>,
+    /// Edge label names, by [`graph::EdgeLabel`].
+    pub edge_labels: Vec<String>,
+    /// Filter column names, by [`graph::FilterId`].
+    pub filter_names: Vec<String>,
+    /// Per node label, the kinds of its key columns.
+    pub key_kinds: Vec<Vec<KeyKind>>,
+    /// Replication slot.
+    pub slot: String,
+    /// Publication.
+    pub publication: String,
+    /// Hash of the mapping.
+    pub mapping_hash: u64,
+}
+
+/// Shared, live status of a replicator, and the graph it maintains.
+#[derive(Debug, Default)]
+pub struct ReplicaStatus {
+    inner: Mutex<StatusSnapshot>,
+    graph: Mutex<Option<GraphReader>>,
+    schema: Mutex<Option<Arc<GraphSchema>>>,
+    applied: Mutex<Option<watch::Sender<Lsn>>>,
+}
+
+impl ReplicaStatus {
+    /// A fresh status.
+    pub fn new() -> Arc<Self> {
+        let (tx, _) = watch::channel(Lsn(0));
+        Arc::new(ReplicaStatus {
+            inner: Mutex::default(),
+            graph: Mutex::default(),
+            schema: Mutex::default(),
+            applied: Mutex::new(Some(tx)),
+        })
+    }
+
+    /// Label names and key kinds, once the catalog was read.
+    pub fn schema(&self) -> Option<Arc<GraphSchema>> {
+        self.schema.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(super) fn set_schema(&self, s: GraphSchema) {
+        *self.schema.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(s));
+    }
+
+    /// The current status.
+    pub fn snapshot(&self) -> StatusSnapshot {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The graph, once restored or copied.
+    pub fn graph(&self) -> Option<GraphReader> {
+        self.graph.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A receiver that sees the applied LSN change (read-your-writes waits).
+    pub fn subscribe_applied(&self) -> watch::Receiver<Lsn> {
+        match &*self.applied.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(tx) => tx.subscribe(),
+            None => watch::channel(Lsn(0)).1,
+        }
+    }
+
+    pub(super) fn update(&self, f: impl FnOnce(&mut StatusSnapshot)) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let before = g.applied_lsn;
+        f(&mut g);
+        if g.applied_lsn != before {
+            if let Some(tx) = &*self.applied.lock().unwrap_or_else(|e| e.into_inner()) {
+                tx.send_replace(g.applied_lsn);
+            }
+        }
+    }
+
+    pub(super) fn set_graph(&self, r: GraphReader) {
+        *self.graph.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+    }
+}
