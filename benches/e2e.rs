@@ -193,9 +193,9 @@ fn catch_up(
     let ws_cpu = cpu_seconds(&walsender_cpu);
     stop(rt, r);
 
-    let bin = pgtest::find_bin_dir().unwrap();
+    let recvlogical = pgtest::tool("pg_recvlogical").expect("pg_recvlogical not found");
     let t = Instant::now();
-    let status = std::process::Command::new(bin.join("pg_recvlogical"))
+    let status = std::process::Command::new(&recvlogical)
         .args([
             "-d",
             &cluster.conn_str(db),
@@ -660,7 +660,7 @@ fn load(
     next_key: &mut u64,
     out: &mut Vec<[String; 4]>,
 ) {
-    let pgbench = pgtest::find_bin_dir().unwrap().join("pgbench");
+    let pgbench = pgtest::tool("pgbench").unwrap_or_default();
     if matches!(work, Work::Hub) {
         if !pgbench.is_file() {
             out.push([

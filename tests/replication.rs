@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use pgoutput::{Decoder, Lsn, Message};
-use pgrepl::{CreateSlotOptions, ReplicationClient, ReplicationEvent, StartOptions, Streaming};
+use pgrepl::{CreateSlotOptions, ReplError, ReplicationClient, ReplicationEvent, StartOptions, Streaming};
 use pgtest::Cluster;
 use serde_json::json;
 use std::time::Duration;
@@ -94,7 +94,15 @@ async fn truncate_two_tables_and_alter_table_between_inserts() {
     c.psql(&db, "ALTER TABLE e ADD COLUMN y int DEFAULT 5");
     c.psql(&db, "INSERT INTO e VALUES (2, 'two', 6)");
     let mut dec = Decoder::new();
-    let got = collect_until(&mut s, &mut dec, T, |d| ends(d) == 5).await;
+    // Until the last insert's commit (PostgreSQL 14 also sends the ALTER's empty transaction,
+    // so the number of commits before it depends on the version).
+    let got = collect_until(&mut s, &mut dec, T, |d| {
+        let last = d
+            .iter()
+            .rposition(|x| x.json["relation"] == "public.e" && x.json["new"]["id"] == 2);
+        last.is_some_and(|i| d[i..].iter().any(|x| matches!(x.msg, Message::Commit(_))))
+    })
+    .await;
     let st = without_repeated_relations(stable(&got));
     let trunc: Vec<_> = st.iter().filter(|j| j["type"] == "truncate").collect();
     assert_eq!(trunc.len(), 1, "{st:#?}");
@@ -146,7 +154,15 @@ async fn streamed_large_transaction_and_streamed_abort() {
     let kinds: Vec<&str> = got.iter().map(|d| d.msg.kind()).collect();
     assert!(kinds.iter().filter(|k| **k == "stream_start").count() >= 2, "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| **k == "stream_commit").count(), 1);
-    assert_eq!(kinds.iter().filter(|k| **k == "stream_abort").count(), 1);
+    // PostgreSQL 18 no longer streams a transaction it already knows is aborted (the ROLLBACK
+    // is in WAL before the walsender decodes it here); earlier versions stream it, then abort.
+    let version: u32 = c.psql(&db, "SHOW server_version_num").trim().parse().unwrap();
+    let aborts = kinds.iter().filter(|k| **k == "stream_abort").count();
+    if version >= 180000 {
+        assert!(aborts <= 1, "{kinds:?}");
+    } else {
+        assert_eq!(aborts, 1, "{kinds:?}");
+    }
     // Stream blocks are well formed: start ... stop, rows only inside, each row carries the xid.
     let mut open = None;
     let mut committed_ids = Vec::new();
@@ -183,6 +199,7 @@ async fn streamed_large_transaction_and_streamed_abort() {
     assert_eq!(committed_ids, (1..=3000).collect::<Vec<_>>());
     assert_ne!(committed_xid, None);
     assert_ne!(aborted_xid, committed_xid);
+    assert_eq!(aborted_xid.is_some(), aborts == 1);
     let last: Vec<_> = stable(&got).into_iter().filter(|j| j["type"] == "insert").collect();
     assert!(last.contains(&json!({"type":"insert","relation":"public.big","new":{"id":9999,"p":"after"}})));
     s.stop().await.unwrap().close().await;
@@ -193,7 +210,7 @@ async fn two_phase_prepared_transactions() {
     let c = Cluster::shared();
     let db = database(c, "twophase", "CREATE TABLE t (id int PRIMARY KEY)");
     let mut client = ReplicationClient::connect(&repl_config(c, &db)).await.unwrap();
-    client
+    let created = client
         .create_slot(
             &slot_name("s", &db),
             CreateSlotOptions {
@@ -201,8 +218,15 @@ async fn two_phase_prepared_transactions() {
                 ..Default::default()
             },
         )
-        .await
-        .unwrap();
+        .await;
+    let version: u32 = c.psql(&db, "SHOW server_version_num").trim().parse().unwrap();
+    if version < 150000 {
+        // Two-phase slots over the replication protocol came with PostgreSQL 15: a typed
+        // refusal before, never a half-made slot.
+        assert!(matches!(created, Err(ReplError::Unsupported(_))), "{created:?}");
+        return;
+    }
+    created.unwrap();
     let mut s = client
         .start_replication(
             &slot_name("s", &db),

@@ -571,11 +571,8 @@ weight = "amount"
 /// thousands of followers included.
 #[test]
 fn hub_heavy_pgbench_load_equals_sql() {
-    let Some(pgbench) = pgtest::find_bin_dir()
-        .map(|d| d.join("pgbench"))
-        .filter(|p| p.is_file())
-    else {
-        panic!("pgbench not found next to the PostgreSQL server binaries (apt-get install postgresql)");
+    let Some(pgbench) = pgtest::tool("pgbench") else {
+        panic!("pgbench not found (apt-get install postgresql)");
     };
     let (cluster, db, dir, config) = setup("hubload");
     const USERS: u64 = 3000;

@@ -35,6 +35,31 @@ fn euid_is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// A PostgreSQL client program (`psql`, `pgbench`, `pg_recvlogical`): next to the server
+/// binaries if there, else the system's (`/usr/lib/postgresql/*/bin`, newest first, then
+/// `PATH`) — server-only builds (`PG_BIN` pointing at the embedded-postgres packages of other
+/// majors) ship no clients, and the system's work against any supported server.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    if let Some(p) = find_bin_dir().map(|d| d.join(name)).filter(|p| p.is_file()) {
+        return Some(p);
+    }
+    let mut system: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin").join(name))
+                .collect()
+        })
+        .unwrap_or_default();
+    system.retain(|p| p.is_file());
+    system.sort();
+    if let Some(p) = system.pop() {
+        return Some(p);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
 /// Finds the directory holding `initdb` and `postgres`.
 pub fn find_bin_dir() -> Option<PathBuf> {
     let ok = |p: &Path| p.join("initdb").is_file() && p.join("postgres").is_file() && p.join("pg_ctl").is_file();
@@ -285,7 +310,8 @@ impl Cluster {
     /// Panics with the server's message on error.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         use std::io::Write;
-        let mut child = Command::new(self.bin.join("psql"))
+        let psql = tool("psql").expect("psql not found (apt-get install -y postgresql-client)");
+        let mut child = Command::new(psql)
             .args([
                 "-X",
                 "-q",
