@@ -2,7 +2,6 @@
 
 use crate::config::Config;
 use crate::conn::{self, parse_error, Conn};
-use crate::stream::ReplicationStream;
 use crate::ReplError;
 use pgoutput::Lsn;
 use postgres_protocol::message::frontend;
@@ -140,7 +139,7 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-fn quote_literal(s: &str) -> String {
+pub(crate) fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
@@ -321,86 +320,6 @@ impl ReplicationClient {
             if wait { " WAIT" } else { "" }
         );
         self.simple_query(&sql).await.map(|_| ())
-    }
-
-    /// `START_REPLICATION SLOT name LOGICAL start (...)`: switches the connection to streaming.
-    pub async fn start_replication(
-        mut self,
-        slot: &str,
-        start: Lsn,
-        opts: &StartOptions,
-    ) -> Result<ReplicationStream, ReplError> {
-        let server = self.server_version_num().unwrap_or(100_000);
-        let newest = newest_proto_version(server);
-        let proto = match opts.proto_version {
-            Some(v) if v > newest => {
-                return Err(ReplError::Unsupported(format!(
-                    "pgoutput protocol version {v} needs a newer server (this one, {server}, supports up to {newest})"
-                )))
-            }
-            Some(v) => v,
-            None => newest,
-        };
-        let pubs = opts
-            .publication_names
-            .iter()
-            .map(|p| quote_ident(p))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut o = vec![("proto_version", proto.to_string()), ("publication_names", pubs)];
-        match opts.streaming {
-            Streaming::Off => {}
-            Streaming::On if proto >= 2 => o.push(("streaming", "on".into())),
-            Streaming::Parallel if proto >= 4 => o.push(("streaming", "parallel".into())),
-            Streaming::Parallel if proto >= 2 => o.push(("streaming", "on".into())),
-            _ => {}
-        }
-        if opts.messages {
-            o.push(("messages", "true".into()));
-        }
-        if opts.binary {
-            o.push(("binary", "true".into()));
-        }
-        if opts.two_phase {
-            if proto < 3 {
-                return Err(ReplError::Unsupported(
-                    "two_phase needs protocol version 3 (PostgreSQL 15+)".into(),
-                ));
-            }
-            o.push(("two_phase", "on".into()));
-        }
-        let opts_sql = o
-            .iter()
-            .map(|(k, v)| format!("{} {}", quote_ident(k), quote_literal(v)))
-            .collect::<Vec<_>>();
-        let sql = format!(
-            "START_REPLICATION SLOT {} LOGICAL {} ({})",
-            quote_ident(slot),
-            start,
-            opts_sql.join(", ")
-        );
-        tracing::debug!(%sql, "starting replication");
-        frontend::query(&sql, &mut self.conn.wbuf)?;
-        self.conn.flush().await?;
-        loop {
-            let f = self.conn.read_frame().await?;
-            match f.tag {
-                b'W' => break,
-                b'E' => {
-                    let e = ReplError::Server(parse_error(&f.body));
-                    let _ = self.conn.drain_until_ready().await;
-                    return Err(e);
-                }
-                b'N' | b'S' => {}
-                other => {
-                    return Err(ReplError::Protocol(format!(
-                        "expected CopyBothResponse after START_REPLICATION, got '{}'",
-                        other as char
-                    )))
-                }
-            }
-        }
-        Ok(ReplicationStream::new(self, start, proto, opts.status_interval))
     }
 
     /// Ends the session politely.

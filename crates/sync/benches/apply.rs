@@ -16,7 +16,8 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use sync::change::{CommittedTxn, RowChange};
+use sync::change::RowChange;
+use sync::committed::CommittedTxn;
 use sync::config::MappingConfig;
 use sync::mapper::{BulkLoad, Mapper};
 

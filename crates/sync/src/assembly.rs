@@ -15,7 +15,8 @@
 //! threshold ([`TxnAssembler::with_spill`]); then the transaction being added to moves to a
 //! temporary [`SpillFile`], so memory stays bounded whatever the transaction's size.
 
-use crate::change::{CommittedTxn, RowChange};
+use crate::change::RowChange;
+use crate::committed::CommittedTxn;
 use crate::spill::{SpillError, SpillFile};
 use pgoutput::{DecodeError, Decoder, Message};
 use std::collections::HashMap;

@@ -20,7 +20,7 @@
 //!
 //! Not for deciding when to checkpoint (the replicator does).
 
-use crate::mapper::RowIndex;
+use crate::row_index::RowIndex;
 use graph::snapshot::{self, SnapshotError};
 use graph::{CompactionPolicy, Graph, GraphView};
 use pgoutput::Lsn;

@@ -10,8 +10,9 @@ use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use sync::change::{CommittedTxn, RowChange};
+use sync::change::RowChange;
 use sync::checkpoint::CheckpointStore;
+use sync::committed::CommittedTxn;
 use sync::config::MappingConfig;
 use sync::mapper::{BulkLoad, Mapper};
 

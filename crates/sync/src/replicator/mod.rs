@@ -24,8 +24,8 @@
 
 use crate::assembly::{AssemblyError, TxnAssembler};
 use crate::catalog::{self, CatalogError, TableInfo};
-use crate::change::CommittedTxn;
 use crate::checkpoint::{CheckpointError, CheckpointStore, Fallback, Manifest};
+use crate::committed::CommittedTxn;
 use crate::config::MappingConfig;
 use crate::copy::{CopyError, CopyReader};
 use crate::mapper::{BulkLoad, MapError, Mapper, RowIndex};

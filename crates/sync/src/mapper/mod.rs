@@ -17,7 +17,8 @@
 //!
 //! Not for decoding (pgoutput), transaction assembly ([`crate::assembly`]) or I/O.
 
-use crate::change::{CommittedTxn, RowChange};
+use crate::change::RowChange;
+use crate::committed::CommittedTxn;
 use crate::config::MappingConfig;
 use crate::rows::{self, RowError};
 use graph::{
@@ -27,6 +28,15 @@ use graph::{
 use pgoutput::{DecodeError, Relation, TupleData, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
+
+mod bulk;
+mod values;
+
+use crate::row_index::IndexedEdge;
+pub use crate::row_index::{EdgeLookup, RowIndex};
+pub use bulk::BulkLoad;
+#[allow(unused_imports)]
+use values::*;
 
 /// Why a change could not be applied. Nothing of its transaction is published; the replica
 /// must not confirm it and should stop (the mapping or the table needs fixing).
@@ -73,189 +83,6 @@ pub enum MapError {
         /// `schema.table`.
         table: String,
     },
-}
-
-/// The edge one row made, and how many identical rows (REPLICA IDENTITY FULL) share it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct IndexedEdge {
-    edge: EdgeInput,
-    extra: u32,
-}
-
-/// How the mapper finds the edge an edge mapping's row made, when the row is updated or
-/// deleted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EdgeLookup {
-    /// Through the [`RowIndex`] (row identity → edge). Works for every table; costs memory and
-    /// checkpoint size per edge.
-    Rows,
-    /// The row identity is exactly the endpoint columns and the label belongs to this mapping
-    /// alone: the edge is the one out-edge of the source with this label to the target.
-    Endpoints,
-    /// A foreign key in a node table whose source is the row's own node, the label belonging to
-    /// this mapping alone: the edge is the source's one out-edge with this label.
-    OwnNode,
-}
-
-impl EdgeLookup {
-    fn byte(self) -> u8 {
-        match self {
-            EdgeLookup::Rows => 0,
-            EdgeLookup::Endpoints => 1,
-            EdgeLookup::OwnNode => 2,
-        }
-    }
-    fn from_byte(b: u8) -> Option<Self> {
-        Some(match b {
-            0 => EdgeLookup::Rows,
-            1 => EdgeLookup::Endpoints,
-            2 => EdgeLookup::OwnNode,
-            _ => return None,
-        })
-    }
-}
-
-/// Per edge mapping, how its edges are found, and for [`EdgeLookup::Rows`] mappings the row
-/// identity → edge map. See the module docs.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RowIndex {
-    modes: Vec<EdgeLookup>,
-    maps: Vec<HashMap<NodeKey, IndexedEdge>>,
-}
-
-const INDEX_MAGIC: &[u8; 8] = b"GSROWIX2";
-
-impl RowIndex {
-    /// An index for edge mappings looked up as `modes` say.
-    pub fn new(modes: Vec<EdgeLookup>) -> Self {
-        RowIndex {
-            maps: vec![HashMap::new(); modes.len()],
-            modes,
-        }
-    }
-
-    /// How mapping `i`'s edges are found.
-    pub fn mode(&self, i: usize) -> EdgeLookup {
-        self.modes.get(i).copied().unwrap_or(EdgeLookup::Rows)
-    }
-
-    /// Rows indexed, over all mappings.
-    pub fn len(&self) -> usize {
-        self.maps
-            .iter()
-            .map(|m| m.values().map(|e| 1 + e.extra as usize).sum::<usize>())
-            .sum()
-    }
-
-    /// Whether no row is indexed.
-    pub fn is_empty(&self) -> bool {
-        self.maps.iter().all(HashMap::is_empty)
-    }
-
-    fn insert(&mut self, mapping: usize, row: NodeKey, edge: EdgeInput) {
-        match self.maps[mapping].entry(row) {
-            std::collections::hash_map::Entry::Occupied(mut o) => {
-                if o.get().edge == edge {
-                    o.get_mut().extra += 1;
-                } else {
-                    o.insert(IndexedEdge { edge, extra: 0 });
-                }
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(IndexedEdge { edge, extra: 0 });
-            }
-        }
-    }
-
-    fn remove(&mut self, mapping: usize, row: &NodeKey) -> Option<EdgeInput> {
-        let e = self.maps[mapping].get_mut(row)?;
-        if e.extra > 0 {
-            e.extra -= 1;
-            return Some(e.edge);
-        }
-        self.maps[mapping].remove(row).map(|e| e.edge)
-    }
-
-    /// Serialises the index (with a checksum) for a checkpoint.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + self.len() * 40);
-        out.extend_from_slice(INDEX_MAGIC);
-        out.extend_from_slice(&(self.maps.len() as u32).to_le_bytes());
-        for (i, m) in self.maps.iter().enumerate() {
-            out.push(self.mode(i).byte());
-            out.extend_from_slice(&(m.len() as u64).to_le_bytes());
-            for (k, e) in m {
-                k.encode(&mut out);
-                out.extend_from_slice(&e.edge.source.0.to_le_bytes());
-                out.extend_from_slice(&e.edge.target.0.to_le_bytes());
-                out.push(e.edge.label.0);
-                out.extend_from_slice(&e.edge.weight.to_le_bytes());
-                out.extend_from_slice(&e.extra.to_le_bytes());
-            }
-        }
-        let sum = xxhash_rust::xxh3::xxh3_64(&out);
-        out.extend_from_slice(&sum.to_le_bytes());
-        out
-    }
-
-    /// Reads an index written by [`RowIndex::encode`]; every length and the checksum are
-    /// checked.
-    pub fn decode(bytes: &[u8]) -> Result<RowIndex, String> {
-        if bytes.len() < 20 || &bytes[..8] != INDEX_MAGIC {
-            return Err("not a row index file (bad magic or too short)".into());
-        }
-        let (body, sum) = bytes.split_at(bytes.len() - 8);
-        if xxhash_rust::xxh3::xxh3_64(body) != u64::from_le_bytes(sum.try_into().map_err(|_| "short")?) {
-            return Err("row index checksum mismatch (the file is corrupt)".into());
-        }
-        let mut r = &body[8..];
-        let take = |n: usize, r: &mut &[u8]| -> Result<Vec<u8>, String> {
-            if r.len() < n {
-                return Err("row index ends early".to_string());
-            }
-            let (a, b) = r.split_at(n);
-            *r = b;
-            Ok(a.to_vec())
-        };
-        let u32_ = |b: Vec<u8>| u32::from_le_bytes(b.try_into().unwrap_or_default());
-        let n = u32_(take(4, &mut r)?) as usize;
-        let mut maps = Vec::with_capacity(n.min(1 << 16));
-        let mut modes = Vec::with_capacity(n.min(1 << 16));
-        for _ in 0..n {
-            modes.push(EdgeLookup::from_byte(take(1, &mut r)?[0]).ok_or("row index has an unknown lookup mode")?);
-            let count = u64::from_le_bytes(take(8, &mut r)?.try_into().unwrap_or_default());
-            if count > r.len() as u64 {
-                return Err("row index count exceeds the file".into());
-            }
-            let mut m = HashMap::with_capacity(count as usize);
-            for _ in 0..count {
-                let (k, used) = NodeKey::decode(r)?;
-                r = &r[used..];
-                let source = NodeId(u32_(take(4, &mut r)?));
-                let target = NodeId(u32_(take(4, &mut r)?));
-                let label = EdgeLabel(take(1, &mut r)?[0]);
-                let weight = f64::from_le_bytes(take(8, &mut r)?.try_into().unwrap_or_default());
-                let extra = u32_(take(4, &mut r)?);
-                m.insert(
-                    k,
-                    IndexedEdge {
-                        edge: EdgeInput {
-                            source,
-                            target,
-                            label,
-                            weight,
-                        },
-                        extra,
-                    },
-                );
-            }
-            maps.push(m);
-        }
-        if !r.is_empty() {
-            return Err("row index has trailing bytes".into());
-        }
-        Ok(RowIndex { modes, maps })
-    }
 }
 
 #[derive(Debug)]
@@ -611,7 +438,7 @@ impl Mapper {
                     let Some(plan) = self.plan(rel)? else { continue };
                     for ep in &plan.edges {
                         if index.mode(ep.mapping) == EdgeLookup::Rows {
-                            let drained: Vec<IndexedEdge> = index.maps[ep.mapping].drain().map(|(_, e)| e).collect();
+                            let drained: Vec<IndexedEdge> = index.drain_mapping(ep.mapping);
                             for e in drained {
                                 for _ in 0..=e.extra {
                                     t.remove_edge(e.edge)?;
@@ -641,15 +468,6 @@ impl Mapper {
             }
         }
         Ok(())
-    }
-}
-
-impl RowIndex {
-    /// Remembers the edge a row made (only [`EdgeLookup::Rows`] mappings keep anything).
-    fn record(&mut self, mapping: usize, row: &NodeKey, edge: EdgeInput) {
-        if self.mode(mapping) == EdgeLookup::Rows {
-            self.insert(mapping, row.clone(), edge);
-        }
     }
 }
 
@@ -699,268 +517,4 @@ fn take_edge(
         Some(target) => t.find_edge(source, target, ep.label),
         None => t.find_out_edge(source, |e| e.label == ep.label),
     })
-}
-
-fn typed(rel: &Relation, tuple: &TupleData, kind: &'static str) -> Result<Vec<Value>, MapError> {
-    rel.typed_values(tuple, kind).map_err(|source| MapError::Decode {
-        table: rel.qualified_name(),
-        source,
-    })
-}
-
-/// `new` with each unchanged-TOAST column replaced by `old`'s value when `old` has one.
-fn fill_unchanged(mut new: Vec<Value>, old: &[Value]) -> Vec<Value> {
-    for (n, o) in new.iter_mut().zip(old) {
-        if matches!(n, Value::UnchangedToast) && !matches!(o, Value::Null | Value::UnchangedToast) {
-            *n = o.clone();
-        }
-    }
-    new
-}
-
-fn key_of(plan: &RelPlan, cols: &[usize], values: &[Value]) -> Result<NodeKey, RowError> {
-    let mut parts = Vec::with_capacity(cols.len());
-    for &c in cols {
-        parts.push(rows::key_part(&plan.rel, &plan.rel.columns[c].name, &values[c])?);
-    }
-    Ok(if parts.len() == 1 {
-        parts.remove(0)
-    } else {
-        NodeKey::Composite(parts.into())
-    })
-}
-
-/// The row's identity for the edge index: the node key for node tables, else the replica
-/// identity columns (any type: values that cannot be keys are keyed by their text).
-fn row_key(plan: &RelPlan, values: &[Value]) -> Result<NodeKey, RowError> {
-    if let Some(np) = &plan.node {
-        return key_of(plan, &np.key, values);
-    }
-    let mut parts = Vec::with_capacity(plan.identity.len());
-    for &c in &plan.identity {
-        let name = &plan.rel.columns[c].name;
-        parts.push(match rows::key_part(&plan.rel, name, &values[c]) {
-            Ok(k) => k,
-            Err(RowError::UnsupportedKey { .. }) | Err(RowError::NullKey { .. }) => {
-                let mut s = String::new();
-                pgoutput::json::push_value(&mut s, &values[c]);
-                NodeKey::Text(s.into())
-            }
-            Err(e) => return Err(e),
-        });
-    }
-    Ok(if parts.len() == 1 {
-        parts.remove(0)
-    } else {
-        NodeKey::Composite(parts.into())
-    })
-}
-
-/// The node a row makes; `key` is its key (the row's identity, computed by the caller).
-fn node_data(
-    plan: &RelPlan,
-    np: &NodePlan,
-    key: NodeKey,
-    values: &[Value],
-    held: Option<&NodeData>,
-) -> Result<NodeData, RowError> {
-    let unchanged = |c: usize| matches!(values[c], Value::UnchangedToast);
-    let tenant = match np.tenant {
-        Some(c) if unchanged(c) => held.and_then(|h| h.tenant.clone()),
-        Some(c) => match &values[c] {
-            Value::Null => None,
-            v => Some(rows::key_part(&plan.rel, &plan.rel.columns[c].name, v)?),
-        },
-        None => None,
-    };
-    let mut filters = Vec::with_capacity(np.filters.len());
-    for &(id, c) in &np.filters {
-        let v = if unchanged(c) {
-            held.and_then(|h| h.filters.iter().find(|(f, _)| *f == id).map(|(_, v)| v.clone()))
-        } else {
-            match &values[c] {
-                Value::Null => None,
-                v => Some(rows::key_part(&plan.rel, &plan.rel.columns[c].name, v)?),
-            }
-        };
-        if let Some(v) = v {
-            filters.push((id, v));
-        }
-    }
-    let props: Vec<(Arc<str>, PropValue)> = np
-        .props
-        .iter()
-        .map(|(name, c)| {
-            let v = if unchanged(*c) {
-                held.and_then(|h| h.properties.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()))
-                    .unwrap_or(PropValue::Null)
-            } else {
-                rows::prop_value(&values[*c])
-            };
-            (name.clone(), v)
-        })
-        .collect();
-    Ok(NodeData {
-        label: np.label,
-        key,
-        tenant,
-        filters: filters.into(),
-        properties: props.into(),
-    })
-}
-
-enum End {
-    Node(NodeId),
-    Absent,
-    Unchanged,
-}
-
-fn endpoint(
-    plan: &RelPlan,
-    (label, cols): &(NodeLabel, Vec<usize>),
-    values: &[Value],
-    nodes: &mut dyn Nodes,
-) -> Result<End, RowError> {
-    if cols.iter().any(|&c| matches!(values[c], Value::Null)) {
-        return Ok(End::Absent);
-    }
-    if cols.iter().any(|&c| matches!(values[c], Value::UnchangedToast)) {
-        return Ok(End::Unchanged);
-    }
-    let key = key_of(plan, cols, values)?;
-    Ok(End::Node(nodes.id(*label, &key)))
-}
-
-fn edge_of(
-    plan: &RelPlan,
-    ep: &EdgePlan,
-    values: &[Value],
-    before: Option<&EdgeInput>,
-    nodes: &mut dyn Nodes,
-) -> Result<Option<EdgeInput>, RowError> {
-    let toasted = |cols: &[usize]| {
-        let c = cols[0];
-        RowError::ToastedKey {
-            table: plan.rel.qualified_name(),
-            column: plan.rel.columns[c].name.clone(),
-        }
-    };
-    let source = match endpoint(plan, &ep.source, values, nodes)? {
-        End::Node(n) => n,
-        End::Absent => return Ok(None),
-        End::Unchanged => before.map(|b| b.source).ok_or_else(|| toasted(&ep.source.1))?,
-    };
-    let target = match endpoint(plan, &ep.target, values, nodes)? {
-        End::Node(n) => n,
-        End::Absent => return Ok(None),
-        End::Unchanged => before.map(|b| b.target).ok_or_else(|| toasted(&ep.target.1))?,
-    };
-    let weight = match ep.weight {
-        Some(c) if matches!(values[c], Value::UnchangedToast) => before.map_or(1.0, |b| b.weight),
-        Some(c) => rows::weight(&values[c]).unwrap_or(1.0),
-        None => 1.0,
-    };
-    Ok(Some(EdgeInput {
-        source,
-        target,
-        label: ep.label,
-        weight,
-    }))
-}
-
-/// Builds the first graph from copied rows (the initial copy): node ids are handed out as rows
-/// and endpoints appear, edges go straight into the CSR.
-#[derive(Debug)]
-pub struct BulkLoad {
-    ids: HashMap<(NodeLabel, NodeKey), u32>,
-    nodes: Vec<Option<NodeData>>,
-    visible: Vec<bool>,
-    edges: Vec<EdgeInput>,
-    weighted: bool,
-    index: RowIndex,
-    rows: u64,
-}
-
-struct BulkIds<'a> {
-    ids: &'a mut HashMap<(NodeLabel, NodeKey), u32>,
-    nodes: &'a mut Vec<Option<NodeData>>,
-    visible: &'a mut Vec<bool>,
-}
-
-impl Nodes for BulkIds<'_> {
-    fn id(&mut self, label: NodeLabel, key: &NodeKey) -> NodeId {
-        if let Some(&id) = self.ids.get(&(label, key.clone())) {
-            return NodeId(id);
-        }
-        let id = self.nodes.len() as u32;
-        self.nodes.push(Some(NodeData::bare(label, key.clone())));
-        self.visible.push(false);
-        self.ids.insert((label, key.clone()), id);
-        NodeId(id)
-    }
-}
-
-impl BulkLoad {
-    /// An empty build for `mapper`'s mapping, filling `index` (from [`Mapper::index_for`] or
-    /// [`Mapper::new_index`]).
-    pub fn new(index: RowIndex) -> Self {
-        BulkLoad {
-            ids: HashMap::new(),
-            nodes: Vec::new(),
-            visible: Vec::new(),
-            edges: Vec::new(),
-            weighted: false,
-            index,
-            rows: 0,
-        }
-    }
-
-    /// Rows added so far.
-    pub fn rows(&self) -> u64 {
-        self.rows
-    }
-
-    /// Adds one copied row of `rel`.
-    pub fn insert(&mut self, mapper: &mut Mapper, rel: &Arc<Relation>, values: &[Value]) -> Result<(), MapError> {
-        let Some(plan) = mapper.plan(rel)? else { return Ok(()) };
-        self.rows += 1;
-        let mut ids = BulkIds {
-            ids: &mut self.ids,
-            nodes: &mut self.nodes,
-            visible: &mut self.visible,
-        };
-        let rk = row_key(&plan, values)?;
-        if let Some(np) = &plan.node {
-            let id = ids.id(np.label, &rk);
-            self.nodes[id.index()] = Some(node_data(&plan, np, rk.clone(), values, None)?);
-            self.visible[id.index()] = true;
-        }
-        if !plan.edges.is_empty() {
-            for ep in &plan.edges {
-                let mut ids = BulkIds {
-                    ids: &mut self.ids,
-                    nodes: &mut self.nodes,
-                    visible: &mut self.visible,
-                };
-                if let Some(e) = edge_of(&plan, ep, values, None, &mut ids)? {
-                    self.weighted |= e.weight != 1.0;
-                    self.edges.push(e);
-                    self.index.record(ep.mapping, &rk, e);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The graph at `lsn` and its row index.
-    pub fn finish(self, lsn: u64, policy: CompactionPolicy) -> Result<(Graph, RowIndex), MapError> {
-        let mut hidden = vec![0u64; self.visible.len().div_ceil(64)];
-        for (i, v) in self.visible.iter().enumerate() {
-            if !v {
-                hidden[i >> 6] |= 1 << (i & 63);
-            }
-        }
-        let g = Graph::bulk_with_hidden(self.nodes, hidden, &self.edges, self.weighted, lsn, policy)?;
-        Ok((g, self.index))
-    }
 }

@@ -1,0 +1,101 @@
+//! The bulk build of the initial copy: copied rows straight into node columns and a CSR.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Builds the first graph from copied rows (the initial copy): node ids are handed out as rows
+/// and endpoints appear, edges go straight into the CSR.
+#[derive(Debug)]
+pub struct BulkLoad {
+    ids: HashMap<(NodeLabel, NodeKey), u32>,
+    nodes: Vec<Option<NodeData>>,
+    visible: Vec<bool>,
+    edges: Vec<EdgeInput>,
+    weighted: bool,
+    index: RowIndex,
+    rows: u64,
+}
+
+pub(super) struct BulkIds<'a> {
+    ids: &'a mut HashMap<(NodeLabel, NodeKey), u32>,
+    nodes: &'a mut Vec<Option<NodeData>>,
+    visible: &'a mut Vec<bool>,
+}
+
+impl Nodes for BulkIds<'_> {
+    fn id(&mut self, label: NodeLabel, key: &NodeKey) -> NodeId {
+        if let Some(&id) = self.ids.get(&(label, key.clone())) {
+            return NodeId(id);
+        }
+        let id = self.nodes.len() as u32;
+        self.nodes.push(Some(NodeData::bare(label, key.clone())));
+        self.visible.push(false);
+        self.ids.insert((label, key.clone()), id);
+        NodeId(id)
+    }
+}
+
+impl BulkLoad {
+    /// An empty build for `mapper`'s mapping, filling `index` (from [`Mapper::index_for`] or
+    /// [`Mapper::new_index`]).
+    pub fn new(index: RowIndex) -> Self {
+        BulkLoad {
+            ids: HashMap::new(),
+            nodes: Vec::new(),
+            visible: Vec::new(),
+            edges: Vec::new(),
+            weighted: false,
+            index,
+            rows: 0,
+        }
+    }
+
+    /// Rows added so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Adds one copied row of `rel`.
+    pub fn insert(&mut self, mapper: &mut Mapper, rel: &Arc<Relation>, values: &[Value]) -> Result<(), MapError> {
+        let Some(plan) = mapper.plan(rel)? else { return Ok(()) };
+        self.rows += 1;
+        let mut ids = BulkIds {
+            ids: &mut self.ids,
+            nodes: &mut self.nodes,
+            visible: &mut self.visible,
+        };
+        let rk = row_key(&plan, values)?;
+        if let Some(np) = &plan.node {
+            let id = ids.id(np.label, &rk);
+            self.nodes[id.index()] = Some(node_data(&plan, np, rk.clone(), values, None)?);
+            self.visible[id.index()] = true;
+        }
+        if !plan.edges.is_empty() {
+            for ep in &plan.edges {
+                let mut ids = BulkIds {
+                    ids: &mut self.ids,
+                    nodes: &mut self.nodes,
+                    visible: &mut self.visible,
+                };
+                if let Some(e) = edge_of(&plan, ep, values, None, &mut ids)? {
+                    self.weighted |= e.weight != 1.0;
+                    self.edges.push(e);
+                    self.index.record(ep.mapping, &rk, e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The graph at `lsn` and its row index.
+    pub fn finish(self, lsn: u64, policy: CompactionPolicy) -> Result<(Graph, RowIndex), MapError> {
+        let mut hidden = vec![0u64; self.visible.len().div_ceil(64)];
+        for (i, v) in self.visible.iter().enumerate() {
+            if !v {
+                hidden[i >> 6] |= 1 << (i & 63);
+            }
+        }
+        let g = Graph::bulk_with_hidden(self.nodes, hidden, &self.edges, self.weighted, lsn, policy)?;
+        Ok((g, self.index))
+    }
+}

@@ -1,0 +1,208 @@
+//! The row index: per edge mapping, how the edge a row made is found again when the row is
+//! updated or deleted, and for mappings that need it the row identity → edge map. Part of the
+//! replica's durable state (written with every checkpoint, see [`crate::checkpoint`]).
+//!
+//! Not for mapping rows (`crate::mapper`) or files.
+
+use graph::{EdgeInput, EdgeLabel, NodeId, NodeKey};
+use std::collections::HashMap;
+
+/// The edge one row made, and how many identical rows (REPLICA IDENTITY FULL) share it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct IndexedEdge {
+    pub(crate) edge: EdgeInput,
+    /// Identical rows beyond the first that share the edge.
+    pub(crate) extra: u32,
+}
+
+/// How the mapper finds the edge an edge mapping's row made, when the row is updated or
+/// deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeLookup {
+    /// Through the [`RowIndex`] (row identity → edge). Works for every table; costs memory and
+    /// checkpoint size per edge.
+    Rows,
+    /// The row identity is exactly the endpoint columns and the label belongs to this mapping
+    /// alone: the edge is the one out-edge of the source with this label to the target.
+    Endpoints,
+    /// A foreign key in a node table whose source is the row's own node, the label belonging to
+    /// this mapping alone: the edge is the source's one out-edge with this label.
+    OwnNode,
+}
+
+impl EdgeLookup {
+    pub(crate) fn byte(self) -> u8 {
+        match self {
+            EdgeLookup::Rows => 0,
+            EdgeLookup::Endpoints => 1,
+            EdgeLookup::OwnNode => 2,
+        }
+    }
+    pub(crate) fn from_byte(b: u8) -> Option<Self> {
+        Some(match b {
+            0 => EdgeLookup::Rows,
+            1 => EdgeLookup::Endpoints,
+            2 => EdgeLookup::OwnNode,
+            _ => return None,
+        })
+    }
+}
+
+/// Per edge mapping, how its edges are found, and for [`EdgeLookup::Rows`] mappings the row
+/// identity → edge map. See the module docs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowIndex {
+    modes: Vec<EdgeLookup>,
+    maps: Vec<HashMap<NodeKey, IndexedEdge>>,
+}
+
+impl RowIndex {
+    /// Forgets every row of edge mapping `mapping` and returns their edges (a TRUNCATE).
+    pub(crate) fn drain_mapping(&mut self, mapping: usize) -> Vec<IndexedEdge> {
+        self.maps[mapping].drain().map(|(_, e)| e).collect()
+    }
+}
+
+pub(crate) const INDEX_MAGIC: &[u8; 8] = b"GSROWIX2";
+
+impl RowIndex {
+    /// An index for edge mappings looked up as `modes` say.
+    pub fn new(modes: Vec<EdgeLookup>) -> Self {
+        RowIndex {
+            maps: vec![HashMap::new(); modes.len()],
+            modes,
+        }
+    }
+
+    /// How mapping `i`'s edges are found.
+    pub fn mode(&self, i: usize) -> EdgeLookup {
+        self.modes.get(i).copied().unwrap_or(EdgeLookup::Rows)
+    }
+
+    /// Rows indexed, over all mappings.
+    pub fn len(&self) -> usize {
+        self.maps
+            .iter()
+            .map(|m| m.values().map(|e| 1 + e.extra as usize).sum::<usize>())
+            .sum()
+    }
+
+    /// Whether no row is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.maps.iter().all(HashMap::is_empty)
+    }
+
+    pub(crate) fn insert(&mut self, mapping: usize, row: NodeKey, edge: EdgeInput) {
+        match self.maps[mapping].entry(row) {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                if o.get().edge == edge {
+                    o.get_mut().extra += 1;
+                } else {
+                    o.insert(IndexedEdge { edge, extra: 0 });
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(IndexedEdge { edge, extra: 0 });
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, mapping: usize, row: &NodeKey) -> Option<EdgeInput> {
+        let e = self.maps[mapping].get_mut(row)?;
+        if e.extra > 0 {
+            e.extra -= 1;
+            return Some(e.edge);
+        }
+        self.maps[mapping].remove(row).map(|e| e.edge)
+    }
+
+    /// Serialises the index (with a checksum) for a checkpoint.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.len() * 40);
+        out.extend_from_slice(INDEX_MAGIC);
+        out.extend_from_slice(&(self.maps.len() as u32).to_le_bytes());
+        for (i, m) in self.maps.iter().enumerate() {
+            out.push(self.mode(i).byte());
+            out.extend_from_slice(&(m.len() as u64).to_le_bytes());
+            for (k, e) in m {
+                k.encode(&mut out);
+                out.extend_from_slice(&e.edge.source.0.to_le_bytes());
+                out.extend_from_slice(&e.edge.target.0.to_le_bytes());
+                out.push(e.edge.label.0);
+                out.extend_from_slice(&e.edge.weight.to_le_bytes());
+                out.extend_from_slice(&e.extra.to_le_bytes());
+            }
+        }
+        let sum = xxhash_rust::xxh3::xxh3_64(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    /// Reads an index written by [`RowIndex::encode`]; every length and the checksum are
+    /// checked.
+    pub fn decode(bytes: &[u8]) -> Result<RowIndex, String> {
+        if bytes.len() < 20 || &bytes[..8] != INDEX_MAGIC {
+            return Err("not a row index file (bad magic or too short)".into());
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - 8);
+        if xxhash_rust::xxh3::xxh3_64(body) != u64::from_le_bytes(sum.try_into().map_err(|_| "short")?) {
+            return Err("row index checksum mismatch (the file is corrupt)".into());
+        }
+        let mut r = &body[8..];
+        let take = |n: usize, r: &mut &[u8]| -> Result<Vec<u8>, String> {
+            if r.len() < n {
+                return Err("row index ends early".to_string());
+            }
+            let (a, b) = r.split_at(n);
+            *r = b;
+            Ok(a.to_vec())
+        };
+        let u32_ = |b: Vec<u8>| u32::from_le_bytes(b.try_into().unwrap_or_default());
+        let n = u32_(take(4, &mut r)?) as usize;
+        let mut maps = Vec::with_capacity(n.min(1 << 16));
+        let mut modes = Vec::with_capacity(n.min(1 << 16));
+        for _ in 0..n {
+            modes.push(EdgeLookup::from_byte(take(1, &mut r)?[0]).ok_or("row index has an unknown lookup mode")?);
+            let count = u64::from_le_bytes(take(8, &mut r)?.try_into().unwrap_or_default());
+            if count > r.len() as u64 {
+                return Err("row index count exceeds the file".into());
+            }
+            let mut m = HashMap::with_capacity(count as usize);
+            for _ in 0..count {
+                let (k, used) = NodeKey::decode(r)?;
+                r = &r[used..];
+                let source = NodeId(u32_(take(4, &mut r)?));
+                let target = NodeId(u32_(take(4, &mut r)?));
+                let label = EdgeLabel(take(1, &mut r)?[0]);
+                let weight = f64::from_le_bytes(take(8, &mut r)?.try_into().unwrap_or_default());
+                let extra = u32_(take(4, &mut r)?);
+                m.insert(
+                    k,
+                    IndexedEdge {
+                        edge: EdgeInput {
+                            source,
+                            target,
+                            label,
+                            weight,
+                        },
+                        extra,
+                    },
+                );
+            }
+            maps.push(m);
+        }
+        if !r.is_empty() {
+            return Err("row index has trailing bytes".into());
+        }
+        Ok(RowIndex { modes, maps })
+    }
+}
+
+impl RowIndex {
+    /// Remembers the edge a row made (only [`EdgeLookup::Rows`] mappings keep anything).
+    pub(crate) fn record(&mut self, mapping: usize, row: &NodeKey, edge: EdgeInput) {
+        if self.mode(mapping) == EdgeLookup::Rows {
+            self.insert(mapping, row.clone(), edge);
+        }
+    }
+}
