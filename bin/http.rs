@@ -30,8 +30,9 @@ pub struct Api {
 
 /// The router.
 pub fn router(api: Api) -> Router {
-    Router::new()
-        .route("/health", get(health))
+    // Everything but /health needs the token (when one is configured): one layer, not a check
+    // per handler.
+    let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/nodes/{label}/{key}", get(node))
@@ -39,7 +40,21 @@ pub fn router(api: Api) -> Router {
         .route("/v1/traverse", get(traverse))
         .route("/v1/shortest-path", get(shortest_path))
         .route("/v1/components", get(components))
+        .route_layer(axum::middleware::from_fn_with_state(api.clone(), require_token));
+    Router::new()
+        .route("/health", get(health))
+        .merge(guarded)
         .with_state(api)
+}
+
+/// Refuses a request without the configured bearer token (401).
+async fn require_token(
+    State(api): State<Api>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    api.authorize(req.headers())?;
+    Ok(next.run(req).await)
 }
 
 /// Serves the API on `listener` until `stop` turns true.
@@ -251,13 +266,37 @@ fn required<'a>(p: &'a HashMap<String, String>, name: &str) -> Result<&'a str, A
     p.get(name).map(String::as_str).ok_or_else(|| bad(name, "is required"))
 }
 
-fn query_error(e: graph::QueryError) -> ApiError {
+/// A query error in the client's terms: nodes named `Label:key`, tenants by value, never the
+/// graph's internal ids.
+fn query_error(e: graph::QueryError, view: &GraphView, schema: &GraphSchema) -> ApiError {
+    let name = |n: u32| node_name(view, schema, NodeId(n));
     match e {
-        graph::QueryError::NegativeWeight { .. } => {
-            ApiError(StatusCode::UNPROCESSABLE_ENTITY, json!({"error": e.to_string()}))
+        graph::QueryError::NegativeWeight { from, to, weight } => ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"error": format!("edge {} -> {} has weight {weight}; weighted shortest paths need non-negative weights", name(from), name(to))}),
+        ),
+        graph::QueryError::NoSuchNode(_) => not_found("node does not exist"),
+        graph::QueryError::NotInTenant { node, tenant } => {
+            let t = view
+                .tenant_value(graph::TenantId(tenant))
+                .map_or_else(|| "?".to_string(), key_text);
+            not_found(format!("node {} is not in tenant {t}", name(node)))
         }
-        _ => not_found(e.to_string()),
+        graph::QueryError::FilteredOut { node, .. } => {
+            not_found(format!("node {} does not have the filter value asked for", name(node)))
+        }
     }
+}
+
+/// The restrictions of a query from `start`: a tenant no node ever had is one `start` is not in
+/// (the same 404 every endpoint gives for a start node outside the tenant).
+fn start_filter(
+    view: &GraphView,
+    schema: &GraphSchema,
+    p: &HashMap<String, String>,
+    start: &str,
+) -> Result<EdgeFilter, ApiError> {
+    filter(view, schema, p)?.ok_or_else(|| not_found(format!("node {start} is not in tenant {}", p["tenant"])))
 }
 
 fn prop_json(v: &PropValue) -> Json_ {
@@ -272,11 +311,9 @@ fn prop_json(v: &PropValue) -> Json_ {
 
 async fn node(
     State(api): State<Api>,
-    headers: HeaderMap,
     Path((label, key)): Path<(String, String)>,
     Query(p): Params,
 ) -> Result<Json<Json_>, ApiError> {
-    api.authorize(&headers)?;
     let (view, schema, lsn) = api.view(&p).await?;
     let n = resolve(&view, &schema, "node", &format!("{label}:{key}"))?;
     let d = view.node(n).ok_or_else(|| not_found("node has no data"))?;
@@ -306,51 +343,62 @@ async fn node(
     })))
 }
 
-async fn neighbors(State(api): State<Api>, headers: HeaderMap, Query(p): Params) -> Result<Json<Json_>, ApiError> {
-    api.authorize(&headers)?;
+/// Most neighbours one page holds.
+const MAX_PAGE: usize = 100_000;
+
+async fn neighbors(State(api): State<Api>, Query(p): Params) -> Result<Json<Json_>, ApiError> {
     let (view, schema, lsn) = api.view(&p).await?;
     let name = required(&p, "node")?;
     let dir = direction(&p, Direction::Out)?;
-    let n = resolve(&view, &schema, "node", name)?;
-    let mut out = Vec::new();
-    if let Some(f) = filter(&view, &schema, &p)? {
-        let dirs: &[Direction] = match dir {
-            Direction::Both => &[Direction::Out, Direction::In],
-            Direction::Out => &[Direction::Out],
-            Direction::In => &[Direction::In],
-        };
-        if f.tenant.is_none_or(|t| view.tenant_of(n) == Some(t)) {
-            for &d in dirs {
-                view.for_each_edge(n, d, |m, l, w| {
-                    let tenant_ok = f.tenant.is_none_or(|t| view.tenant_of(m) == Some(t));
-                    if view.is_visible(m) && f.label.is_none_or(|x| x == l) && tenant_ok {
-                        out.push(json!({
-                            "node": node_name(&view, &schema, m),
-                            "edge_label": schema.edge_labels.get(l.0 as usize).cloned().unwrap_or_default(),
-                            "weight": w,
-                            "direction": if d == Direction::Out { "out" } else { "in" },
-                        }));
-                    }
-                });
-            }
-        }
+    let limit: usize = number(&p, "limit", 1000)?;
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(bad("limit", format!("{limit} is not between 1 and {MAX_PAGE}")));
     }
-    Ok(Json(json!({"lsn": lsn.to_string(), "node": name, "neighbors": out})))
+    // The cursor is the position after the last neighbour returned; pages are consistent when
+    // read at one LSN (pass the first page's `lsn` as `min_lsn`: later views may differ).
+    let from: usize = match p.get("cursor") {
+        None => 0,
+        Some(c) => c
+            .parse()
+            .map_err(|_| bad("cursor", format!("{c:?} is not a cursor returned by this endpoint")))?,
+    };
+    let n = resolve(&view, &schema, "node", name)?;
+    let f = start_filter(&view, &schema, &p, name)?;
+    let all = query::neighbor_edges(&*view, n, dir, f).map_err(|e| query_error(e, &view, &schema))?;
+    let page: Vec<Json_> = all
+        .iter()
+        .skip(from)
+        .take(limit)
+        .map(|e| {
+            json!({
+                "node": node_name(&view, &schema, e.node),
+                "edge_label": schema.edge_labels.get(e.label.0 as usize).cloned().unwrap_or_default(),
+                "weight": e.weight,
+                "direction": if e.direction == Direction::Out { "out" } else { "in" },
+            })
+        })
+        .collect();
+    let next = from.saturating_add(limit);
+    let next_cursor = (next < all.len()).then(|| next.to_string());
+    Ok(Json(json!({
+        "lsn": lsn.to_string(),
+        "node": name,
+        "neighbors": page,
+        "total": all.len(),
+        "next_cursor": next_cursor,
+    })))
 }
 
-async fn traverse(State(api): State<Api>, headers: HeaderMap, Query(p): Params) -> Result<Json<Json_>, ApiError> {
-    api.authorize(&headers)?;
+async fn traverse(State(api): State<Api>, Query(p): Params) -> Result<Json<Json_>, ApiError> {
     let (view, schema, lsn) = api.view(&p).await?;
     let name = required(&p, "start")?;
     let dir = direction(&p, Direction::Out)?;
     let depth: u32 = number(&p, "max_depth", 2)?;
     let limit: usize = number(&p, "limit", 1000)?;
     let n = resolve(&view, &schema, "start", name)?;
-    let Some(f) = filter(&view, &schema, &p)? else {
-        return Err(not_found(format!("node {name} is not in tenant {}", p["tenant"])));
-    };
+    let f = start_filter(&view, &schema, &p, name)?;
     let nodes = tokio::task::block_in_place(|| query::k_hop(&*view, &mut Scratch::default(), n, dir, f, depth, limit))
-        .map_err(query_error)?;
+        .map_err(|e| query_error(e, &view, &schema))?;
     let nodes: Vec<Json_> = nodes
         .into_iter()
         .map(|(m, d)| json!({"node": node_name(&view, &schema, m), "depth": d}))
@@ -358,8 +406,7 @@ async fn traverse(State(api): State<Api>, headers: HeaderMap, Query(p): Params) 
     Ok(Json(json!({"lsn": lsn.to_string(), "start": name, "nodes": nodes})))
 }
 
-async fn shortest_path(State(api): State<Api>, headers: HeaderMap, Query(p): Params) -> Result<Json<Json_>, ApiError> {
-    api.authorize(&headers)?;
+async fn shortest_path(State(api): State<Api>, Query(p): Params) -> Result<Json<Json_>, ApiError> {
     let (view, schema, lsn) = api.view(&p).await?;
     let (from_s, to_s) = (required(&p, "from")?, required(&p, "to")?);
     let dir = direction(&p, Direction::Out)?;
@@ -370,9 +417,7 @@ async fn shortest_path(State(api): State<Api>, headers: HeaderMap, Query(p): Par
     };
     let from = resolve(&view, &schema, "from", from_s)?;
     let to = resolve(&view, &schema, "to", to_s)?;
-    let Some(f) = filter(&view, &schema, &p)? else {
-        return Err(not_found("no path: the tenant has no nodes"));
-    };
+    let f = start_filter(&view, &schema, &p, from_s)?;
     let found = tokio::task::block_in_place(|| {
         if weighted {
             query::weighted_shortest_path(&*view, from, to, dir, f)
@@ -380,7 +425,7 @@ async fn shortest_path(State(api): State<Api>, headers: HeaderMap, Query(p): Par
             query::shortest_path(&*view, &mut Scratch::default(), from, to, dir, f).map(|p| p.map(|p| (f64::NAN, p)))
         }
     })
-    .map_err(query_error)?;
+    .map_err(|e| query_error(e, &view, &schema))?;
     let Some((cost, path)) = found else {
         return Err(not_found(format!("no path from {from_s} to {to_s}")));
     };
@@ -424,18 +469,15 @@ async fn shortest_path(State(api): State<Api>, headers: HeaderMap, Query(p): Par
     })))
 }
 
-async fn components(State(api): State<Api>, headers: HeaderMap, Query(p): Params) -> Result<Json<Json_>, ApiError> {
-    api.authorize(&headers)?;
+async fn components(State(api): State<Api>, Query(p): Params) -> Result<Json<Json_>, ApiError> {
     let (view, schema, lsn) = api.view(&p).await?;
     let limit: usize = number(&p, "limit", 1000)?;
     let f = filter(&view, &schema, &p)?;
     if let Some(name) = p.get("node") {
         let n = resolve(&view, &schema, "node", name)?;
-        let Some(f) = f else {
-            return Err(not_found(format!("node {name} is not in tenant {}", p["tenant"])));
-        };
+        let f = start_filter(&view, &schema, &p, name)?;
         let members = tokio::task::block_in_place(|| query::component_of(&*view, &mut Scratch::default(), n, f))
-            .map_err(query_error)?;
+            .map_err(|e| query_error(e, &view, &schema))?;
         return Ok(Json(json!({
             "lsn": lsn.to_string(),
             "node": name,
@@ -517,8 +559,7 @@ async fn health(State(api): State<Api>) -> Response {
     (code, Json(body)).into_response()
 }
 
-async fn status(State(api): State<Api>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
-    api.authorize(&headers)?;
+async fn status(State(api): State<Api>) -> Result<Json<Json_>, ApiError> {
     let s = api.status.snapshot();
     let schema = api.status.schema().unwrap_or_default();
     let mut per_label = serde_json::Map::new();
@@ -560,8 +601,7 @@ async fn status(State(api): State<Api>, headers: HeaderMap) -> Result<Json<Json_
     })))
 }
 
-async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Result<Response, ApiError> {
-    api.authorize(&headers)?;
+async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
     let s = api.status.snapshot();
     let l = lag(&s);
     let (nodes, edges, overlay) = api.status.graph().map_or((0, 0, 0), |g| {

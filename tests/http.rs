@@ -78,6 +78,18 @@ fn every_endpoint() {
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("bearer token"), "{body}");
     assert_eq!(http_get(&addr, "/v1/status", Some("wrong")).0, 401);
+    // Every route but /health is behind the token.
+    for path in [
+        "/metrics",
+        "/v1/nodes/User/1",
+        "/v1/neighbors?node=User:1",
+        "/v1/traverse?start=User:1",
+        "/v1/shortest-path?from=User:1&to=User:2",
+        "/v1/components",
+    ] {
+        assert_eq!(http_get(&addr, path, None).0, 401, "{path} without the token");
+    }
+    assert_eq!(http_get(&addr, "/health", None).0, 200);
     let (code, s) = get("/v1/status");
     assert_eq!(code, 200, "{s}");
     assert_eq!(s["slot"], format!("gs_{db}"));
@@ -133,6 +145,42 @@ fn every_endpoint() {
         ["User:1", "User:2"],
         "tenant 1 never shows tenant 2"
     );
+    // Pages: `limit` and the `next_cursor` each page returns, until none; together the whole list.
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let path = match &cursor {
+            None => "/v1/neighbors?node=User:3&direction=both&limit=2".to_string(),
+            Some(c) => format!("/v1/neighbors?node=User:3&direction=both&limit=2&cursor={c}"),
+        };
+        let (code, j) = get(&path);
+        assert_eq!(code, 200, "{j}");
+        assert!(j["neighbors"].as_array().unwrap().len() <= 2, "{j}");
+        assert_eq!(j["total"], 3, "{j}");
+        paged.extend(names(&j, "neighbors"));
+        cursor = j["next_cursor"].as_str().map(str::to_string);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    paged.sort();
+    assert_eq!(paged, ["User:1", "User:10", "User:2"]);
+    assert_eq!(get("/v1/neighbors?node=User:3&limit=0").0, 400);
+    assert_eq!(get("/v1/neighbors?node=User:3&cursor=x").0, 400);
+    // A start node outside the tenant: the same 404 from every endpoint, naming the node as
+    // Label:key (never an internal id), for a tenant that exists and for one no node has.
+    for tenant in ["1", "999"] {
+        for path in [
+            format!("/v1/neighbors?node=User:10&tenant={tenant}"),
+            format!("/v1/traverse?start=User:10&tenant={tenant}"),
+            format!("/v1/components?node=User:10&tenant={tenant}"),
+            format!("/v1/shortest-path?from=User:10&to=User:11&tenant={tenant}"),
+        ] {
+            let (code, e) = get(&path);
+            assert_eq!(code, 404, "{path}: {e}");
+            assert_eq!(e["error"], format!("node User:10 is not in tenant {tenant}"), "{path}");
+        }
+    }
     for (path, param) in [
         ("/v1/neighbors", "node"),
         ("/v1/neighbors?node=User", "node"),
@@ -188,4 +236,48 @@ fn every_endpoint() {
 
     let (status, log) = r.stop();
     assert!(status.success(), "{log}");
+}
+
+/// `docs/openapi.json` describes exactly the routes the server registers, and every query
+/// parameter a handler reads.
+#[test]
+fn openapi_describes_every_route() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let spec: Value = serde_json::from_str(&std::fs::read_to_string(root.join("docs/openapi.json")).unwrap())
+        .expect("docs/openapi.json is JSON");
+    let source = std::fs::read_to_string(root.join("bin/http.rs")).unwrap();
+    let quoted_after = |marker: &str| -> Vec<String> {
+        source
+            .match_indices(marker)
+            .filter_map(|(i, _)| {
+                let rest = &source[i + marker.len()..];
+                let end = rest.find('"')?;
+                Some(rest[..end].to_string())
+            })
+            .collect()
+    };
+    let mut routes = quoted_after(".route(\"");
+    routes.sort();
+    let mut documented: Vec<String> = spec["paths"].as_object().unwrap().keys().cloned().collect();
+    documented.sort();
+    assert_eq!(
+        routes, documented,
+        "routes in bin/http.rs vs paths in docs/openapi.json"
+    );
+    let mut described = std::collections::BTreeSet::new();
+    for op in spec["paths"].as_object().unwrap().values() {
+        for p in op["get"]["parameters"].as_array().into_iter().flatten() {
+            described.insert(p["name"].as_str().unwrap().to_string());
+        }
+    }
+    let mut read: Vec<String> = quoted_after("p.get(\"");
+    read.extend(quoted_after("required(&p, \""));
+    read.extend(quoted_after("number(&p, \""));
+    assert!(read.len() >= 10, "found too few parameters in the source: {read:?}");
+    for name in read {
+        assert!(
+            described.contains(&name),
+            "query parameter {name} is not in docs/openapi.json"
+        );
+    }
 }

@@ -308,13 +308,53 @@ pub fn neighbors<G: Topology>(
     dir: Direction,
     filter: EdgeFilter,
 ) -> Result<Vec<(NodeId, EdgeLabel)>, QueryError> {
+    Ok(neighbor_edges(g, n, dir, filter)?
+        .into_iter()
+        .map(|e| (e.node, e.label))
+        .collect())
+}
+
+/// One edge of a node as [`neighbor_edges`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Neighbor {
+    /// The other end.
+    pub node: NodeId,
+    /// The edge's label.
+    pub label: EdgeLabel,
+    /// The edge's weight.
+    pub weight: f64,
+    /// [`Direction::Out`] for an edge from the node, [`Direction::In`] for one to it.
+    pub direction: Direction,
+}
+
+/// The edges of `n` in `dir` with their other ends, labels, weights and directions (outgoing
+/// first for [`Direction::Both`]; repeats for parallel edges), in storage order, restricted
+/// by `filter` — whose tenant and filter value `n` itself must satisfy.
+pub fn neighbor_edges<G: Topology>(
+    g: &G,
+    n: NodeId,
+    dir: Direction,
+    filter: EdgeFilter,
+) -> Result<Vec<Neighbor>, QueryError> {
     check(g, &filter, n)?;
+    let dirs: &[Direction] = match dir {
+        Direction::Both => &[Direction::Out, Direction::In],
+        Direction::Out => &[Direction::Out],
+        Direction::In => &[Direction::In],
+    };
     let mut out = Vec::new();
-    g.for_each_edge(n, dir, |m, l, _| {
-        if filter.accepts(l) && admits(g, &filter, m) {
-            out.push((m, l));
-        }
-    });
+    for &direction in dirs {
+        g.for_each_edge(n, direction, |m, label, weight| {
+            if filter.accepts(label) && admits(g, &filter, m) {
+                out.push(Neighbor {
+                    node: m,
+                    label,
+                    weight,
+                    direction,
+                });
+            }
+        });
+    }
     Ok(out)
 }
 
