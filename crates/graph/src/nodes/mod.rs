@@ -1,0 +1,438 @@
+//! The node store: each node's label, key, tenant and properties, the (label, key) → id
+//! resolution index, and tenant membership bitmaps — versioned with the views.
+//!
+//! The base part (dense arrays and a hash index) is immutable and shared; what changed since
+//! the last compaction lives in persistent maps (`imbl`, structurally shared between views, so
+//! publishing a transaction copies nothing but the paths it touched). Tenant membership is a
+//! roaring bitmap per tenant, and a change touches only the old and the new tenant's bitmap.
+//! A dense per-node tenant token (base) makes "is this node in tenant T" one array load for
+//! nodes not changed since compaction.
+
+use roaring::RoaringBitmap;
+use std::collections::HashMap;
+use std::sync::Arc;
+mod base;
+pub(crate) mod codec;
+mod columns;
+
+pub use base::MAX_NODE_LABELS;
+use base::*;
+pub(crate) use columns::NodeColumns;
+
+/// A node label (an index into the mapping's node label names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct NodeLabel(pub u16);
+
+/// A node's identity within its label: the source row's key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NodeKey {
+    /// `int2`, `int4`, `int8` keys.
+    Int(i64),
+    /// `uuid` keys.
+    Uuid([u8; 16]),
+    /// `text` / `varchar` keys.
+    Text(Arc<str>),
+    /// Composite keys, in key-column order.
+    Composite(Arc<[NodeKey]>),
+}
+
+impl std::fmt::Display for NodeKey {
+    /// The key as text, as the API names nodes (`Label:key`): integers in decimal, uuids in
+    /// their canonical form, text as is, composite keys' parts joined by `,`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeKey::Int(i) => write!(f, "{i}"),
+            NodeKey::Text(t) => f.write_str(t),
+            NodeKey::Uuid(u) => {
+                for (i, b) in u.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        f.write_str("-")?;
+                    }
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
+            NodeKey::Composite(parts) => {
+                for (i, p) in parts.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl NodeKey {
+    /// Appends the key's self-delimiting binary encoding (the one snapshots use) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        codec::put_key(out, self)
+    }
+
+    /// Decodes a key written by [`NodeKey::encode`] at the start of `bytes`; returns it and
+    /// the number of bytes it took. Every length is checked against the bytes left.
+    pub fn decode(bytes: &[u8]) -> Result<(NodeKey, usize), String> {
+        codec::read_key_prefix(bytes)
+    }
+}
+
+/// A tenant, as interned by the graph from the tenant column's value. Snapshots keep the
+/// numbering; still, outside the process refer to tenants by value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TenantId(pub u32);
+
+/// A filter column (an index into the mapping's filter names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct FilterId(pub u16);
+
+/// One value of one filter column, as interned by the graph (numbered like [`TenantId`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FilterValueId(pub u32);
+
+/// A property value kept for the API.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PropValue {
+    /// SQL NULL.
+    Null,
+    /// Boolean.
+    Bool(bool),
+    /// Integer.
+    Int(i64),
+    /// Floating point.
+    Float(f64),
+    /// Anything else, as text.
+    Text(Arc<str>),
+}
+
+/// What the graph keeps of a node row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeData {
+    /// Label.
+    pub label: NodeLabel,
+    /// Key within the label.
+    pub key: NodeKey,
+    /// Tenant value (interned by the graph), if the mapping has a tenant column.
+    pub tenant: Option<NodeKey>,
+    /// Filter values: for each filter column of the mapping, this node's value.
+    pub filters: Arc<[(FilterId, NodeKey)]>,
+    /// Kept properties, in mapping order.
+    pub properties: Arc<[(Arc<str>, PropValue)]>,
+}
+
+impl NodeData {
+    /// Data of a node known only by its label and key (no tenant, filters or properties); the
+    /// empty lists are shared, so such nodes — placeholders for edge endpoints not seen yet —
+    /// allocate nothing for them.
+    pub fn bare(label: NodeLabel, key: NodeKey) -> NodeData {
+        type Filters = Arc<[(FilterId, NodeKey)]>;
+        type Props = Arc<[(Arc<str>, PropValue)]>;
+        static EMPTY: std::sync::OnceLock<(Filters, Props)> = std::sync::OnceLock::new();
+        let (filters, properties) = EMPTY.get_or_init(|| (Arc::from(Vec::new()), Arc::from(Vec::new())));
+        NodeData {
+            label,
+            key,
+            tenant: None,
+            filters: filters.clone(),
+            properties: properties.clone(),
+        }
+    }
+}
+
+/// The node store of one view.
+/// (label, key) → the nodes added since the base that ever held it, oldest first.
+type NewKeys = HashMap<(NodeLabel, NodeKey), smallvec::SmallVec<[u32; 1]>>;
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NodeStore {
+    base: Arc<NodeBase>,
+    changed: Changed,
+    /// Keys base nodes took since the base (rare: a key change of an existing row).
+    index_delta: imbl::HashMap<(NodeLabel, NodeKey), u32>,
+    /// Keys of nodes added since the base: append-only and shared by every view derived from
+    /// this base (a view sees only the nodes it holds data for, so every hit is checked
+    /// against the view's own data). Avoids copying hash-trie paths per inserted node.
+    new_keys: Arc<std::sync::RwLock<NewKeys>>,
+    tenant_ids: imbl::HashMap<NodeKey, TenantId>,
+    tenant_names: imbl::Vector<NodeKey>,
+    members: imbl::HashMap<TenantId, Arc<RoaringBitmap>>,
+    filter_ids: imbl::HashMap<(FilterId, NodeKey), FilterValueId>,
+    filter_names: imbl::Vector<(FilterId, NodeKey)>,
+    filter_members: imbl::HashMap<FilterValueId, Arc<RoaringBitmap>>,
+}
+
+/// Node data changed since the base: a persistent map for base nodes, and for nodes added
+/// since (dense ids from the base's length on) a persistent vector, so inserting new nodes
+/// appends instead of copying hash-trie paths.
+#[derive(Debug, Clone, Default)]
+struct Changed {
+    base: imbl::HashMap<u32, Option<Arc<NodeData>>>,
+    added: imbl::Vector<Option<Arc<NodeData>>>,
+}
+
+impl Changed {
+    /// `Some(data)` if `n` changed since a base of `base_len` nodes.
+    fn get(&self, base_len: u32, n: u32) -> Option<&Option<Arc<NodeData>>> {
+        if n < base_len {
+            self.base.get(&n)
+        } else {
+            self.added.get((n - base_len) as usize)
+        }
+    }
+
+    fn insert(&mut self, base_len: u32, n: u32, data: Option<Arc<NodeData>>) {
+        if n < base_len {
+            self.base.insert(n, data);
+            return;
+        }
+        let i = (n - base_len) as usize;
+        while self.added.len() < i {
+            self.added.push_back(None);
+        }
+        if i == self.added.len() {
+            self.added.push_back(data);
+        } else {
+            self.added.set(i, data);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.base.is_empty() && self.added.is_empty()
+    }
+}
+
+impl NodeStore {
+    /// The data of node `n`, if it was ever given any (built from the columns for base nodes).
+    pub(crate) fn data(&self, n: u32) -> Option<Arc<NodeData>> {
+        if let Some(d) = self.changed.get(self.base.len() as u32, n) {
+            return d.clone();
+        }
+        let b = &self.base;
+        if !b.has(n) {
+            return None;
+        }
+        let i = n as usize;
+        let tenant = match b.tenant[i] {
+            NO_TENANT => None,
+            t => self.tenant_names.get(t as usize).cloned(),
+        };
+        let filters: Vec<(FilterId, NodeKey)> = b.filter_values
+            [b.filter_offsets[i] as usize..b.filter_offsets[i + 1] as usize]
+            .iter()
+            .filter_map(|&v| self.filter_names.get(v as usize).cloned())
+            .collect();
+        let props = codec::read_props(
+            &b.prop_arena[b.prop_offsets[i] as usize..b.prop_offsets[i + 1] as usize],
+            &b.prop_names,
+        );
+        Some(Arc::new(NodeData {
+            label: b.label(i),
+            key: b.key(i),
+            tenant,
+            filters: filters.into(),
+            properties: props.into(),
+        }))
+    }
+
+    /// Whether `n` changed since the base (its tenant must then be read from `changed`).
+    pub(crate) fn tenant_of(&self, n: u32, changed: bool) -> Option<TenantId> {
+        if changed {
+            if let Some(d) = self.changed.get(self.base.len() as u32, n) {
+                let t = d.as_ref()?.tenant.as_ref()?;
+                return self.tenant_ids.get(t).copied();
+            }
+        }
+        match self.base.tenant.get(n as usize) {
+            Some(&t) if t != NO_TENANT => Some(TenantId(t)),
+            _ => None,
+        }
+    }
+
+    /// The node with this label and key.
+    pub(crate) fn resolve(&self, label: NodeLabel, key: &NodeKey) -> Option<u32> {
+        let k = (label, key.clone());
+        if let Some(&n) = self.index_delta.get(&k) {
+            if self.holds(n, label, key) {
+                return Some(n);
+            }
+        }
+        if let Some(ids) = self.new_keys.read().unwrap_or_else(|e| e.into_inner()).get(&k) {
+            if let Some(&n) = ids.iter().rev().find(|&&n| self.holds(n, label, key)) {
+                return Some(n);
+            }
+        }
+        self.base.lookup(label, key).filter(|&n| self.holds(n, label, key))
+    }
+
+    /// Whether node `n` has this label and key in this store's state.
+    fn holds(&self, n: u32, label: NodeLabel, key: &NodeKey) -> bool {
+        let base_len = self.base.len() as u32;
+        match self.changed.get(base_len, n) {
+            Some(Some(d)) => d.label == label && d.key == *key,
+            Some(None) => false,
+            // Unchanged since the base: the base index (which found it) is right.
+            None => n < base_len,
+        }
+    }
+
+    /// The id of a tenant value, if any node ever had it.
+    pub(crate) fn tenant_id(&self, value: &NodeKey) -> Option<TenantId> {
+        self.tenant_ids.get(value).copied()
+    }
+
+    /// The tenant value of an id.
+    pub(crate) fn tenant_value(&self, t: TenantId) -> Option<&NodeKey> {
+        self.tenant_names.get(t.0 as usize)
+    }
+
+    /// Members of tenant `t` (visible or not).
+    pub(crate) fn members(&self, t: TenantId) -> Option<&RoaringBitmap> {
+        self.members.get(&t).map(|b| b.as_ref())
+    }
+
+    /// The id of a filter value, if any node ever had it.
+    pub(crate) fn filter_value_id(&self, filter: FilterId, value: &NodeKey) -> Option<FilterValueId> {
+        self.filter_ids.get(&(filter, value.clone())).copied()
+    }
+
+    /// Nodes (visible or not) holding filter value `v`.
+    pub(crate) fn filter_members(&self, v: FilterValueId) -> Option<&RoaringBitmap> {
+        self.filter_members.get(&v).map(|b| b.as_ref())
+    }
+
+    /// Bytes held by the base columns and index (the overlay maps are not counted).
+    pub(crate) fn base_heap_bytes(&self) -> usize {
+        self.base.heap_bytes()
+    }
+
+    fn intern_filter(&mut self, f: FilterId, value: &NodeKey) -> FilterValueId {
+        let k = (f, value.clone());
+        if let Some(&v) = self.filter_ids.get(&k) {
+            return v;
+        }
+        let v = FilterValueId(self.filter_names.len() as u32);
+        self.filter_names.push_back(k.clone());
+        self.filter_ids.insert(k, v);
+        v
+    }
+
+    fn intern(&mut self, value: &NodeKey) -> TenantId {
+        if let Some(&t) = self.tenant_ids.get(value) {
+            return t;
+        }
+        let t = TenantId(self.tenant_names.len() as u32);
+        self.tenant_names.push_back(value.clone());
+        self.tenant_ids.insert(value.clone(), t);
+        t
+    }
+
+    /// Sets the data of node `n` (`None` clears it), keeping the index and the tenant bitmaps
+    /// in step. The caller marks `n` as changed since the base.
+    pub(crate) fn set(&mut self, n: u32, data: Option<Arc<NodeData>>) {
+        let old = self.data(n);
+        let old_tenant = old.as_ref().and_then(|d| d.tenant.as_ref()).map(|t| self.intern(t));
+        let new_tenant = data.as_ref().and_then(|d| d.tenant.as_ref()).map(|t| self.intern(t));
+        if old_tenant != new_tenant {
+            if let Some(t) = old_tenant {
+                if let Some(b) = self.members.get_mut(&t) {
+                    Arc::make_mut(b).remove(n);
+                }
+            }
+            if let Some(t) = new_tenant {
+                Arc::make_mut(self.members.entry(t).or_default()).insert(n);
+            }
+        }
+        let old_filters: Vec<FilterValueId> = old
+            .as_ref()
+            .map_or(&[][..], |d| &d.filters[..])
+            .iter()
+            .map(|(f, v)| self.intern_filter(*f, v))
+            .collect();
+        let new_filters: Vec<FilterValueId> = data
+            .as_ref()
+            .map_or(&[][..], |d| &d.filters[..])
+            .iter()
+            .map(|(f, v)| self.intern_filter(*f, v))
+            .collect();
+        for v in old_filters.iter().filter(|v| !new_filters.contains(v)) {
+            if let Some(b) = self.filter_members.get_mut(v) {
+                Arc::make_mut(b).remove(n);
+            }
+        }
+        for v in new_filters.iter().filter(|v| !old_filters.contains(v)) {
+            Arc::make_mut(self.filter_members.entry(*v).or_default()).insert(n);
+        }
+        // Keys a node leaves need no clean-up: every index hit is checked against the data.
+        let base_len = self.base.len() as u32;
+        if let Some(d) = &data {
+            let k = (d.label, d.key.clone());
+            if n >= base_len {
+                let mut keys = self.new_keys.write().unwrap_or_else(|e| e.into_inner());
+                let ids = keys.entry(k).or_default();
+                if ids.last() != Some(&n) {
+                    ids.push(n);
+                }
+            } else if self.base.lookup(d.label, &d.key) != Some(n) {
+                self.index_delta.insert(k, n);
+            }
+        }
+        self.changed.insert(base_len, n, data);
+    }
+
+    /// A store whose base holds `nodes` (node `i` is `nodes[i]`), built in one pass.
+    pub(crate) fn from_nodes(nodes: Vec<Option<NodeData>>) -> Result<NodeStore, (NodeLabel, NodeKey)> {
+        let mut store = NodeStore::default();
+        let mut base = NodeBase::default();
+        for d in &nodes {
+            base.push(&mut store, d.as_ref());
+        }
+        drop(nodes);
+        base.finish()?;
+        store.rebuild_members(&base);
+        store.base = Arc::new(base);
+        Ok(store)
+    }
+
+    /// Tenant and filter bitmaps from the base columns.
+    fn rebuild_members(&mut self, base: &NodeBase) {
+        let mut members: HashMap<TenantId, RoaringBitmap> = HashMap::new();
+        let mut filter_members: HashMap<FilterValueId, RoaringBitmap> = HashMap::new();
+        for n in 0..base.len() {
+            if base.tenant[n] != NO_TENANT {
+                members.entry(TenantId(base.tenant[n])).or_default().insert(n as u32);
+            }
+            for &v in &base.filter_values[base.filter_offsets[n] as usize..base.filter_offsets[n + 1] as usize] {
+                filter_members.entry(FilterValueId(v)).or_default().insert(n as u32);
+            }
+        }
+        self.members = members.into_iter().map(|(t, b)| (t, Arc::new(b))).collect();
+        self.filter_members = filter_members.into_iter().map(|(v, b)| (v, Arc::new(b))).collect();
+    }
+
+    /// A fresh base holding everything, for node ids `0..node_count` (compaction). Tenant and
+    /// filter ids stay as they are.
+    pub(crate) fn compacted(&self, node_count: u32) -> NodeStore {
+        let mut store = NodeStore {
+            base: Arc::default(),
+            changed: Changed::default(),
+            index_delta: imbl::HashMap::new(),
+            new_keys: Arc::default(),
+            tenant_ids: self.tenant_ids.clone(),
+            tenant_names: self.tenant_names.clone(),
+            members: self.members.clone(),
+            filter_ids: self.filter_ids.clone(),
+            filter_names: self.filter_names.clone(),
+            filter_members: self.filter_members.clone(),
+        };
+        let mut base = NodeBase::default();
+        for n in 0..node_count {
+            let d = self.data(n);
+            base.push(&mut store, d.as_deref());
+        }
+        // Keys were unique in the view, so they are unique in the fold.
+        let _ = base.finish();
+        store.base = Arc::new(base);
+        store
+    }
+}
