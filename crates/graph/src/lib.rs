@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bytes;
 mod csr;
 pub mod fsio;
 mod nodes;

@@ -4,6 +4,7 @@
 //!
 //! Not for mapping rows (`crate::mapper`) or files.
 
+use graph::bytes::ByteReader;
 use graph::{EdgeInput, EdgeLabel, NodeId, NodeKey};
 use std::collections::HashMap;
 
@@ -148,34 +149,33 @@ impl RowIndex {
         if xxhash_rust::xxh3::xxh3_64(body) != u64::from_le_bytes(sum.try_into().map_err(|_| "short")?) {
             return Err("row index checksum mismatch (the file is corrupt)".into());
         }
-        let mut r = &body[8..];
-        let take = |n: usize, r: &mut &[u8]| -> Result<Vec<u8>, String> {
-            if r.len() < n {
-                return Err("row index ends early".to_string());
-            }
-            let (a, b) = r.split_at(n);
-            *r = b;
-            Ok(a.to_vec())
-        };
-        let u32_ = |b: Vec<u8>| u32::from_le_bytes(b.try_into().unwrap_or_default());
-        let n = u32_(take(4, &mut r)?) as usize;
+        let corrupt = |e: graph::bytes::Corrupt| format!("row index: {e}");
+        let mut r = ByteReader::new(body);
+        r.skip(8, "magic").map_err(corrupt)?;
+        let n = r.u32("mapping count").map_err(corrupt)? as usize;
         let mut maps = Vec::with_capacity(n.min(1 << 16));
         let mut modes = Vec::with_capacity(n.min(1 << 16));
         for _ in 0..n {
-            modes.push(EdgeLookup::from_byte(take(1, &mut r)?[0]).ok_or("row index has an unknown lookup mode")?);
-            let count = u64::from_le_bytes(take(8, &mut r)?.try_into().unwrap_or_default());
-            if count > r.len() as u64 {
-                return Err("row index count exceeds the file".into());
+            let mode = r.u8("lookup mode").map_err(corrupt)?;
+            modes.push(EdgeLookup::from_byte(mode).ok_or_else(|| corrupt(r.corrupt("an unknown lookup mode")))?);
+            let count = r.u64("row count").map_err(corrupt)?;
+            if count > r.remaining() as u64 {
+                return Err(corrupt(r.corrupt("a row count larger than the file")));
             }
             let mut m = HashMap::with_capacity(count as usize);
             for _ in 0..count {
-                let (k, used) = NodeKey::decode(r)?;
-                r = &r[used..];
-                let source = NodeId(u32_(take(4, &mut r)?));
-                let target = NodeId(u32_(take(4, &mut r)?));
-                let label = EdgeLabel(take(1, &mut r)?[0]);
-                let weight = f64::from_le_bytes(take(8, &mut r)?.try_into().unwrap_or_default());
-                let extra = u32_(take(4, &mut r)?);
+                let (k, used) = NodeKey::decode(r.rest()).map_err(|e| {
+                    corrupt(graph::bytes::Corrupt {
+                        what: e.what,
+                        offset: r.offset() + e.offset,
+                    })
+                })?;
+                r.skip(used, "row key").map_err(corrupt)?;
+                let source = NodeId(r.u32("edge source").map_err(corrupt)?);
+                let target = NodeId(r.u32("edge target").map_err(corrupt)?);
+                let label = EdgeLabel(r.u8("edge label").map_err(corrupt)?);
+                let weight = r.f64("edge weight").map_err(corrupt)?;
+                let extra = r.u32("duplicate count").map_err(corrupt)?;
                 m.insert(
                     k,
                     IndexedEdge {
@@ -191,8 +191,8 @@ impl RowIndex {
             }
             maps.push(m);
         }
-        if !r.is_empty() {
-            return Err("row index has trailing bytes".into());
+        if r.remaining() != 0 {
+            return Err(corrupt(r.corrupt("trailing bytes")));
         }
         Ok(RowIndex { modes, maps })
     }

@@ -2,6 +2,7 @@
 //! arenas (and so by snapshots). Decoding checks every length against the bytes left.
 
 use super::*;
+use crate::bytes::{ByteReader, Corrupt};
 
 pub(crate) fn put_key(out: &mut Vec<u8>, k: &NodeKey) {
     match k {
@@ -59,23 +60,23 @@ pub(crate) fn key_len(k: &NodeKey) -> usize {
 }
 
 /// The key encoded at the start of `bytes`.
-pub(crate) fn read_key(bytes: &[u8]) -> Result<NodeKey, String> {
-    Reader(bytes).key(0)
+pub(crate) fn read_key(bytes: &[u8]) -> Result<NodeKey, Corrupt> {
+    Reader(ByteReader::new(bytes)).key(0)
 }
 
 /// The key encoded at the start of `bytes`, and the bytes its encoding took.
-pub(crate) fn read_key_prefix(bytes: &[u8]) -> Result<(NodeKey, usize), String> {
-    let mut r = Reader(bytes);
+pub(crate) fn read_key_prefix(bytes: &[u8]) -> Result<(NodeKey, usize), Corrupt> {
+    let mut r = Reader(ByteReader::new(bytes));
     let k = r.key(0)?;
-    Ok((k, bytes.len() - r.0.len()))
+    Ok((k, r.0.offset()))
 }
 
-/// Properties encoded as (name id, value) pairs.
+/// Properties encoded as (name id, value) pairs; a corrupt tail is dropped.
 pub(crate) fn read_props(bytes: &[u8], names: &[Arc<str>]) -> Vec<(Arc<str>, PropValue)> {
-    let mut r = Reader(bytes);
+    let mut r = Reader(ByteReader::new(bytes));
     let mut out = Vec::new();
-    while !r.0.is_empty() {
-        let Ok(id) = r.take(2).map(|b| u16::from_le_bytes([b[0], b[1]])) else {
+    while r.0.remaining() > 0 {
+        let Ok(id) = r.0.array::<2>("property name id").map(u16::from_le_bytes) else {
             break;
         };
         let Ok(v) = r.prop() else { break };
@@ -84,56 +85,42 @@ pub(crate) fn read_props(bytes: &[u8], names: &[Arc<str>]) -> Vec<(Arc<str>, Pro
     out
 }
 
-struct Reader<'a>(&'a [u8]);
+struct Reader<'a>(ByteReader<'a>);
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.0.len() < n {
-            return Err("node data ends early".into());
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| "short")?))
-    }
-    fn u64(&mut self) -> Result<[u8; 8], String> {
-        self.take(8)?.try_into().map_err(|_| "short".into())
-    }
-    fn str(&mut self) -> Result<Arc<str>, String> {
-        let n = self.u32()? as usize;
-        let b = self.take(n)?;
-        std::str::from_utf8(b)
-            .map(Arc::from)
-            .map_err(|_| "node text is not UTF-8".into())
-    }
-    fn prop(&mut self) -> Result<PropValue, String> {
-        Ok(match self.u8()? {
-            0 => PropValue::Null,
-            1 => PropValue::Bool(self.u8()? != 0),
-            2 => PropValue::Int(i64::from_le_bytes(self.u64()?)),
-            3 => PropValue::Float(f64::from_le_bytes(self.u64()?)),
-            4 => PropValue::Text(self.str()?),
-            t => return Err(format!("unknown property tag {t}")),
+impl Reader<'_> {
+    fn str(&mut self) -> Result<Arc<str>, Corrupt> {
+        let n = self.0.u32("text length")? as usize;
+        let at = self.0.offset();
+        let b = self.0.take(n, "text")?;
+        std::str::from_utf8(b).map(Arc::from).map_err(|_| Corrupt {
+            what: "text that is not UTF-8",
+            offset: at,
         })
     }
 
-    fn key(&mut self, depth: u32) -> Result<NodeKey, String> {
+    fn prop(&mut self) -> Result<PropValue, Corrupt> {
+        Ok(match self.0.u8("property tag")? {
+            0 => PropValue::Null,
+            1 => PropValue::Bool(self.0.u8("boolean")? != 0),
+            2 => PropValue::Int(self.0.i64("integer")?),
+            3 => PropValue::Float(self.0.f64("float")?),
+            4 => PropValue::Text(self.str()?),
+            _ => return Err(self.0.corrupt("an unknown property tag")),
+        })
+    }
+
+    fn key(&mut self, depth: u32) -> Result<NodeKey, Corrupt> {
         if depth > 16 {
-            return Err("composite key nested too deep".into());
+            return Err(self.0.corrupt("a composite key nested too deep"));
         }
-        Ok(match self.u8()? {
-            0 => NodeKey::Int(i64::from_le_bytes(self.u64()?)),
-            1 => NodeKey::Uuid(self.take(16)?.try_into().map_err(|_| "short uuid")?),
+        Ok(match self.0.u8("key tag")? {
+            0 => NodeKey::Int(self.0.i64("integer key")?),
+            1 => NodeKey::Uuid(self.0.array("uuid key")?),
             2 => NodeKey::Text(self.str()?),
             3 => {
-                let n = self.u32()? as usize;
-                if n > self.0.len() {
-                    return Err("composite key count does not fit".into());
+                let n = self.0.u32("composite key length")? as usize;
+                if n > self.0.remaining() {
+                    return Err(self.0.corrupt("a composite key count larger than the data"));
                 }
                 NodeKey::Composite(
                     (0..n)
@@ -142,7 +129,7 @@ impl<'a> Reader<'a> {
                         .into(),
                 )
             }
-            t => return Err(format!("unknown key tag {t}")),
+            _ => return Err(self.0.corrupt("an unknown key tag")),
         })
     }
 }

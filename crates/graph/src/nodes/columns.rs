@@ -2,6 +2,7 @@
 
 #[allow(unused_imports)]
 use super::*;
+use crate::bytes::ByteReader;
 
 /// The node base as flat arrays, as a snapshot stores it.
 #[derive(rkyv::Archive, rkyv::Serialize)]
@@ -74,20 +75,18 @@ impl NodeStore {
             index: c.index.iter().map(|v| v.to_native()).collect(),
         };
         let mut store = NodeStore::default();
-        let mut r = &c.tenant_names[..];
-        while !r.is_empty() {
-            let k = codec::read_key(r)?;
-            r = &r[codec::key_len(&k)..];
+        let corrupt = |e: crate::bytes::Corrupt| format!("node columns: {e}");
+        let mut r = ByteReader::new(&c.tenant_names[..]);
+        while r.remaining() > 0 {
+            let k = codec::read_key(r.rest()).map_err(corrupt)?;
+            r.skip(codec::key_len(&k), "tenant value").map_err(corrupt)?;
             store.intern(&k);
         }
-        let mut r = &c.filter_names[..];
-        while !r.is_empty() {
-            let f = FilterId(u16::from_le_bytes([
-                *r.first().ok_or("short")?,
-                *r.get(1).ok_or("short")?,
-            ]));
-            let k = codec::read_key(&r[2..])?;
-            r = &r[2 + codec::key_len(&k)..];
+        let mut r = ByteReader::new(&c.filter_names[..]);
+        while r.remaining() > 0 {
+            let f = FilterId(u16::from_le_bytes(r.array("filter id").map_err(corrupt)?));
+            let k = codec::read_key(r.rest()).map_err(corrupt)?;
+            r.skip(codec::key_len(&k), "filter value").map_err(corrupt)?;
             store.intern_filter(f, &k);
         }
         let bad = |what: &str| Err(format!("node columns: {what}"));

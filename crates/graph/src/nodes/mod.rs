@@ -73,7 +73,7 @@ impl NodeKey {
 
     /// Decodes a key written by [`NodeKey::encode`] at the start of `bytes`; returns it and
     /// the number of bytes it took. Every length is checked against the bytes left.
-    pub fn decode(bytes: &[u8]) -> Result<(NodeKey, usize), String> {
+    pub fn decode(bytes: &[u8]) -> Result<(NodeKey, usize), crate::bytes::Corrupt> {
         codec::read_key_prefix(bytes)
     }
 }
