@@ -343,14 +343,15 @@ async fn node(
     })))
 }
 
-/// Most neighbours one page holds.
+/// Most neighbours one page holds, and the default page size (a whole list for all but the
+/// largest hubs, so clients that ignore `next_cursor` see every neighbour of most nodes).
 const MAX_PAGE: usize = 100_000;
 
 async fn neighbors(State(api): State<Api>, Query(p): Params) -> Result<Json<Json_>, ApiError> {
     let (view, schema, lsn) = api.view(&p).await?;
     let name = required(&p, "node")?;
     let dir = direction(&p, Direction::Out)?;
-    let limit: usize = number(&p, "limit", 1000)?;
+    let limit: usize = number(&p, "limit", MAX_PAGE)?;
     if limit == 0 || limit > MAX_PAGE {
         return Err(bad("limit", format!("{limit} is not between 1 and {MAX_PAGE}")));
     }

@@ -148,17 +148,14 @@ fn crash_twenty_sigkills_lose_nothing() {
             }
         })
     };
-    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut rng = fastrand::Rng::with_seed(0x9e3779b97f4a7c15);
     let mut logs = String::new();
     for _ in 0..20 {
         // Small compaction threshold: some kills land during background compactions.
         let r = replica::spawn(cluster, &db, &config, &data, &["--compaction-threshold", "200"]);
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
         // A random moment to kill at, not a synchronisation: anywhere from start-up through
         // initial copy to streaming and checkpointing.
-        std::thread::sleep(Duration::from_millis(50 + seed % 900));
+        std::thread::sleep(Duration::from_millis(rng.u64(50..950)));
         logs.push_str(&r.kill());
     }
     stop.store(true, Ordering::SeqCst);

@@ -226,15 +226,12 @@ async fn demo(
     }
 
     // The live writer.
-    let mut seed = 0x2545F4914F6CDD1Du64;
+    let mut rng = fastrand::Rng::new();
     let n = u64::from(args.users.max(10));
     let mut last_report = Instant::now();
     while !*rx.borrow() && !replication.is_finished() {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let (a, b, c) = (1 + seed % n, 1 + (seed >> 20) % n, 1 + (seed >> 40) % n);
-        let w = 1 + seed % 9;
+        let (a, b, c) = (rng.u64(1..=n), rng.u64(1..=n), rng.u64(1..=n));
+        let w = rng.u64(1..=9);
         let stmt = format!(
             "BEGIN; INSERT INTO follows VALUES ({a}, {b}, {w}) ON CONFLICT DO NOTHING;
              DELETE FROM follows WHERE follower_id = {c} AND followee_id = (SELECT min(followee_id) FROM follows WHERE follower_id = {c});

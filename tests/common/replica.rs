@@ -342,23 +342,29 @@ pub fn compare_over_http(addr: &str, expected: &Expected, min_lsn: Lsn) {
         }
     }
     for (name, tenant) in &expected.nodes {
-        let (code, j) = http_json(
-            addr,
-            &format!("/v1/neighbors?node={name}&direction=both&min_lsn={min_lsn}&timeout_ms=30000"),
-        );
-        assert_eq!(code, 200, "neighbors of {name}: {j}");
-        let mut got: Vec<(String, String, String)> = j["neighbors"]
-            .as_array()
-            .expect("neighbors array")
-            .iter()
-            .map(|n| {
+        // Every page (small pages, so the cursor is exercised on hubs too).
+        let mut got: Vec<(String, String, String)> = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let (code, j) = http_json(
+                addr,
+                &format!(
+                    "/v1/neighbors?node={name}&direction=both&min_lsn={min_lsn}&timeout_ms=30000&limit=500{cursor}"
+                ),
+            );
+            assert_eq!(code, 200, "neighbors of {name}: {j}");
+            got.extend(j["neighbors"].as_array().expect("neighbors array").iter().map(|n| {
                 (
                     n["direction"].as_str().unwrap_or("").to_string(),
                     n["edge_label"].as_str().unwrap_or("").to_string(),
                     n["node"].as_str().unwrap_or("").to_string(),
                 )
-            })
-            .collect();
+            }));
+            match j["next_cursor"].as_str() {
+                Some(c) => cursor = format!("&cursor={c}"),
+                None => break,
+            }
+        }
         got.sort();
         let mut w = want.get(name.as_str()).cloned().unwrap_or_default();
         w.sort();

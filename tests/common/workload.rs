@@ -64,7 +64,7 @@ pub struct Workload {
     posts: BTreeMap<i64, Option<i64>>,
     follows: BTreeSet<(i64, i64)>,
     next_id: i64,
-    rng: u64,
+    rng: fastrand::Rng,
     pub txns: usize,
 }
 
@@ -75,16 +75,13 @@ impl Workload {
             posts: BTreeMap::new(),
             follows: BTreeSet::new(),
             next_id: 1,
-            rng: seed | 1,
+            rng: fastrand::Rng::with_seed(seed),
             txns: 0,
         }
     }
 
     fn rand(&mut self, n: u64) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng % n.max(1)
+        self.rng.u64(..n.max(1))
     }
 
     fn pick_user(&mut self) -> Option<i64> {

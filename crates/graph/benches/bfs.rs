@@ -2,41 +2,24 @@
 //! `cargo bench -p graph` prints a table (edges scanned per second, memory per edge).
 //! Graphs: 1 M nodes / 10 M edges, uniform random and power-law (skewed targets).
 
+use fastrand::Rng;
 use graph::query::k_hop;
 use graph::*;
 use petgraph::visit::{Bfs, IntoNeighbors};
 use std::hint::black_box;
 use std::time::Instant;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u32) -> u32 {
-        (self.next() % u64::from(n)) as u32
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 fn edges(n: u32, m: usize, power_law: bool, seed: u64) -> Vec<(u32, u32)> {
-    let mut r = Rng(seed);
+    let mut r = Rng::with_seed(seed);
     (0..m)
         .map(|_| {
             if power_law {
                 // Both endpoints skewed towards low ids: a few hubs with huge degrees.
-                let s = (f64::from(n) * r.unit().powi(3)) as u32;
-                let t = (f64::from(n) * r.unit().powi(3)) as u32;
+                let s = (f64::from(n) * r.f64().powi(3)) as u32;
+                let t = (f64::from(n) * r.f64().powi(3)) as u32;
                 (s.min(n - 1), t.min(n - 1))
             } else {
-                (r.below(n), r.below(n))
+                (r.u32(..n), r.u32(..n))
             }
         })
         .collect()
@@ -81,9 +64,9 @@ fn main() {
         list.sort_unstable();
         list.dedup();
         let m = list.len();
-        let mut r = Rng(7);
+        let mut r = Rng::with_seed(7);
         for i in (1..list.len()).rev() {
-            list.swap(i, r.below(i as u32 + 1) as usize);
+            list.swap(i, r.u32(..i as u32 + 1) as usize);
         }
         let input: Vec<EdgeInput> = list
             .iter()
@@ -303,13 +286,13 @@ fn hub_ids(n: u32) -> Vec<u32> {
 /// becomes one of the [`HUBS`] hub nodes.
 fn onto_hubs(part: &mut [(u32, u32)], n: u32) {
     let hubs = hub_ids(n);
-    let mut r = Rng(3);
+    let mut r = Rng::with_seed(3);
     for e in part.iter_mut() {
-        if r.below(2) == 0 {
+        if r.u32(..2) == 0 {
             continue;
         }
-        let h = hubs[r.below(HUBS) as usize];
-        if r.below(2) == 0 {
+        let h = hubs[r.u32(..HUBS) as usize];
+        if r.u32(..2) == 0 {
             if h != e.1 {
                 e.0 = h;
             }
@@ -347,7 +330,7 @@ fn hub_apply() {
             hard_limit: usize::MAX,
         };
         let mut g = Graph::with_policy(Csr::build(n, &[], false).unwrap(), 1, policy);
-        let mut r = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut r = Rng::with_seed(0x9E37_79B9_7F4A_7C15);
         let mut live: Vec<(u32, u32)> = Vec::new();
         let (mut done, mut txns, mut secs) = (0u64, 0u64, 0.0);
         let edge = |(s, t): (u32, u32)| EdgeInput {
@@ -360,17 +343,17 @@ fn hub_apply() {
             // 2,000 transactions generated outside the timed part: (removed, added).
             let chunk: Vec<FiveEdgeTxn> = (0..2_000)
                 .map(|_| {
-                    let del = (!live.is_empty()).then(|| live.swap_remove(r.below(live.len() as u32) as usize));
+                    let del = (!live.is_empty()).then(|| live.swap_remove(r.u32(..live.len() as u32) as usize));
                     let add = [(); 4].map(|_| loop {
-                        let e = if r.below(100) < hub_percent {
-                            let (h, u) = (hubs[r.below(HUBS) as usize], r.below(n));
-                            if r.below(4) == 0 {
+                        let e = if r.u32(..100) < hub_percent {
+                            let (h, u) = (hubs[r.u32(..HUBS) as usize], r.u32(..n));
+                            if r.u32(..4) == 0 {
                                 (h, u)
                             } else {
                                 (u, h)
                             }
                         } else {
-                            (r.below(n), r.below(n))
+                            (r.u32(..n), r.u32(..n))
                         };
                         if e.0 != e.1 {
                             break e;
@@ -436,7 +419,7 @@ fn pggraph_shaped() {
         .collect();
     let csr = Csr::build(n, &input, false).unwrap();
     let mut scratch = Scratch::default();
-    let mut r = Rng(5);
+    let mut r = Rng::with_seed(5);
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -445,7 +428,7 @@ fn pggraph_shaped() {
     let mut hop2 = Vec::new();
     let mut reached = 0;
     for _ in 0..21 {
-        let s = input[r.below(input.len() as u32) as usize].source;
+        let s = input[r.u32(..input.len() as u32) as usize].source;
         let t = Instant::now();
         reached += k_hop(
             &csr,
@@ -463,8 +446,8 @@ fn pggraph_shaped() {
     let mut sp = Vec::new();
     for _ in 0..21 {
         let (a, b) = (
-            input[r.below(input.len() as u32) as usize].source,
-            input[r.below(input.len() as u32) as usize].target,
+            input[r.u32(..input.len() as u32) as usize].source,
+            input[r.u32(..input.len() as u32) as usize].target,
         );
         let t = Instant::now();
         black_box(shortest_path(&csr, &mut scratch, a, b, Direction::Both, EdgeFilter::default()).unwrap());

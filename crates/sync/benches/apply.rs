@@ -10,6 +10,7 @@
 //! `GRAPHSYNC_BENCH_HUB_SECS` the applying time after which a row stops early (default 15).
 
 use bytes::Bytes;
+use fastrand::Rng;
 use graph::CompactionPolicy;
 use pgoutput::{Column, ColumnData, Lsn, PgTimestamp, Relation, ReplicaIdentity, TupleData};
 use std::collections::HashSet;
@@ -126,21 +127,6 @@ fn run(name: &str, rows: u64, batch: usize, make: impl Fn(u64) -> RowChange) {
     );
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u32) -> u32 {
-        (self.next() % u64::from(n)) as u32
-    }
-}
-
 /// The live edge rows of the streaming workload: `(row id, a, b)`, node keys `a` → `b`.
 struct Workload {
     rng: Rng,
@@ -156,7 +142,7 @@ struct Workload {
 impl Workload {
     fn new(hub_percent: u32) -> Self {
         Workload {
-            rng: Rng(0x9E37_79B9_7F4A_7C15),
+            rng: Rng::with_seed(0x9E37_79B9_7F4A_7C15),
             hub_percent,
             next_id: 0,
             live: Vec::new(),
@@ -179,16 +165,16 @@ impl Workload {
     fn insert(&mut self) -> (u64, u32, u32) {
         loop {
             let r = &mut self.rng;
-            let (a, b) = if r.below(100) < self.hub_percent {
-                let h = HUBS[r.below(HUBS.len() as u32) as usize];
-                let u = r.below(NODES);
-                if r.below(4) == 0 {
+            let (a, b) = if r.u32(..100) < self.hub_percent {
+                let h = HUBS[r.u32(..HUBS.len() as u32) as usize];
+                let u = r.u32(..NODES);
+                if r.u32(..4) == 0 {
                     (h, u)
                 } else {
                     (u, h)
                 }
             } else {
-                (r.below(NODES), r.below(NODES))
+                (r.u32(..NODES), r.u32(..NODES))
             };
             if a != b && self.pairs.insert((a, b)) {
                 let e = (self.next_id, a, b);
@@ -205,7 +191,7 @@ impl Workload {
         if self.live.is_empty() {
             return None;
         }
-        let e = self.live.swap_remove(self.rng.below(self.live.len() as u32) as usize);
+        let e = self.live.swap_remove(self.rng.u32(..self.live.len() as u32) as usize);
         self.pairs.remove(&(e.1, e.2));
         self.count(e.1, e.2, -1);
         Some(e)

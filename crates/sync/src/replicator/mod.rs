@@ -168,24 +168,21 @@ fn now_ms() -> i64 {
 /// Capped exponential backoff with jitter.
 struct Backoff {
     attempt: u32,
-    seed: u64,
+    rng: fastrand::Rng,
 }
 
 impl Backoff {
     fn new() -> Self {
         Backoff {
             attempt: 0,
-            seed: now_ms() as u64 | 1,
+            rng: fastrand::Rng::new(),
         }
     }
     fn next(&mut self) -> Duration {
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
         let base = 100u64.saturating_mul(1 << self.attempt.min(9)).min(30_000);
         self.attempt += 1;
         // Full jitter in [base/2, base].
-        Duration::from_millis(base / 2 + self.seed % (base / 2 + 1))
+        Duration::from_millis(base / 2 + self.rng.u64(..=base / 2))
     }
     fn reset(&mut self) {
         self.attempt = 0;
