@@ -27,6 +27,17 @@ use std::time::{Duration, Instant};
 use sync::config::MappingConfig;
 use sync::replicator::{self, Options, Phase, ReplicaStatus};
 
+/// A sample's name with its `le` bound written as Rust prints the bound (`le="1.0"` and
+/// `le="1"` are the same bucket), so lookups can format bounds with `{}`.
+fn canonical_metric(k: &str) -> String {
+    if let Some((name, rest)) = k.split_once("{le=\"") {
+        if let Some(b) = rest.strip_suffix("\"}").and_then(|b| b.parse::<f64>().ok()) {
+            return format!("{name}{{le=\"{b}\"}}");
+        }
+    }
+    k.to_string()
+}
+
 fn now_unix_ms() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -373,7 +384,7 @@ impl Binary {
             .lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| l.rsplit_once(' '))
-            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            .filter_map(|(k, v)| Some((canonical_metric(k), v.parse().ok()?)))
             .collect()
     }
 

@@ -13,6 +13,11 @@ use axum::{Json, Router};
 use graph::query::{self, Scratch};
 use graph::{Direction, EdgeFilter, GraphView, NodeId, NodeKey, PropValue, Topology};
 use pgoutput::Lsn;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use serde_json::{json, Value as Json_};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -602,6 +607,29 @@ async fn status(State(api): State<Api>) -> Result<Json<Json_>, ApiError> {
     })))
 }
 
+/// A latency histogram of the status snapshot, as a Prometheus histogram.
+#[derive(Debug)]
+struct SnapshotHistogram(sync::replicator::Histogram);
+
+impl EncodeMetric for SnapshotHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let h = &self.0;
+        let mut buckets: Vec<(f64, u64)> = sync::replicator::Histogram::BOUNDS
+            .iter()
+            .copied()
+            .zip(h.buckets)
+            .collect();
+        // Observations past the last bound are counted only by +Inf.
+        let within: u64 = h.buckets.iter().sum();
+        buckets.push((f64::MAX, h.count.saturating_sub(within)));
+        encoder.encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
     let s = api.status.snapshot();
     let l = lag(&s);
@@ -609,104 +637,6 @@ async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
         let v = g.view();
         (v.node_count(), v.edge_count(), v.overlay_edges())
     });
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-        out.push_str(&format!(
-            "# HELP graphsync_{name} {help}\n# TYPE graphsync_{name} {kind}\ngraphsync_{name} {value}\n"
-        ));
-    };
-    metric(
-        "applied_lsn",
-        "gauge",
-        "Every transaction committed before this WAL position is applied.",
-        s.applied_lsn.0 as f64,
-    );
-    metric(
-        "confirmed_lsn",
-        "gauge",
-        "WAL position confirmed to the server (covered by both kept checkpoints).",
-        s.confirmed_lsn.0 as f64,
-    );
-    metric(
-        "durable_lsn",
-        "gauge",
-        "WAL position covered by the newest checkpoint on disk.",
-        s.durable_lsn.0 as f64,
-    );
-    metric(
-        "server_wal_lsn",
-        "gauge",
-        "Server WAL end as last reported.",
-        s.server_wal_end.0 as f64,
-    );
-    metric(
-        "lag_bytes",
-        "gauge",
-        "Server WAL end minus applied position.",
-        l.bytes as f64,
-    );
-    metric(
-        "lag_seconds",
-        "gauge",
-        "Age of the last applied commit while behind.",
-        l.seconds,
-    );
-    metric(
-        "transactions_applied_total",
-        "counter",
-        "Transactions applied.",
-        s.transactions as f64,
-    );
-    metric(
-        "row_changes_applied_total",
-        "counter",
-        "Row changes applied.",
-        s.changes as f64,
-    );
-    metric("reconnects_total", "counter", "Reconnects.", s.reconnects as f64);
-    metric(
-        "graph_node_ids",
-        "gauge",
-        "Node ids in the graph (visible or not).",
-        f64::from(nodes),
-    );
-    metric("graph_edges", "gauge", "Visible edges.", edges as f64);
-    metric(
-        "overlay_edges",
-        "gauge",
-        "Edge changes held in overlays since the last compaction.",
-        overlay as f64,
-    );
-    metric(
-        "streaming",
-        "gauge",
-        "1 while streaming.",
-        f64::from(u8::from(s.phase == Phase::Streaming)),
-    );
-    metric(
-        "compactions_total",
-        "counter",
-        "Overlay compactions.",
-        s.compactions as f64,
-    );
-    metric(
-        "compaction_seconds_total",
-        "counter",
-        "Time spent compacting.",
-        s.compaction_seconds,
-    );
-    metric(
-        "checkpoints_total",
-        "counter",
-        "Checkpoints written.",
-        s.checkpoints as f64,
-    );
-    metric(
-        "snapshot_bytes",
-        "gauge",
-        "Size of the newest snapshot file.",
-        s.snapshot_bytes as f64,
-    );
     let age = if s.snapshot_unix_ms > 0 {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -716,12 +646,73 @@ async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
     } else {
         0.0
     };
-    metric(
-        "snapshot_age_seconds",
-        "gauge",
-        "Age of the newest snapshot written by this process.",
-        age,
-    );
+    // Built per scrape from one status snapshot, so every value is from the same moment.
+    let mut reg = Registry::with_prefix("graphsync");
+    let gauges: [(&str, &str, f64); 12] = [
+        (
+            "applied_lsn",
+            "Every transaction committed before this WAL position is applied.",
+            s.applied_lsn.0 as f64,
+        ),
+        (
+            "confirmed_lsn",
+            "WAL position confirmed to the server (covered by both kept checkpoints).",
+            s.confirmed_lsn.0 as f64,
+        ),
+        (
+            "durable_lsn",
+            "WAL position covered by the newest checkpoint on disk.",
+            s.durable_lsn.0 as f64,
+        ),
+        (
+            "server_wal_lsn",
+            "Server WAL end as last reported.",
+            s.server_wal_end.0 as f64,
+        ),
+        ("lag_bytes", "Server WAL end minus applied position.", l.bytes as f64),
+        ("lag_seconds", "Age of the last applied commit while behind.", l.seconds),
+        (
+            "graph_node_ids",
+            "Node ids in the graph (visible or not).",
+            f64::from(nodes),
+        ),
+        ("graph_edges", "Visible edges.", edges as f64),
+        (
+            "overlay_edges",
+            "Edge changes held in overlays since the last compaction.",
+            overlay as f64,
+        ),
+        (
+            "streaming",
+            "1 while streaming.",
+            f64::from(u8::from(s.phase == Phase::Streaming)),
+        ),
+        (
+            "snapshot_bytes",
+            "Size of the newest snapshot file.",
+            s.snapshot_bytes as f64,
+        ),
+        (
+            "snapshot_age_seconds",
+            "Age of the newest snapshot written by this process.",
+            age,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        reg.register(name, help, ConstGauge::new(v));
+    }
+    // Counters get their `_total` suffix from the encoder.
+    let counters: [(&str, &str, f64); 6] = [
+        ("transactions_applied", "Transactions applied.", s.transactions as f64),
+        ("row_changes_applied", "Row changes applied.", s.changes as f64),
+        ("reconnects", "Reconnects.", s.reconnects as f64),
+        ("compactions", "Overlay compactions.", s.compactions as f64),
+        ("compaction_seconds", "Time spent compacting.", s.compaction_seconds),
+        ("checkpoints", "Checkpoints written.", s.checkpoints as f64),
+    ];
+    for (name, help, v) in counters {
+        reg.register(name, help, ConstCounter::new(v));
+    }
     for (name, help, h) in [
         (
             "apply_seconds",
@@ -739,18 +730,21 @@ async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
             &s.receive_to_apply_seconds,
         ),
     ] {
-        out.push_str(&format!(
-            "# HELP graphsync_{name} {help}\n# TYPE graphsync_{name} histogram\n"
-        ));
-        let mut cum = 0;
-        for (b, c) in sync::replicator::Histogram::BOUNDS.iter().zip(h.buckets) {
-            cum += c;
-            out.push_str(&format!("graphsync_{name}_bucket{{le=\"{b}\"}} {cum}\n"));
-        }
-        out.push_str(&format!(
-            "graphsync_{name}_bucket{{le=\"+Inf\"}} {}\ngraphsync_{name}_sum {}\ngraphsync_{name}_count {}\n",
-            h.count, h.sum, h.count
-        ));
+        reg.register(name, help, SnapshotHistogram(h.clone()));
     }
-    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg).map_err(|_| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": "cannot encode metrics"}),
+        )
+    })?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
 }

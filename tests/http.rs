@@ -115,9 +115,28 @@ fn every_endpoint() {
         "graphsync_checkpoints_total",
         "graphsync_snapshot_bytes",
         "graphsync_compactions_total",
+        "graphsync_receive_to_apply_seconds_count",
     ] {
         assert!(body.contains(m), "{m} missing:\n{body}");
     }
+    // OpenMetrics text: ends with # EOF; a histogram's buckets are cumulative and +Inf is its count.
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    let value = |line_start: &str| -> Vec<f64> {
+        body.lines()
+            .filter(|l| l.starts_with(line_start))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+            .collect()
+    };
+    let buckets = value("graphsync_commit_to_apply_seconds_bucket");
+    assert!(
+        buckets.len() >= 10 && buckets.windows(2).all(|w| w[0] <= w[1]),
+        "{body}"
+    );
+    assert_eq!(
+        buckets.last(),
+        value("graphsync_commit_to_apply_seconds_count ").first(),
+        "{body}"
+    );
 
     // Node lookup.
     let (code, n) = get(&format!("/v1/nodes/User/1?min_lsn={lsn}"));
