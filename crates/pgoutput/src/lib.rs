@@ -20,6 +20,7 @@ mod message;
 mod reader;
 mod relation;
 pub mod time;
+mod tuple;
 pub mod value;
 
 pub use error::DecodeError;
