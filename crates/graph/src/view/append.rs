@@ -29,7 +29,7 @@ pub(crate) struct AppendBuf<T> {
 // the claim exclusive) and read only through a `Prefix`, whose slots were all written before
 // the prefix was made; a prefix reaches another thread only through synchronisation (an `Arc`
 // behind a lock, a thread spawn), which orders those writes before the reads.
-unsafe impl<T: Copy + Send> Sync for AppendBuf<T> {}
+unsafe impl<T: Copy + Send + Sync> Sync for AppendBuf<T> {}
 // SAFETY: as above; the buffer owns plain `Copy` values.
 unsafe impl<T: Copy + Send> Send for AppendBuf<T> {}
 

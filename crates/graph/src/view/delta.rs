@@ -309,11 +309,6 @@ pub(super) struct EdgeIndex {
 }
 
 impl EdgeIndex {
-    /// Forgets everything (the base changed).
-    pub(super) fn clear(&mut self) {
-        self.lists.clear();
-    }
-
     /// Finds one stored edge to `other` that `pred` accepts among a node's edges in one
     /// direction (`key`): inline additions first, then the combined list (by a linear scan
     /// when short, through the index when long). Returns where it is and the edge.

@@ -152,13 +152,22 @@ impl Graph {
                 .iter()
                 .filter(|e| !is_hidden(e.source) && !is_hidden(e.target))
                 .count();
-            view.base_deleted = Some(Arc::new(hidden));
+            view.base_deleted = Some(Arc::new(super::mask_to(hidden, node_count)));
         }
         Ok(Self::from_view(view, policy))
     }
 
-    /// A graph starting from a loaded snapshot's view.
+    /// A graph starting from `view` (a loaded snapshot's, or any other: a view another
+    /// `Graph` still writes to, or an older one, is first copied onto a table of its own).
     pub fn from_view(view: GraphView, policy: CompactionPolicy) -> Self {
+        let view = if view.table.claim(view.seq) {
+            view
+        } else {
+            let v = view.rebased();
+            let claimed = v.table.claim(v.seq);
+            debug_assert!(claimed, "a fresh table is free");
+            v
+        };
         Graph {
             current: GraphReader(Arc::new(RwLock::new(Arc::new(view)))),
             policy,
@@ -170,13 +179,7 @@ impl Graph {
 
     /// As [`Graph::new`] with explicit compaction limits.
     pub fn with_policy(base: Csr, lsn: u64, policy: CompactionPolicy) -> Self {
-        Graph {
-            current: GraphReader(Arc::new(RwLock::new(Arc::new(GraphView::new(base, lsn))))),
-            policy,
-            since_compaction: None,
-            generation: 0,
-            index: EdgeIndex::default(),
-        }
+        Self::from_view(GraphView::new(base, lsn), policy)
     }
 
     /// Changes the compaction limits.
@@ -282,13 +285,19 @@ impl Graph {
         if done.deleted.iter().any(|&w| w != 0) {
             view.base_deleted = Some(Arc::new(done.deleted));
         }
-        // Positions in the old base's rows mean nothing in the new one.
-        self.index.clear();
+        let claimed = view.table.claim(view.seq);
+        debug_assert!(claimed, "a fresh table is free");
+        // Positions in the old base's rows mean nothing in the new one: a fresh index, kept
+        // only if the replay succeeds (the old view stays current otherwise).
+        let mut index = EdgeIndex::default();
         for (lsn, txn) in &log {
-            view = Self::build(&view, *lsn, txn, &mut self.index)?;
+            view = Self::build(&view, *lsn, txn, &mut index)?;
         }
+        self.index = index;
+        let old = self.view();
         let view = Arc::new(view);
         self.publish(view.clone());
+        old.table.release();
         Ok(view)
     }
 
@@ -296,5 +305,12 @@ impl Graph {
     pub fn compact(&mut self) -> Result<Arc<GraphView>, ApplyError> {
         let done = self.begin_compaction().build();
         self.finish_compaction(done)
+    }
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        // Another graph may continue from the newest view.
+        self.view().table.release();
     }
 }

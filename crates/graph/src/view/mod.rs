@@ -142,6 +142,32 @@ impl GraphView {
         Csr::build(self.node_count, &edges, weighted)
     }
 
+    /// This view on a table of its own (every changed node's state copied as one version),
+    /// for a second writer: a table has one writer, and only its newest view can be written
+    /// on. O(node ids + changed nodes); shared edge buffers stay shared (their slots are
+    /// claimed atomically, so two writers never write one slot).
+    pub(crate) fn rebased(&self) -> GraphView {
+        let table = Table::new();
+        for n in 0..self.node_count {
+            let marks = [Mark::Out, Mark::In, Mark::Data, Mark::Liveness]
+                .into_iter()
+                .filter(|&m| self.table.marked(n, m))
+                .fold(0u8, |acc, m| acc | m.bit());
+            if marks == 0 {
+                continue;
+            }
+            let state = self.state(n).cloned().unwrap_or_default();
+            table.install(n, 1, state, marks, 0);
+        }
+        table.installed(1);
+        GraphView {
+            guard: table.register(1),
+            table,
+            seq: 1,
+            ..self.clone()
+        }
+    }
+
     /// `n`'s overlay state in this view, if it has one.
     #[inline]
     fn state(&self, n: u32) -> Option<&NodeState> {
@@ -259,7 +285,10 @@ impl GraphView {
     ) -> Self {
         let mut v = GraphView::new(base, lsn);
         v.nodes = nodes;
-        v.base_deleted = deleted.filter(|d| d.iter().any(|&w| w != 0)).map(Arc::new);
+        v.base_deleted = deleted
+            .map(|d| mask_to(d, v.node_count))
+            .filter(|d| d.iter().any(|&w| w != 0))
+            .map(Arc::new);
         v.edge_count = visible_edges;
         v
     }
@@ -320,6 +349,19 @@ impl GraphView {
             d => one(d),
         }
     }
+}
+
+/// `bits` without any bit at or past `node_count` (a node added later must not start
+/// deleted because a file said so).
+pub(crate) fn mask_to(mut bits: Vec<u64>, node_count: u32) -> Vec<u64> {
+    let words = (node_count as usize).div_ceil(64);
+    bits.truncate(words);
+    if node_count & 63 != 0 {
+        if let Some(last) = bits.get_mut(words - 1) {
+            *last &= (1u64 << (node_count % 64)) - 1;
+        }
+    }
+    bits
 }
 
 /// `n`'s row of `base` in `dir` (Out or In); empty past the base's nodes.
@@ -393,6 +435,17 @@ impl Topology for GraphView {
         ahead: OverlayAhead<'a>,
         mut f: impl FnMut(NodeId),
     ) {
+        // What the prefetch stages found, if they ran on this view (a default, or another
+        // view's, is looked up again: it could be stale or of another table).
+        let ahead = if ahead.table.is_some_and(|t| std::ptr::eq(t, &*self.table)) {
+            ahead
+        } else {
+            OverlayAhead {
+                table: Some(&self.table),
+                slot: self.table.marked_slot(n.0, dir),
+                head: None,
+            }
+        };
         let in_base = n.0 < self.base.node_count();
         if in_base && ahead.slot.is_none() {
             self.base.for_each_neighbor(n, dir, f);
@@ -429,7 +482,8 @@ impl Topology for GraphView {
         }
         // Second stage for changed nodes: their newest version (the slot pointing to it was
         // prefetched by the first); the walk to this view's version happens when it is read.
-        if let Some(v) = ahead.slot.and_then(Table::load) {
+        let mine = ahead.table.is_some_and(|t| std::ptr::eq(t, &*self.table));
+        if let Some(v) = ahead.slot.filter(|_| mine).and_then(Table::load) {
             // Both directions' edges lie within the version's first 112 bytes.
             let p = v as *const Version as *const u8;
             crate::query::prefetch_ptr(p);
@@ -450,7 +504,11 @@ impl Topology for GraphView {
         if let Some(s) = slot {
             crate::query::prefetch_ptr(s);
         }
-        OverlayAhead { slot, head: None }
+        OverlayAhead {
+            table: Some(&self.table),
+            slot,
+            head: None,
+        }
     }
 }
 
@@ -459,6 +517,8 @@ impl Topology for GraphView {
 /// unchanged there), then that version.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OverlayAhead<'a> {
+    /// The table the first stage looked in (none: nothing known, look again).
+    table: Option<&'a Table>,
     /// The slot of the node's newest version, if it is marked for the direction.
     slot: Option<&'a AtomicPtr<Version>>,
     /// Located by the second stage.

@@ -21,7 +21,7 @@ use super::delta::{NodeDelta, NodeDeltas};
 use crate::query::Direction;
 use std::alloc::Layout;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 const SEG_SHIFT: u32 = 16;
@@ -127,6 +127,11 @@ pub(super) struct Table {
     segments: Box<[AtomicPtr<Segment>; SEGMENTS]>,
     /// Sequence numbers of live views, with how many guards each has.
     live: Mutex<BTreeMap<u64, usize>>,
+    /// A `Graph` writes to this table: only one may (installs assume each version is newer
+    /// than every one before it, and a single thread installing).
+    writer: AtomicBool,
+    /// The newest sequence number installed.
+    top: AtomicU64,
 }
 
 impl std::fmt::Debug for Table {
@@ -140,6 +145,8 @@ impl Table {
         Arc::new(Table {
             segments: zeroed_box(),
             live: Mutex::new(BTreeMap::new()),
+            writer: AtomicBool::new(false),
+            top: AtomicU64::new(0),
         })
     }
 
@@ -185,19 +192,23 @@ impl Table {
         marked.then(|| &s.heads[i])
     }
 
-    /// `n`'s newest version, whatever its sequence.
+    /// `n`'s newest version, whatever its sequence. Only for a caller holding a live view
+    /// of this table (registered at some seq s) and walking with s, see [`Table::load`].
     #[inline]
     pub(super) fn head(&self, n: u32) -> Option<&Version> {
         Self::load(&self.segment(n)?.heads[n as usize & (SEG_NODES - 1)])
     }
 
-    /// The version a head slot of this table points to.
+    /// The version a head slot of this table points to. Only for a caller holding a live view
+    /// of this table, registered at some seq s, that walks from it with s.
     #[inline]
     pub(super) fn load(slot: &AtomicPtr<Version>) -> Option<&Version> {
         let p = slot.load(Ordering::Acquire);
-        // SAFETY: heads are freed only when the table is dropped (pruning frees only versions
-        // below a head), and a head was fully written before it was stored (Release). The
-        // slot borrows from the table, so the result cannot outlive it.
+        // SAFETY: a head was fully written before it was stored (Release, paired with this
+        // Acquire). A head is freed only once a newer version at or below the oldest live
+        // sequence sits above it; the caller's view is live at s, and every version installed
+        // after that view existed has a sequence above s, so the version loaded here (and any
+        // the caller's walk reaches) stays allocated while the view lives.
         unsafe { p.as_ref() }
     }
 
@@ -241,6 +252,30 @@ impl Table {
         if !pruned {
             prune(old, min_live);
         }
+    }
+
+    /// Makes the caller this table's one writer, continuing from a view at `seq`: refused if
+    /// another writer holds it or versions newer than `seq` were installed (a view that is not
+    /// the newest of its table cannot be written on without reordering the chains).
+    pub(super) fn claim(&self, seq: u64) -> bool {
+        if self.writer.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        if self.top.load(Ordering::Acquire) != seq {
+            self.writer.store(false, Ordering::Release);
+            return false;
+        }
+        true
+    }
+
+    /// Gives up being the writer.
+    pub(super) fn release(&self) {
+        self.writer.store(false, Ordering::Release);
+    }
+
+    /// Records that versions at `seq` were installed (the writer, after each commit).
+    pub(super) fn installed(&self, seq: u64) {
+        self.top.store(seq, Ordering::Release);
     }
 
     /// Registers a view at `seq`; it counts as live until the guard is dropped.

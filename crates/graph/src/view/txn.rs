@@ -48,6 +48,9 @@ pub enum ApplyError {
     /// kept).
     #[error("compaction failed: {0}")]
     Compaction(String),
+    /// Every node id (2^32 - 1 of them) is taken.
+    #[error("the graph has no node id left (2^32 - 1 nodes)")]
+    TooManyNodes,
     /// The transaction's LSN is not after the current view's.
     #[error("transaction LSN {lsn} is not after the view's LSN {current}")]
     StaleLsn {
@@ -315,6 +318,7 @@ impl Builder {
         for (n, p) in pending {
             view.table.install(n, seq, p.state, p.marks, min_live);
         }
+        view.table.installed(seq);
         view.guard = view.table.register(seq);
         view.seq = seq;
         view.lsn = lsn;
@@ -476,7 +480,7 @@ impl Builder {
         self.delta_mut(e.source.0, Direction::Out).remove(out);
         self.delta_mut(e.target.0, Direction::In).remove(inc);
         if self.visible(e.source) && self.visible(e.target) {
-            self.view.edge_count -= 1;
+            self.view.edge_count = self.view.edge_count.saturating_sub(1);
         }
         self.view.overlay_edges += 1;
         Ok(())
@@ -485,14 +489,14 @@ impl Builder {
     pub(super) fn apply(&mut self, m: &Mutation, index: &mut EdgeIndex) -> Result<(), ApplyError> {
         match *m {
             Mutation::AddNode => {
-                self.view.node_count += 1;
+                self.view.node_count = self.view.node_count.checked_add(1).ok_or(ApplyError::TooManyNodes)?;
                 Ok(())
             }
             Mutation::RemoveNode(n) => {
                 if !self.visible(n) {
                     return Err(ApplyError::NoSuchNode(n.0));
                 }
-                self.view.edge_count -= self.visible_incident(n);
+                self.view.edge_count = self.view.edge_count.saturating_sub(self.visible_incident(n));
                 let st = self.state_mut(n.0, Mark::Liveness.bit());
                 if st.flags & RESTORED != 0 {
                     st.flags &= !RESTORED;
