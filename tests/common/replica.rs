@@ -157,6 +157,16 @@ impl Replicator {
     }
 }
 
+/// A test that panics before stopping its replicator leaves no process behind.
+impl Drop for Replicator {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
     let deadline = Instant::now() + timeout;
     loop {
