@@ -66,10 +66,7 @@ pub(super) async fn stream(
             return Ok(());
         }
         let tick = (Instant::now() + Duration::from_millis(50)).min(next_checkpoint);
-        let waited = Instant::now();
         let next = stream.next_before(Some(tick.into())).await?;
-        let t0 = Instant::now();
-        let wait_ms = t0.duration_since(waited).as_millis();
         if !matches!(next, Next::Deadline) {
             last_heard = Instant::now();
         }
@@ -119,7 +116,6 @@ pub(super) async fn stream(
             Next::Ended => return Err(SyncError::StreamEnded),
         }
         let now = Instant::now();
-        let t1 = now;
         // A checkpoint that cannot be written (disk full, permissions) is not fatal: the
         // previous one stays, nothing more is confirmed, and it is retried next interval.
         let mut bg = std::mem::take(&mut st.bg);
@@ -175,10 +171,6 @@ pub(super) async fn stream(
             confirmed = st.manifest.confirmable();
             stream.set_flushed(confirmed);
             stream.send_status(false).await?;
-        }
-        let (handle_ms, rest_ms) = (t1.duration_since(t0).as_millis(), t1.elapsed().as_millis());
-        if handle_ms > 100 || rest_ms > 100 {
-            tracing::debug!(wait_ms, handle_ms, rest_ms, "slow stream loop iteration");
         }
     }
 }
