@@ -10,8 +10,8 @@
 //! and 1 delete per transaction), `GRAPHSYNC_BENCH_BIG_EDGES` (edges of the graph for the
 //! second restart measurement, default 10,000,000; 0 skips it), `GRAPHSYNC_BENCH_ONLY=load`
 //! (only the first catch-up, which builds the graph, and the load phases),
-//! `GRAPHSYNC_BENCH_CHECKPOINT_MS` (graphsync's checkpoint interval in the load phases,
-//! default 5000), `GRAPHSYNC_BENCH_LOG_DIR` (keep graphsync's logs of the load phases there, at info level).
+//! `GRAPHSYNC_BENCH_SNAPSHOT_AFTER` (graphsync's `--snapshot-after-changes` in the load phases,
+//! default 1,000,000), `GRAPHSYNC_BENCH_LOG_DIR` (keep graphsync's logs of the load phases there, at info level).
 //!
 //! Catch-up and restart run the replicator inside this process; the three load phases run the
 //! real `graphsync replicate` binary (cargo builds it for the bench: `CARGO_BIN_EXE_graphsync`)
@@ -119,7 +119,6 @@ fn start_with(
     let config = Arc::new(MappingConfig::load(cfg).unwrap());
     let conn = pgrepl::Config::parse(&cluster.conn_str(db)).unwrap();
     let mut opts = Options::new(config, conn, data.to_path_buf());
-    opts.checkpoint_interval = Duration::from_secs(5);
     opts.binary = binary;
     let status = ReplicaStatus::new();
     let (stop, rx) = tokio::sync::watch::channel(false);
@@ -327,8 +326,8 @@ impl Binary {
             .arg(data)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args([
-                "--checkpoint-interval-ms",
-                &env_or("GRAPHSYNC_BENCH_CHECKPOINT_MS", 5000).to_string(),
+                "--snapshot-after-changes",
+                &env_or("GRAPHSYNC_BENCH_SNAPSHOT_AFTER", 1_000_000).to_string(),
             ])
             .env("RUST_LOG", level)
             .stdin(std::process::Stdio::null())

@@ -4,6 +4,7 @@ mod admin;
 mod decode;
 mod demo;
 mod http;
+mod log_cmd;
 mod notify;
 mod replicate;
 mod snapshot_cmd;
@@ -62,6 +63,27 @@ enum Command {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// Inspect the change log of a data directory (read only).
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LogCommand {
+    /// The change log's segments (start, size, records, first and last LSN) and the snapshots
+    /// it is replayed on, as JSON.
+    Info(LogTarget),
+    /// Check every record; exit 0 if sound, 1 naming the first damaged one.
+    Verify(LogTarget),
+}
+
+#[derive(clap::Args, Debug)]
+struct LogTarget {
+    /// The data directory of `graphsync replicate`.
+    #[arg(long, env = "GRAPHSYNC_DATA_DIR")]
+    data_dir: std::path::PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -137,6 +159,12 @@ fn main() -> ExitCode {
         Command::Snapshot {
             command: SnapshotCommand::Verify(t),
         } => t.path().and_then(|f| snapshot_cmd::verify(&f)),
+        Command::Log {
+            command: LogCommand::Info(t),
+        } => log_cmd::info(&t.data_dir),
+        Command::Log {
+            command: LogCommand::Verify(t),
+        } => log_cmd::verify(&t.data_dir),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,5 @@
-//! `graphsync replicate`: run the replicator until SIGTERM/SIGINT, then checkpoint and exit 0.
+//! `graphsync replicate`: run the replicator until SIGTERM/SIGINT, then flush the change log,
+//! confirm it and exit 0.
 
 use anyhow::Context;
 use std::path::PathBuf;
@@ -23,7 +24,7 @@ pub struct ReplicateArgs {
     /// Connection string, URL or key=value (default: the config's source.database_url, then PG* variables).
     #[arg(long, env = "GRAPHSYNC_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Where checkpoints are kept.
+    /// Where snapshots and the change log are kept.
     #[arg(long, env = "GRAPHSYNC_DATA_DIR", default_value = "graphsync-data")]
     pub data_dir: PathBuf,
     /// When the state cannot be resumed (mapping changed, slot dropped or invalidated, no usable
@@ -54,9 +55,18 @@ pub struct ReplicateArgs {
     /// Reconnect after this many milliseconds without a message from the server.
     #[arg(long, env = "GRAPHSYNC_RECEIVE_TIMEOUT_MS", default_value_t = 30_000)]
     pub receive_timeout_ms: u64,
-    /// Milliseconds between checkpoints while changes arrive.
-    #[arg(long, env = "GRAPHSYNC_CHECKPOINT_INTERVAL_MS", default_value_t = 10_000)]
-    pub checkpoint_interval_ms: u64,
+    /// Write a snapshot (the base the change log is replayed on at restart) once this many
+    /// graph changes were logged since the last one. Lower: faster restarts, more snapshot
+    /// writes.
+    #[arg(long, env = "GRAPHSYNC_SNAPSHOT_AFTER_CHANGES", default_value_t = 1_000_000)]
+    pub snapshot_after_changes: u64,
+    /// Size of one change log segment file, in megabytes.
+    #[arg(long, env = "GRAPHSYNC_LOG_SEGMENT_MB", default_value_t = 64)]
+    pub log_segment_mb: u64,
+    /// No longer used: changes are durable in the change log within milliseconds and
+    /// snapshots follow --snapshot-after-changes. Accepted so old unit files keep working.
+    #[arg(long, env = "GRAPHSYNC_CHECKPOINT_INTERVAL_MS", hide = true)]
+    pub checkpoint_interval_ms: Option<u64>,
 }
 
 pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
@@ -82,7 +92,11 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         hard_limit: args.compaction_threshold.max(1).saturating_mul(16),
     };
     opts.receive_timeout = Duration::from_millis(args.receive_timeout_ms.max(1000));
-    opts.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms.max(10));
+    opts.snapshot_after_changes = args.snapshot_after_changes.max(1);
+    opts.log_segment_bytes = args.log_segment_mb.clamp(1, 1 << 20) << 20;
+    if args.checkpoint_interval_ms.is_some() {
+        tracing::warn!("--checkpoint-interval-ms (GRAPHSYNC_CHECKPOINT_INTERVAL_MS) is no longer used: changes are durable in the change log as they are applied; snapshots follow --snapshot-after-changes");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -145,7 +159,7 @@ async fn notify_loop(status: Arc<ReplicaStatus>, mut shutdown: tokio::sync::watc
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             _ = shutdown.wait_for(|s| *s) => {
-                n.send("STOPPING=1\nSTATUS=stopping: writing the final checkpoint");
+                n.send("STOPPING=1\nSTATUS=stopping: flushing the change log");
                 return;
             }
         }
@@ -163,7 +177,7 @@ pub fn stop_on_signal(tx: tokio::sync::watch::Sender<bool>) -> tokio::task::Join
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        tracing::info!("shutdown requested: finishing the current transaction and writing a checkpoint");
+        tracing::info!("shutdown requested: finishing the current transaction and flushing the change log");
         let _ = tx.send(true);
     })
 }

@@ -65,9 +65,12 @@ fn oracle_two_thousand_transactions() {
     assert!(lsn >= last);
 
     // TOAST: bio values (stored out of line) are kept across updates that did not send them.
-    let store = sync::checkpoint::CheckpointStore::open(&data).unwrap();
     let cfg = sync::config::MappingConfig::load(&config).unwrap();
-    let view = store.restore(cfg.mapping_hash()).unwrap().unwrap().graph.view();
+    let view = sync::replicator::load(&data, cfg.mapping_hash())
+        .unwrap()
+        .unwrap()
+        .0
+        .view();
     let mapper = sync::mapper::Mapper::new(std::sync::Arc::new(cfg));
     let user = mapper.node_label("User").unwrap();
     let mut long = 0;
@@ -96,7 +99,8 @@ fn oracle_two_thousand_transactions() {
 }
 
 /// SIGKILL at 20 random moments while a writer runs, restarting each time: the final graph
-/// equals SQL, and the slot's confirmed_flush_lsn never passes the newest checkpoint on disk.
+/// equals SQL, and the slot's confirmed_flush_lsn never passes what the data directory holds
+/// (the change log's last record, or the snapshot).
 #[test]
 fn crash_twenty_sigkills_lose_nothing() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -130,16 +134,17 @@ fn crash_twenty_sigkills_lose_nothing() {
         );
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                // Confirmed first, checkpoint second: the checkpoint only moves forward.
-                // No checkpoint yet means the initial copy is running: the slot still sits
-                // where the server created it, nothing was confirmed by us.
+                // Confirmed first, the data directory second: what it holds durably only
+                // moves forward (what the read sees may include records not yet fsynced, so
+                // this is a necessary condition of confirmed <= durable). No snapshot yet
+                // means the initial copy is running: nothing was confirmed by us.
                 if let Some(confirmed) = replica::confirmed_flush(cluster, &db, &slot) {
-                    if let Some(durable) = replica::manifest_lsn(&data) {
+                    if let Some(durable) = replica::log_position(&data) {
                         if confirmed > durable {
                             violations
                                 .lock()
                                 .unwrap()
-                                .push(format!("confirmed {confirmed} > checkpoint {durable}"));
+                                .push(format!("confirmed {confirmed} > held on disk {durable}"));
                         }
                         polls.fetch_add(1, Ordering::SeqCst);
                     }
@@ -171,16 +176,27 @@ fn crash_twenty_sigkills_lose_nothing() {
     assert!(polls.load(Ordering::SeqCst) > 20, "the slot was hardly polled");
     assert!(txns >= 20, "the writer ran {txns} transactions");
     eprintln!(
-        "crash test: {txns} writer transactions, {} polls; across 20 killed runs: {} restores, {} initial copies, {} checkpoints",
+        "crash test: {txns} writer transactions, {} polls; across 20 killed runs: {} restores, {} initial copies, {} snapshots, {} torn records cut",
         polls.load(Ordering::SeqCst),
-        logs.matches("restored checkpoint").count(),
+        logs.matches(" restored ").count(),
         logs.matches("initial copy done").count(),
-        logs.matches("checkpoint written").count()
+        logs.matches("snapshot written").count(),
+        logs.matches("cut a torn record").count()
     );
-    assert!(
-        logs.contains("restored checkpoint"),
-        "no run ever restored a checkpoint:\n{logs}"
-    );
+    assert!(logs.contains(" restored "), "no run ever restored:\n{logs}");
+    let replayed = logs
+        .lines()
+        .filter_map(|l| {
+            l.split("replayed_records=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .filter(|&n| n > 0)
+        .count();
+    assert!(replayed > 0, "no run replayed the change log:\n{logs}");
     assert_graph_equals(&data, &config, &workload::expected(cluster, &db));
 }
 
@@ -272,7 +288,19 @@ fn dropped_slot_refused_then_rebuilt() {
     assert_graph_equals(&data, &config, &workload::expected(cluster, &db));
 }
 
-/// A checkpoint older than what the slot confirmed is a gap: refused, never streamed over.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A data directory older than what the slot confirmed is a gap: refused, never streamed over.
 #[test]
 fn restored_state_behind_the_slot_is_refused() {
     let (cluster, db, dir, config) = setup("gap");
@@ -281,13 +309,8 @@ fn restored_state_behind_the_slot_is_refused() {
     let data = dir.path().join("data");
     run_to_completion(cluster, &db, &config, &data, &[]);
     let old = dir.path().join("old");
-    std::fs::create_dir_all(&old).unwrap();
-    for e in std::fs::read_dir(&data).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), old.join(e.file_name())).unwrap();
-    }
-    // Two more checkpoints of new changes: only then has the slot confirmed past the copy
-    // (graphsync confirms what both of its kept checkpoints cover).
+    copy_dir(&data, &old);
+    // More changes, confirmed past the copy.
     for _ in 0..2 {
         cluster.psql(&db, &w.script(50, None, None, None));
         run_to_completion(cluster, &db, &config, &data, &[]);
@@ -554,10 +577,10 @@ weight = "amount"
     let (status, log) = r.stop();
     assert!(status.success(), "{log}");
     assert_graph_equals(&data, &config, &e);
-    // The surrogate-keyed edge table needs the row index; it was checkpointed and restored.
-    let store = sync::checkpoint::CheckpointStore::open(&data).unwrap();
-    let m = store.manifest().unwrap();
-    assert!(std::fs::metadata(data.join(&m.rows)).unwrap().len() > 1000);
+    // The surrogate-keyed edge table needs the row index; it was logged and restored.
+    let cfg = sync::config::MappingConfig::load(&config).unwrap();
+    let (_, index, _) = sync::replicator::load(&data, cfg.mapping_hash()).unwrap().unwrap();
+    assert!(index.len() > 100, "{} rows indexed", index.len());
 }
 
 /// A hub-heavy load from a real load generator: pgbench, 4 clients for a few seconds, each

@@ -176,7 +176,7 @@ async fn demo(
     };
     let server = crate::http::spawn(listener, api, rx.clone());
     let mut opts = Options::new(config, conn, work.join("data"));
-    opts.checkpoint_interval = Duration::from_secs(2);
+    opts.snapshot_after_changes = 200_000;
     let replication = tokio::spawn(replicator::run(opts, status.clone(), rx.clone()));
 
     // Ctrl-C / SIGTERM.

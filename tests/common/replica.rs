@@ -19,7 +19,8 @@ pub struct Replicator {
     pub log: PathBuf,
 }
 
-/// Starts `graphsync replicate` for `db` with `config` (a file path), checkpoints every 300 ms.
+/// Starts `graphsync replicate` for `db` with `config` (a file path), a snapshot every 500
+/// logged changes (so tests restart from snapshots plus a replay, and old log segments go).
 pub fn spawn(cluster: &Cluster, db: &str, config: &Path, data_dir: &Path, extra: &[&str]) -> Replicator {
     spawn_with_env(cluster, db, config, data_dir, extra, &[])
 }
@@ -54,7 +55,12 @@ pub fn spawn_url(url: &str, config: &Path, data_dir: &Path, extra: &[&str], env:
         .arg(data_dir)
         .arg("--database-url")
         .arg(url)
-        .args(["--checkpoint-interval-ms", "300", "--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(if extra.contains(&"--snapshot-after-changes") {
+            &[][..]
+        } else {
+            &["--snapshot-after-changes", "500"][..]
+        })
         .args(extra)
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())
@@ -95,12 +101,12 @@ impl Replicator {
         }
     }
 
-    /// The covered LSN of the checkpoint on disk.
+    /// The position the data directory holds (snapshot or change log record) on disk.
     pub fn durable_lsn(&self) -> Option<Lsn> {
-        manifest_lsn(&self.data_dir)
+        log_position(&self.data_dir)
     }
 
-    /// Waits until the checkpoint covers `lsn`; panics with the log after `timeout` or if the
+    /// Waits until the data directory holds `lsn`; panics with the log after `timeout` or if the
     /// process exits.
     pub fn wait_durable(&mut self, lsn: Lsn, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -181,9 +187,20 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
     }
 }
 
-/// The covered LSN in `data_dir`'s manifest.
+/// The newest snapshot's LSN in `data_dir`'s manifest.
 pub fn manifest_lsn(data_dir: &Path) -> Option<Lsn> {
     CheckpointStore::open(data_dir).ok()?.manifest().map(|m| m.lsn)
+}
+
+/// The newest position `data_dir` holds: its last valid change log record, or its snapshot's
+/// LSN. Read without changing anything, also while a replicator writes: a record being
+/// written may already count (it is in the file, maybe not yet fsynced), so this is at least
+/// the replicator's durable position.
+pub fn log_position(data_dir: &Path) -> Option<Lsn> {
+    let snapshot = manifest_lsn(data_dir)?;
+    let log = sync::changelog::LogDir::open(&data_dir.join("log")).ok()?;
+    let last = log.verify().ok()?.iter().filter_map(|s| s.last).max().unwrap_or(Lsn(0));
+    Some(snapshot.max(last))
 }
 
 /// `pg_current_wal_lsn()`.
@@ -215,19 +232,17 @@ fn key_text(k: &NodeKey) -> String {
     k.to_string()
 }
 
-/// Loads the checkpoint in `data_dir` and compares it with `expected`: the same visible
+/// Loads the state in `data_dir` (snapshot + change log) and compares it with `expected`: the same visible
 /// nodes, tenants, and for every node the same out- and in-neighbours (with edge labels).
 pub fn assert_graph_equals(data_dir: &Path, config: &Path, expected: &Expected) -> Lsn {
     let config = MappingConfig::load(config).expect("config");
     let mapper = Mapper::new(std::sync::Arc::new(config.clone()));
-    let store = CheckpointStore::open(data_dir).expect("store");
-    let restored = store
-        .restore(config.mapping_hash())
+    let (graph, _, lsn) = sync::replicator::load(data_dir, config.mapping_hash())
         .expect("restore")
-        .expect("a checkpoint");
-    let view = restored.graph.view();
+        .expect("a snapshot");
+    let view = graph.view();
     compare(&view, &mapper, expected);
-    restored.lsn
+    lsn
 }
 
 /// Compares a view with `expected`.

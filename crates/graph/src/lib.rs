@@ -24,6 +24,7 @@ mod nodes;
 pub mod query;
 pub mod snapshot;
 mod view;
+pub mod wire;
 
 pub use csr::{Adjacency, Csr, CsrError, EdgeInput};
 pub use nodes::{FilterId, FilterValueId, NodeData, NodeKey, NodeLabel, PropValue, TenantId, MAX_NODE_LABELS};

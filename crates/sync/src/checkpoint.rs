@@ -1,24 +1,21 @@
-//! Durable checkpoints in the data directory, and recovering the newest good one.
+//! Snapshots in the data directory — the bases the change log is replayed on — and finding
+//! the newest good one at start.
 //!
 //! A checkpoint is two files plus the manifest:
 //! - `graph-<LSN>.snap`: the graph snapshot (graph engine format: checksummed, mmap-loaded);
 //! - `rows-<LSN>.idx`: the mapper's row index (checksummed);
 //! - `checkpoint.json`: the manifest naming the current checkpoint's files, the mapping hash,
-//!   the *covered LSN* (every transaction that committed before it is in the snapshot), and the
-//!   previous checkpoint with its own covered LSN (the fallback).
+//!   its LSN (the snapshot holds every transaction that ended at or before it; the change log
+//!   holds the ones after), and the previous checkpoint with its own LSN (the fallback).
 //!
-//! `<LSN>` in a file name is the covered LSN when the file was written, so a file found without
-//! a manifest still says what it covers. The manifest's covered LSN can move past it when only
-//! WAL of unmapped tables followed (an idle advance); then only the manifest is rewritten.
+//! Snapshots are written when a compaction folds the overlays (the replicator decides when),
+//! from the compacted view, on a background thread. Every file is written to a temporary name,
+//! fsynced, renamed, and the directory fsynced, so a crash leaves either the old or the new
+//! checkpoint. Two checkpoints are kept (older ones pruned) and the change log keeps every
+//! record after the older one, so a corrupt newest snapshot falls back to the previous one
+//! plus a longer replay, losing nothing.
 //!
-//! Every file is written to a temporary name, fsynced, renamed, and the directory fsynced, so
-//! a crash leaves either the old or the new checkpoint. Two checkpoints are kept (older ones
-//! pruned), and graphsync confirms to the server only what *both* cover
-//! ([`Manifest::confirmable`]): if the newest snapshot is found corrupt at start, the previous
-//! one is restored and the server still holds every change after it. The price is WAL retained
-//! for one checkpoint interval more.
-//!
-//! Not for deciding when to checkpoint (the replicator does).
+//! Not for: deciding when to write one (the replicator), or the change log (`changelog`).
 
 use crate::row_index::RowIndex;
 use graph::snapshot::{self, SnapshotError};
@@ -77,10 +74,9 @@ pub struct Fallback {
 /// The manifest (`checkpoint.json`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
-    /// Every transaction committed before this LSN is in the checkpoint.
+    /// The snapshot holds every transaction that ended at or before this LSN; replay the change
+    /// log after it.
     pub lsn: Lsn,
-    /// The snapshot's own LSN (≤ `lsn`).
-    pub snapshot_lsn: Lsn,
     /// Snapshot file name (in the data directory).
     pub snapshot: String,
     /// Row index file name.
@@ -92,18 +88,16 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// The position graphsync may confirm to the server: covered by the current checkpoint
-    /// and by the previous one, so losing either still leaves a restorable state the server
-    /// can stream on from.
-    pub fn confirmable(&self) -> Lsn {
+    /// The oldest LSN a kept checkpoint starts from: the change log must keep every record
+    /// after it.
+    pub fn oldest(&self) -> Lsn {
         self.previous.as_ref().map_or(self.lsn, |p| p.lsn.min(self.lsn))
     }
 
     fn to_json(&self) -> String {
         serde_json::json!({
-            "format": 1,
+            "format": 2,
             "lsn": self.lsn.to_string(),
-            "snapshot_lsn": self.snapshot_lsn.to_string(),
             "snapshot": self.snapshot,
             "rows": self.rows,
             "mapping_hash": format!("{:016x}", self.mapping_hash),
@@ -146,8 +140,9 @@ impl Manifest {
         };
         Ok(Manifest {
             previous,
+            // Format 1 (before the change log) also had `snapshot_lsn`; its `lsn` (what the
+            // checkpoint covered) is where streaming resumes, as now.
             lsn: lsn("lsn")?,
-            snapshot_lsn: lsn("snapshot_lsn")?,
             snapshot: str_("snapshot")?,
             rows: str_("rows")?,
             mapping_hash: u64::from_str_radix(&str_("mapping_hash")?, 16)
@@ -163,7 +158,7 @@ pub struct Restored {
     pub graph: Graph,
     /// The row index.
     pub index: RowIndex,
-    /// The covered LSN: resume streaming here, skip transactions that ended at or before it.
+    /// The snapshot's LSN: replay the change log after it.
     pub lsn: Lsn,
     /// The manifest it came from (for a fallback snapshot: a manifest made up for it).
     pub manifest: Manifest,
@@ -219,77 +214,52 @@ impl CheckpointStore {
         self.dir.join(MANIFEST).exists() || !self.snapshots().is_empty()
     }
 
-    /// Writes a full checkpoint of `view` and `index` covering `lsn` (≥ the view's LSN), with
+    /// Writes a checkpoint of `view` (at its LSN) and `index` (at the same point), with
     /// `previous` as its fallback, then prunes every other checkpoint. Returns the new
     /// manifest.
     pub fn write(
         &self,
         view: &GraphView,
         index: &RowIndex,
-        lsn: Lsn,
         previous: Option<Fallback>,
         mapping_hash: u64,
         now_unix_ms: i64,
     ) -> Result<Manifest, CheckpointError> {
-        self.write_encoded(view, &index.encode(), lsn, previous, mapping_hash, now_unix_ms)
+        self.write_encoded(view, &index.encode(), previous, mapping_hash, now_unix_ms)
     }
 
     /// As [`CheckpointStore::write`] with the row index already encoded ([`RowIndex::encode`]),
     /// so the writer can hand the work to another thread without cloning the index.
     ///
-    /// The files are named after the covered LSN, which must differ from `previous`'s files
-    /// (a new checkpoint covers more than the one it supersedes).
+    /// The files are named after the view's LSN, which must be after `previous`'s.
     pub fn write_encoded(
         &self,
         view: &GraphView,
         index: &[u8],
-        lsn: Lsn,
         previous: Option<Fallback>,
         mapping_hash: u64,
         now_unix_ms: i64,
     ) -> Result<Manifest, CheckpointError> {
-        let snap_lsn = Lsn(view.lsn());
-        let covered = lsn.max(snap_lsn);
-        let snapshot = Self::snapshot_name(covered);
-        let rows = format!("rows-{:016X}.idx", covered.0);
-        if previous.as_ref().is_some_and(|p| p.snapshot == snapshot) {
+        let lsn = Lsn(view.lsn());
+        let snapshot = Self::snapshot_name(lsn);
+        let rows = format!("rows-{:016X}.idx", lsn.0);
+        if previous.as_ref().is_some_and(|p| p.lsn >= lsn) {
             return Err(CheckpointError::Io {
                 path: self.dir.join(&snapshot),
-                source: std::io::Error::other("a new checkpoint must cover more than the one it replaces"),
+                source: std::io::Error::other("a new checkpoint must be after the one it replaces"),
             });
         }
         write_atomic(&self.dir, &rows, index)?;
         snapshot::write(view, &self.dir.join(&snapshot), mapping_hash, now_unix_ms)?;
         let m = Manifest {
-            lsn: covered,
-            snapshot_lsn: snap_lsn,
+            lsn,
             snapshot,
             rows,
             mapping_hash,
-            previous: previous.map(|p| Fallback {
-                lsn: p.lsn.min(covered),
-                ..p
-            }),
+            previous,
         };
         write_atomic(&self.dir, MANIFEST, m.to_json().as_bytes())?;
         self.prune(&m);
-        Ok(m)
-    }
-
-    /// Moves the covered LSN of the current checkpoint forward (nothing mapped changed since
-    /// its snapshot), and the previous one's too when `previous_too` (it holds the same graph
-    /// state). Returns the new manifest.
-    pub fn advance(&self, current: &Manifest, lsn: Lsn, previous_too: bool) -> Result<Manifest, CheckpointError> {
-        let lsn = lsn.max(current.lsn);
-        let m = Manifest {
-            lsn,
-            previous: current.previous.clone().map(|p| Fallback {
-                lsn: if previous_too { lsn } else { p.lsn },
-                ..p
-            }),
-            ..current.clone()
-        };
-        write_atomic(&self.dir, MANIFEST, m.to_json().as_bytes())?;
         Ok(m)
     }
 
@@ -337,9 +307,8 @@ impl CheckpointStore {
     }
 
     /// The newest usable checkpoint: the manifest's, or if its files are corrupt, the previous
-    /// checkpoint the manifest names (at the LSN it covers); without a readable manifest, the
-    /// newest snapshot file that loads (at the LSN in its name). `Ok(None)` when the directory
-    /// holds no checkpoint at all.
+    /// checkpoint the manifest names; without a readable manifest, the newest snapshot file
+    /// that loads (at its own LSN). `Ok(None)` when the directory holds no checkpoint at all.
     ///
     /// A checkpoint built under another mapping is [`CheckpointError::MappingChanged`].
     pub fn restore(&self, mapping_hash: u64) -> Result<Option<Restored>, CheckpointError> {
@@ -400,7 +369,6 @@ impl CheckpointStore {
                 Ok((graph, index, snap_lsn)) => {
                     let m = Manifest {
                         lsn: covered.max(Lsn(snap_lsn)),
-                        snapshot_lsn: Lsn(snap_lsn),
                         snapshot: name,
                         rows,
                         mapping_hash,
@@ -474,81 +442,55 @@ mod tests {
     }
 
     #[test]
-    fn confirms_what_both_checkpoints_cover_and_falls_back_to_the_previous() {
+    fn keeps_two_snapshots_and_falls_back_to_the_previous() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path()).unwrap();
         let idx = RowIndex::default();
-        let a = store.write(&view(1, 0x10), &idx, Lsn(0x20), None, 7, 0).unwrap();
-        assert_eq!(a.confirmable(), Lsn(0x20), "the only checkpoint");
-        let a = store.advance(&a, Lsn(0x30), false).unwrap();
-        assert_eq!(a.confirmable(), Lsn(0x30));
-        let b = store
-            .write(&view(2, 0x40), &idx, Lsn(0x50), fallback(&a), 7, 0)
-            .unwrap();
-        assert_eq!(b.snapshot, "graph-0000000000000050.snap");
-        assert_eq!(b.confirmable(), Lsn(0x30), "only what the previous checkpoint covers");
-        let b = store.advance(&b, Lsn(0x60), false).unwrap();
-        assert_eq!((b.lsn, b.confirmable()), (Lsn(0x60), Lsn(0x30)));
-        let c = store
-            .write(&view(3, 0x70), &idx, Lsn(0x70), fallback(&b), 7, 0)
-            .unwrap();
-        assert_eq!(c.confirmable(), Lsn(0x60));
+        let a = store.write(&view(1, 0x10), &idx, None, 7, 0).unwrap();
+        assert_eq!((a.lsn, a.oldest()), (Lsn(0x10), Lsn(0x10)));
+        let b = store.write(&view(2, 0x40), &idx, fallback(&a), 7, 0).unwrap();
+        assert_eq!(b.snapshot, "graph-0000000000000040.snap");
+        assert_eq!(b.oldest(), Lsn(0x10), "the log must keep what follows the previous one");
+        let c = store.write(&view(3, 0x70), &idx, fallback(&b), 7, 0).unwrap();
+        assert_eq!(c.oldest(), Lsn(0x40));
         assert_eq!(
             snap_files(dir.path()),
-            ["graph-0000000000000050.snap", "graph-0000000000000070.snap"],
-            "two checkpoints kept"
+            ["graph-0000000000000040.snap", "graph-0000000000000070.snap"],
+            "two snapshots kept"
         );
         assert_eq!(store.manifest().unwrap(), c);
+        // Not after the one it replaces: refused.
+        let same = store.write(&view(3, 0x70), &idx, fallback(&c), 7, 0);
+        assert!(matches!(same, Err(CheckpointError::Io { .. })), "{same:?}");
 
-        // The newest snapshot corrupted: the previous one is restored at what it covers.
+        // The newest snapshot corrupted: the previous one is restored at its own LSN (the
+        // change log replays the rest).
         let newest = dir.path().join(&c.snapshot);
         let mut bytes = std::fs::read(&newest).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 1;
         std::fs::write(&newest, bytes).unwrap();
         let r = store.restore(7).unwrap().unwrap();
-        assert_eq!(r.lsn, Lsn(0x60));
-        assert_eq!(r.manifest.snapshot, "graph-0000000000000050.snap");
+        assert_eq!(r.lsn, Lsn(0x40));
+        assert_eq!(r.manifest.snapshot, "graph-0000000000000040.snap");
         assert_eq!(r.graph.view().edge_count(), 2);
         assert!(r.refused.iter().any(|e| e.contains(&c.snapshot)), "{:?}", r.refused);
-        assert!(r.lsn >= c.confirmable(), "the server still holds everything after it");
 
-        // Without a manifest, a file covers what its name says.
+        // Another mapping: refused with the fix.
+        assert!(matches!(store.restore(8), Err(CheckpointError::MappingChanged { .. })));
+
+        // Without a manifest, the newest snapshot file that loads.
         std::fs::remove_file(dir.path().join(MANIFEST)).unwrap();
         let r = store.restore(7).unwrap().unwrap();
-        assert_eq!((r.lsn, r.graph.view().edge_count()), (Lsn(0x50), 2));
+        assert_eq!((r.lsn, r.graph.view().edge_count()), (Lsn(0x40), 2));
     }
 
     #[test]
-    fn a_copy_of_an_unchanged_graph_lets_the_fallback_advance() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path()).unwrap();
-        let idx = RowIndex::default();
-        let a = store.write(&view(1, 0x10), &idx, Lsn(0x10), None, 7, 0).unwrap();
-        let b = store
-            .write(&view(2, 0x20), &idx, Lsn(0x20), fallback(&a), 7, 0)
-            .unwrap();
-        // Idle: the same graph written again further on, its previous covering as much.
-        let prev = Fallback {
-            lsn: Lsn(0x90),
-            ..fallback(&b).unwrap()
-        };
-        let c = store.write(&view(2, 0x20), &idx, Lsn(0x90), Some(prev), 7, 0).unwrap();
-        assert_eq!(c.confirmable(), Lsn(0x90));
-        let c = store.advance(&c, Lsn(0xA0), true).unwrap();
-        assert_eq!(c.confirmable(), Lsn(0xA0));
-        // A checkpoint may not replace the file it falls back to.
-        let same = store.write(&view(2, 0x20), &idx, Lsn(0x90), fallback(&c), 7, 0);
-        assert!(matches!(same, Err(CheckpointError::Io { .. })), "{same:?}");
-        assert_eq!(store.manifest().unwrap(), c);
-    }
-
-    #[test]
-    fn manifest_without_previous_still_reads() {
+    fn a_manifest_of_the_format_before_the_change_log_still_reads() {
         let m = Manifest::from_json(
-            r#"{"format":1,"lsn":"1/10","snapshot_lsn":"1/10","snapshot":"g.snap","rows":"r.idx","mapping_hash":"000000000000abcd"}"#,
+            r#"{"format":1,"lsn":"1/10","snapshot_lsn":"1/8","snapshot":"g.snap","rows":"r.idx","mapping_hash":"000000000000abcd"}"#,
         )
         .unwrap();
-        assert_eq!((m.confirmable(), m.previous), (Lsn(0x1_0000_0010), None));
+        assert_eq!((m.lsn, m.previous), (Lsn(0x1_0000_0010), None));
     }
 }

@@ -8,6 +8,8 @@
 //! - [`mapper`]: committed transactions → one atomic graph transaction each, plus the row index
 //!   that lets deletes find their edges; the bulk build of the initial copy.
 //! - [`copy`]: reading `COPY ... (FORMAT binary)` output.
+//! - [`changelog`]: the durable change log's segment files: appending with group commit,
+//!   crash recovery, scanning for replay.
 //! - [`checkpoint`]: durable checkpoints (snapshot + row index + manifest) and their recovery.
 //! - [`catalog`]: start-up checks and set-up against the source database (tables, columns,
 //!   replica identity, publication).
@@ -23,6 +25,7 @@ pub mod assembly;
 mod background;
 pub mod catalog;
 pub mod change;
+pub mod changelog;
 pub mod checkpoint;
 pub mod committed;
 pub mod config;

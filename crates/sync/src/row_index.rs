@@ -51,16 +51,96 @@ impl EdgeLookup {
 
 /// Per edge mapping, how its edges are found, and for [`EdgeLookup::Rows`] mappings the row
 /// identity → edge map. See the module docs.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct RowIndex {
     modes: Vec<EdgeLookup>,
     maps: Vec<HashMap<NodeKey, IndexedEdge>>,
+    /// Changes since [`RowIndex::start_journal`], for the change log (`None`: not kept).
+    journal: Option<Vec<IndexOp>>,
+}
+
+impl PartialEq for RowIndex {
+    fn eq(&self, other: &Self) -> bool {
+        self.modes == other.modes && self.maps == other.maps
+    }
+}
+
+/// One change of the row index, as the change log keeps it; [`RowIndex::apply_op`] replays it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexOp {
+    /// A row of edge mapping `mapping` made `edge`.
+    Insert {
+        /// The edge mapping.
+        mapping: u16,
+        /// The row's identity.
+        row: NodeKey,
+        /// The edge.
+        edge: EdgeInput,
+    },
+    /// The row is gone (one of its identical copies, for REPLICA IDENTITY FULL).
+    Remove {
+        /// The edge mapping.
+        mapping: u16,
+        /// The row's identity.
+        row: NodeKey,
+    },
+    /// Every row of the mapping is gone (a TRUNCATE).
+    Drain {
+        /// The edge mapping.
+        mapping: u16,
+    },
 }
 
 impl RowIndex {
     /// Forgets every row of edge mapping `mapping` and returns their edges (a TRUNCATE).
     pub(crate) fn drain_mapping(&mut self, mapping: usize) -> Vec<IndexedEdge> {
+        if let Some(j) = self.journal.as_mut() {
+            j.push(IndexOp::Drain {
+                mapping: mapping as u16,
+            });
+        }
         self.maps[mapping].drain().map(|(_, e)| e).collect()
+    }
+
+    /// Starts keeping every change (dropping what was kept).
+    pub fn start_journal(&mut self) {
+        self.journal = Some(Vec::new());
+    }
+
+    /// The changes kept since [`RowIndex::start_journal`]; keeps recording.
+    pub fn journal(&self) -> &[IndexOp] {
+        self.journal.as_deref().unwrap_or(&[])
+    }
+
+    /// Takes the kept changes and stops keeping them.
+    pub fn take_journal(&mut self) -> Vec<IndexOp> {
+        self.journal.take().unwrap_or_default()
+    }
+
+    /// Replays one change (from the change log). A mapping this index does not have is an
+    /// error naming it.
+    pub fn apply_op(&mut self, op: IndexOp) -> Result<(), String> {
+        let mapping = match &op {
+            IndexOp::Insert { mapping, .. } | IndexOp::Remove { mapping, .. } | IndexOp::Drain { mapping } => {
+                usize::from(*mapping)
+            }
+        };
+        if mapping >= self.maps.len() {
+            return Err(format!(
+                "a row index change names edge mapping {mapping}; the index has {}",
+                self.maps.len()
+            ));
+        }
+        match op {
+            IndexOp::Insert { row, edge, .. } => self.insert(mapping, row, edge),
+            IndexOp::Remove { row, .. } => {
+                self.remove(mapping, &row);
+            }
+            IndexOp::Drain { .. } => {
+                self.drain_mapping(mapping);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -72,6 +152,7 @@ impl RowIndex {
         RowIndex {
             maps: vec![HashMap::new(); modes.len()],
             modes,
+            journal: None,
         }
     }
 
@@ -94,6 +175,13 @@ impl RowIndex {
     }
 
     pub(crate) fn insert(&mut self, mapping: usize, row: NodeKey, edge: EdgeInput) {
+        if let Some(j) = self.journal.as_mut() {
+            j.push(IndexOp::Insert {
+                mapping: mapping as u16,
+                row: row.clone(),
+                edge,
+            });
+        }
         match self.maps[mapping].entry(row) {
             std::collections::hash_map::Entry::Occupied(mut o) => {
                 if o.get().edge == edge {
@@ -110,6 +198,12 @@ impl RowIndex {
 
     pub(crate) fn remove(&mut self, mapping: usize, row: &NodeKey) -> Option<EdgeInput> {
         let e = self.maps[mapping].get_mut(row)?;
+        if let Some(j) = self.journal.as_mut() {
+            j.push(IndexOp::Remove {
+                mapping: mapping as u16,
+                row: row.clone(),
+            });
+        }
         if e.extra > 0 {
             e.extra -= 1;
             return Some(e.edge);
@@ -194,7 +288,11 @@ impl RowIndex {
         if r.remaining() != 0 {
             return Err(corrupt(r.corrupt("trailing bytes")));
         }
-        Ok(RowIndex { modes, maps })
+        Ok(RowIndex {
+            modes,
+            maps,
+            journal: None,
+        })
     }
 }
 

@@ -1,7 +1,8 @@
 //! Property test of the mapper: random transactions of row changes (inserts, updates incl. key
 //! and FK changes and unchanged-TOAST columns, deletes, truncates) applied to the graph, checked
-//! after every transaction against a model of the tables; with checkpoints written and restored
-//! at random points, and the bulk build of the final rows compared too.
+//! after every transaction against a model of the tables; every transaction appended to a
+//! change log, snapshots written and restarts (newest snapshot + log replay) at random points,
+//! and the bulk build of the final rows compared too.
 
 use bytes::Bytes;
 use graph::{query, Direction, EdgeFilter, GraphView, NodeId, NodeKey, PropValue, Topology};
@@ -11,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use sync::change::RowChange;
+use sync::changelog::{LogDir, LogWriter, WriterOptions};
 use sync::checkpoint::CheckpointStore;
 use sync::committed::CommittedTxn;
 use sync::config::MappingConfig;
@@ -432,6 +434,9 @@ proptest! {
         let mut index = index(&mapper, cheap);
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path()).unwrap();
+        store.write(&graph.view(), &index, None, hash, 0).unwrap();
+        let log_dir = LogDir::open(&dir.path().join("log")).unwrap();
+        let mut log = Some(LogWriter::open(&log_dir, Lsn(1), WriterOptions::new(hash)).unwrap());
         let mut lsn = 10u64;
         for (ops, action) in txns {
             let changes: Vec<RowChange> = ops.iter().filter_map(|o| step(&mut model, &r, o)).collect();
@@ -444,28 +449,39 @@ proptest! {
                 changes,
                 spilled: None,
             };
-            mapper.apply(&mut graph, &mut index, &txn).unwrap();
+            let applied = mapper.apply_logged(&mut graph, &mut index, std::slice::from_ref(&txn)).unwrap();
+            let record = sync::changelog::record::encode_changes(&applied, &[(txn.end_lsn, 0)]);
+            log.as_ref().unwrap().append(txn.end_lsn, record).unwrap();
             check(&graph.view(), &mapper, &model)?;
             match action {
-                // Checkpoint, then carry on from what was restored (a restart).
+                // A snapshot (as a compaction writes), the log since the older kept one stays.
                 0 => {
                     let previous = store.manifest().map(|m| sync::checkpoint::Fallback {
                         snapshot: m.snapshot,
                         rows: m.rows,
                         lsn: m.lsn,
                     });
-                    store.write(&graph.view(), &index, Lsn(lsn), previous, hash, 0).unwrap();
-                    let restored = store.restore(hash).unwrap().unwrap();
-                    prop_assert_eq!(restored.lsn, Lsn(lsn));
-                    prop_assert_eq!(&restored.index, &index);
-                    graph = restored.graph;
-                    index = restored.index;
-                    mapper = Mapper::new(config.clone());
-                    check(&graph.view(), &mapper, &model)?;
+                    let m = store.write(&graph.view(), &index, previous, hash, 0).unwrap();
+                    log.as_ref().unwrap().remove_through(m.oldest()).unwrap();
                 }
                 1 => {
                     graph.compact().unwrap();
                     check(&graph.view(), &mapper, &model)?;
+                }
+                // A restart: the newest snapshot plus the log replayed is the same state.
+                2 | 3 => {
+                    let writer = log.take().unwrap();
+                    prop_assert_eq!(writer.flush(std::time::Duration::from_secs(10)).unwrap(), Lsn(lsn));
+                    drop(writer);
+                    let (g, i, position) = sync::replicator::load(dir.path(), hash).unwrap().unwrap();
+                    prop_assert_eq!(position, Lsn(lsn));
+                    prop_assert_eq!(&i, &index);
+                    prop_assert_eq!(g.view().node_count(), graph.view().node_count());
+                    graph = g;
+                    index = i;
+                    mapper = Mapper::new(config.clone());
+                    check(&graph.view(), &mapper, &model)?;
+                    log = Some(LogWriter::open(&log_dir, position, WriterOptions::new(hash)).unwrap());
                 }
                 _ => {}
             }

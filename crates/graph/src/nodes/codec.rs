@@ -28,7 +28,7 @@ pub(crate) fn put_key(out: &mut Vec<u8>, k: &NodeKey) {
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
 }
@@ -61,19 +61,20 @@ pub(crate) fn key_len(k: &NodeKey) -> usize {
 
 /// The key encoded at the start of `bytes`.
 pub(crate) fn read_key(bytes: &[u8]) -> Result<NodeKey, Corrupt> {
-    Reader(ByteReader::new(bytes)).key(0)
+    Reader(&mut ByteReader::new(bytes)).key(0)
 }
 
 /// The key encoded at the start of `bytes`, and the bytes its encoding took.
 pub(crate) fn read_key_prefix(bytes: &[u8]) -> Result<(NodeKey, usize), Corrupt> {
-    let mut r = Reader(ByteReader::new(bytes));
-    let k = r.key(0)?;
-    Ok((k, r.0.offset()))
+    let mut br = ByteReader::new(bytes);
+    let k = Reader(&mut br).key(0)?;
+    Ok((k, br.offset()))
 }
 
 /// Properties encoded as (name id, value) pairs; a corrupt tail is dropped.
 pub(crate) fn read_props(bytes: &[u8], names: &[Arc<str>]) -> Vec<(Arc<str>, PropValue)> {
-    let mut r = Reader(ByteReader::new(bytes));
+    let mut br = ByteReader::new(bytes);
+    let mut r = Reader(&mut br);
     let mut out = Vec::new();
     while r.0.remaining() > 0 {
         let Ok(id) = r.0.array::<2>("property name id").map(u16::from_le_bytes) else {
@@ -85,10 +86,11 @@ pub(crate) fn read_props(bytes: &[u8], names: &[Arc<str>]) -> Vec<(Arc<str>, Pro
     out
 }
 
-struct Reader<'a>(ByteReader<'a>);
+/// Reads keys, texts and property values off a [`ByteReader`] (the inverse of `put_*`).
+pub(crate) struct Reader<'a, 'b>(pub(crate) &'b mut ByteReader<'a>);
 
-impl Reader<'_> {
-    fn str(&mut self) -> Result<Arc<str>, Corrupt> {
+impl Reader<'_, '_> {
+    pub(crate) fn str(&mut self) -> Result<Arc<str>, Corrupt> {
         let n = self.0.u32("text length")? as usize;
         let at = self.0.offset();
         let b = self.0.take(n, "text")?;
@@ -98,7 +100,7 @@ impl Reader<'_> {
         })
     }
 
-    fn prop(&mut self) -> Result<PropValue, Corrupt> {
+    pub(crate) fn prop(&mut self) -> Result<PropValue, Corrupt> {
         Ok(match self.0.u8("property tag")? {
             0 => PropValue::Null,
             1 => PropValue::Bool(self.0.u8("boolean")? != 0),
@@ -109,7 +111,7 @@ impl Reader<'_> {
         })
     }
 
-    fn key(&mut self, depth: u32) -> Result<NodeKey, Corrupt> {
+    pub(crate) fn key(&mut self, depth: u32) -> Result<NodeKey, Corrupt> {
         if depth > 16 {
             return Err(self.0.corrupt("a composite key nested too deep"));
         }

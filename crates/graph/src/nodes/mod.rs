@@ -235,6 +235,16 @@ impl NodeStore {
         }))
     }
 
+    /// The label and key of node `n`, if it was ever given data (cheaper than [`Self::data`]
+    /// for base nodes: no properties are decoded).
+    pub(crate) fn label_key(&self, n: u32) -> Option<(NodeLabel, NodeKey)> {
+        if let Some(d) = self.changed.get(self.base.len() as u32, n) {
+            return d.as_ref().map(|d| (d.label, d.key.clone()));
+        }
+        let b = &self.base;
+        b.has(n).then(|| (b.label(n as usize), b.key(n as usize)))
+    }
+
     /// Whether `n` changed since the base (its tenant must then be read from `changed`).
     pub(crate) fn tenant_of(&self, n: u32, changed: bool) -> Option<TenantId> {
         if changed {

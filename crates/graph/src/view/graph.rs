@@ -58,13 +58,18 @@ pub struct CompactionJob {
 impl CompactionJob {
     /// Folds the job's view (the expensive part; no locks held).
     pub fn build(self) -> Compacted {
-        let csr = self.view.compact_edges().map_err(|e| e.to_string());
+        let view = self.view.compact_edges().map_err(|e| e.to_string()).map(|csr| {
+            let mut view = GraphView::new(csr, self.view.lsn);
+            view.edge_count = self.view.edge_count;
+            view.nodes = self.view.nodes.compacted(self.view.node_count);
+            let deleted = self.view.deleted_bits();
+            if deleted.iter().any(|&w| w != 0) {
+                view.base_deleted = Some(Arc::new(deleted));
+            }
+            view
+        });
         Compacted {
-            nodes: self.view.nodes.compacted(self.view.node_count),
-            csr,
-            deleted: self.view.deleted_bits(),
-            lsn: self.view.lsn,
-            visible_edges: self.view.edge_count,
+            view,
             generation: self.generation,
         }
     }
@@ -73,15 +78,18 @@ impl CompactionJob {
 /// The result of [`CompactionJob::build`], to hand to [`Graph::finish_compaction`].
 #[derive(Debug)]
 pub struct Compacted {
-    nodes: NodeStore,
-    /// The fresh base, or why it could not be built (an invariant broke).
-    csr: Result<Csr, String>,
-    /// Dense bitset of the nodes not visible at the compacted LSN.
-    deleted: Vec<u64>,
-    lsn: u64,
-    /// Compaction changes storage, not what is visible.
-    visible_edges: usize,
+    /// The fresh base at the compacted LSN (no overlay), or why it could not be built (an
+    /// invariant broke).
+    view: Result<GraphView, String>,
     generation: u64,
+}
+
+impl Compacted {
+    /// The compacted view (at the LSN the compaction began), e.g. to write it as a snapshot
+    /// before [`Graph::finish_compaction`]; `None` if the compaction failed.
+    pub fn view(&self) -> Option<&GraphView> {
+        self.view.as_ref().ok()
+    }
 }
 
 /// A cloneable, thread-safe handle to the latest published view of a [`Graph`]. Taking a view
@@ -278,13 +286,7 @@ impl Graph {
             return Err(ApplyError::StaleCompaction);
         }
         let (_, log) = self.since_compaction.take().unwrap_or_default();
-        let csr = done.csr.map_err(ApplyError::Compaction)?;
-        let mut view = GraphView::new(csr, done.lsn);
-        view.edge_count = done.visible_edges;
-        view.nodes = done.nodes;
-        if done.deleted.iter().any(|&w| w != 0) {
-            view.base_deleted = Some(Arc::new(done.deleted));
-        }
+        let mut view = done.view.map_err(ApplyError::Compaction)?;
         let claimed = view.table.claim(view.seq);
         debug_assert!(claimed, "a fresh table is free");
         // Positions in the old base's rows mean nothing in the new one: a fresh index, kept

@@ -94,7 +94,7 @@ pub struct GraphView {
     /// Nodes of `base_deleted` restored since.
     restored: usize,
     nodes: NodeStore,
-    node_count: u32,
+    pub(crate) node_count: u32,
     edge_count: usize,
     overlay_edges: usize,
     lsn: u64,
@@ -223,6 +223,11 @@ impl GraphView {
     /// The data of node `n`, if it has any.
     pub fn node(&self, n: NodeId) -> Option<Arc<NodeData>> {
         self.nodes.data(n.0)
+    }
+
+    /// The label and key of node `n` (visible or not), if it has data.
+    pub fn node_key(&self, n: NodeId) -> Option<(NodeLabel, NodeKey)> {
+        self.nodes.label_key(n.0)
     }
 
     /// Heap bytes of the node store's base columns and index.

@@ -254,16 +254,26 @@ impl Txn<'_> {
         self.push(Mutation::RemoveEdge(e))
     }
 
+    /// The mutations applied so far, in order (what [`crate::wire`] logs).
+    pub fn mutations(&self) -> &[Mutation] {
+        &self.log
+    }
+
     /// Publishes the transaction as the graph's new view.
     pub fn commit(self) -> Result<Arc<GraphView>, ApplyError> {
+        self.commit_logged().map(|(view, _)| view)
+    }
+
+    /// As [`Txn::commit`], also returning the transaction's mutations (for the change log).
+    pub fn commit_logged(self) -> Result<(Arc<GraphView>, Vec<Mutation>), ApplyError> {
         let Txn { graph, b, log, lsn } = self;
         let view = Arc::new(b.finish(lsn));
         // The previous view's versions stay for those who hold it.
         if let Some((_, pending)) = graph.since_compaction.as_mut() {
-            pending.push((lsn, log));
+            pending.push((lsn, log.clone()));
         }
         graph.publish(view.clone());
-        Ok(view)
+        Ok((view, log))
     }
 }
 

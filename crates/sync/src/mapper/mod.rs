@@ -23,7 +23,7 @@ use crate::config::MappingConfig;
 use crate::rows::{self, RowError};
 use graph::{
     ApplyError, BulkError, CompactionPolicy, EdgeInput, EdgeLabel, FilterId, Graph, GraphView, NodeData, NodeId,
-    NodeKey, NodeLabel, PropValue,
+    NodeKey, NodeLabel, PropValue, Topology,
 };
 use pgoutput::{DecodeError, Relation, TupleData, Value};
 use std::collections::HashMap;
@@ -122,6 +122,21 @@ impl Nodes for graph::Txn<'_> {
     fn id(&mut self, label: NodeLabel, key: &NodeKey) -> NodeId {
         self.node_id(label, key)
     }
+}
+
+/// What [`Mapper::apply_logged`] applied: the published view and what the change log keeps.
+#[derive(Debug)]
+pub struct Applied {
+    /// The published view.
+    pub view: Arc<GraphView>,
+    /// The node count before the batch (the first new node's id).
+    pub node_count_before: u32,
+    /// The graph mutations, in order.
+    pub mutations: Vec<graph::Mutation>,
+    /// The row index changes, in order.
+    pub index_ops: Vec<crate::row_index::IndexOp>,
+    /// Per transaction, the mutation and index-change counts after it (cumulative).
+    pub ends: Vec<(usize, usize)>,
 }
 
 /// Maps rows of the configured tables to graph changes. Holds the label numbering (node labels
@@ -338,6 +353,44 @@ impl Mapper {
             txn.for_each_change(|change| self.apply_change(&mut t, index, change))?;
         }
         Ok(t.commit()?)
+    }
+
+    /// As [`Mapper::apply_many`], also returning what the change log keeps: the graph
+    /// mutations and row index changes, and where each transaction's end in both.
+    pub fn apply_logged(
+        &mut self,
+        graph: &mut Graph,
+        index: &mut RowIndex,
+        txns: &[CommittedTxn],
+    ) -> Result<Applied, MapError> {
+        let Some(last) = txns.last() else {
+            return Ok(Applied {
+                view: graph.view(),
+                node_count_before: graph.view().node_count(),
+                mutations: Vec::new(),
+                index_ops: Vec::new(),
+                ends: Vec::new(),
+            });
+        };
+        let node_count_before = graph.view().node_count();
+        let mut t = graph.begin(last.end_lsn.0)?;
+        index.start_journal();
+        let mut ends = Vec::with_capacity(txns.len());
+        let result = txns.iter().try_for_each(|txn| {
+            txn.for_each_change(|change| self.apply_change(&mut t, index, change))?;
+            ends.push((t.mutations().len(), index.journal().len()));
+            Ok::<(), MapError>(())
+        });
+        let index_ops = index.take_journal();
+        result?;
+        let (view, mutations) = t.commit_logged()?;
+        Ok(Applied {
+            view,
+            node_count_before,
+            mutations,
+            index_ops,
+            ends,
+        })
     }
 
     /// Applies one committed transaction to `graph` as one published view at `txn.end_lsn`,

@@ -1,5 +1,6 @@
 //! Applying what was received: transactions that arrived back to back batched into one
-//! graph transaction, published at the last commit, with the latency metrics.
+//! graph transaction, published at the last commit, appended to the change log as one record
+//! (holding each transaction's boundary), with the latency metrics.
 
 #[allow(unused_imports)]
 use super::*;
@@ -31,7 +32,8 @@ impl Batch {
     }
 }
 
-/// Applies the batched transactions as one graph transaction and publishes it.
+/// Applies the batched transactions as one graph transaction, publishes it and queues its
+/// change log record (made durable by the log's writer thread; nothing is confirmed before).
 pub(super) fn apply_pending(
     batch: &mut Batch,
     mapper: &mut Mapper,
@@ -47,8 +49,18 @@ pub(super) fn apply_pending(
         tokio::task::block_in_place(|| st.graph.compact())?;
     }
     let started = Instant::now();
-    mapper.apply_many(&mut st.graph, &mut st.index, pending)?;
+    let done = mapper.apply_logged(&mut st.graph, &mut st.index, pending)?;
     let applied = Instant::now();
+    let ends: Vec<(Lsn, i64)> = pending
+        .iter()
+        .map(|t| (t.end_lsn, t.commit_time.unix_micros()))
+        .collect();
+    let record = crate::changelog::record::encode_changes(&done, &ends);
+    let logged_changes = done.mutations.len() as u64;
+    drop(done);
+    st.log.append(end, record)?;
+    st.logged = end;
+    st.since_snapshot += logged_changes;
     let took = applied.duration_since(started).as_secs_f64();
     let now_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -79,7 +91,6 @@ pub(super) fn apply_pending(
         s.changes += changes as u64;
     });
     st.safe = end;
-    st.version += 1;
     batch.clear();
     Ok(())
 }

@@ -15,6 +15,12 @@ pub enum SyncError {
     /// Checkpoint write or restore failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The change log could not be read or written.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The change log could not be replayed at start.
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
     /// A message could not be decoded.
     #[error("cannot decode a message from the server: {0} (nothing after the last checkpoint is confirmed; report this with the server version)")]
     Decode(#[from] DecodeError),

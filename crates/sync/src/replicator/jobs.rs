@@ -1,141 +1,206 @@
-//! Checkpoints and compactions: writing one synchronously, and the background jobs (on
-//! low-priority threads, `crate::background`) the stream loop starts and reaps.
+//! Compactions and the snapshots written with them: started by the stream loop when overlays
+//! pass the soft limit or the log since the last snapshot passes its bound, run on
+//! low-priority threads (`crate::background`), reaped by the loop.
+//!
+//! A snapshot is the compaction's own result (the compacted view, no second copy of the
+//! graph), written only once the log is durable up to its LSN: a snapshot never holds a
+//! change the log could lose, so the log since the previous snapshot is always complete.
 
 #[allow(unused_imports)]
 use super::*;
 
-pub(super) fn checkpoint(
+/// Writes the first snapshot (after the initial copy), on this thread.
+pub(super) fn first_snapshot(
     store: &CheckpointStore,
-    st: &mut State,
+    graph: &Graph,
+    index: &RowIndex,
     hash: u64,
     status: &ReplicaStatus,
-) -> Result<(), CheckpointError> {
+) -> Result<Manifest, CheckpointError> {
     let started = Instant::now();
-    let view = st.graph.view();
-    let m = store.write(&view, &st.index, st.safe, st.fallback(), hash, now_ms())?;
-    tracing::info!(lsn = %m.lsn, snapshot = %m.snapshot, ms = started.elapsed().as_millis() as u64, "checkpoint written");
-    st.previous_same = !st.dirty();
-    record_checkpoint(store, st, m, status);
-    st.durable_version = st.version;
-    Ok(())
+    let m = store.write(&graph.view(), index, None, hash, now_ms())?;
+    tracing::info!(lsn = %m.lsn, snapshot = %m.snapshot, ms = started.elapsed().as_millis() as u64, "snapshot written");
+    record_snapshot(store, &m, status);
+    Ok(m)
 }
 
-/// Makes `m` the state's manifest and reports it.
-pub(super) fn record_checkpoint(store: &CheckpointStore, st: &mut State, m: Manifest, status: &ReplicaStatus) {
+/// Reports a new snapshot.
+fn record_snapshot(store: &CheckpointStore, m: &Manifest, status: &ReplicaStatus) {
     let bytes = std::fs::metadata(store.dir().join(&m.snapshot)).map_or(0, |md| md.len());
-    st.manifest = m;
     status.update(|s| {
-        s.manifest_positions(&st.manifest);
+        s.snapshot_lsn = m.lsn;
         s.checkpoints += 1;
         s.snapshot_bytes = bytes;
         s.snapshot_unix_ms = now_ms();
     });
 }
 
-/// A checkpoint being written on a blocking thread: the manifest and how long it took.
-pub(super) type CheckpointTask = tokio::task::JoinHandle<Result<(Manifest, Duration), CheckpointError>>;
+/// What a background compaction returns: the compacted graph, and the snapshot written of it
+/// (with how long it took), if one was asked for.
+type Finished = (graph::Compacted, Option<Result<(Manifest, Duration), CheckpointError>>);
 
-/// Checkpoints and compactions running on blocking threads while streaming goes on.
-#[derive(Default)]
-pub(super) struct Background {
-    /// A checkpoint being written, and the state version it captured.
-    pub(super) checkpoint: Option<(u64, CheckpointTask)>,
-    pub(super) compaction: Option<tokio::task::JoinHandle<graph::Compacted>>,
+/// A compaction in flight.
+pub(super) struct Running {
+    task: tokio::task::JoinHandle<Finished>,
+    /// Logged changes the snapshot (if any) holds.
+    since_snapshot: u64,
 }
 
-impl Background {
-    /// Starts a checkpoint of the current view covering `st.safe` if none is running.
-    pub(super) fn start_checkpoint(&mut self, store: &CheckpointStore, st: &mut State, hash: u64) {
-        if self.checkpoint.is_some() {
-            return;
-        }
-        let view = st.graph.view();
-        let index = st.index.encode();
-        let (store, lsn, previous) = (store.clone(), st.safe, st.fallback());
-        self.checkpoint = Some((
-            st.version,
-            crate::background::spawn("checkpoint", move || {
-                let started = Instant::now();
-                store
-                    .write_encoded(&view, &index, lsn, previous, hash, now_ms())
-                    .map(|m| (m, started.elapsed()))
-            }),
-        ));
-    }
+/// The compaction running on a background thread while streaming goes on.
+#[derive(Default)]
+pub(super) struct Background {
+    pub(super) compaction: Option<Running>,
+    /// No snapshot is attempted before this (after a failed one).
+    retry_after: Option<Instant>,
+}
 
-    /// Collects a finished checkpoint (or waits for it with `wait`).
-    pub(super) async fn reap_checkpoint(
+/// What starting a snapshot needs.
+pub(super) struct SnapshotCtx<'a> {
+    pub(super) store: &'a CheckpointStore,
+    pub(super) hash: u64,
+    pub(super) after_changes: u64,
+}
+
+/// How long a snapshot waits for the log to be durable up to its LSN before giving up (the
+/// log's writer is failing: disk full).
+const DURABLE_WAIT: Duration = Duration::from_secs(60);
+
+impl Background {
+    /// Starts a compaction when overlays passed the soft limit, or the log since the last
+    /// snapshot passed its bound (then a snapshot is written of the result); swaps in a
+    /// finished one; waits for it when overlays reached the hard limit.
+    pub(super) async fn compaction(
         &mut self,
-        store: &CheckpointStore,
         st: &mut State,
         status: &ReplicaStatus,
-        wait: bool,
-    ) {
-        let Some((_, h)) = self.checkpoint.as_ref() else { return };
-        if !wait && !h.is_finished() {
-            return;
-        }
-        let Some((version, h)) = self.checkpoint.take() else {
-            return;
-        };
-        match h.await {
-            Ok(Ok((m, took))) => {
-                // A copy of the state the previous checkpoint already held (written while
-                // idle) leaves both checkpoints with the same graph.
-                st.previous_same = version == st.durable_version;
-                // Durable up to the version the checkpoint captured, not later ones.
-                st.durable_version = version;
-                tracing::info!(lsn = %m.lsn, snapshot = %m.snapshot, ms = took.as_millis() as u64, "checkpoint written");
-                // No idle advance runs while a checkpoint is in flight, so this manifest is the
-                // newest.
-                record_checkpoint(store, st, m, status);
-            }
-            Ok(Err(e)) => checkpoint_failed(status, &e),
-            Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
-        }
-    }
-
-    /// Starts a compaction when overlays passed the soft limit; swaps in a finished one;
-    /// waits for it when overlays reached the hard limit.
-    pub(super) async fn compaction(&mut self, st: &mut State, status: &ReplicaStatus) -> Result<(), SyncError> {
-        if self.compaction.is_none() && st.graph.needs_compaction() {
+        ctx: &SnapshotCtx<'_>,
+    ) -> Result<(), SyncError> {
+        let retry_ok = self.retry_after.is_none_or(|t| Instant::now() >= t);
+        let want_snapshot = st.since_snapshot >= ctx.after_changes && retry_ok;
+        if self.compaction.is_none() && (st.graph.needs_compaction() || want_snapshot) {
             let job = st.graph.begin_compaction();
+            let lsn = Lsn(st.graph.view().lsn());
+            // Every compaction writes a snapshot when it holds anything the current one does not
+            // (and no recent attempt failed): it costs one pass over the compacted arrays.
+            let snapshot = (lsn > st.manifest.lsn && retry_ok).then(|| {
+                (
+                    st.index.encode(),
+                    Fallback {
+                        snapshot: st.manifest.snapshot.clone(),
+                        rows: st.manifest.rows.clone(),
+                        lsn: st.manifest.lsn,
+                    },
+                    st.log.watch(),
+                )
+            });
+            let (store, hash) = (ctx.store.clone(), ctx.hash);
             let started = Instant::now();
-            self.compaction = Some(crate::background::spawn("compaction", move || {
+            let task = crate::background::spawn("compaction", move || {
                 let done = job.build();
                 tracing::debug!(ms = started.elapsed().as_millis() as u64, "compaction built");
-                done
-            }));
+                let written = match (snapshot, done.view()) {
+                    (Some((index, previous, durable)), Some(view)) => {
+                        let started = Instant::now();
+                        Some(
+                            wait_durable(&durable, lsn, &store)
+                                .and_then(|()| store.write_encoded(view, &index, Some(previous), hash, now_ms()))
+                                .map(|m| (m, started.elapsed())),
+                        )
+                    }
+                    _ => None,
+                };
+                (done, written)
+            });
+            self.compaction = Some(Running {
+                task,
+                since_snapshot: st.since_snapshot,
+            });
             status.update(|s| s.compactions += 1);
         }
         let must_wait = st.graph.read_only_reason().is_some();
-        let ready = self.compaction.as_ref().is_some_and(|h| h.is_finished());
+        let ready = self.compaction.as_ref().is_some_and(|r| r.task.is_finished());
         if ready || (must_wait && self.compaction.is_some()) {
             if must_wait {
                 tracing::warn!("overlays at the hard limit; waiting for the compaction");
             }
-            let started = Instant::now();
-            if let Some(h) = self.compaction.take() {
-                let done = h
-                    .await
-                    .map_err(|e| SyncError::Io(format!("compaction task failed: {e}")))?;
-                match st.graph.finish_compaction(done) {
-                    // A synchronous compaction at the hard limit superseded this one.
-                    Err(ApplyError::StaleCompaction) => return Ok(()),
-                    r => {
-                        r?;
-                    }
+            self.reap(st, status, ctx.store).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the compaction in flight, swaps it in and records its snapshot.
+    pub(super) async fn reap(
+        &mut self,
+        st: &mut State,
+        status: &ReplicaStatus,
+        store: &CheckpointStore,
+    ) -> Result<(), SyncError> {
+        let Some(running) = self.compaction.take() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let (done, written) = running
+            .task
+            .await
+            .map_err(|e| SyncError::Io(format!("compaction task failed: {e}")))?;
+        match written {
+            Some(Ok((m, took))) => {
+                tracing::info!(lsn = %m.lsn, snapshot = %m.snapshot, ms = took.as_millis() as u64, "snapshot written");
+                record_snapshot(store, &m, status);
+                st.since_snapshot = st.since_snapshot.saturating_sub(running.since_snapshot);
+                // Records before the older kept snapshot are needed by neither.
+                match st.log.remove_through(m.oldest()) {
+                    Ok(n) if n > 0 => tracing::debug!(segments = n, "removed change log segments"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot remove old change log segments; retrying later"),
                 }
-                let took = started.elapsed();
-                tracing::info!(ms = took.as_millis() as u64, "compacted overlays");
-                status.update(|s| s.compaction_seconds += took.as_secs_f64());
+                st.manifest = m;
+                self.retry_after = None;
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "snapshot failed; keeping the previous one (the change log holds everything since), retrying in 10 s");
+                status.update(|s| s.last_error = Some(e.to_string()));
+                self.retry_after = Some(Instant::now() + Duration::from_secs(10));
+            }
+            None => {}
+        }
+        match st.graph.finish_compaction(done) {
+            // A synchronous compaction at the hard limit superseded this one.
+            Err(ApplyError::StaleCompaction) => return Ok(()),
+            r => {
+                r?;
             }
         }
+        let took = started.elapsed();
+        tracing::info!(ms = took.as_millis() as u64, "compacted overlays");
+        status.update(|s| s.compaction_seconds += took.as_secs_f64());
         Ok(())
     }
 }
 
-pub(super) fn checkpoint_failed(status: &ReplicaStatus, e: &CheckpointError) {
-    tracing::error!(error = %e, "checkpoint failed; keeping the previous one, confirming nothing new, retrying");
-    status.update(|s| s.last_error = Some(e.to_string()));
+/// Waits (bounded) until the log is durable up to `lsn`.
+fn wait_durable(durable: &watch::Receiver<Lsn>, lsn: Lsn, store: &CheckpointStore) -> Result<(), CheckpointError> {
+    let deadline = Instant::now() + DURABLE_WAIT;
+    while *durable.borrow() < lsn {
+        if Instant::now() >= deadline {
+            return Err(CheckpointError::Io {
+                path: store.dir().join("log"),
+                source: std::io::Error::other(format!(
+                    "the change log is not durable up to {lsn} after {}s; a snapshot may not hold changes the log could lose",
+                    DURABLE_WAIT.as_secs()
+                )),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// Lets a compaction in flight finish (and its snapshot be recorded) before stopping.
+pub(super) async fn finish_background(st: &mut State, status: &ReplicaStatus, store: &CheckpointStore) {
+    let mut bg = std::mem::take(&mut st.bg);
+    if let Err(e) = bg.reap(st, status, store).await {
+        tracing::warn!(error = %e, "the compaction in flight failed while stopping");
+    }
+    st.bg = bg;
 }

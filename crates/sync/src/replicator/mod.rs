@@ -2,21 +2,22 @@
 //! reconnect.
 //!
 //! Invariants kept here:
-//! - the flush LSN sent to the server is never more than what both checkpoints on disk cover
-//!   ([`crate::checkpoint::Manifest::confirmable`]), so a crash anywhere, or a corrupt newest
-//!   snapshot, loses nothing;
+//! - the flush LSN sent to the server is never more than the change log's durable position
+//!   (the last fsynced record), so a crash anywhere loses nothing the server dropped; a
+//!   snapshot is written only of changes already durable in the log, and the log keeps every
+//!   record after the older of the two kept snapshots, so a corrupt newest snapshot falls back
+//!   to the previous one plus a longer replay;
 //! - transactions that ended at or before the restored position are skipped (the server may
 //!   resend from its `confirmed_flush_lsn`);
 //! - a restored position behind the slot's `confirmed_flush_lsn`, a missing or invalidated
 //!   slot, or a checkpoint of another mapping is refused (or rebuilt with `rebuild`), never
 //!   streamed over;
-//! - when nothing mapped is pending, the covered LSN follows the server's keepalives (and one
-//!   copy of the unchanged graph lets the fallback follow too), so an idle slot does not hold
-//!   WAL.
+//! - when nothing mapped is pending, the position follows the server's keepalives (a position
+//!   record in the log), so an idle slot does not hold WAL.
 //!
 //! Split by job (after Supabase's `etl`): `session` (connect, check, decide how to resume),
-//! `initial_copy`, `stream` (the loop), `apply` (batches into graph transactions), `jobs`
-//! (checkpoints and compactions in the background), `status` (what the HTTP layer reads),
+//! `initial_copy`, `stream` (the loop), `apply` (batches into graph transactions and change
+//! log records), `jobs` (compactions and the snapshots written with them, in the background), `status` (what the HTTP layer reads),
 //! `error`. A [`run`] keeps a `Replicator` (options, store, mapper, status, the state kept
 //! across reconnects) and runs one session per connection.
 //!
@@ -24,6 +25,7 @@
 
 use crate::assembly::{AssemblyError, TxnAssembler};
 use crate::catalog::{self, CatalogError, TableInfo};
+use crate::changelog::{LogDir, LogError, LogWriter, ReplayError, WriterOptions};
 use crate::checkpoint::{CheckpointError, CheckpointStore, Fallback, Manifest};
 use crate::committed::CommittedTxn;
 use crate::config::MappingConfig;
@@ -43,6 +45,7 @@ mod apply;
 mod error;
 mod initial_copy;
 mod jobs;
+mod restore;
 mod session;
 mod status;
 mod stream;
@@ -54,6 +57,7 @@ pub use error::SyncError;
 use initial_copy::*;
 #[allow(unused_imports)]
 use jobs::*;
+pub use restore::load;
 #[allow(unused_imports)]
 use session::*;
 pub use status::{GraphSchema, Histogram, KeyKind, Phase, ReplicaStatus, StatusSnapshot};
@@ -71,12 +75,15 @@ pub struct Options {
     pub slot: String,
     /// Publication.
     pub publication: String,
-    /// Data directory (checkpoints).
+    /// Data directory (snapshots and the change log).
     pub data_dir: PathBuf,
     /// Drop and rebuild from source when the state cannot be resumed.
     pub rebuild: bool,
-    /// Full checkpoint at most this often while changes arrive.
-    pub checkpoint_interval: Duration,
+    /// Write a snapshot (with a compaction, started for it if need be) once this many graph
+    /// changes were logged since the last one: bounds the replay at restart.
+    pub snapshot_after_changes: u64,
+    /// Change log segment size: a new segment file starts past it.
+    pub log_segment_bytes: u64,
     /// Standby status update interval.
     pub status_interval: Duration,
     /// Compaction thresholds.
@@ -92,7 +99,8 @@ pub struct Options {
 }
 
 impl Options {
-    /// Options with defaults: 10 s checkpoints and status updates.
+    /// Options with defaults: a snapshot per million logged changes, 64 MiB log segments, 10 s
+    /// status updates.
     pub fn new(config: Arc<MappingConfig>, conn: pgrepl::Config, data_dir: PathBuf) -> Self {
         Options {
             slot: config.source.slot.clone(),
@@ -101,7 +109,8 @@ impl Options {
             conn,
             data_dir,
             rebuild: false,
-            checkpoint_interval: Duration::from_secs(10),
+            snapshot_after_changes: 1_000_000,
+            log_segment_bytes: 64 << 20,
             status_interval: Duration::from_secs(10),
             compaction: CompactionPolicy::default(),
             spill_threshold: 64 << 20,
@@ -115,47 +124,19 @@ impl Options {
 struct State {
     graph: Graph,
     index: RowIndex,
-    /// Every transaction committed before this is applied.
+    /// Every transaction committed at or before this is applied.
     safe: Lsn,
-    /// The manifest on disk.
+    /// The checkpoint (snapshots) on disk.
     manifest: Manifest,
-    /// Incremented by every applied batch.
-    version: u64,
-    /// The version the manifest's snapshot holds; anything newer is not durable yet.
-    durable_version: u64,
-    /// Whether the manifest's previous checkpoint holds the same graph state as its current
-    /// one (a fallback copy written while idle), so an idle advance moves both.
-    previous_same: bool,
-    /// Checkpoint and compaction in flight; kept across reconnects so none is lost or raced.
+    /// The change log being appended to.
+    log: LogWriter,
+    /// The newest position appended to the log (≥ what is durable).
+    logged: Lsn,
+    /// Graph changes logged since the manifest's snapshot.
+    since_snapshot: u64,
+    /// Compaction (and the snapshot written with it) in flight; kept across reconnects so
+    /// none is lost or raced.
     bg: Background,
-}
-
-impl State {
-    /// Whether transactions were applied since the manifest's snapshot.
-    fn dirty(&self) -> bool {
-        self.version != self.durable_version
-    }
-
-    /// The current checkpoint as the fallback of the next one.
-    fn fallback(&self) -> Option<Fallback> {
-        (!self.manifest.snapshot.is_empty()).then(|| Fallback {
-            snapshot: self.manifest.snapshot.clone(),
-            rows: self.manifest.rows.clone(),
-            // Unchanged since that snapshot: it covers everything applied so far.
-            lsn: if self.dirty() { self.manifest.lsn } else { self.safe },
-        })
-    }
-
-    /// Whether to write a copy of the unchanged graph so that the fallback catches up with
-    /// the current checkpoint: nothing to checkpoint, yet the server has moved past what we
-    /// can confirm (WAL of unmapped tables only).
-    fn needs_fallback_copy(&self) -> bool {
-        !self.dirty()
-            && !self.previous_same
-            && self.manifest.previous.is_some()
-            && self.safe > self.manifest.confirmable()
-            && CheckpointStore::snapshot_name(self.safe) != self.manifest.snapshot
-    }
 }
 
 fn now_ms() -> i64 {
@@ -193,15 +174,17 @@ impl Backoff {
 /// and returns `Ok`) or a non-transient error stops it. Transient errors reconnect with backoff.
 pub async fn run(opts: Options, status: Arc<ReplicaStatus>, shutdown: watch::Receiver<bool>) -> Result<(), SyncError> {
     let store = CheckpointStore::open(&opts.data_dir)?;
-    // Load the checkpoint while connecting: a restart costs the slower of the two, not both.
+    let log = LogDir::open(&opts.data_dir.join("log"))?;
+    // Restore while connecting: a restart costs the slower of the two, not both.
     let restoring = (!opts.rebuild).then(|| {
-        let (store, hash) = (store.clone(), opts.config.mapping_hash());
-        tokio::task::spawn_blocking(move || store.restore(hash))
+        let (store, log, hash) = (store.clone(), log.clone(), opts.config.mapping_hash());
+        tokio::task::spawn_blocking(move || restore::restore(&store, &log, hash))
     });
     let mut r = Replicator {
         opts: &opts,
         mapper: Mapper::new(opts.config.clone()),
         store,
+        log,
         status,
         shutdown,
         state: None,
@@ -228,14 +211,11 @@ pub async fn run(opts: Options, status: Arc<ReplicaStatus>, shutdown: watch::Rec
                     _ = r.shutdown.changed() => {}
                 }
                 if *r.shutdown.borrow() {
-                    // Nothing new can be durable without a connection; the last checkpoint
-                    // stands. Write one more if changes are pending.
+                    // Without a connection nothing more can be confirmed; what was applied is
+                    // in the log already.
                     if let Some(st) = r.state.as_mut() {
-                        let mut bg = std::mem::take(&mut st.bg);
-                        bg.reap_checkpoint(&r.store, st, &r.status, true).await;
-                        if st.dirty() {
-                            let _ = checkpoint(&r.store, st, opts.config.mapping_hash(), &r.status);
-                        }
+                        finish_background(st, &r.status, &r.store).await;
+                        let _ = st.log.flush(Duration::from_secs(30));
                     }
                     return Ok(());
                 }
@@ -258,6 +238,8 @@ pub async fn run(opts: Options, status: Arc<ReplicaStatus>, shutdown: watch::Rec
 struct Replicator<'a> {
     opts: &'a Options,
     store: CheckpointStore,
+    /// The change log's directory.
+    log: LogDir,
     mapper: Mapper,
     status: Arc<ReplicaStatus>,
     shutdown: watch::Receiver<bool>,
@@ -265,6 +247,6 @@ struct Replicator<'a> {
     state: Option<State>,
     /// Copy again instead of restoring (`--rebuild`; cleared once rebuilt).
     rebuild: bool,
-    /// The checkpoint being loaded while the first connection is made.
-    restoring: Option<session::RestoreTask>,
+    /// The state being restored while the first connection is made.
+    restoring: Option<restore::RestoreTask>,
 }

@@ -4,15 +4,13 @@
 #[allow(unused_imports)]
 use super::*;
 
-/// A checkpoint being loaded on a blocking thread.
-pub(super) type RestoreTask = tokio::task::JoinHandle<Result<Option<crate::checkpoint::Restored>, CheckpointError>>;
-
 /// One session of the run `r`: returns when shutdown was asked (after the final checkpoint)
 /// or with the error that ended it (transient ones reconnect).
 pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
     let opts = r.opts;
     let Replicator {
         store,
+        log,
         mapper,
         status,
         shutdown,
@@ -21,7 +19,7 @@ pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
         restoring,
         ..
     } = r;
-    let (store, status, shutdown) = (&*store, &*status, &*shutdown);
+    let (store, log, status, shutdown) = (&*store, &*log, &*status, &*shutdown);
     let hash = opts.config.mapping_hash();
     let mut client = ReplicationClient::connect(&opts.conn).await?;
     let sys = client.identify_system().await?;
@@ -69,19 +67,26 @@ pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
             match restoring.take() {
                 Some(task) => task
                     .await
-                    .map_err(|e| SyncError::Io(format!("loading the checkpoint failed: {e}")))??,
-                None => store.restore(hash)?,
+                    .map_err(|e| SyncError::Io(format!("restoring failed: {e}")))??,
+                None => super::restore::restore(store, log, hash)?,
             }
         };
         match restored {
-            Some(r) => {
+            Some(resumed) => {
+                let super::restore::Resumed {
+                    restored: r,
+                    replayed,
+                    took,
+                    ..
+                } = resumed;
                 for refused in &r.refused {
-                    tracing::warn!(%refused, "skipped an unusable checkpoint file");
+                    tracing::warn!(%refused, "skipped an unusable snapshot");
                 }
+                let position = replayed.position.max(r.lsn);
                 let Some(s) = &slot else {
                     return Err(SyncError::SlotMissing {
                         slot: opts.slot.clone(),
-                        lsn: r.lsn,
+                        lsn: position,
                     });
                 };
                 if s.wal_status.as_deref() == Some("lost") {
@@ -89,29 +94,42 @@ pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
                         slot: opts.slot.clone(),
                     });
                 }
-                if s.confirmed_flush > r.lsn {
+                if s.confirmed_flush > position {
                     return Err(SyncError::Gap {
                         slot: opts.slot.clone(),
                         confirmed: s.confirmed_flush,
-                        restored: r.lsn,
+                        restored: position,
                     });
                 }
-                tracing::info!(lsn = %r.lsn, snapshot = %r.manifest.snapshot, nodes = r.graph.view().node_count(), edges = r.graph.view().edge_count(), "restored checkpoint");
+                tracing::info!(
+                    snapshot = %r.manifest.snapshot,
+                    snapshot_lsn = %r.lsn,
+                    replayed_records = replayed.records,
+                    replayed_txns = replayed.txns,
+                    replayed_changes = replayed.mutations,
+                    position = %position,
+                    nodes = r.graph.view().node_count(),
+                    edges = r.graph.view().edge_count(),
+                    ms = took.as_millis() as u64,
+                    "restored"
+                );
                 let mut r = r;
                 r.graph.set_policy(opts.compaction);
+                let writer = LogWriter::open(log, position, writer_options(opts))?;
                 status.set_graph(r.graph.reader());
                 status.update(|st| {
-                    st.applied_lsn = r.lsn;
-                    st.manifest_positions(&r.manifest);
+                    st.applied_lsn = position;
+                    st.durable_lsn = position;
+                    st.snapshot_lsn = r.manifest.lsn;
                 });
                 *state = Some(State {
                     graph: r.graph,
                     index: r.index,
-                    safe: r.lsn,
+                    safe: position,
                     manifest: r.manifest,
-                    version: 0,
-                    durable_version: 0,
-                    previous_same: false,
+                    log: writer,
+                    logged: position,
+                    since_snapshot: replayed.mutations,
                     bg: Background::default(),
                 });
             }
@@ -134,32 +152,30 @@ pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
                     client.drop_slot(&opts.slot, false).await?;
                 }
                 store.clear()?;
+                log.clear()?;
                 status.update(|s| s.phase = Phase::InitialCopy);
                 let (graph, index, lsn) =
                     super::initial_copy::initial_copy(opts, &mut client, &tables, mapper, store).await?;
                 status.set_graph(graph.reader());
-                let mut st = State {
+                // The copied graph is durable once its first snapshot is written; the log
+                // starts after it.
+                let manifest = tokio::task::block_in_place(|| first_snapshot(store, &graph, &index, hash, status))?;
+                let writer = LogWriter::open(log, lsn, writer_options(opts))?;
+                let _ = std::fs::remove_file(store.dir().join("initial-copy.started"));
+                status.update(|s| {
+                    s.applied_lsn = lsn;
+                    s.durable_lsn = lsn;
+                });
+                *state = Some(State {
                     graph,
                     index,
                     safe: lsn,
-                    manifest: Manifest {
-                        lsn: Lsn(0),
-                        snapshot_lsn: Lsn(0),
-                        snapshot: String::new(),
-                        rows: String::new(),
-                        mapping_hash: hash,
-                        previous: None,
-                    },
-                    // The copied graph is not durable until its first checkpoint.
-                    version: 1,
-                    durable_version: 0,
-                    previous_same: false,
+                    manifest,
+                    log: writer,
+                    logged: lsn,
+                    since_snapshot: 0,
                     bg: Background::default(),
-                };
-                tokio::task::block_in_place(|| checkpoint(store, &mut st, hash, status))?;
-                let _ = std::fs::remove_file(store.dir().join("initial-copy.started"));
-                status.update(|s| s.applied_lsn = lsn);
-                *state = Some(st);
+                });
                 *rebuild = false;
             }
         }
@@ -168,7 +184,7 @@ pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
             None => {
                 return Err(SyncError::SlotMissing {
                     slot: opts.slot.clone(),
-                    lsn: st.manifest.lsn,
+                    lsn: st.safe,
                 })
             }
             Some(s) if s.wal_status.as_deref() == Some("lost") => {
@@ -196,4 +212,12 @@ pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
         }
     }
     super::stream::stream(opts, store, mapper, st, client, status, shutdown).await
+}
+
+/// How the change log is written.
+pub(super) fn writer_options(opts: &Options) -> WriterOptions {
+    WriterOptions {
+        segment_bytes: opts.log_segment_bytes,
+        ..WriterOptions::new(opts.config.mapping_hash())
+    }
 }

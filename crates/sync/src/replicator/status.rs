@@ -88,13 +88,16 @@ pub struct StatusSnapshot {
     pub phase: Phase,
     /// Every transaction committed before this is applied to the graph.
     pub applied_lsn: Lsn,
-    /// The covered LSN of the newest checkpoint on disk.
+    /// The change log's durable position: every transaction committed at or before it is in
+    /// a fsynced record (or the snapshot).
     pub durable_lsn: Lsn,
-    /// What is confirmed to the server: covered by both kept checkpoints
-    /// ([`Manifest::confirmable`]).
+    /// What is confirmed to the server (never more than `durable_lsn`).
     pub confirmed_lsn: Lsn,
-    /// The snapshot's own LSN.
+    /// The newest snapshot's LSN (the log is replayed after it at restart).
     pub snapshot_lsn: Lsn,
+    /// The error the change log's writer is retrying (disk full...), if any: nothing more is
+    /// confirmed until it clears.
+    pub log_error: Option<String>,
     /// The server's WAL end as last reported.
     pub server_wal_end: Lsn,
     /// Commit time of the last applied transaction.
@@ -111,16 +114,6 @@ pub struct StatusSnapshot {
     pub server_version: Option<String>,
     /// The negotiated pgoutput protocol version, once streaming.
     pub proto_version: Option<u32>,
-}
-
-impl StatusSnapshot {
-    /// Takes the checkpoint positions from the manifest: the newest checkpoint's covered and
-    /// snapshot LSNs, and what is confirmed.
-    pub(super) fn manifest_positions(&mut self, m: &Manifest) {
-        self.durable_lsn = m.lsn;
-        self.confirmed_lsn = m.confirmable();
-        self.snapshot_lsn = m.snapshot_lsn;
-    }
 }
 
 /// The type of a node key column, for parsing keys given as text (HTTP queries).

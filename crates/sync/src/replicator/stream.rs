@@ -1,5 +1,5 @@
-//! The stream loop: receive, decode, assemble, apply, checkpoint, confirm, until shutdown or
-//! a connection error.
+//! The stream loop: receive, decode, assemble, apply (and log), compact and snapshot, confirm
+//! what the log made durable, until shutdown or a connection error.
 
 #[allow(unused_imports)]
 use super::*;
@@ -19,8 +19,9 @@ pub(super) async fn stream(
     start.binary = opts.binary;
     start.status_interval = opts.status_interval;
     // Confirm exactly the durable position from the first status update on.
-    let mut stream = client.start_replication(&opts.slot, st.manifest.lsn, &start).await?;
-    tracing::info!(slot = %opts.slot, from = %st.manifest.lsn, proto = stream.proto_version(), "streaming");
+    let durable = st.log.durable();
+    let mut stream = client.start_replication(&opts.slot, durable, &start).await?;
+    tracing::info!(slot = %opts.slot, from = %durable, proto = stream.proto_version(), "streaming");
     let proto = stream.proto_version();
     status.update(|s| {
         s.phase = Phase::Streaming;
@@ -29,12 +30,17 @@ pub(super) async fn stream(
     });
     let mut decoder = Decoder::new();
     let mut assembler = TxnAssembler::with_spill(opts.data_dir.join("spill"), opts.spill_threshold);
-    let mut next_checkpoint = Instant::now() + opts.checkpoint_interval;
-    let mut next_advance = Instant::now();
+    let snapshots = SnapshotCtx {
+        store,
+        hash,
+        after_changes: opts.snapshot_after_changes,
+    };
+    let mut next_position = Instant::now();
+    let mut next_confirm = Instant::now();
     let mut next_ping = Instant::now() + Duration::from_secs(1);
-    // Nothing is confirmed by starting to stream; the loop confirms what both kept
-    // checkpoints cover.
+    // Nothing is confirmed by starting to stream; the loop confirms what the log made durable.
     let mut confirmed = Lsn(0);
+    let mut log_error: Option<String> = None;
     let mut server_end = Lsn(0);
     let mut last_heard = Instant::now();
     let mut next_progress = Instant::now() + Duration::from_secs(10);
@@ -44,28 +50,24 @@ pub(super) async fn stream(
         if *shutdown.borrow() {
             apply_pending(&mut pending, mapper, st, status)?;
             status.update(|s| s.phase = Phase::Stopping);
-            let mut bg = std::mem::take(&mut st.bg);
-            bg.reap_checkpoint(store, st, status, true).await;
-            if let Some(h) = bg.compaction.take() {
-                if let Ok(done) = h.await {
-                    match st.graph.finish_compaction(done) {
-                        Err(ApplyError::StaleCompaction) | Ok(_) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
-            if st.dirty() {
-                tokio::task::block_in_place(|| checkpoint(store, st, hash, status))?;
-            } else if st.safe > st.manifest.lsn {
-                st.manifest = store.advance(&st.manifest, st.safe, st.previous_same)?;
-            }
-            stream.set_flushed(st.manifest.confirmable());
-            status.update(|s| s.manifest_positions(&st.manifest));
+            finish_background(st, status, store).await;
+            let durable = tokio::task::block_in_place(|| st.log.flush(Duration::from_secs(30)))?;
+            stream.set_flushed(durable);
+            status.update(|s| {
+                s.durable_lsn = durable;
+                s.confirmed_lsn = durable;
+            });
             let _ = stream.stop().await;
-            tracing::info!(covered = %st.manifest.lsn, confirmed = %st.manifest.confirmable(), "stopped cleanly");
+            tracing::info!(confirmed = %durable, "stopped cleanly");
             return Ok(());
         }
-        let tick = (Instant::now() + Duration::from_millis(50)).min(next_checkpoint);
+        // Wake at least every 10 ms while the log has something to confirm.
+        let tick = Instant::now()
+            + if st.log.durable() > confirmed || st.logged > st.log.durable() {
+                Duration::from_millis(10)
+            } else {
+                Duration::from_millis(50)
+            };
         let next = stream.next_before(Some(tick.into())).await?;
         if !matches!(next, Next::Deadline) {
             last_heard = Instant::now();
@@ -116,27 +118,23 @@ pub(super) async fn stream(
             Next::Ended => return Err(SyncError::StreamEnded),
         }
         let now = Instant::now();
-        // A checkpoint that cannot be written (disk full, permissions) is not fatal: the
-        // previous one stays, nothing more is confirmed, and it is retried next interval.
         let mut bg = std::mem::take(&mut st.bg);
-        bg.reap_checkpoint(store, st, status, false).await;
-        let compacted = bg.compaction(st, status).await;
-        if (st.dirty() || st.needs_fallback_copy()) && now >= next_checkpoint && bg.checkpoint.is_none() {
-            bg.start_checkpoint(store, st, hash);
-            next_checkpoint = Instant::now() + opts.checkpoint_interval;
-        }
-        let idle_advance = !st.dirty() && bg.checkpoint.is_none() && st.safe > st.manifest.lsn && now >= next_advance;
+        let compacted = bg.compaction(st, status, &snapshots).await;
         st.bg = bg;
         compacted?;
-        if idle_advance {
-            match store.advance(&st.manifest, st.safe, st.previous_same) {
-                Ok(m) => {
-                    st.manifest = m;
-                    status.update(|s| s.manifest_positions(&st.manifest));
-                }
-                Err(e) => checkpoint_failed(status, &e),
-            }
-            next_advance = now + Duration::from_secs(1);
+        // While nothing mapped is pending, log the position the server's keepalives report,
+        // so the slot does not hold WAL of unmapped tables only for us.
+        if pending.txns.is_empty() && st.safe > st.logged && now >= next_position {
+            st.log.append(st.safe, crate::changelog::record::encode_position())?;
+            st.logged = st.safe;
+            next_position = now + Duration::from_millis(250);
+        }
+        // A log that cannot be written (disk full) is not fatal: its writer keeps the records
+        // and retries, and nothing more is confirmed meanwhile.
+        let err = st.log.error();
+        if err != log_error {
+            status.update(|s| s.log_error = err.clone());
+            log_error = err;
         }
         // Progress while far behind (a backlog after downtime): every 10 s.
         if now >= next_progress {
@@ -158,19 +156,22 @@ pub(super) async fn stream(
         if now.duration_since(last_heard) > opts.receive_timeout {
             return Err(SyncError::ReceiveTimeout(opts.receive_timeout));
         }
-        if now >= next_checkpoint {
-            next_checkpoint = now + opts.checkpoint_interval;
-        }
         // While idle, ask the server where decoding stands (its keepalive answer carries the
         // position), so the covered LSN follows WAL that touches no mapped table.
         if assembler.is_idle() && now >= next_ping {
             stream.send_status(true).await?;
             next_ping = now + Duration::from_millis(250);
         }
-        if st.manifest.confirmable() > confirmed {
-            confirmed = st.manifest.confirmable();
+        let durable = st.log.durable();
+        if durable > confirmed && now >= next_confirm {
+            confirmed = durable;
             stream.set_flushed(confirmed);
             stream.send_status(false).await?;
+            status.update(|s| {
+                s.durable_lsn = durable;
+                s.confirmed_lsn = durable;
+            });
+            next_confirm = now + Duration::from_millis(20);
         }
     }
 }

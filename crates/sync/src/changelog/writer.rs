@@ -1,0 +1,832 @@
+//! Appending to the change log: [`LogWriter`] queues records and writes them on a thread of
+//! its own in groups (everything queued that fits in the current segment, gathered into as
+//! few writes as possible, then one fdatasync; records that arrive meanwhile form the next
+//! group), and publishes the durable position (the last record of the last flushed group)
+//! so callers confirm to the source only what is on disk.
+//!
+//! Disk full and I/O errors lose nothing: the segment is cut back to the end of the last
+//! flushed group (never a partial frame in the middle of a file), the records stay queued,
+//! [`LogWriter::error`] says what is wrong, and the thread retries with a backoff (100 ms
+//! doubling to 2 s) until it works again. After a failed fdatasync everything since the
+//! last good one is written again (Linux may drop dirty pages after a failed fsync).
+//!
+//! Not for: reading, recovery or pruning (`segment`), or what a payload means.
+
+use super::segment::{create_segment, frame_head, open_for_append, FRAME_OVERHEAD, HEADER_LEN, MAX_PAYLOAD};
+use super::{LogDir, LogError};
+use pgoutput::Lsn;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// First wait before retrying a failed write.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Frames are gathered into a buffer and written this many bytes at a time.
+const WRITE_CHUNK: usize = 4 << 20;
+/// Payloads at least this large are written from the caller's buffer, not copied.
+const DIRECT_WRITE: usize = 1 << 20;
+
+/// How a [`LogWriter`] writes.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// The mapping hash written into (and checked in) segment headers.
+    pub mapping_hash: u64,
+    /// A new segment is started once the current one reaches this many bytes (default
+    /// 64 MiB). A segment may exceed it by one record.
+    pub segment_bytes: u64,
+    /// The group-commit window: an upper bound on how long a record waits before its group is
+    /// flushed (default 2 ms). The writer never waits on purpose (records that arrive while a
+    /// group is being flushed form the next group), so it is met without waiting.
+    pub sync_interval: Duration,
+    /// Backpressure: an append blocks while its frame would take the bytes of frames not yet
+    /// durable past this (default 256 MiB). A single larger record is accepted when nothing
+    /// else is pending.
+    pub max_queued_bytes: usize,
+}
+
+impl WriterOptions {
+    /// The defaults for the given mapping hash.
+    pub fn new(mapping_hash: u64) -> WriterOptions {
+        WriterOptions {
+            mapping_hash,
+            segment_bytes: 64 << 20,
+            sync_interval: Duration::from_millis(2),
+            max_queued_bytes: 256 << 20,
+        }
+    }
+}
+
+impl Default for WriterOptions {
+    /// The defaults, with mapping hash 0: set the real one
+    /// (`WriterOptions { mapping_hash, ..WriterOptions::default() }`).
+    fn default() -> WriterOptions {
+        WriterOptions::new(0)
+    }
+}
+
+/// Test-only fault injection (see [`LogWriter::inject`]).
+#[cfg(test)]
+pub(crate) mod inject {
+    /// No fault.
+    pub const NONE: u8 = 0;
+    /// Every write writes half its bytes, then fails with ENOSPC.
+    pub const WRITE: u8 = 1;
+    /// Writes succeed, every fdatasync fails with EIO.
+    pub const SYNC: u8 = 2;
+    /// On stop, the thread ends at once without writing what is queued (a crash).
+    pub const CRASH: u8 = 3;
+}
+
+struct State {
+    /// Appended, not yet taken by the thread.
+    queue: VecDeque<(Lsn, Vec<u8>)>,
+    /// Bytes of frames appended and not yet durable (queued or being written).
+    queued_bytes: usize,
+    /// The last appended lsn (`after` at first).
+    last: Lsn,
+    /// Whether the thread waits for work (appends wake it only then).
+    idle: bool,
+    /// Drop asked the thread to stop.
+    stop: bool,
+    /// The thread has ended.
+    closed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// The thread waits on it for records (and, backing off, for stop).
+    work: Condvar,
+    /// Appenders (backpressure) and flushers wait on it for the durable position.
+    progress: Condvar,
+    durable: AtomicU64,
+    watch: watch::Sender<Lsn>,
+    error: Mutex<Option<String>>,
+    appended: AtomicU64,
+    #[cfg(test)]
+    inject: std::sync::atomic::AtomicU8,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Appends records on a thread of its own and flushes (fdatasync) them in groups.
+pub struct LogWriter {
+    dir: LogDir,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    max_queued: usize,
+}
+
+impl std::fmt::Debug for LogWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogWriter")
+            .field("durable", &self.durable())
+            .field("error", &self.error())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogWriter {
+    /// Opens `dir` for appending after [`LogDir::recover`]: `after` is the recovered last
+    /// lsn or, for a fresh log, the position the log starts after (e.g. a snapshot's LSN).
+    /// Starts a new segment named after `after` when the log has no segment or the newest
+    /// has reached `segment_bytes`, else appends to the newest. `after` before the newest
+    /// segment's start is [`LogError::OutOfOrder`]; a newest segment of another mapping is
+    /// [`LogError::MappingChanged`].
+    pub fn open(dir: &LogDir, after: Lsn, opts: WriterOptions) -> Result<LogWriter, LogError> {
+        let segs = dir.segments()?;
+        let seg = match segs.last() {
+            Some(s) if after < s.start => {
+                return Err(LogError::OutOfOrder {
+                    lsn: after,
+                    last: s.start,
+                })
+            }
+            Some(s) => {
+                let file = open_for_append(s, opts.mapping_hash)?;
+                if s.bytes < opts.segment_bytes || s.start == after {
+                    Some(Segment {
+                        file,
+                        path: s.path.clone(),
+                        start: s.start,
+                        len: s.bytes,
+                    })
+                } else {
+                    None
+                }
+            }
+            None => None,
+        };
+        let seg = match seg {
+            Some(seg) => seg,
+            None => {
+                let (file, path) = create_segment(dir.path(), after, opts.mapping_hash)?;
+                Segment {
+                    file,
+                    path,
+                    start: after,
+                    len: HEADER_LEN,
+                }
+            }
+        };
+        let (watch, _) = watch::channel(after);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                last: after,
+                idle: false,
+                stop: false,
+                closed: false,
+            }),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+            durable: AtomicU64::new(after.0),
+            watch,
+            error: Mutex::new(None),
+            appended: AtomicU64::new(0),
+            #[cfg(test)]
+            inject: std::sync::atomic::AtomicU8::new(inject::NONE),
+        });
+        let worker = Worker {
+            shared: shared.clone(),
+            dir: dir.path().to_path_buf(),
+            mapping_hash: opts.mapping_hash,
+            segment_bytes: opts.segment_bytes,
+            seg,
+            durable: after,
+            pending: VecDeque::new(),
+            buf: Vec::new(),
+            trim: false,
+            reported: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("changelog-writer".into())
+            .spawn(move || worker.run())
+            .map_err(LogError::io(dir.path()))?;
+        Ok(LogWriter {
+            dir: dir.clone(),
+            shared,
+            thread: Some(thread),
+            max_queued: opts.max_queued_bytes,
+        })
+    }
+
+    /// Queues one record. Never waits for the disk, except while more than
+    /// `max_queued_bytes` are not yet durable: then it blocks until the thread catches up.
+    /// Errors: [`LogError::OutOfOrder`] (lsn not after the last appended one),
+    /// [`LogError::TooLarge`], [`LogError::Closed`].
+    pub fn append(&self, lsn: Lsn, payload: Vec<u8>) -> Result<(), LogError> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(LogError::TooLarge { bytes: payload.len() });
+        }
+        let frame = FRAME_OVERHEAD + payload.len();
+        let mut st = lock(&self.shared.state);
+        loop {
+            if st.closed || st.stop {
+                return Err(LogError::Closed);
+            }
+            if lsn <= st.last {
+                return Err(LogError::OutOfOrder { lsn, last: st.last });
+            }
+            if st.queued_bytes == 0 || st.queued_bytes.saturating_add(frame) <= self.max_queued {
+                break;
+            }
+            st = self.shared.progress.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        st.queue.push_back((lsn, payload));
+        st.queued_bytes += frame;
+        st.last = lsn;
+        let wake = st.idle;
+        drop(st);
+        self.shared.appended.fetch_add(frame as u64, Ordering::Relaxed);
+        if wake {
+            self.shared.work.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The lsn of the newest record known flushed (the durable position); `after` at first.
+    pub fn durable(&self) -> Lsn {
+        Lsn(self.shared.durable.load(Ordering::Acquire))
+    }
+
+    /// The durable position as a watch, so an async loop can wake when it moves.
+    pub fn watch(&self) -> watch::Receiver<Lsn> {
+        self.shared.watch.subscribe()
+    }
+
+    /// The write or flush error the thread is retrying, if any (e.g. "No space left on
+    /// device"); `None` once a retry succeeds.
+    pub fn error(&self) -> Option<String> {
+        lock(&self.shared.error).clone()
+    }
+
+    /// Bytes of frames (records plus their 20-byte frame headers) appended since the writer
+    /// opened; only grows.
+    pub fn appended_bytes(&self) -> u64 {
+        self.shared.appended.load(Ordering::Relaxed)
+    }
+
+    /// Blocks until everything appended is durable or `timeout` passes; returns the durable
+    /// lsn (compare it with the last appended one to tell which). [`LogError::Closed`] if the
+    /// thread ended with records not written.
+    pub fn flush(&self, timeout: Duration) -> Result<Lsn, LogError> {
+        let deadline = Instant::now() + timeout;
+        let mut st = lock(&self.shared.state);
+        let target = st.last;
+        loop {
+            let durable = self.durable();
+            if durable >= target {
+                return Ok(durable);
+            }
+            if st.closed {
+                return Err(LogError::Closed);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(durable);
+            }
+            st = self
+                .shared
+                .progress
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// [`LogDir::remove_through`] on the directory written to (safe while writing: the
+    /// segment being appended to is the newest, which is never removed).
+    pub fn remove_through(&self, lsn: Lsn) -> Result<usize, LogError> {
+        self.dir.remove_through(lsn)
+    }
+
+    /// Test-only fault injection: one of the [`inject`] modes.
+    #[cfg(test)]
+    pub(crate) fn inject(&self, mode: u8) {
+        self.shared.inject.store(mode, Ordering::SeqCst);
+    }
+}
+
+impl Drop for LogWriter {
+    /// Stops the thread after it wrote (best effort: one more try if writing fails) what is
+    /// queued.
+    fn drop(&mut self) {
+        lock(&self.shared.state).stop = true;
+        self.shared.work.notify_all();
+        self.shared.progress.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The segment being appended to.
+struct Segment {
+    file: File,
+    path: PathBuf,
+    start: Lsn,
+    /// Bytes known written and flushed: everything past it is cut before rewriting.
+    len: u64,
+}
+
+/// Marks the writer closed when the thread ends (also by a panic), waking every waiter.
+struct CloseOnExit(Arc<Shared>);
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        lock(&self.0.state).closed = true;
+        self.0.progress.notify_all();
+    }
+}
+
+/// The thread's state.
+struct Worker {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    mapping_hash: u64,
+    segment_bytes: u64,
+    seg: Segment,
+    /// The last record flushed.
+    durable: Lsn,
+    /// Records taken from the queue, not yet flushed (the front ones are being written).
+    pending: VecDeque<(Lsn, Vec<u8>)>,
+    buf: Vec<u8>,
+    /// A cut-back after a failure failed: cut the file at its end after the next write.
+    trim: bool,
+    /// The error last logged (each distinct one is logged once).
+    reported: Option<String>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let _closed = CloseOnExit(self.shared.clone());
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let stopping = {
+                let mut st = lock(&self.shared.state);
+                loop {
+                    self.pending.extend(st.queue.drain(..));
+                    if !self.pending.is_empty() || st.stop {
+                        break;
+                    }
+                    st.idle = true;
+                    st = self.shared.work.wait(st).unwrap_or_else(PoisonError::into_inner);
+                    st.idle = false;
+                }
+                st.stop
+            };
+            #[cfg(test)]
+            if stopping && self.shared.inject.load(Ordering::SeqCst) == inject::CRASH {
+                return;
+            }
+            if self.pending.is_empty() {
+                return;
+            }
+            match self.write_group() {
+                Ok(()) => {
+                    backoff = FIRST_BACKOFF;
+                    if let Some(e) = self.reported.take() {
+                        *lock(&self.shared.error) = None;
+                        tracing::info!(durable = %self.durable, "change log writes work again (after: {e})");
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    *lock(&self.shared.error) = Some(msg.clone());
+                    if self.reported.as_deref() != Some(msg.as_str()) {
+                        tracing::error!(
+                            error = %e,
+                            "change log write failed; retrying; nothing past {} is confirmed",
+                            self.durable
+                        );
+                        self.reported = Some(msg);
+                    }
+                    if stopping {
+                        tracing::error!(
+                            "change log writer stopping with {} records after {} not written",
+                            self.pending.len(),
+                            self.durable
+                        );
+                        return;
+                    }
+                    let deadline = Instant::now() + backoff;
+                    let mut st = lock(&self.shared.state);
+                    while !st.stop {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break;
+                        }
+                        st = self
+                            .shared
+                            .work
+                            .wait_timeout(st, deadline - now)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Writes and flushes a group: the pending records that fit in the current segment (at
+    /// least one), starting a new segment first if the current one is full. On success the
+    /// group is published durable; on failure the segment is cut back and nothing is lost.
+    fn write_group(&mut self) -> Result<(), LogError> {
+        if self.seg.len >= self.segment_bytes && self.seg.len > HEADER_LEN && self.durable > self.seg.start {
+            // Every record written is flushed here: the new segment starts after the last.
+            let (file, path) = create_segment(&self.dir, self.durable, self.mapping_hash)?;
+            tracing::debug!(segment = %path.display(), "change log: new segment");
+            self.seg = Segment {
+                file,
+                path,
+                start: self.durable,
+                len: HEADER_LEN,
+            };
+        }
+        let mut at = self.seg.len;
+        let written = self.write_frames(&mut at);
+        let flushed = written.and_then(|(n, last)| {
+            if self.trim {
+                self.seg.file.set_len(at)?;
+            }
+            self.sync()?;
+            Ok((n, last))
+        });
+        match flushed {
+            Ok((n, last)) => {
+                self.trim = false;
+                self.seg.len = at;
+                self.durable = last;
+                let bytes: usize = self.pending.drain(..n).map(|(_, p)| FRAME_OVERHEAD + p.len()).sum();
+                {
+                    let mut st = lock(&self.shared.state);
+                    st.queued_bytes = st.queued_bytes.saturating_sub(bytes);
+                    // The watch first: whoever sees the new `durable()` sees it in the watch.
+                    self.shared.watch.send_replace(last);
+                    self.shared.durable.store(last.0, Ordering::Release);
+                }
+                self.shared.progress.notify_all();
+                Ok(())
+            }
+            Err(source) => {
+                // Never leave a partial frame: cut back to the end of the last flushed group.
+                if let Err(e) = self.seg.file.set_len(self.seg.len) {
+                    tracing::warn!(file = %self.seg.path.display(), error = %e, "cannot cut the change log back after a failed write; the next write overwrites it");
+                    self.trim = true;
+                }
+                Err(LogError::Io {
+                    path: self.seg.path.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Writes the frames of the group from offset `at` (advanced past them): how many records
+    /// and the last one's lsn.
+    fn write_frames(&mut self, at: &mut u64) -> std::io::Result<(usize, Lsn)> {
+        let mut n = 0;
+        let mut last = self.durable;
+        self.buf.clear();
+        for (lsn, payload) in &self.pending {
+            self.buf.extend_from_slice(&frame_head(*lsn, payload));
+            if payload.len() >= DIRECT_WRITE {
+                put(&self.shared, &self.seg.file, &self.buf, at)?;
+                self.buf.clear();
+                put(&self.shared, &self.seg.file, payload, at)?;
+            } else {
+                self.buf.extend_from_slice(payload);
+                if self.buf.len() >= WRITE_CHUNK {
+                    put(&self.shared, &self.seg.file, &self.buf, at)?;
+                    self.buf.clear();
+                }
+            }
+            n += 1;
+            last = *lsn;
+            if *at + self.buf.len() as u64 >= self.segment_bytes {
+                break;
+            }
+        }
+        put(&self.shared, &self.seg.file, &self.buf, at)?;
+        if self.buf.capacity() > 2 * WRITE_CHUNK {
+            self.buf = Vec::new();
+        }
+        Ok((n, last))
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.shared.inject.load(Ordering::SeqCst) == inject::SYNC {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.seg.file.sync_data()
+    }
+}
+
+/// Writes `bytes` at `*at` of `file` and advances `at`.
+fn put(shared: &Shared, file: &File, bytes: &[u8], at: &mut u64) -> std::io::Result<()> {
+    #[cfg(test)]
+    if shared.inject.load(Ordering::SeqCst) == inject::WRITE {
+        let half = &bytes[..bytes.len() / 2];
+        file.write_all_at(half, *at)?;
+        return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    #[cfg(not(test))]
+    let _ = shared;
+    file.write_all_at(bytes, *at)?;
+    *at += bytes.len() as u64;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{opts, random_records, read, write, Recs, HASH};
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn tmp() -> (tempfile::TempDir, LogDir) {
+        let t = tempfile::tempdir().expect("tempdir");
+        let d = LogDir::open(&t.path().join("log")).expect("open log dir");
+        (t, d)
+    }
+
+    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn refuses_out_of_order_and_too_large() {
+        let (_t, dir) = tmp();
+        let w = LogWriter::open(&dir, Lsn(100), opts(1 << 20)).expect("open");
+        let e = w.append(Lsn(100), vec![1]).expect_err("not after `after`");
+        assert!(
+            matches!(
+                e,
+                LogError::OutOfOrder {
+                    lsn: Lsn(100),
+                    last: Lsn(100)
+                }
+            ),
+            "{e}"
+        );
+        w.append(Lsn(101), vec![1]).expect("append");
+        let e = w.append(Lsn(101), vec![2]).expect_err("repeated");
+        assert!(
+            matches!(
+                e,
+                LogError::OutOfOrder {
+                    lsn: Lsn(101),
+                    last: Lsn(101)
+                }
+            ),
+            "{e}"
+        );
+        assert!(matches!(w.append(Lsn(50), vec![2]), Err(LogError::OutOfOrder { .. })));
+        // Zeroed memory: not touched, so cheap.
+        let e = w.append(Lsn(102), vec![0; MAX_PAYLOAD + 1]).expect_err("too large");
+        assert!(
+            matches!(e, LogError::TooLarge { bytes } if bytes == MAX_PAYLOAD + 1),
+            "{e}"
+        );
+        w.append(Lsn(102), vec![3]).expect("append after refusals");
+        assert_eq!(w.flush(Duration::from_secs(10)).expect("flush"), Lsn(102));
+        assert_eq!(w.appended_bytes(), 2 * 21);
+        drop(w);
+        assert_eq!(
+            read(&dir, Lsn(0)).expect("scan"),
+            [(Lsn(101), vec![1]), (Lsn(102), vec![3])]
+        );
+        // Opening before the newest segment's start is refused too.
+        let e = LogWriter::open(&dir, Lsn(99), opts(1 << 20)).expect_err("before the newest segment");
+        assert!(
+            matches!(
+                e,
+                LogError::OutOfOrder {
+                    lsn: Lsn(99),
+                    last: Lsn(100)
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durable_watch_and_segments_at_open() {
+        let (_t, dir) = tmp();
+        let w = LogWriter::open(&dir, Lsn(7), opts(200)).expect("open");
+        let mut rx = w.watch();
+        assert_eq!(*rx.borrow_and_update(), Lsn(7));
+        assert_eq!(w.durable(), Lsn(7));
+        for i in 1..=10u64 {
+            w.append(Lsn(7 + i), vec![i as u8; 50]).expect("append");
+        }
+        assert_eq!(w.flush(Duration::from_secs(10)).expect("flush"), Lsn(17));
+        assert!(rx.has_changed().expect("sender alive"));
+        assert_eq!(*rx.borrow_and_update(), Lsn(17));
+        assert_eq!(w.appended_bytes(), 10 * 70);
+        drop(w);
+        // 70-byte frames, 200-byte segments: a segment ends with the frame that takes it to
+        // 200 bytes or more (40 + 3 * 70), the next starts after that frame's lsn.
+        let segs = dir.segments().expect("segments");
+        let starts: Vec<Lsn> = segs.iter().map(|s| s.start).collect();
+        assert_eq!(starts, [Lsn(7), Lsn(10), Lsn(13), Lsn(16)]);
+        assert!(segs[..3].iter().all(|s| s.bytes == 250));
+        // The newest has room: appending continues in it.
+        write(&dir, Lsn(17), &[(Lsn(18), vec![1; 10])], 200);
+        assert_eq!(dir.segments().expect("segments").len(), 4);
+        // The newest is full: a new segment named after `after`.
+        write(&dir, Lsn(18), &[(Lsn(19), vec![1; 10])], 100);
+        let segs = dir.segments().expect("segments");
+        assert_eq!(segs.len(), 5);
+        assert_eq!(segs[4].start, Lsn(18));
+        assert_eq!(read(&dir, Lsn(16)).expect("scan").len(), 3);
+    }
+
+    /// A writer dropped without flush (as by a crash) never claimed more than the disk holds.
+    #[test]
+    fn durable_never_exceeds_what_is_on_disk() {
+        let (_t, dir) = tmp();
+        let mut rng = fastrand::Rng::with_seed(11);
+        let recs = random_records(&mut rng, 20_000, 300, Lsn(0));
+        let w = LogWriter::open(&dir, Lsn(0), opts(256 << 10)).expect("open");
+        let mut seen = Vec::new();
+        std::thread::scope(|s| {
+            let w = &w;
+            let recs = &recs;
+            s.spawn(move || {
+                for (lsn, p) in recs {
+                    w.append(*lsn, p.clone()).expect("append");
+                }
+            });
+            for _ in 0..50 {
+                seen.push(w.durable());
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        });
+        let snapshot = w.durable();
+        seen.push(snapshot);
+        assert!(seen.windows(2).all(|p| p[0] <= p[1]), "durable went back");
+        w.inject(inject::CRASH);
+        drop(w);
+        assert_eq!(dir.recover(HASH).expect("recover").cut, None);
+        let back = read(&dir, Lsn(0)).expect("scan");
+        let durable = recs.iter().filter(|r| r.0 <= snapshot).count();
+        assert!(
+            back.len() >= durable,
+            "{} records read back, {durable} were durable",
+            back.len()
+        );
+        assert_eq!(back[..], recs[..back.len()], "not a prefix");
+    }
+
+    fn survives_disk_errors(mode: u8) {
+        let (_t, dir) = tmp();
+        let mut rng = fastrand::Rng::with_seed(u64::from(mode));
+        let mut recs = random_records(&mut rng, 300, 2000, Lsn(0));
+        // One written without copying.
+        recs[150].1 = vec![0x5A; DIRECT_WRITE + 3];
+        let w = LogWriter::open(&dir, Lsn(0), opts(64 << 10)).expect("open");
+        for (lsn, p) in &recs[..100] {
+            w.append(*lsn, p.clone()).expect("append");
+        }
+        let before = w.flush(Duration::from_secs(10)).expect("flush");
+        assert_eq!(before, recs[99].0);
+        assert_eq!(w.error(), None);
+        w.inject(mode);
+        for (lsn, p) in &recs[100..200] {
+            w.append(*lsn, p.clone()).expect("appends are accepted while failing");
+        }
+        wait_for("an error", || w.error().is_some());
+        let msg = w.error().unwrap_or_default();
+        let os = if mode == inject::WRITE {
+            "No space left on device"
+        } else {
+            "Input/output error"
+        };
+        assert!(msg.contains(os) && msg.contains(".log"), "{msg}");
+        // Two more failed retries (100 ms, then 200 ms apart).
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(w.durable(), before, "durable moved while failing");
+        // Between retries the files end at the last flushed record: no partial frame left.
+        let files = dir.verify().expect("verify");
+        assert!(files.iter().all(|r| r.problem.is_none()), "{files:?}");
+        assert_eq!(files.iter().filter_map(|r| r.last).max(), Some(before));
+        assert_eq!(w.flush(Duration::from_millis(50)).expect("flush"), before);
+        for (lsn, p) in &recs[200..] {
+            w.append(*lsn, p.clone()).expect("appends are accepted while failing");
+        }
+        assert!(w.error().is_some());
+        w.inject(inject::NONE);
+        let last = recs[recs.len() - 1].0;
+        assert_eq!(w.flush(Duration::from_secs(20)).expect("flush"), last);
+        assert_eq!(w.error(), None);
+        drop(w);
+        let verified = dir.verify().expect("verify");
+        assert!(verified.iter().all(|r| r.problem.is_none()), "{verified:?}");
+        assert_eq!(
+            dir.recover(HASH).expect("recover"),
+            super::super::Recovery {
+                last: Some(last),
+                cut: None
+            }
+        );
+        assert_eq!(read(&dir, Lsn(0)).expect("scan"), recs);
+    }
+
+    #[test]
+    fn failed_writes_lose_nothing() {
+        survives_disk_errors(inject::WRITE);
+    }
+
+    #[test]
+    fn failed_fsyncs_lose_nothing() {
+        survives_disk_errors(inject::SYNC);
+    }
+
+    #[test]
+    fn appends_block_when_too_much_is_queued() {
+        let (_t, dir) = tmp();
+        let w = LogWriter::open(
+            &dir,
+            Lsn(0),
+            WriterOptions {
+                max_queued_bytes: 1000,
+                ..opts(1 << 20)
+            },
+        )
+        .expect("open");
+        w.inject(inject::WRITE);
+        let done = AtomicUsize::new(0);
+        let recs: Recs = (1..=100u64).map(|i| (Lsn(i), vec![i as u8; 80])).collect();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for (lsn, p) in &recs {
+                    w.append(*lsn, p.clone()).expect("append");
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            wait_for("an error", || w.error().is_some());
+            std::thread::sleep(Duration::from_millis(200));
+            // 100-byte frames: at most 10 fit in 1000 bytes.
+            let n = done.load(Ordering::SeqCst);
+            assert!((1..=10).contains(&n), "{n} appends returned with nothing durable");
+            w.inject(inject::NONE);
+        });
+        assert_eq!(done.load(Ordering::SeqCst), 100);
+        assert_eq!(w.flush(Duration::from_secs(10)).expect("flush"), Lsn(100));
+        drop(w);
+        assert_eq!(read(&dir, Lsn(0)).expect("scan"), recs);
+    }
+
+    /// Scan speed on a 1 M record log (run with `--ignored --nocapture`, in release).
+    #[test]
+    #[ignore]
+    fn scan_speed() {
+        let (_t, dir) = tmp();
+        let mut rng = fastrand::Rng::with_seed(5);
+        let recs = random_records(&mut rng, 1_000_000, 200, Lsn(0));
+        let w = LogWriter::open(&dir, Lsn(0), WriterOptions::new(HASH)).expect("open");
+        let t = Instant::now();
+        for (lsn, p) in recs {
+            w.append(lsn, p).expect("append");
+        }
+        w.flush(Duration::from_secs(600)).expect("flush");
+        let wrote = t.elapsed();
+        drop(w);
+        let bytes: u64 = dir.segments().expect("segments").iter().map(|s| s.bytes).sum();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let mut n = 0u64;
+            let mut sum = 0u64;
+            dir.scan(Lsn(0), HASH, |_, p| {
+                n += 1;
+                sum += p.len() as u64;
+                Ok::<(), LogError>(())
+            })
+            .expect("scan");
+            let took = t.elapsed();
+            println!(
+                "write {:?}; scan of {n} records, {bytes} bytes ({sum} payload): {:?} = {:.0} MB/s",
+                wrote,
+                took,
+                bytes as f64 / took.as_secs_f64() / 1e6
+            );
+        }
+    }
+}

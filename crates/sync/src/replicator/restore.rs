@@ -1,0 +1,58 @@
+//! Resuming from the data directory: the newest usable snapshot (the previous one if the
+//! newest is corrupt), the change log's torn tail cut, and every logged record after the
+//! snapshot replayed onto it. Runs on a blocking thread while the first connection is made.
+
+#[allow(unused_imports)]
+use super::*;
+use crate::changelog::Replayed;
+use crate::checkpoint::Restored;
+
+/// The state found on disk.
+pub(super) struct Resumed {
+    /// The snapshot, with the log replayed onto its graph and row index.
+    pub(super) restored: Restored,
+    /// What the replay did; `position` is where streaming resumes.
+    pub(super) replayed: Replayed,
+    /// How long restoring took.
+    pub(super) took: Duration,
+}
+
+/// A restore running on a blocking thread.
+pub(super) type RestoreTask = tokio::task::JoinHandle<Result<Option<Resumed>, SyncError>>;
+
+/// Loads the newest usable snapshot and replays the log after it. `Ok(None)` when the data
+/// directory holds no snapshot at all.
+pub(super) fn restore(store: &CheckpointStore, log: &LogDir, hash: u64) -> Result<Option<Resumed>, SyncError> {
+    let started = Instant::now();
+    let Some(mut restored) = store.restore(hash)? else {
+        return Ok(None);
+    };
+    let recovery = log.recover(hash)?;
+    if let Some(cut) = &recovery.cut {
+        tracing::warn!(
+            file = %cut.file.display(),
+            offset = cut.offset,
+            bytes = cut.bytes,
+            "cut a torn record at the end of the change log (a crash while it was written; it was never confirmed)"
+        );
+    }
+    let replayed = crate::changelog::replay(log, hash, restored.lsn, &mut restored.graph, &mut restored.index)?;
+    Ok(Some(Resumed {
+        restored,
+        replayed,
+        took: started.elapsed(),
+    }))
+}
+
+/// The replica state stored in `data_dir` as a restart finds it: the newest usable snapshot
+/// with the change log replayed onto it, and the position it reaches. `Ok(None)` when the
+/// directory holds no snapshot. Cuts a torn log tail as a restart does: use it only on a
+/// directory no replicator is running on.
+pub fn load(data_dir: &std::path::Path, mapping_hash: u64) -> Result<Option<(Graph, RowIndex, Lsn)>, SyncError> {
+    let store = CheckpointStore::open(data_dir)?;
+    let log = LogDir::open(&data_dir.join("log"))?;
+    Ok(restore(&store, &log, mapping_hash)?.map(|r| {
+        let position = r.replayed.position.max(r.restored.lsn);
+        (r.restored.graph, r.restored.index, position)
+    }))
+}
