@@ -603,6 +603,10 @@ async fn status(State(api): State<Api>) -> Result<Json<Json_>, ApiError> {
         "mapping_hash": format!("{:016x}", schema.mapping_hash),
         "phase": s.phase.as_str(),
         "applied_lsn": s.applied_lsn.to_string(),
+        "durable_lsn": s.durable_lsn.to_string(),
+        "snapshot_lsn": s.snapshot_lsn.to_string(),
+        "replayed_changes_at_start": s.replayed_changes,
+        "log_error": s.log_error,
         "nodes_per_label": per_label,
         "edges": edges,
         "uptime_seconds": api.started.elapsed().as_secs_f64(),
@@ -650,7 +654,7 @@ async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
     };
     // Built per scrape from one status snapshot, so every value is from the same moment.
     let mut reg = Registry::with_prefix("graphsync");
-    let gauges: [(&str, &str, f64); 12] = [
+    let gauges: [(&str, &str, f64); 14] = [
         (
             "applied_lsn",
             "Every transaction committed before this WAL position is applied.",
@@ -658,13 +662,23 @@ async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
         ),
         (
             "confirmed_lsn",
-            "WAL position confirmed to the server (covered by both kept checkpoints).",
+            "WAL position confirmed to the server (never past the change log's durable position).",
             s.confirmed_lsn.0 as f64,
         ),
         (
             "durable_lsn",
-            "WAL position covered by the newest checkpoint on disk.",
+            "WAL position the change log has fsynced (or the snapshot holds).",
             s.durable_lsn.0 as f64,
+        ),
+        (
+            "snapshot_lsn",
+            "WAL position of the newest snapshot (the change log is replayed after it at restart).",
+            s.snapshot_lsn.0 as f64,
+        ),
+        (
+            "log_unwritable",
+            "1 while the change log cannot be written (disk full...): nothing more is confirmed.",
+            f64::from(u8::from(s.log_error.is_some())),
         ),
         (
             "server_wal_lsn",
@@ -710,7 +724,11 @@ async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
         ("reconnects", "Reconnects.", s.reconnects as f64),
         ("compactions", "Overlay compactions.", s.compactions as f64),
         ("compaction_seconds", "Time spent compacting.", s.compaction_seconds),
-        ("checkpoints", "Checkpoints written.", s.checkpoints as f64),
+        (
+            "checkpoints",
+            "Snapshots written (the first after the copy, then with compactions).",
+            s.checkpoints as f64,
+        ),
     ];
     for (name, help, v) in counters {
         reg.register(name, help, ConstCounter::new(v));

@@ -121,6 +121,7 @@ pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
                     st.applied_lsn = position;
                     st.durable_lsn = position;
                     st.snapshot_lsn = r.manifest.lsn;
+                    st.replayed_changes = replayed.mutations;
                 });
                 *state = Some(State {
                     graph: r.graph,

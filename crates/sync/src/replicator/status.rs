@@ -95,6 +95,8 @@ pub struct StatusSnapshot {
     pub confirmed_lsn: Lsn,
     /// The newest snapshot's LSN (the log is replayed after it at restart).
     pub snapshot_lsn: Lsn,
+    /// Graph changes replayed from the change log at the last restore.
+    pub replayed_changes: u64,
     /// The error the change log's writer is retrying (disk full...), if any: nothing more is
     /// confirmed until it clears.
     pub log_error: Option<String>,
