@@ -68,10 +68,17 @@ pub fn verify(data_dir: &Path) -> anyhow::Result<ExitCode> {
         let name = s.path.display();
         match &s.problem {
             None => println!("{name}: ok ({} records, {} bytes)", s.records, s.bytes),
-            Some(p) if p.torn_tail => println!(
-                "{name}: ok ({} records); a torn record at byte {} ({}) will be cut at the next start: it was never confirmed",
+            Some(p) if p.torn_tail && !p.valid_after => println!(
+                "{name}: ok ({} records); a torn record at byte {} ({}) will be cut at the next start (written after the last flush: the server sends it again)",
                 s.records, p.offset, p.what
             ),
+            Some(p) if p.torn_tail => {
+                bad = true;
+                println!(
+                    "{name}: damaged at byte {}: {} ({} good records before it, valid ones after): the next start cuts it here; if the slot had confirmed past it, the start is refused and needs a backup or --rebuild",
+                    p.offset, p.what, s.records
+                );
+            }
             Some(p) => {
                 bad = true;
                 println!(

@@ -192,12 +192,12 @@ pub fn manifest_lsn(data_dir: &Path) -> Option<Lsn> {
     CheckpointStore::open(data_dir).ok()?.manifest().map(|m| m.lsn)
 }
 
-/// The newest position `data_dir` holds: its last valid change log record, or its snapshot's
-/// LSN. Read without changing anything, also while a replicator writes: a record being
+/// The newest position `data_dir` holds: its last valid change log record, or its manifest's
+/// position (the snapshot's LSN, or further while only unmapped tables changed). Read without changing anything, also while a replicator writes: a record being
 /// written may already count (it is in the file, maybe not yet fsynced), so this is at least
 /// the replicator's durable position.
 pub fn log_position(data_dir: &Path) -> Option<Lsn> {
-    let snapshot = manifest_lsn(data_dir)?;
+    let snapshot = CheckpointStore::open(data_dir).ok()?.manifest().map(|m| m.position)?;
     let log = sync::changelog::LogDir::open(&data_dir.join("log")).ok()?;
     let last = log.verify().ok()?.iter().filter_map(|s| s.last).max().unwrap_or(Lsn(0));
     Some(snapshot.max(last))

@@ -85,6 +85,10 @@ pub struct Manifest {
     pub mapping_hash: u64,
     /// The previous checkpoint (none right after the initial copy or a fallback restore).
     pub previous: Option<Fallback>,
+    /// Every transaction that ended at or before this LSN is in the snapshot or the change
+    /// log (≥ `lsn`): moved forward while only unmapped tables change, when the log holds
+    /// nothing newer ([`CheckpointStore::advance`]).
+    pub position: Lsn,
 }
 
 impl Manifest {
@@ -98,6 +102,7 @@ impl Manifest {
         serde_json::json!({
             "format": 2,
             "lsn": self.lsn.to_string(),
+            "position": self.position.to_string(),
             "snapshot": self.snapshot,
             "rows": self.rows,
             "mapping_hash": format!("{:016x}", self.mapping_hash),
@@ -138,8 +143,13 @@ impl Manifest {
                 })
             }
         };
+        let at = lsn("lsn")?;
         Ok(Manifest {
             previous,
+            position: match v.get("position") {
+                Some(_) => lsn("position")?.max(at),
+                None => at,
+            },
             // Format 1 (before the change log) also had `snapshot_lsn`; its `lsn` (what the
             // checkpoint covered) is where streaming resumes, as now.
             lsn: lsn("lsn")?,
@@ -225,18 +235,21 @@ impl CheckpointStore {
         mapping_hash: u64,
         now_unix_ms: i64,
     ) -> Result<Manifest, CheckpointError> {
-        self.write_encoded(view, &index.encode(), previous, mapping_hash, now_unix_ms)
+        self.write_encoded(view, &index.encode(), previous, Lsn(0), mapping_hash, now_unix_ms)
     }
 
     /// As [`CheckpointStore::write`] with the row index already encoded ([`RowIndex::encode`]),
     /// so the writer can hand the work to another thread without cloning the index.
     ///
-    /// The files are named after the view's LSN, which must be after `previous`'s.
+    /// The files are named after the view's LSN, which must be after `previous`'s; the
+    /// manifest's position is the larger of that LSN and `position` (the current manifest's).
+    /// A failed write leaves no file of it behind.
     pub fn write_encoded(
         &self,
         view: &GraphView,
         index: &[u8],
         previous: Option<Fallback>,
+        position: Lsn,
         mapping_hash: u64,
         now_unix_ms: i64,
     ) -> Result<Manifest, CheckpointError> {
@@ -249,17 +262,38 @@ impl CheckpointStore {
                 source: std::io::Error::other("a new checkpoint must be after the one it replaces"),
             });
         }
-        write_atomic(&self.dir, &rows, index)?;
-        snapshot::write(view, &self.dir.join(&snapshot), mapping_hash, now_unix_ms)?;
         let m = Manifest {
             lsn,
             snapshot,
             rows,
             mapping_hash,
             previous,
+            position: position.max(lsn),
+        };
+        let written = write_atomic(&self.dir, &m.rows, index)
+            .and_then(|()| {
+                snapshot::write(view, &self.dir.join(&m.snapshot), mapping_hash, now_unix_ms)
+                    .map(|_| ())
+                    .map_err(CheckpointError::from)
+            })
+            .and_then(|()| write_atomic(&self.dir, MANIFEST, m.to_json().as_bytes()));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(self.dir.join(&m.rows));
+            let _ = std::fs::remove_file(self.dir.join(&m.snapshot));
+            return Err(e);
+        }
+        self.prune(&m);
+        Ok(m)
+    }
+
+    /// Moves the manifest's position forward to `position` (nothing mapped changed after what
+    /// the change log holds). Returns the new manifest.
+    pub fn advance(&self, current: &Manifest, position: Lsn) -> Result<Manifest, CheckpointError> {
+        let m = Manifest {
+            position: position.max(current.position),
+            ..current.clone()
         };
         write_atomic(&self.dir, MANIFEST, m.to_json().as_bytes())?;
-        self.prune(&m);
         Ok(m)
     }
 
@@ -367,12 +401,16 @@ impl CheckpointStore {
         for (name, rows, covered) in candidates {
             match self.load_one(&name, &rows, mapping_hash) {
                 Ok((graph, index, snap_lsn)) => {
+                    let lsn = covered.max(Lsn(snap_lsn));
                     let m = Manifest {
-                        lsn: covered.max(Lsn(snap_lsn)),
+                        lsn,
                         snapshot: name,
                         rows,
                         mapping_hash,
                         previous: None,
+                        // The manifest's position holds for the fallback too: the log keeps
+                        // every record after the older snapshot.
+                        position: manifest.as_ref().map_or(lsn, |m| m.position.max(lsn)),
                     };
                     return Ok(Some(Restored {
                         graph,
@@ -491,6 +529,9 @@ mod tests {
             r#"{"format":1,"lsn":"1/10","snapshot_lsn":"1/8","snapshot":"g.snap","rows":"r.idx","mapping_hash":"000000000000abcd"}"#,
         )
         .unwrap();
-        assert_eq!((m.lsn, m.previous), (Lsn(0x1_0000_0010), None));
+        assert_eq!(
+            (m.lsn, m.position, m.previous),
+            (Lsn(0x1_0000_0010), Lsn(0x1_0000_0010), None)
+        );
     }
 }

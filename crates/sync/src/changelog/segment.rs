@@ -16,7 +16,7 @@
 //!   start LSN        u64 (same as in the name)
 //!   header checksum  u64 = xxh3_64 of the preceding 32 bytes
 //! then frames, back to back (frame overhead 20 bytes):
-//!   payload length   u32 (at most MAX_PAYLOAD = 1 GiB; larger is refused at append)
+//!   payload length   u32 (at most MAX_PAYLOAD = 4 GiB - 1; larger is refused at append)
 //!   lsn              u64
 //!   checksum         u64 = xxh3_64 of (the 4 length bytes ++ the 8 lsn bytes ++ the payload)
 //!   payload          (payload length bytes)
@@ -48,7 +48,7 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
 
 /// The largest payload a record may have (1 GiB); larger ones are refused at append.
-pub const MAX_PAYLOAD: usize = 1 << 30;
+pub const MAX_PAYLOAD: usize = u32::MAX as usize;
 
 /// A segment file's first 8 bytes.
 pub(crate) const MAGIC: [u8; 8] = *b"GSLOG\0\0\0";
@@ -503,16 +503,16 @@ fn valid_frame_at(file: &File, off: u64, len: u64, floor: Lsn) -> io::Result<boo
     Ok(frame_checksum(&h[0..12], &payload) == le_u64(&h[12..20]))
 }
 
-/// Whether the damaged frame at `off` of the newest segment is a torn tail: nothing valid
-/// follows it.
-fn is_torn(file: &File, off: u64, problem: &FrameProblem, len: u64, floor: Lsn) -> io::Result<bool> {
+/// Whether something valid follows the damaged frame at `off` of the newest segment (then
+/// the damage may be bit rot rather than a torn write). `None`: the damage cannot come from a
+/// crash at all (a checksum-valid frame out of order).
+fn valid_after(file: &File, off: u64, problem: &FrameProblem, len: u64, floor: Lsn) -> io::Result<Option<bool>> {
     match problem {
-        FrameProblem::PastEnd { .. } => Ok(true),
-        // A checksum-valid frame out of order cannot come from a torn write.
-        FrameProblem::Order { .. } => Ok(false),
+        FrameProblem::PastEnd { .. } => Ok(Some(false)),
+        FrameProblem::Order { .. } => Ok(None),
         FrameProblem::TooLong { len: n } | FrameProblem::Checksum { len: n, .. } => {
             let next = off + FRAME_OVERHEAD as u64 + u64::from(*n);
-            Ok(!valid_frame_at(file, next, len, floor)?)
+            valid_frame_at(file, next, len, floor).map(Some)
         }
     }
 }
@@ -537,6 +537,9 @@ pub struct Cut {
     pub offset: u64,
     /// How many bytes were removed.
     pub bytes: u64,
+    /// A valid frame followed the damaged one: pages of the last unflushed group reached the
+    /// disk out of order, or (if the server had confirmed past the cut) the file was damaged.
+    pub valid_after: bool,
 }
 
 /// What [`LogDir::recover`] found.
@@ -557,6 +560,8 @@ pub struct Problem {
     pub what: String,
     /// Whether recovery would treat it as a torn tail (cut it) rather than as corruption.
     pub torn_tail: bool,
+    /// A valid frame follows it.
+    pub valid_after: bool,
 }
 
 /// What [`LogDir::verify`] found in one segment.
@@ -633,11 +638,12 @@ impl LogDir {
     }
 
     /// Crash recovery, run once before a writer opens: checks every segment's header and the
-    /// frames of the newest segment. A damaged frame in the newest segment is a torn tail
-    /// when nothing valid follows it (its declared extent runs past the end of the file, or
-    /// its checksum fails and the bytes at the next frame position are not a valid frame with
-    /// an lsn greater than the last good one): the file is cut there (and flushed) and the
-    /// cut reported. A newest segment whose header is torn (shorter than 40 bytes, or 40
+    /// frames of the newest segment, and flushes the newest segment (a crashed writer's last
+    /// group may sit in the page cache only). The first damaged frame in the newest segment
+    /// is a torn tail (everything from it was written after the last completed flush, so this
+    /// log never confirmed it): the file is cut there (and flushed) and the cut reported, with
+    /// whether a valid frame followed (pages reaching the disk out of order, or damage: the
+    /// caller's check against what the server confirmed tells which). A newest segment whose header is torn (shorter than 40 bytes, or 40
     /// bytes with a wrong magic or checksum) is deleted and reported as a cut. Any other
     /// damage is [`LogError::Corrupt`]; a header of another mapping is
     /// [`LogError::MappingChanged`]. Returns the last valid record's lsn (`None` if the log
@@ -679,6 +685,7 @@ impl LogDir {
                     file: s.path,
                     offset: 0,
                     bytes: s.bytes,
+                    valid_after: false,
                 });
             }
         }
@@ -690,15 +697,22 @@ impl LogDir {
             let file = File::open(&s.path).map_err(LogError::io(&s.path))?;
             let w = walk(&s.path, &file, s.bytes, s.start, |_, _| Ok::<(), LogError>(()))?;
             if let Some((offset, p)) = &w.problem {
-                let torn = tail_rule
-                    && is_torn(&file, *offset, p, s.bytes, w.floor(s.start)).map_err(LogError::io(&s.path))?;
-                if !torn {
+                // In the newest segment, whatever follows the first damaged frame was written
+                // after the last completed fdatasync (frames are only ever appended), so it
+                // was never confirmed by this log: cut there. If the server had confirmed
+                // past the cut, the start refuses it as a gap (the slot is ahead).
+                let after = if tail_rule {
+                    valid_after(&file, *offset, p, s.bytes, w.floor(s.start)).map_err(LogError::io(&s.path))?
+                } else {
+                    None
+                };
+                let Some(valid_after) = after else {
                     return Err(LogError::Corrupt {
                         file: s.path.clone(),
                         offset: *offset,
                         what: p.what(),
                     });
-                }
+                };
                 drop(file);
                 let file = OpenOptions::new()
                     .write(true)
@@ -711,7 +725,16 @@ impl LogDir {
                     file: s.path.clone(),
                     offset: *offset,
                     bytes: s.bytes - offset,
+                    valid_after,
                 });
+            }
+            if tail_rule {
+                // What a crashed writer left in the page cache may not be on disk yet: flush
+                // it before anything counts it as durable (and confirms it).
+                File::open(&s.path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(LogError::io(&s.path))?;
+                sync_dir(&self.path)?;
             }
             tail_rule = false;
             if w.last.is_some() {
@@ -814,6 +837,7 @@ impl LogDir {
                         offset: 0,
                         what: p.what(s.start),
                         torn_tail: newest && p.torn(s.bytes),
+                        valid_after: false,
                     });
                     reports.push(report);
                     continue;
@@ -822,12 +846,12 @@ impl LogDir {
             let floor = prev.map_or(s.start, |p| p.max(s.start));
             let w = walk(&s.path, &file, s.bytes, floor, |_, _| Ok::<(), LogError>(()))?;
             if let Some((offset, p)) = &w.problem {
-                let torn_tail =
-                    newest && is_torn(&file, *offset, p, s.bytes, w.floor(floor)).map_err(LogError::io(&s.path))?;
+                let after = valid_after(&file, *offset, p, s.bytes, w.floor(floor)).map_err(LogError::io(&s.path))?;
                 report.problem = Some(Problem {
                     offset: *offset,
                     what: p.what(),
-                    torn_tail,
+                    torn_tail: newest && after.is_some(),
+                    valid_after: after == Some(true),
                 });
             }
             report.records = w.records;
@@ -1023,7 +1047,8 @@ mod tests {
                     cut: Some(Cut {
                         file: path.clone(),
                         offset: last_at,
-                        bytes: bytes.len() as u64 - last_at
+                        bytes: bytes.len() as u64 - last_at,
+                        valid_after: false
                     })
                 },
                 "{case}"
@@ -1070,7 +1095,8 @@ mod tests {
                     cut: Some(Cut {
                         file: torn.clone(),
                         offset: 0,
-                        bytes: bytes.len() as u64
+                        bytes: bytes.len() as u64,
+                        valid_after: false
                     })
                 }
             );
@@ -1088,7 +1114,7 @@ mod tests {
     }
 
     #[test]
-    fn damage_before_valid_frames_is_corruption() {
+    fn damage_before_valid_frames_in_the_newest_segment_is_cut_and_flagged() {
         let (_t, dir) = tmp();
         let recs: Recs = (1..=5)
             .map(|i| (Lsn(i * 100), vec![i as u8; 40 * i as usize]))
@@ -1098,24 +1124,35 @@ mod tests {
         let len = fs::metadata(&path).expect("meta").len();
         let at = offsets(&recs)[1];
         flip(&path, at + 20 + 5);
-        let check = |e: LogError| {
-            assert!(matches!(&e, LogError::Corrupt { offset, .. } if *offset == at), "{e}");
-            let msg = e.to_string();
-            for part in [
-                "0000000000000000.log",
-                &format!("byte {at}"),
-                "--rebuild",
-                "graphsync log verify",
-            ] {
-                assert!(msg.contains(part), "{msg} lacks {part}");
-            }
-        };
-        check(dir.recover(HASH).expect_err("corrupt"));
-        assert_eq!(fs::metadata(&path).expect("meta").len(), len, "nothing cut");
-        check(read(&dir, Lsn(0)).expect_err("corrupt"));
+        // Read only, before recovery: scan and verify name the damage.
+        let e = read(&dir, Lsn(0)).expect_err("corrupt");
+        let msg = e.to_string();
+        assert!(matches!(&e, LogError::Corrupt { offset, .. } if *offset == at), "{msg}");
+        for part in [
+            "0000000000000000.log",
+            &format!("byte {at}"),
+            "--rebuild",
+            "graphsync log verify",
+        ] {
+            assert!(msg.contains(part), "{msg} lacks {part}");
+        }
         let reports = dir.verify().expect("verify");
         assert_eq!(reports[0].records, 1);
-        assert!(matches!(&reports[0].problem, Some(p) if p.offset == at && !p.torn_tail));
+        assert!(matches!(&reports[0].problem, Some(p) if p.offset == at && p.torn_tail && p.valid_after));
+        // Recovery cuts at the damage (nothing after the last flush was confirmed by this log;
+        // the caller checks the server's confirmed position) and says a valid frame followed.
+        let r = dir.recover(HASH).expect("recover");
+        assert_eq!(r.last, Some(Lsn(100)));
+        assert_eq!(
+            r.cut,
+            Some(Cut {
+                file: path.clone(),
+                offset: at,
+                bytes: len - at,
+                valid_after: true
+            })
+        );
+        assert_eq!(read(&dir, Lsn(0)).expect("scan"), recs[..1].to_vec());
     }
 
     #[test]

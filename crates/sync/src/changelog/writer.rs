@@ -259,6 +259,12 @@ impl LogWriter {
         Ok(())
     }
 
+    /// Whether more than half of `max_queued_bytes` waits to be written: the caller should
+    /// stop producing records for a while rather than block in [`LogWriter::append`].
+    pub fn backlogged(&self) -> bool {
+        lock(&self.shared.state).queued_bytes > self.max_queued / 2
+    }
+
     /// The lsn of the newest record known flushed (the durable position); `after` at first.
     pub fn durable(&self) -> Lsn {
         Lsn(self.shared.durable.load(Ordering::Acquire))

@@ -70,6 +70,19 @@ pub enum SyncError {
         /// Our position.
         restored: Lsn,
     },
+    /// The log's newest segment was damaged before records the server had been told were
+    /// durable (not a torn write: a torn write is never confirmed).
+    #[error("the change log file {file} is damaged at byte {offset} and the records after it are gone, but replication slot confirmed {confirmed} (the log now reaches {position}): changes the server already discarded are lost to us; fix: restore the data directory from a backup, or run with --rebuild")]
+    LogDamaged {
+        /// The segment file.
+        file: PathBuf,
+        /// Where it was damaged (and cut).
+        offset: u64,
+        /// Slot's confirmed_flush_lsn.
+        confirmed: Lsn,
+        /// Our position after the cut.
+        position: Lsn,
+    },
     /// Another process is streaming from the slot.
     #[error("replication slot {slot:?} is in use by server process {pid}; stop the other consumer (SELECT pg_terminate_backend({pid})) or use another slot")]
     SlotInUse {

@@ -35,23 +35,28 @@ fn record_snapshot(store: &CheckpointStore, m: &Manifest, status: &ReplicaStatus
     });
 }
 
-/// What a background compaction returns: the compacted graph, and the snapshot written of it
-/// (with how long it took), if one was asked for.
-type Finished = (graph::Compacted, Option<Result<(Manifest, Duration), CheckpointError>>);
-
-/// A compaction in flight.
-pub(super) struct Running {
-    task: tokio::task::JoinHandle<Finished>,
-    /// Logged changes the snapshot (if any) holds.
+/// A snapshot being written in the background, and the logged changes it holds.
+pub(super) struct SnapshotTask {
+    task: tokio::task::JoinHandle<Result<(Manifest, Duration), CheckpointError>>,
     since_snapshot: u64,
 }
 
-/// The compaction running on a background thread while streaming goes on.
+/// What a snapshot of the compaction in flight needs, captured when it began (the row index at
+/// the compacted view's LSN, and the logged changes it will hold).
+struct SnapshotRequest {
+    index: Vec<u8>,
+    since_snapshot: u64,
+}
+
+/// The compaction and the snapshot running on background threads while streaming goes on.
 #[derive(Default)]
 pub(super) struct Background {
-    pub(super) compaction: Option<Running>,
-    /// No snapshot is attempted before this (after a failed one).
-    retry_after: Option<Instant>,
+    pub(super) compaction: Option<tokio::task::JoinHandle<graph::Compacted>>,
+    /// A snapshot to write of the compaction in flight once it is swapped in.
+    request: Option<SnapshotRequest>,
+    pub(super) snapshot: Option<SnapshotTask>,
+    /// No snapshot is attempted before this (after a failed one), and the wait doubles.
+    retry: Option<(Instant, Duration)>,
 }
 
 /// What starting a snapshot needs.
@@ -67,103 +72,63 @@ const DURABLE_WAIT: Duration = Duration::from_secs(60);
 
 impl Background {
     /// Starts a compaction when overlays passed the soft limit, or the log since the last
-    /// snapshot passed its bound (then a snapshot is written of the result); swaps in a
-    /// finished one; waits for it when overlays reached the hard limit.
+    /// snapshot passed its bound (then a snapshot is written of its result); swaps in a
+    /// finished one and starts its snapshot; records a finished snapshot; waits for the
+    /// compaction when overlays reached the hard limit.
     pub(super) async fn compaction(
         &mut self,
         st: &mut State,
         status: &ReplicaStatus,
         ctx: &SnapshotCtx<'_>,
     ) -> Result<(), SyncError> {
-        let retry_ok = self.retry_after.is_none_or(|t| Instant::now() >= t);
-        let want_snapshot = st.since_snapshot >= ctx.after_changes && retry_ok;
-        if self.compaction.is_none() && (st.graph.needs_compaction() || want_snapshot) {
+        if self.snapshot.as_ref().is_some_and(|s| s.task.is_finished()) {
+            self.reap_snapshot(st, status, ctx.store).await;
+        }
+        let retry_ok = self.retry.is_none_or(|(t, _)| Instant::now() >= t);
+        let want_snapshot = st.since_snapshot >= ctx.after_changes && retry_ok && self.snapshot.is_none();
+        if self.compaction.is_none() && (want_snapshot || st.graph.needs_compaction()) {
             let job = st.graph.begin_compaction();
             let lsn = Lsn(st.graph.view().lsn());
-            // Every compaction writes a snapshot when it holds anything the current one does not
-            // (and no recent attempt failed): it costs one pass over the compacted arrays.
-            let snapshot = (lsn > st.manifest.lsn && retry_ok).then(|| {
-                (
-                    st.index.encode(),
-                    Fallback {
-                        snapshot: st.manifest.snapshot.clone(),
-                        rows: st.manifest.rows.clone(),
-                        lsn: st.manifest.lsn,
-                    },
-                    st.log.watch(),
-                )
-            });
-            let (store, hash) = (ctx.store.clone(), ctx.hash);
-            let started = Instant::now();
-            let task = crate::background::spawn("compaction", move || {
-                let done = job.build();
-                tracing::debug!(ms = started.elapsed().as_millis() as u64, "compaction built");
-                let written = match (snapshot, done.view()) {
-                    (Some((index, previous, durable)), Some(view)) => {
-                        let started = Instant::now();
-                        Some(
-                            wait_durable(&durable, lsn, &store)
-                                .and_then(|()| store.write_encoded(view, &index, Some(previous), hash, now_ms()))
-                                .map(|m| (m, started.elapsed())),
-                        )
-                    }
-                    _ => None,
-                };
-                (done, written)
-            });
-            self.compaction = Some(Running {
-                task,
+            self.request = (want_snapshot && lsn > st.manifest.lsn).then(|| SnapshotRequest {
+                index: st.index.encode(),
                 since_snapshot: st.since_snapshot,
             });
+            let started = Instant::now();
+            self.compaction = Some(crate::background::spawn("compaction", move || {
+                let done = job.build();
+                tracing::debug!(ms = started.elapsed().as_millis() as u64, "compaction built");
+                done
+            }));
             status.update(|s| s.compactions += 1);
         }
         let must_wait = st.graph.read_only_reason().is_some();
-        let ready = self.compaction.as_ref().is_some_and(|r| r.task.is_finished());
+        let ready = self.compaction.as_ref().is_some_and(|h| h.is_finished());
         if ready || (must_wait && self.compaction.is_some()) {
             if must_wait {
                 tracing::warn!("overlays at the hard limit; waiting for the compaction");
             }
-            self.reap(st, status, ctx.store).await?;
+            self.finish_compaction(st, status, ctx).await?;
         }
         Ok(())
     }
 
-    /// Waits for the compaction in flight, swaps it in and records its snapshot.
-    pub(super) async fn reap(
+    /// Waits for the compaction in flight, swaps it in, and starts writing its snapshot.
+    async fn finish_compaction(
         &mut self,
         st: &mut State,
         status: &ReplicaStatus,
-        store: &CheckpointStore,
+        ctx: &SnapshotCtx<'_>,
     ) -> Result<(), SyncError> {
-        let Some(running) = self.compaction.take() else {
+        let Some(h) = self.compaction.take() else {
             return Ok(());
         };
+        let request = self.request.take();
         let started = Instant::now();
-        let (done, written) = running
-            .task
+        let done = h
             .await
             .map_err(|e| SyncError::Io(format!("compaction task failed: {e}")))?;
-        match written {
-            Some(Ok((m, took))) => {
-                tracing::info!(lsn = %m.lsn, snapshot = %m.snapshot, ms = took.as_millis() as u64, "snapshot written");
-                record_snapshot(store, &m, status);
-                st.since_snapshot = st.since_snapshot.saturating_sub(running.since_snapshot);
-                // Records before the older kept snapshot are needed by neither.
-                match st.log.remove_through(m.oldest()) {
-                    Ok(n) if n > 0 => tracing::debug!(segments = n, "removed change log segments"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "cannot remove old change log segments; retrying later"),
-                }
-                st.manifest = m;
-                self.retry_after = None;
-            }
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "snapshot failed; keeping the previous one (the change log holds everything since), retrying in 10 s");
-                status.update(|s| s.last_error = Some(e.to_string()));
-                self.retry_after = Some(Instant::now() + Duration::from_secs(10));
-            }
-            None => {}
-        }
+        // The compacted view itself (it shares the fresh base): what the snapshot holds.
+        let base = request.as_ref().and_then(|_| done.view().cloned());
         match st.graph.finish_compaction(done) {
             // A synchronous compaction at the hard limit superseded this one.
             Err(ApplyError::StaleCompaction) => return Ok(()),
@@ -174,7 +139,75 @@ impl Background {
         let took = started.elapsed();
         tracing::info!(ms = took.as_millis() as u64, "compacted overlays");
         status.update(|s| s.compaction_seconds += took.as_secs_f64());
+        if let (Some(req), Some(view)) = (request, base) {
+            let lsn = Lsn(view.lsn());
+            let previous = Fallback {
+                snapshot: st.manifest.snapshot.clone(),
+                rows: st.manifest.rows.clone(),
+                lsn: st.manifest.lsn,
+            };
+            let (store, hash, durable, position) = (ctx.store.clone(), ctx.hash, st.log.watch(), st.manifest.position);
+            let task = crate::background::spawn("snapshot", move || {
+                let started = Instant::now();
+                wait_durable(&durable, lsn, &store)
+                    .and_then(|()| store.write_encoded(&view, &req.index, Some(previous), position, hash, now_ms()))
+                    .map(|m| (m, started.elapsed()))
+            });
+            self.snapshot = Some(SnapshotTask {
+                task,
+                since_snapshot: req.since_snapshot,
+            });
+        }
         Ok(())
+    }
+
+    /// Records a finished snapshot (waits for it).
+    async fn reap_snapshot(&mut self, st: &mut State, status: &ReplicaStatus, store: &CheckpointStore) {
+        let Some(s) = self.snapshot.take() else { return };
+        match s.task.await {
+            Ok(Ok((m, took))) => {
+                tracing::info!(lsn = %m.lsn, snapshot = %m.snapshot, ms = took.as_millis() as u64, "snapshot written");
+                record_snapshot(store, &m, status);
+                st.since_snapshot = st.since_snapshot.saturating_sub(s.since_snapshot);
+                // Records before the older kept snapshot are needed by neither.
+                match st.log.remove_through(m.oldest()) {
+                    Ok(n) if n > 0 => tracing::debug!(segments = n, "removed change log segments"),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot remove old change log segments; retrying after the next snapshot")
+                    }
+                }
+                // No position advance runs while a snapshot is written: this manifest is the
+                // newest, its position what the loop last wrote.
+                st.manifest = Manifest {
+                    position: m.position.max(st.manifest.position),
+                    ..m
+                };
+                self.retry = None;
+            }
+            Ok(Err(e)) => {
+                let wait = self
+                    .retry
+                    .map_or(Duration::from_secs(10), |(_, w)| (w * 2).min(Duration::from_secs(300)));
+                tracing::error!(error = %e, retry_in_s = wait.as_secs(), "snapshot failed; keeping the previous one (the change log holds everything since)");
+                status.update(|s| s.last_error = Some(e.to_string()));
+                self.retry = Some((Instant::now() + wait, wait));
+            }
+            Err(e) => tracing::error!(error = %e, "snapshot task failed"),
+        }
+    }
+
+    /// Lets the compaction and the snapshot in flight finish (for a clean stop).
+    pub(super) async fn finish(&mut self, st: &mut State, status: &ReplicaStatus, ctx: &SnapshotCtx<'_>) {
+        if let Err(e) = self.finish_compaction(st, status, ctx).await {
+            tracing::warn!(error = %e, "the compaction in flight failed while stopping");
+        }
+        self.reap_snapshot(st, status, ctx.store).await;
+    }
+
+    /// Whether a snapshot is being written (the manifest must not change meanwhile).
+    pub(super) fn writing_snapshot(&self) -> bool {
+        self.snapshot.is_some()
     }
 }
 
@@ -196,11 +229,14 @@ fn wait_durable(durable: &watch::Receiver<Lsn>, lsn: Lsn, store: &CheckpointStor
     Ok(())
 }
 
-/// Lets a compaction in flight finish (and its snapshot be recorded) before stopping.
-pub(super) async fn finish_background(st: &mut State, status: &ReplicaStatus, store: &CheckpointStore) {
+/// Lets a compaction and snapshot in flight finish before stopping.
+pub(super) async fn finish_background(st: &mut State, status: &ReplicaStatus, store: &CheckpointStore, hash: u64) {
     let mut bg = std::mem::take(&mut st.bg);
-    if let Err(e) = bg.reap(st, status, store).await {
-        tracing::warn!(error = %e, "the compaction in flight failed while stopping");
-    }
+    let ctx = SnapshotCtx {
+        store,
+        hash,
+        after_changes: u64::MAX,
+    };
+    bg.finish(st, status, &ctx).await;
     st.bg = bg;
 }

@@ -214,8 +214,8 @@ pub async fn run(opts: Options, status: Arc<ReplicaStatus>, shutdown: watch::Rec
                     // Without a connection nothing more can be confirmed; what was applied is
                     // in the log already.
                     if let Some(st) = r.state.as_mut() {
-                        finish_background(st, &r.status, &r.store).await;
                         let _ = st.log.flush(Duration::from_secs(30));
+                        finish_background(st, &r.status, &r.store, opts.config.mapping_hash()).await;
                     }
                     return Ok(());
                 }

@@ -4,7 +4,7 @@
 
 #[allow(unused_imports)]
 use super::*;
-use crate::changelog::Replayed;
+use crate::changelog::{Cut, Replayed};
 use crate::checkpoint::Restored;
 
 /// The state found on disk.
@@ -13,6 +13,8 @@ pub(super) struct Resumed {
     pub(super) restored: Restored,
     /// What the replay did; `position` is where streaming resumes.
     pub(super) replayed: Replayed,
+    /// What recovery cut from the end of the log, if anything.
+    pub(super) cut: Option<Cut>,
     /// How long restoring took.
     pub(super) took: Duration,
 }
@@ -33,13 +35,15 @@ pub(super) fn restore(store: &CheckpointStore, log: &LogDir, hash: u64) -> Resul
             file = %cut.file.display(),
             offset = cut.offset,
             bytes = cut.bytes,
-            "cut a torn record at the end of the change log (a crash while it was written; it was never confirmed)"
+            valid_after = cut.valid_after,
+            "cut a torn record at the end of the change log (written after its last flush by a process that crashed; the server sends it again unless it had been confirmed, which the slot check below refuses)"
         );
     }
     let replayed = crate::changelog::replay(log, hash, restored.lsn, &mut restored.graph, &mut restored.index)?;
     Ok(Some(Resumed {
         restored,
         replayed,
+        cut: recovery.cut,
         took: started.elapsed(),
     }))
 }

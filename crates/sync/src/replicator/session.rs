@@ -76,13 +76,13 @@ pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
                 let super::restore::Resumed {
                     restored: r,
                     replayed,
+                    cut,
                     took,
-                    ..
                 } = resumed;
                 for refused in &r.refused {
                     tracing::warn!(%refused, "skipped an unusable snapshot");
                 }
-                let position = replayed.position.max(r.lsn);
+                let position = replayed.position.max(r.lsn).max(r.manifest.position);
                 let Some(s) = &slot else {
                     return Err(SyncError::SlotMissing {
                         slot: opts.slot.clone(),
@@ -92,6 +92,14 @@ pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
                 if s.wal_status.as_deref() == Some("lost") {
                     return Err(SyncError::SlotInvalidated {
                         slot: opts.slot.clone(),
+                    });
+                }
+                if let Some(cut) = cut.filter(|_| s.confirmed_flush > position) {
+                    return Err(SyncError::LogDamaged {
+                        file: cut.file,
+                        offset: cut.offset,
+                        confirmed: s.confirmed_flush,
+                        position,
                     });
                 }
                 if s.confirmed_flush > position {

@@ -19,7 +19,7 @@ pub(super) async fn stream(
     start.binary = opts.binary;
     start.status_interval = opts.status_interval;
     // Confirm exactly the durable position from the first status update on.
-    let durable = st.log.durable();
+    let durable = st.log.durable().max(st.manifest.position);
     let mut stream = client.start_replication(&opts.slot, durable, &start).await?;
     tracing::info!(slot = %opts.slot, from = %durable, proto = stream.proto_version(), "streaming");
     let proto = stream.proto_version();
@@ -35,9 +35,11 @@ pub(super) async fn stream(
         hash,
         after_changes: opts.snapshot_after_changes,
     };
-    let mut next_position = Instant::now();
+    let mut next_advance = Instant::now();
     let mut next_confirm = Instant::now();
+    let mut next_chores = Instant::now();
     let mut next_ping = Instant::now() + Duration::from_secs(1);
+    let mut last_data = Instant::now();
     // Nothing is confirmed by starting to stream; the loop confirms what the log made durable.
     let mut confirmed = Lsn(0);
     let mut log_error: Option<String> = None;
@@ -50,20 +52,39 @@ pub(super) async fn stream(
         if *shutdown.borrow() {
             apply_pending(&mut pending, mapper, st, status)?;
             status.update(|s| s.phase = Phase::Stopping);
-            finish_background(st, status, store).await;
+            // Confirm what is applied first (the log flushed), then let background work end.
             let durable = tokio::task::block_in_place(|| st.log.flush(Duration::from_secs(30)))?;
-            stream.set_flushed(durable);
+            let confirmable = durable.max(st.manifest.position);
+            stream.set_flushed(confirmable);
+            let _ = stream.send_status(false).await;
             status.update(|s| {
-                s.durable_lsn = durable;
-                s.confirmed_lsn = durable;
+                s.durable_lsn = confirmable;
+                s.confirmed_lsn = confirmable;
             });
+            finish_background(st, status, store, hash).await;
             let _ = stream.stop().await;
-            tracing::info!(confirmed = %durable, "stopped cleanly");
+            tracing::info!(confirmed = %confirmable, "stopped cleanly");
             return Ok(());
+        }
+        // The log's writer is far behind (a slow or full disk): stop reading until it catches
+        // up, so records do not pile up in memory (the server keeps the WAL meanwhile).
+        if st.log.backlogged() {
+            let mut sd = shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = sd.changed() => {}
+            }
+            let err = st.log.error();
+            if err != log_error {
+                status.update(|s| s.log_error = err.clone());
+                log_error = err;
+            }
+            last_heard = Instant::now();
+            continue;
         }
         // Wake at least every 10 ms while the log has something to confirm.
         let tick = Instant::now()
-            + if st.log.durable() > confirmed || st.logged > st.log.durable() {
+            + if st.log.durable() > confirmed || st.logged > confirmed {
                 Duration::from_millis(10)
             } else {
                 Duration::from_millis(50)
@@ -74,6 +95,7 @@ pub(super) async fn stream(
         }
         match next {
             Next::Event(ReplicationEvent::XLogData { data, wal_end, .. }) => {
+                last_data = Instant::now();
                 if wal_end > server_end {
                     server_end = wal_end;
                     status.update(|s| s.server_wal_end = s.server_wal_end.max(wal_end));
@@ -117,17 +139,36 @@ pub(super) async fn stream(
             }
             Next::Ended => return Err(SyncError::StreamEnded),
         }
+        // Chores (background jobs, positions, errors, confirms) at most every 10 ms, not per
+        // message.
         let now = Instant::now();
+        if now < next_chores {
+            continue;
+        }
+        next_chores = now + Duration::from_millis(10);
         let mut bg = std::mem::take(&mut st.bg);
         let compacted = bg.compaction(st, status, &snapshots).await;
+        let writing_snapshot = bg.writing_snapshot();
         st.bg = bg;
         compacted?;
-        // While nothing mapped is pending, log the position the server's keepalives report,
-        // so the slot does not hold WAL of unmapped tables only for us.
-        if pending.txns.is_empty() && st.safe > st.logged && now >= next_position {
-            st.log.append(st.safe, crate::changelog::record::encode_position())?;
-            st.logged = st.safe;
-            next_position = now + Duration::from_millis(250);
+        // While nothing mapped is pending and the log holds everything applied, record the
+        // position the server's keepalives report in the manifest (at most every second), so
+        // the slot does not hold WAL of unmapped tables only for us. Not while a snapshot is
+        // written: it writes the manifest too.
+        if pending.txns.is_empty()
+            && st.safe > st.manifest.position.max(st.logged)
+            && st.log.durable() >= st.logged
+            && !writing_snapshot
+            && now >= next_advance
+        {
+            match store.advance(&st.manifest, st.safe) {
+                Ok(m) => st.manifest = m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record the position in the manifest; retrying");
+                    status.update(|s| s.last_error = Some(e.to_string()));
+                }
+            }
+            next_advance = now + Duration::from_secs(1);
         }
         // A log that cannot be written (disk full) is not fatal: its writer keeps the records
         // and retries, and nothing more is confirmed meanwhile.
@@ -156,22 +197,24 @@ pub(super) async fn stream(
         if now.duration_since(last_heard) > opts.receive_timeout {
             return Err(SyncError::ReceiveTimeout(opts.receive_timeout));
         }
-        // While idle, ask the server where decoding stands (its keepalive answer carries the
-        // position), so the covered LSN follows WAL that touches no mapped table.
-        if assembler.is_idle() && now >= next_ping {
+        // While idle (no data for 250 ms), ask the server where decoding stands (its keepalive
+        // answer carries the position), so the position follows WAL that touches no mapped
+        // table.
+        if assembler.is_idle() && now >= next_ping && now.duration_since(last_data) >= Duration::from_millis(250) {
             stream.send_status(true).await?;
             next_ping = now + Duration::from_millis(250);
         }
-        let durable = st.log.durable();
-        if durable > confirmed && now >= next_confirm {
-            confirmed = durable;
+        // Confirm what the log made durable (or the manifest's position), every 100 ms at most.
+        let confirmable = st.log.durable().max(st.manifest.position);
+        if confirmable > confirmed && now >= next_confirm {
+            confirmed = confirmable;
             stream.set_flushed(confirmed);
             stream.send_status(false).await?;
             status.update(|s| {
-                s.durable_lsn = durable;
-                s.confirmed_lsn = durable;
+                s.durable_lsn = confirmable;
+                s.confirmed_lsn = confirmable;
             });
-            next_confirm = now + Duration::from_millis(20);
+            next_confirm = now + Duration::from_millis(100);
         }
     }
 }
