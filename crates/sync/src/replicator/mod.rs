@@ -91,7 +91,7 @@ pub struct Options {
     /// Ask pgoutput for column values in binary form where the type allows.
     pub binary: bool,
     /// Reconnect when nothing (data or keepalive) came from the server for this long; while
-    /// idle the replicator asks for a keepalive every 250 ms.
+    /// idle the replicator asks for a keepalive every 100 ms.
     pub receive_timeout: Duration,
     /// Streamed transactions buffered in memory past this many bytes spill to temporary
     /// files in the data directory.

@@ -4,6 +4,14 @@
 #[allow(unused_imports)]
 use super::*;
 
+/// While no data arrives for this long, the loop asks the server for a keepalive (its WAL
+/// position) this often.
+const PING_AFTER: Duration = Duration::from_millis(100);
+/// The manifest's position is rewritten at most this often (while only unmapped tables
+/// change): with `PING_AFTER` and the confirm interval, the slot trails the WAL end by well
+/// under a second even then.
+const ADVANCE_EVERY: Duration = Duration::from_millis(200);
+
 pub(super) async fn stream(
     opts: &Options,
     store: &CheckpointStore,
@@ -152,7 +160,7 @@ pub(super) async fn stream(
         st.bg = bg;
         compacted?;
         // While nothing mapped is pending and the log holds everything applied, record the
-        // position the server's keepalives report in the manifest (at most every second), so
+        // position the server's keepalives report in the manifest (at most every 200 ms), so
         // the slot does not hold WAL of unmapped tables only for us. Not while a snapshot is
         // written: it writes the manifest too.
         if pending.txns.is_empty()
@@ -168,7 +176,7 @@ pub(super) async fn stream(
                     status.update(|s| s.last_error = Some(e.to_string()));
                 }
             }
-            next_advance = now + Duration::from_secs(1);
+            next_advance = now + ADVANCE_EVERY;
         }
         // A log that cannot be written (disk full) is not fatal: its writer keeps the records
         // and retries, and nothing more is confirmed meanwhile.
@@ -197,12 +205,12 @@ pub(super) async fn stream(
         if now.duration_since(last_heard) > opts.receive_timeout {
             return Err(SyncError::ReceiveTimeout(opts.receive_timeout));
         }
-        // While idle (no data for 250 ms), ask the server where decoding stands (its keepalive
+        // While idle (no data for 100 ms), ask the server where decoding stands (its keepalive
         // answer carries the position), so the position follows WAL that touches no mapped
         // table.
-        if assembler.is_idle() && now >= next_ping && now.duration_since(last_data) >= Duration::from_millis(250) {
+        if assembler.is_idle() && now >= next_ping && now.duration_since(last_data) >= PING_AFTER {
             stream.send_status(true).await?;
-            next_ping = now + Duration::from_millis(250);
+            next_ping = now + PING_AFTER;
         }
         // Confirm what the log made durable (or the manifest's position), every 100 ms at most.
         let confirmable = st.log.durable().max(st.manifest.position);
