@@ -19,6 +19,17 @@ pub(super) struct Resumed {
     pub(super) took: Duration,
 }
 
+impl Resumed {
+    /// Where streaming resumes: the log's last record, the snapshot, or the manifest's
+    /// position, whichever is furthest.
+    pub(super) fn position(&self) -> Lsn {
+        self.replayed
+            .position
+            .max(self.restored.lsn)
+            .max(self.restored.manifest.position)
+    }
+}
+
 /// A restore running on a blocking thread.
 pub(super) type RestoreTask = tokio::task::JoinHandle<Result<Option<Resumed>, SyncError>>;
 
@@ -56,7 +67,7 @@ pub fn load(data_dir: &std::path::Path, mapping_hash: u64) -> Result<Option<(Gra
     let store = CheckpointStore::open(data_dir)?;
     let log = LogDir::open(&data_dir.join("log"))?;
     Ok(restore(&store, &log, mapping_hash)?.map(|r| {
-        let position = r.replayed.position.max(r.restored.lsn);
+        let position = r.position();
         (r.restored.graph, r.restored.index, position)
     }))
 }

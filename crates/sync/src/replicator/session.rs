@@ -73,6 +73,7 @@ pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
         };
         match restored {
             Some(resumed) => {
+                let position = resumed.position();
                 let super::restore::Resumed {
                     restored: r,
                     replayed,
@@ -82,7 +83,6 @@ pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
                 for refused in &r.refused {
                     tracing::warn!(%refused, "skipped an unusable snapshot");
                 }
-                let position = replayed.position.max(r.lsn).max(r.manifest.position);
                 let Some(s) = &slot else {
                     return Err(SyncError::SlotMissing {
                         slot: opts.slot.clone(),
