@@ -2,8 +2,9 @@
 //! records in append-only segment files under `<data-dir>/log/`, so a restart replays them
 //! instead of rebuilding, and the slot is confirmed only up to what is on disk.
 //!
-//! - [`segment`]: the file format, and the log directory ([`LogDir`]): listing, crash
-//!   recovery (cutting a torn tail), scanning, pruning, verifying.
+//! - [`segment`]: the file format (headers, frames, reading and checking them).
+//! - `dir`: the log directory ([`LogDir`]): listing, crash recovery (cutting a torn tail),
+//!   scanning, pruning, verifying.
 //! - [`writer`]: [`LogWriter`], appending on a thread of its own with group commit
 //!   (fdatasync per group) and a durable position callers can wait on.
 //! - [`record`]: what a payload holds (the graph mutations and row-index changes of one
@@ -16,13 +17,15 @@
 use pgoutput::Lsn;
 use std::path::PathBuf;
 
+mod dir;
 pub mod record;
 mod replay;
 pub mod segment;
 pub mod writer;
 
+pub use dir::{Cut, LogDir, Problem, Recovery, SegmentReport};
 pub use replay::{replay, ReplayError, Replayed};
-pub use segment::{Cut, LogDir, Problem, Recovery, SegmentInfo, SegmentReport, MAX_PAYLOAD};
+pub use segment::{SegmentInfo, MAX_PAYLOAD};
 pub use writer::{LogWriter, WriterOptions};
 
 /// Why a change log operation failed.
@@ -91,6 +94,13 @@ pub(crate) mod testutil {
     use super::{LogDir, LogError, LogWriter, WriterOptions};
     use pgoutput::Lsn;
     use std::time::Duration;
+
+    /// A fresh log directory in a temporary directory (kept alive by the first value).
+    pub(crate) fn tmp() -> (tempfile::TempDir, LogDir) {
+        let t = tempfile::tempdir().expect("tempdir");
+        let d = LogDir::open(&t.path().join("log")).expect("open log dir");
+        (t, d)
+    }
 
     /// The mapping hash the tests write under.
     pub(crate) const HASH: u64 = 0x5eed_cafe_f00d_0001;
