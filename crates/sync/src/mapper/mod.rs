@@ -345,14 +345,7 @@ impl Mapper {
         index: &mut RowIndex,
         txns: &[CommittedTxn],
     ) -> Result<Arc<GraphView>, MapError> {
-        let Some(last) = txns.last() else {
-            return Ok(graph.view());
-        };
-        let mut t = graph.begin(last.end_lsn.0)?;
-        for txn in txns {
-            txn.for_each_change(|change| self.apply_change(&mut t, index, change))?;
-        }
-        Ok(t.commit()?)
+        self.apply_logged(graph, index, txns).map(|a| a.view)
     }
 
     /// As [`Mapper::apply_many`], also returning what the change log keeps: the graph
