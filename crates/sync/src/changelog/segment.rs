@@ -1,6 +1,6 @@
-//! The change log's files: the segment format, and the log directory ([`LogDir`]): listing
-//! segments, crash recovery (cutting a torn tail), scanning records in LSN order, pruning,
-//! verifying without modifying, clearing.
+//! The change log's segment files: their format, and reading and checking their headers and
+//! frames. The log directory built on it ([`super::LogDir`]: listing segments, crash recovery,
+//! scanning in LSN order, pruning, verifying, clearing) is in `dir`.
 //!
 //! Format, version 1 (integers little-endian):
 //!
@@ -27,7 +27,7 @@
 //! position the log starts after), so a segment holds the records in
 //! `(its start, the next segment's start]`.
 //!
-//! Crash recovery ([`LogDir::recover`]): only the newest segment can have been written to
+//! Crash recovery ([`super::LogDir::recover`]): only the newest segment can have been written to
 //! without a completed fdatasync (a new segment's header, the file and the directory are
 //! flushed before any frame goes into it). A damaged frame in the newest segment is a torn
 //! tail when nothing valid follows it (its declared extent runs past the end of the file, or
