@@ -29,6 +29,7 @@ pub mod wire;
 pub use csr::{Adjacency, Csr, CsrError, EdgeInput};
 pub use nodes::{FilterId, FilterValueId, NodeData, NodeKey, NodeLabel, PropValue, TenantId, MAX_NODE_LABELS};
 pub use query::{Direction, EdgeFilter, QueryError, Scratch, Topology};
+pub use view::diff;
 pub use view::{
     ApplyError, BulkError, Compacted, CompactionJob, CompactionPolicy, Graph, GraphReader, GraphView, Mutation, Txn,
 };

@@ -251,6 +251,7 @@ impl Graph {
             b,
             log: Vec::new(),
             lsn,
+            capture: None,
         })
     }
 

@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
+pub mod diff;
+
 /// Why a transaction could not be applied. Nothing of it is applied.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ApplyError {
@@ -96,6 +98,7 @@ pub struct Txn<'g> {
     pub(super) b: Builder,
     pub(super) log: Vec<Mutation>,
     pub(super) lsn: u64,
+    pub(super) capture: Option<diff::Capture>,
 }
 
 impl std::fmt::Debug for Txn<'_> {
@@ -111,6 +114,9 @@ impl Txn<'_> {
     /// Applies one low-level mutation.
     pub fn push(&mut self, m: Mutation) -> Result<(), ApplyError> {
         // Mutations either fail before changing anything or succeed whole.
+        if let Some(c) = &mut self.capture {
+            c.note(&self.b, &m);
+        }
         self.b.apply(&m, &mut self.graph.index)?;
         self.log.push(m);
         Ok(())
@@ -254,6 +260,21 @@ impl Txn<'_> {
         self.push(Mutation::RemoveEdge(e))
     }
 
+    /// Starts recording what the transaction changes in the visible subgraphs (see
+    /// [`diff`]); [`Txn::take_diff`] then returns the changes since the last call.
+    pub fn start_diff(&mut self) {
+        self.capture = Some(diff::Capture::new(self.log.len()));
+    }
+
+    /// The changes to the visible subgraphs since [`Txn::start_diff`] or the last call
+    /// (nothing if no diff was started): call at each source transaction's end.
+    pub fn take_diff(&mut self) -> Vec<diff::Scoped> {
+        match &mut self.capture {
+            Some(c) => c.take(&self.b, &self.log),
+            None => Vec::new(),
+        }
+    }
+
     /// The mutations applied so far, in order (what [`crate::wire`] logs).
     pub fn mutations(&self) -> &[Mutation] {
         &self.log
@@ -266,7 +287,7 @@ impl Txn<'_> {
 
     /// As [`Txn::commit`], also returning the transaction's mutations (for the change log).
     pub fn commit_logged(self) -> Result<(Arc<GraphView>, Vec<Mutation>), ApplyError> {
-        let Txn { graph, b, log, lsn } = self;
+        let Txn { graph, b, log, lsn, .. } = self;
         let view = Arc::new(b.finish(lsn));
         // The previous view's versions stay for those who hold it.
         if let Some((_, pending)) = graph.since_compaction.as_mut() {
