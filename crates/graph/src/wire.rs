@@ -20,12 +20,26 @@
 //! length + UTF-8, value: tag u8 — 0 null, 1 bool (u8), 2 int (i64), 3 float (f64), 4 text
 //! (u32 length + UTF-8)) each.
 //!
+//! Subgraph changes ([`crate::diff::Scoped`], for the change feed) are encoded the same way,
+//! one after another:
+//!
+//! | tag | change        | fields |
+//! |-----|---------------|--------|
+//! | 1   | `NodeUpsert`  | scope, id u32, node data |
+//! | 2   | `NodeDelete`  | scope, id u32, node ref |
+//! | 3   | `EdgeAdd`     | scope, source u32, target u32, edge label u8, weight f64, source ref, target ref |
+//! | 4   | `EdgeRemove`  | as `EdgeAdd` |
+//!
+//! where *scope* is u8 flags (bit 0: the whole graph's subgraph; bit 1: a tenant's, whose
+//! value, a key, follows).
+//!
 //! Not for: framing, checksums or files (the change log's segments), or what a record holds
-//! besides mutations.
+//! besides mutations and changes.
 
 use crate::bytes::{ByteReader, Corrupt};
 use crate::nodes::codec::{put_key, put_prop, put_str, Reader};
 use crate::nodes::{FilterId, NodeData, NodeKey, NodeLabel, PropValue};
+use crate::diff::{Change, Scoped};
 use crate::view::{GraphView, Mutation};
 use crate::{EdgeInput, EdgeLabel, NodeId};
 use std::collections::HashMap;
@@ -54,8 +68,7 @@ fn put_ref(view: &GraphView, id: NodeId, out: &mut Vec<u8>) {
     }
 }
 
-fn put_edge(view: &GraphView, tag: u8, e: &EdgeInput, out: &mut Vec<u8>) {
-    out.push(tag);
+fn put_edge(view: &GraphView, e: &EdgeInput, out: &mut Vec<u8>) {
     out.extend_from_slice(&e.source.0.to_le_bytes());
     out.extend_from_slice(&e.target.0.to_le_bytes());
     out.push(e.label.0);
@@ -117,9 +130,57 @@ fn encode_one(view: &GraphView, m: &Mutation, next_id: &mut u32, out: &mut Vec<u
                 }
             }
         }
-        Mutation::AddEdge(e) => put_edge(view, 5, e, out),
-        Mutation::RemoveEdge(e) => put_edge(view, 6, e, out),
+        Mutation::AddEdge(e) => {
+            out.push(5);
+            put_edge(view, e, out);
+        }
+        Mutation::RemoveEdge(e) => {
+            out.push(6);
+            put_edge(view, e, out);
+        }
     }
+}
+
+/// Appends the encoding of subgraph `changes` to `out`; node refs are read from `view` (any
+/// view at or after the changes: a node's label and key never change).
+pub fn encode_changes(view: &GraphView, changes: &[Scoped], out: &mut Vec<u8>) {
+    for c in changes {
+        let tag = match c.change {
+            Change::NodeUpsert { .. } => 1,
+            Change::NodeDelete { .. } => 2,
+            Change::EdgeAdd(_) => 3,
+            Change::EdgeRemove(_) => 4,
+        };
+        out.push(tag);
+        out.push(u8::from(c.global) | if c.tenant.is_some() { 2 } else { 0 });
+        if let Some(t) = &c.tenant {
+            put_key(out, t);
+        }
+        match &c.change {
+            Change::NodeUpsert { id, data } => {
+                out.extend_from_slice(&id.0.to_le_bytes());
+                encode_node_data(data, out);
+            }
+            Change::NodeDelete { id } => {
+                out.extend_from_slice(&id.0.to_le_bytes());
+                put_ref(view, *id, out);
+            }
+            Change::EdgeAdd(e) | Change::EdgeRemove(e) => {
+                put_edge(view, e, out);
+            }
+        }
+    }
+}
+
+/// A decoded subgraph change and the nodes it names, in key terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedChange {
+    /// The change, in id terms, with its scope.
+    pub scoped: Scoped,
+    /// The node a node change names, or an edge's source (`None`: the node had no data).
+    pub node: Option<(NodeLabel, NodeKey)>,
+    /// An edge's target.
+    pub target: Option<(NodeLabel, NodeKey)>,
 }
 
 /// A decoded mutation and the nodes it names, in key terms.
@@ -233,6 +294,53 @@ impl Decoder {
             d.properties = properties.into();
         }
         Ok(d)
+    }
+
+    /// Decodes `count` subgraph changes written by [`encode_changes`], calling `each` for
+    /// every one in order.
+    pub fn decode_changes(
+        &mut self,
+        r: &mut ByteReader<'_>,
+        count: u64,
+        mut each: impl FnMut(LoggedChange),
+    ) -> Result<(), Corrupt> {
+        for _ in 0..count {
+            let tag = r.u8("change tag")?;
+            let flags = r.u8("change scope")?;
+            if flags & !3 != 0 {
+                return Err(r.corrupt("unknown change scope flags"));
+            }
+            let tenant = if flags & 2 != 0 { Some(Reader(r).key(0)?) } else { None };
+            let global = flags & 1 != 0;
+            let (change, node, target) = match tag {
+                1 => {
+                    let id = NodeId(r.u32("node id")?);
+                    let data = Arc::new(self.node_data(r)?);
+                    let node = Some((data.label, data.key.clone()));
+                    (Change::NodeUpsert { id, data }, node, None)
+                }
+                2 => {
+                    let id = NodeId(r.u32("node id")?);
+                    (Change::NodeDelete { id }, self.node_ref(r)?, None)
+                }
+                3 | 4 => {
+                    let (e, l) = self.edge(r)?;
+                    let change = if tag == 3 {
+                        Change::EdgeAdd(e)
+                    } else {
+                        Change::EdgeRemove(e)
+                    };
+                    (change, l.node, l.target)
+                }
+                _ => return Err(r.corrupt("an unknown change tag")),
+            };
+            each(LoggedChange {
+                scoped: Scoped { global, tenant, change },
+                node,
+                target,
+            });
+        }
+        Ok(())
     }
 
     fn one(&mut self, r: &mut ByteReader<'_>, next_id: &mut u32) -> Result<Logged, Corrupt> {
@@ -349,6 +457,33 @@ mod tests {
         h.apply(2, &muts).unwrap();
         assert_eq!(h.view().node_count(), view.node_count());
         assert_eq!(h.view().node(a), view.node(a));
+        // The subgraph changes of the same transaction round-trip too.
+        let mut g2 = Graph::new(Csr::build(0, &[], false).unwrap(), 1);
+        let mut t2 = g2.begin(2).unwrap();
+        t2.start_diff();
+        let a2 = t2.upsert_node(d.clone());
+        let b2 = t2.upsert_node(NodeData::bare(NodeLabel(0), NodeKey::Int(9)));
+        t2.add_edge(EdgeInput { source: a2, target: b2, ..e }).unwrap();
+        let first = t2.take_diff();
+        t2.delete_node(NodeLabel(0), &NodeKey::Int(9));
+        let second = t2.take_diff();
+        let view2 = t2.commit().unwrap();
+        let changes: Vec<_> = first.into_iter().chain(second).collect();
+        assert_eq!(changes.len(), 4, "{changes:?}");
+        let mut cb = Vec::new();
+        encode_changes(&view2, &changes, &mut cb);
+        let mut back = Vec::new();
+        let mut r = ByteReader::new(&cb);
+        Decoder::default()
+            .decode_changes(&mut r, changes.len() as u64, |c| back.push(c))
+            .unwrap();
+        assert_eq!(r.remaining(), 0);
+        assert_eq!(back.iter().map(|c| c.scoped.clone()).collect::<Vec<_>>(), changes);
+        assert_eq!(back[3].node, Some((NodeLabel(0), NodeKey::Int(9))));
+        for cut in 0..cb.len() {
+            let mut r = ByteReader::new(&cb[..cut]);
+            assert!(Decoder::default().decode_changes(&mut r, changes.len() as u64, |_| {}).is_err());
+        }
         // Every truncation is an error, never a panic.
         for cut in 0..bytes.len() {
             let mut r = ByteReader::new(&bytes[..cut]);

@@ -3,22 +3,26 @@
 //! position (WAL that changed nothing mapped). The bytes go into a segment frame
 //! (`segment`); this module knows nothing of files.
 //!
-//! Payload format, version 1 (integers little-endian):
+//! Payload format, version 2 (integers little-endian):
 //!
 //! ```text
-//! version u8 = 1
+//! version u8 = 2
 //! kind    u8: 1 = changes, 2 = position (nothing follows; the frame's LSN is the new position)
 //! changes:
 //!   txn count u32, then per transaction in commit order:
 //!     end LSN u64, commit time i64 (µs since 1970-01-01 UTC),
-//!     mutation count u32, row-index change count u32
+//!     mutation count u32, row-index change count u32, subgraph change count u32
 //!   node count before the batch u32 (the id the first new node gets)
 //!   every transaction's graph mutations, in order (graph::wire)
 //!   every transaction's row-index changes, in order:
 //!     1 insert: edge mapping u16, row identity (key), source u32, target u32, label u8, weight f64
 //!     2 remove: edge mapping u16, row identity (key)
 //!     3 drain (truncate): edge mapping u16
+//!   every transaction's subgraph changes, in order (graph::wire; what the change feed sends)
 //! ```
+//!
+//! Version 1 is version 2 without the subgraph change counts and changes; it is still read
+//! (replay needs nothing else), but the change feed cannot serve its transactions.
 //!
 //! Records are deterministic per transaction: replaying after a crash may batch transactions
 //! differently, but each transaction's mutations and row-index changes are the same bytes.
@@ -28,12 +32,12 @@
 use crate::mapper::Applied;
 use crate::row_index::IndexOp;
 use graph::bytes::{ByteReader, Corrupt};
-use graph::wire::{self, Logged};
+use graph::wire::{self, Logged, LoggedChange};
 use graph::{EdgeInput, EdgeLabel, NodeId, NodeKey};
 use pgoutput::Lsn;
 
-/// The payload format version this build writes and reads.
-pub const RECORD_VERSION: u8 = 1;
+/// The payload format version this build writes (it reads this one and version 1).
+pub const RECORD_VERSION: u8 = 2;
 
 const KIND_CHANGES: u8 = 1;
 const KIND_POSITION: u8 = 2;
@@ -49,6 +53,8 @@ pub struct TxnEnd {
     pub mutations: u32,
     /// Its row-index changes.
     pub index_ops: u32,
+    /// Its subgraph changes (0 in a version 1 record).
+    pub changes: u32,
 }
 
 /// A decoded record payload.
@@ -64,6 +70,9 @@ pub enum Record {
         mutations: Vec<Logged>,
         /// Every transaction's row-index changes, in order.
         index_ops: Vec<IndexOp>,
+        /// Every transaction's subgraph changes, in order; `None` when not decoded (see
+        /// [`decode_with`]) or not recorded (a version 1 record).
+        changes: Option<Vec<LoggedChange>>,
     },
     /// WAL up to the frame's LSN changed nothing mapped.
     Position,
@@ -76,12 +85,13 @@ pub fn encode_changes(applied: &Applied, txns: &[(Lsn, i64)]) -> Vec<u8> {
     out.push(RECORD_VERSION);
     out.push(KIND_CHANGES);
     out.extend_from_slice(&(txns.len() as u32).to_le_bytes());
-    let mut before = (0usize, 0usize);
+    let mut before = (0usize, 0usize, 0usize);
     for (&(lsn, time), &end) in txns.iter().zip(&applied.ends) {
         out.extend_from_slice(&lsn.0.to_le_bytes());
         out.extend_from_slice(&time.to_le_bytes());
         out.extend_from_slice(&((end.0 - before.0) as u32).to_le_bytes());
         out.extend_from_slice(&((end.1 - before.1) as u32).to_le_bytes());
+        out.extend_from_slice(&((end.2 - before.2) as u32).to_le_bytes());
         before = end;
     }
     out.extend_from_slice(&applied.node_count_before.to_le_bytes());
@@ -89,6 +99,7 @@ pub fn encode_changes(applied: &Applied, txns: &[(Lsn, i64)]) -> Vec<u8> {
     for op in &applied.index_ops {
         encode_index_op(op, &mut out);
     }
+    wire::encode_changes(&applied.view, &applied.changes, &mut out);
     out
 }
 
@@ -149,9 +160,15 @@ fn decode_index_op(r: &mut ByteReader<'_>) -> Result<IndexOp, Corrupt> {
 /// no longer writes). Every count is
 /// checked against the bytes left; trailing bytes are an error.
 pub fn decode(payload: &[u8], decoder: &mut wire::Decoder) -> Result<Record, Corrupt> {
+    decode_with(payload, decoder, true)
+}
+
+/// As [`decode`]; with `with_changes` false the subgraph changes are neither decoded nor
+/// checked (restart replays without them).
+pub fn decode_with(payload: &[u8], decoder: &mut wire::Decoder, with_changes: bool) -> Result<Record, Corrupt> {
     let mut r = ByteReader::new(payload);
     let version = r.u8("record version")?;
-    if version != RECORD_VERSION {
+    if version != RECORD_VERSION && version != 1 {
         return Err(Corrupt {
             what: "a record version this build does not read",
             offset: 0,
@@ -161,20 +178,23 @@ pub fn decode(payload: &[u8], decoder: &mut wire::Decoder) -> Result<Record, Cor
         KIND_POSITION => Record::Position,
         KIND_CHANGES => {
             let n = r.u32("transaction count")? as usize;
-            if n.saturating_mul(24) > r.remaining() {
+            let v2 = version == 2;
+            if n.saturating_mul(if v2 { 28 } else { 24 }) > r.remaining() {
                 return Err(r.corrupt("a transaction count larger than the record"));
             }
             let mut txns = Vec::with_capacity(n);
-            let (mut muts, mut ops) = (0u64, 0u64);
+            let (mut muts, mut ops, mut changes) = (0u64, 0u64, 0u64);
             for _ in 0..n {
                 let t = TxnEnd {
                     lsn: Lsn(r.u64("transaction LSN")?),
                     commit_unix_micros: r.i64("commit time")?,
                     mutations: r.u32("mutation count")?,
                     index_ops: r.u32("row-index change count")?,
+                    changes: if v2 { r.u32("subgraph change count")? } else { 0 },
                 };
                 muts += u64::from(t.mutations);
                 ops += u64::from(t.index_ops);
+                changes += u64::from(t.changes);
                 txns.push(t);
             }
             let node_count_before = r.u32("node count")?;
@@ -188,11 +208,27 @@ pub fn decode(payload: &[u8], decoder: &mut wire::Decoder) -> Result<Record, Cor
             for _ in 0..ops {
                 index_ops.push(decode_index_op(&mut r)?);
             }
+            let changes = if !v2 || !with_changes {
+                if v2 {
+                    // Not decoded: not checked either.
+                    r.skip(r.remaining(), "subgraph changes")?;
+                }
+                None
+            } else {
+                // Every subgraph change takes at least 7 bytes.
+                if changes.saturating_mul(7) > r.remaining() as u64 {
+                    return Err(r.corrupt("a subgraph change count larger than the record"));
+                }
+                let mut out = Vec::with_capacity(changes as usize);
+                decoder.decode_changes(&mut r, changes, |c| out.push(c))?;
+                Some(out)
+            };
             Record::Changes {
                 txns,
                 node_count_before,
                 mutations,
                 index_ops,
+                changes,
             }
         }
         _ => return Err(r.corrupt("an unknown record kind")),
@@ -262,8 +298,10 @@ mod tests {
             let start = g.view();
             index.start_journal();
             let mut t = g.begin(100).unwrap();
+            t.start_diff();
             let mut ends = Vec::new();
             let mut edges = Vec::new();
+            let mut changes = Vec::new();
             for steps in &txns {
                 for s in steps {
                     match s.clone() {
@@ -307,7 +345,8 @@ mod tests {
                         }
                     }
                 }
-                ends.push((t.mutations().len(), index.journal().len()));
+                changes.extend(t.take_diff());
+                ends.push((t.mutations().len(), index.journal().len(), changes.len()));
             }
             let (view, mutations) = t.commit_logged().unwrap();
             let applied = Applied {
@@ -315,22 +354,32 @@ mod tests {
                 node_count_before: start.node_count(),
                 mutations,
                 index_ops: index.take_journal(),
+                changes,
                 ends,
             };
             let lsns: Vec<(Lsn, i64)> = (0..txns.len()).map(|i| (Lsn(10 + i as u64), 1_700_000_000_000_000 + i as i64)).collect();
             let bytes = encode_changes(&applied, &lsns);
             let rec = decode(&bytes, &mut graph::wire::Decoder::default()).unwrap();
-            let Record::Changes { txns: got, node_count_before, mutations, index_ops } = rec else {
+            let Record::Changes { txns: got, node_count_before, mutations, index_ops, changes } = rec else {
                 panic!("not a changes record");
             };
+            let changes = changes.expect("a version 2 record has changes");
+            prop_assert_eq!(changes.iter().map(|c| c.scoped.clone()).collect::<Vec<_>>(), applied.changes.clone());
+            // Without changes, the rest decodes the same.
+            let Record::Changes { mutations: m2, changes: none, .. } = decode_with(&bytes, &mut graph::wire::Decoder::default(), false).unwrap() else {
+                panic!("not a changes record");
+            };
+            prop_assert_eq!(&m2, &mutations);
+            prop_assert!(none.is_none());
             prop_assert_eq!(node_count_before, 0);
             prop_assert_eq!(got.len(), txns.len());
-            let mut before = (0usize, 0usize);
+            let mut before = (0usize, 0usize, 0usize);
             for ((t, &(lsn, time)), &end) in got.iter().zip(&lsns).zip(&applied.ends) {
                 prop_assert_eq!(t.lsn, lsn);
                 prop_assert_eq!(t.commit_unix_micros, time);
                 prop_assert_eq!(t.mutations as usize, end.0 - before.0);
                 prop_assert_eq!(t.index_ops as usize, end.1 - before.1);
+                prop_assert_eq!(t.changes as usize, end.2 - before.2);
                 before = end;
             }
             let decoded: Vec<graph::Mutation> = mutations.iter().map(|l| l.mutation.clone()).collect();
@@ -364,15 +413,16 @@ mod tests {
     fn position_round_trips_and_garbage_is_an_error() {
         let d = &mut graph::wire::Decoder::default();
         assert_eq!(decode(&[RECORD_VERSION, KIND_POSITION], d).unwrap(), Record::Position);
-        assert!(decode(&[2, 2], d).is_err(), "an unknown version");
+        assert!(decode(&[3, 2], d).is_err(), "an unknown version");
+        assert_eq!(decode(&[1, KIND_POSITION], d).unwrap(), Record::Position, "version 1 is read");
         assert!(decode(&[1, 9], d).is_err(), "an unknown kind");
-        assert!(decode(&[1, 2, 0], d).is_err(), "trailing bytes");
+        assert!(decode(&[2, 2, 0], d).is_err(), "trailing bytes");
         let mut rng = fastrand::Rng::with_seed(7);
         for _ in 0..10_000 {
             let n = rng.usize(0..64);
             let mut b: Vec<u8> = (0..n).map(|_| rng.u8(..)).collect();
             if !b.is_empty() {
-                b[0] = 1;
+                b[0] = 1 + (n % 2) as u8;
             }
             if b.len() > 1 {
                 b[1] = 1;

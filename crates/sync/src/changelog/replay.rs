@@ -92,7 +92,7 @@ pub fn replay(
     let mut chunk_lsn = Lsn(0);
     let mut next_id = graph.view().node_count();
     log.scan(after, mapping_hash, |lsn, payload| {
-        let rec = record::decode(payload, &mut decoder).map_err(|e| ReplayError::Undecodable {
+        let rec = record::decode_with(payload, &mut decoder, false).map_err(|e| ReplayError::Undecodable {
             dir: dir.clone(),
             lsn,
             what: e.to_string(),
@@ -104,6 +104,7 @@ pub fn replay(
             node_count_before,
             mutations,
             index_ops,
+            ..
         } = rec
         {
             if node_count_before != next_id {

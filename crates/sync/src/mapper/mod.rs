@@ -135,8 +135,11 @@ pub struct Applied {
     pub mutations: Vec<graph::Mutation>,
     /// The row index changes, in order.
     pub index_ops: Vec<crate::row_index::IndexOp>,
-    /// Per transaction, the mutation and index-change counts after it (cumulative).
-    pub ends: Vec<(usize, usize)>,
+    /// Each transaction's changes to the visible subgraphs (for the change feed), in order.
+    pub changes: Vec<graph::diff::Scoped>,
+    /// Per transaction, the mutation, index-change and subgraph-change counts after it
+    /// (cumulative).
+    pub ends: Vec<(usize, usize, usize)>,
 }
 
 /// Maps rows of the configured tables to graph changes. Holds the label numbering (node labels
@@ -362,16 +365,20 @@ impl Mapper {
                 node_count_before: graph.view().node_count(),
                 mutations: Vec::new(),
                 index_ops: Vec::new(),
+                changes: Vec::new(),
                 ends: Vec::new(),
             });
         };
         let node_count_before = graph.view().node_count();
         let mut t = graph.begin(last.end_lsn.0)?;
         index.start_journal();
+        t.start_diff();
         let mut ends = Vec::with_capacity(txns.len());
+        let mut changes = Vec::new();
         let result = txns.iter().try_for_each(|txn| {
             txn.for_each_change(|change| self.apply_change(&mut t, index, change))?;
-            ends.push((t.mutations().len(), index.journal().len()));
+            changes.extend(t.take_diff());
+            ends.push((t.mutations().len(), index.journal().len(), changes.len()));
             Ok::<(), MapError>(())
         });
         let index_ops = index.take_journal();
@@ -382,6 +389,7 @@ impl Mapper {
             node_count_before,
             mutations,
             index_ops,
+            changes,
             ends,
         })
     }
