@@ -3,6 +3,7 @@
 mod admin;
 mod decode;
 mod demo;
+mod explorer;
 mod http;
 mod log_cmd;
 mod notify;

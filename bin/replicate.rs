@@ -63,6 +63,14 @@ pub struct ReplicateArgs {
     /// Size of one change log segment file, in megabytes.
     #[arg(long, env = "GRAPHSYNC_LOG_SEGMENT_MB", default_value_t = 64)]
     pub log_segment_mb: u64,
+    /// Memory for the change feed's recent records, in megabytes (older ones are read from
+    /// the change log on disk).
+    #[arg(long, env = "GRAPHSYNC_FEED_MEMORY_MB", default_value_t = 64)]
+    pub feed_memory_mb: usize,
+    /// A change feed subscriber whose connection takes nothing for this long while events
+    /// wait is disconnected (it resumes with Last-Event-ID).
+    #[arg(long, env = "GRAPHSYNC_FEED_STALL_TIMEOUT_MS", default_value_t = 10_000)]
+    pub feed_stall_timeout_ms: u64,
     /// No longer used: changes are durable in the change log within milliseconds and
     /// snapshots follow --snapshot-after-changes. Accepted so old unit files keep working.
     #[arg(long, env = "GRAPHSYNC_CHECKPOINT_INTERVAL_MS", hide = true)]
@@ -94,6 +102,7 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     opts.receive_timeout = Duration::from_millis(args.receive_timeout_ms.max(1000));
     opts.snapshot_after_changes = args.snapshot_after_changes.max(1);
     opts.log_segment_bytes = args.log_segment_mb.clamp(1, 1 << 20) << 20;
+    opts.feed_memory_bytes = args.feed_memory_mb.clamp(1, 1 << 20) << 20;
     if args.checkpoint_interval_ms.is_some() {
         tracing::warn!("--checkpoint-interval-ms (GRAPHSYNC_CHECKPOINT_INTERVAL_MS) is no longer used: changes are durable in the change log as they are applied; snapshots follow --snapshot-after-changes");
     }
@@ -116,6 +125,10 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             token: args.api_token.map(Into::into),
             started: std::time::Instant::now(),
             max_lag_seconds: args.max_lag_seconds,
+            feed: std::sync::Arc::new(crate::http::FeedConfig {
+                stall_timeout: std::time::Duration::from_millis(args.feed_stall_timeout_ms.max(100)),
+                ..Default::default()
+            }),
         };
         let server = crate::http::spawn(listener, api, rx.clone());
         let notifier = tokio::spawn(notify_loop(status.clone(), rx.clone()));

@@ -173,6 +173,7 @@ async fn demo(
         token: None,
         started: Instant::now(),
         max_lag_seconds: 30.0,
+        feed: Default::default(),
     };
     let server = crate::http::spawn(listener, api, rx.clone());
     let mut opts = Options::new(config, conn, work.join("data"));
@@ -197,6 +198,7 @@ async fn demo(
     }
     if status.snapshot().phase == Phase::Streaming {
         let base = format!("http://{addr}");
+        println!("explorer: {base}/#node=User:1   (open it in a browser: the graph redraws live)");
         println!("graphsync demo is running.");
         println!(
             "  PostgreSQL (throw-away): {conn_str}   (files: {})",

@@ -58,6 +58,9 @@ pub(super) fn apply_pending(
     let record = crate::changelog::record::encode_changes(&done, &ends);
     let logged_changes = done.mutations.len() as u64;
     drop(done);
+    // The feed copies the record before the log takes it; readers see it once the applied
+    // LSN (below) says so.
+    st.feed.push(end, &record, st.log.durable());
     st.log.append(end, record)?;
     st.logged = end;
     st.since_snapshot += logged_changes;

@@ -84,6 +84,8 @@ pub struct Options {
     pub snapshot_after_changes: u64,
     /// Change log segment size: a new segment file starts past it.
     pub log_segment_bytes: u64,
+    /// Memory for the change feed's recent records; older ones are read from disk.
+    pub feed_memory_bytes: usize,
     /// Standby status update interval.
     pub status_interval: Duration,
     /// Compaction thresholds.
@@ -111,6 +113,7 @@ impl Options {
             rebuild: false,
             snapshot_after_changes: 1_000_000,
             log_segment_bytes: 64 << 20,
+            feed_memory_bytes: crate::feed::DEFAULT_MEMORY_BYTES,
             status_interval: Duration::from_secs(10),
             compaction: CompactionPolicy::default(),
             spill_threshold: 64 << 20,
@@ -130,6 +133,8 @@ struct State {
     manifest: Manifest,
     /// The change log being appended to.
     log: LogWriter,
+    /// The change feed (every appended record is pushed to it).
+    feed: Arc<crate::feed::Feed>,
     /// The newest position appended to the log (≥ what is durable).
     logged: Lsn,
     /// Graph changes logged since the manifest's snapshot.

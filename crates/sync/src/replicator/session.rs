@@ -124,6 +124,7 @@ pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
                 let mut r = r;
                 r.graph.set_policy(opts.compaction);
                 let writer = LogWriter::open(log, position, writer_options(opts))?;
+                let feed = open_feed(opts, hash, status, position)?;
                 status.set_graph(r.graph.reader());
                 status.update(|st| {
                     st.applied_lsn = position;
@@ -137,6 +138,7 @@ pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
                     safe: position,
                     manifest: r.manifest,
                     log: writer,
+                    feed,
                     logged: position,
                     since_snapshot: replayed.mutations,
                     bg: Background::default(),
@@ -170,6 +172,7 @@ pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
                 // starts after it.
                 let manifest = tokio::task::block_in_place(|| first_snapshot(store, &graph, &index, hash, status))?;
                 let writer = LogWriter::open(log, lsn, writer_options(opts))?;
+                let feed = open_feed(opts, hash, status, lsn)?;
                 let _ = std::fs::remove_file(store.dir().join("initial-copy.started"));
                 status.update(|s| {
                     s.applied_lsn = lsn;
@@ -181,6 +184,7 @@ pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
                     safe: lsn,
                     manifest,
                     log: writer,
+                    feed,
                     logged: lsn,
                     since_snapshot: 0,
                     bg: Background::default(),
@@ -229,4 +233,24 @@ pub(super) fn writer_options(opts: &Options) -> WriterOptions {
         segment_bytes: opts.log_segment_bytes,
         ..WriterOptions::new(opts.config.mapping_hash())
     }
+}
+
+/// The change feed of the log in `opts.data_dir`, following from `position`, made visible to
+/// the API.
+fn open_feed(
+    opts: &Options,
+    hash: u64,
+    status: &ReplicaStatus,
+    position: Lsn,
+) -> Result<Arc<crate::feed::Feed>, SyncError> {
+    let schema = status.schema().unwrap_or_default();
+    let feed = Arc::new(crate::feed::Feed::new(
+        &opts.data_dir.join("log"),
+        hash,
+        schema,
+        position,
+        opts.feed_memory_bytes,
+    )?);
+    status.set_feed(feed.clone());
+    Ok(feed)
 }

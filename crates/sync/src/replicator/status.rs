@@ -155,6 +155,7 @@ pub struct ReplicaStatus {
     graph: Mutex<Option<GraphReader>>,
     schema: Mutex<Option<Arc<GraphSchema>>>,
     applied: Mutex<Option<watch::Sender<Lsn>>>,
+    feed: Mutex<Option<Arc<crate::feed::Feed>>>,
 }
 
 impl ReplicaStatus {
@@ -166,6 +167,7 @@ impl ReplicaStatus {
             graph: Mutex::default(),
             schema: Mutex::default(),
             applied: Mutex::new(Some(tx)),
+            feed: Mutex::default(),
         })
     }
 
@@ -205,6 +207,15 @@ impl ReplicaStatus {
                 tx.send_replace(g.applied_lsn);
             }
         }
+    }
+
+    /// The change feed, once the graph is loaded.
+    pub fn feed(&self) -> Option<Arc<crate::feed::Feed>> {
+        self.feed.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(super) fn set_feed(&self, f: Arc<crate::feed::Feed>) {
+        *self.feed.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
     pub(super) fn set_graph(&self, r: GraphReader) {

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use graph::query::{self, Scratch};
-use graph::{Direction, EdgeFilter, GraphView, NodeId, NodeKey, PropValue, Topology};
+use graph::{Direction, EdgeFilter, GraphView, NodeId, NodeKey, Topology};
 use pgoutput::Lsn;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -24,6 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use sync::replicator::{GraphSchema, KeyKind, Phase, ReplicaStatus};
 
+mod feed;
+pub use feed::FeedConfig;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct Api {
@@ -31,6 +34,7 @@ pub struct Api {
     pub token: Option<Arc<str>>,
     pub started: Instant,
     pub max_lag_seconds: f64,
+    pub feed: Arc<feed::FeedConfig>,
 }
 
 /// The router.
@@ -45,9 +49,12 @@ pub fn router(api: Api) -> Router {
         .route("/v1/traverse", get(traverse))
         .route("/v1/shortest-path", get(shortest_path))
         .route("/v1/components", get(components))
+        .route("/v1/subgraph", get(feed::subgraph))
+        .route("/v1/changes", get(feed::changes))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), require_token));
     Router::new()
         .route("/health", get(health))
+        .merge(crate::explorer::router())
         .merge(guarded)
         .with_state(api)
 }
@@ -58,7 +65,7 @@ async fn require_token(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Result<Response, ApiError> {
-    api.authorize(req.headers())?;
+    api.authorize(req.headers(), req.uri().query())?;
     Ok(next.run(req).await)
 }
 
@@ -103,12 +110,22 @@ fn unavailable(msg: &str) -> ApiError {
 }
 
 impl Api {
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    /// Checks the bearer token: the `Authorization` header, or the `access_token` query
+    /// parameter for clients that cannot set headers (a browser's `EventSource`).
+    fn authorize(&self, headers: &HeaderMap, query: Option<&str>) -> Result<(), ApiError> {
         let Some(token) = &self.token else { return Ok(()) };
+        let from_query = query.and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("access_token="))
+                .and_then(|v| percent_decode(v))
+        });
         let given = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned)
+            .or(from_query);
+        let given = given.as_deref();
         if given == Some(&**token) {
             Ok(())
         } else {
@@ -151,6 +168,31 @@ impl Api {
         let lsn = self.status.snapshot().applied_lsn;
         Ok((graph.view(), schema, lsn))
     }
+}
+
+/// `%XX` and `+` decoded (query parameter values).
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(h, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn key_text(k: &NodeKey) -> String {
@@ -304,16 +346,6 @@ fn start_filter(
     filter(view, schema, p)?.ok_or_else(|| not_found(format!("node {start} is not in tenant {}", p["tenant"])))
 }
 
-fn prop_json(v: &PropValue) -> Json_ {
-    match v {
-        PropValue::Null => Json_::Null,
-        PropValue::Bool(b) => json!(b),
-        PropValue::Int(i) => json!(i),
-        PropValue::Float(f) => json!(f),
-        PropValue::Text(t) => json!(&**t),
-    }
-}
-
 async fn node(
     State(api): State<Api>,
     Path((label, key)): Path<(String, String)>,
@@ -322,30 +354,9 @@ async fn node(
     let (view, schema, lsn) = api.view(&p).await?;
     let n = resolve(&view, &schema, "node", &format!("{label}:{key}"))?;
     let d = view.node(n).ok_or_else(|| not_found("node has no data"))?;
-    let props: serde_json::Map<String, Json_> = d
-        .properties
-        .iter()
-        .map(|(k, v)| (k.to_string(), prop_json(v)))
-        .collect();
-    let filters: serde_json::Map<String, Json_> = d
-        .filters
-        .iter()
-        .map(|(f, v)| {
-            (
-                schema.filter_names.get(f.0 as usize).cloned().unwrap_or_default(),
-                json!(key_text(v)),
-            )
-        })
-        .collect();
-    Ok(Json(json!({
-        "lsn": lsn.to_string(),
-        "node": node_name(&view, &schema, n),
-        "label": label,
-        "key": key_text(&d.key),
-        "tenant": d.tenant.as_ref().map(key_text),
-        "filters": filters,
-        "properties": props,
-    })))
+    let mut body = sync::render::node_fields(&schema, &d);
+    body.insert("lsn".into(), json!(lsn.to_string()));
+    Ok(Json(Json_::Object(body)))
 }
 
 /// Most neighbours one page holds, and the default page size (a whole list for all but the
@@ -717,8 +728,23 @@ async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
     for (name, help, v) in gauges {
         reg.register(name, help, ConstGauge::new(v));
     }
+    reg.register(
+        "feed_subscribers",
+        "Open change feed (SSE) subscriptions.",
+        ConstGauge::new(api.feed.subscribers.load(std::sync::atomic::Ordering::Relaxed) as f64),
+    );
     // Counters get their `_total` suffix from the encoder.
-    let counters: [(&str, &str, f64); 6] = [
+    let counters: [(&str, &str, f64); 8] = [
+        (
+            "feed_events_sent",
+            "Change feed events sent (SSE and long-poll).",
+            api.feed.events_sent.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        ),
+        (
+            "feed_disconnects",
+            "Change feed subscribers disconnected for not reading.",
+            api.feed.disconnects.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        ),
         ("transactions_applied", "Transactions applied.", s.transactions as f64),
         ("row_changes_applied", "Row changes applied.", s.changes as f64),
         ("reconnects", "Reconnects.", s.reconnects as f64),
