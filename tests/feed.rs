@@ -25,6 +25,9 @@ fn setup(prefix: &str) -> (&'static Cluster, String, tempfile::TempDir, std::pat
     (cluster, db, dir, config)
 }
 
+/// Nodes with their tenant, and edges (source, label, target), sorted.
+type Shape = (Vec<(String, Value)>, Vec<(String, String, String)>);
+
 /// A client's copy of one subgraph.
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Model {
@@ -67,7 +70,8 @@ impl Model {
         for c in ev["changes"].as_array().unwrap() {
             match c["op"].as_str().unwrap() {
                 "node_upsert" => {
-                    self.nodes.insert(c["node"].as_str().unwrap().to_string(), node_value(c));
+                    self.nodes
+                        .insert(c["node"].as_str().unwrap().to_string(), node_value(c));
                 }
                 "node_delete" => {
                     let n = c["node"].as_str().unwrap();
@@ -109,20 +113,34 @@ impl Model {
                 _ => {}
             }
         }
-        out.extend(want.nodes.keys().filter(|k| !self.nodes.contains_key(*k)).map(|k| format!("missing node {k}")));
+        out.extend(
+            want.nodes
+                .keys()
+                .filter(|k| !self.nodes.contains_key(*k))
+                .map(|k| format!("missing node {k}")),
+        );
         for (k, n) in &self.edges {
             if want.edges.get(k) != Some(n) {
                 out.push(format!("edge {k:?} x{n} (want {:?})", want.edges.get(k)));
             }
         }
-        out.extend(want.edges.keys().filter(|k| !self.edges.contains_key(*k)).map(|k| format!("missing edge {k:?}")));
+        out.extend(
+            want.edges
+                .keys()
+                .filter(|k| !self.edges.contains_key(*k))
+                .map(|k| format!("missing edge {k:?}")),
+        );
         out.truncate(20);
         out.join("; ")
     }
 
     /// Nodes and edges without properties, for comparing with SQL.
-    fn shape(&self) -> (Vec<(String, Value)>, Vec<(String, String, String)>) {
-        let nodes = self.nodes.iter().map(|(k, v)| (k.clone(), v["tenant"].clone())).collect();
+    fn shape(&self) -> Shape {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|(k, v)| (k.clone(), v["tenant"].clone()))
+            .collect();
         let mut edges: Vec<(String, String, String)> = self
             .edges
             .iter()
@@ -138,13 +156,17 @@ fn query(tenant: Option<&str>) -> String {
 }
 
 fn subgraph(addr: &str, tenant: Option<&str>, min_lsn: Lsn) -> (Lsn, Model) {
-    let (code, body) = http_get(addr, &format!("/v1/subgraph?{}min_lsn={min_lsn}&timeout_ms=60000", query(tenant)), None);
+    let (code, body) = http_get(
+        addr,
+        &format!("/v1/subgraph?{}min_lsn={min_lsn}&timeout_ms=60000", query(tenant)),
+        None,
+    );
     assert_eq!(code, 200, "{body}");
     Model::from_subgraph(&serde_json::from_str(&body).expect("subgraph JSON"))
 }
 
 /// What SQL says a scope's subgraph is (nodes with their tenant, edges).
-fn sql_shape(cluster: &Cluster, db: &str, tenant: Option<&str>) -> (Vec<(String, Value)>, Vec<(String, String, String)>) {
+fn sql_shape(cluster: &Cluster, db: &str, tenant: Option<&str>) -> Shape {
     let e = workload::expected(cluster, db);
     let inside = |n: &str| {
         e.nodes
@@ -164,7 +186,10 @@ fn sql_shape(cluster: &Cluster, db: &str, tenant: Option<&str>) -> (Vec<(String,
         .cloned()
         .collect();
     edges.sort();
-    (nodes.into_iter().collect::<BTreeMap<_, _>>().into_iter().collect(), edges)
+    (
+        nodes.into_iter().collect::<BTreeMap<_, _>>().into_iter().collect(),
+        edges,
+    )
 }
 
 /// A long-poll follower: applies events until it reaches `upto` (never past it).
@@ -191,7 +216,9 @@ impl Poller {
             for ev in ready {
                 let lsn: Lsn = ev["lsn"].as_str().unwrap().parse().unwrap();
                 assert!(lsn > self.at, "event {lsn} not after {}", self.at);
-                self.model.apply(&ev).unwrap_or_else(|e| panic!("{:?}: {e}", self.tenant));
+                self.model
+                    .apply(&ev)
+                    .unwrap_or_else(|e| panic!("{:?}: {e}", self.tenant));
                 self.at = lsn;
                 self.events += 1;
             }
@@ -227,7 +254,11 @@ impl Sse {
         let mut s = TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let last = last_event_id.map_or(String::new(), |l| format!("Last-Event-ID: {l}\r\n"));
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{last}\r\n").unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{last}\r\n"
+        )
+        .unwrap();
         let mut r = BufReader::new(s);
         let mut status = String::new();
         r.read_line(&mut status).unwrap();
@@ -373,12 +404,21 @@ fn followers_equal_the_subgraph_at_every_round_and_sql_at_the_end() {
     for p in &mut pollers {
         let (at, _) = subgraph(&addr, p.tenant, end);
         p.catch_up(&addr, at);
-        assert_eq!(p.model.shape(), sql_shape(cluster, &db, p.tenant), "scope {:?} vs SQL", p.tenant);
+        assert_eq!(
+            p.model.shape(),
+            sql_shape(cluster, &db, p.tenant),
+            "scope {:?} vs SQL",
+            p.tenant
+        );
         assert!(p.events > 50, "{:?}: only {} events", p.tenant, p.events);
     }
     done_tx.send(pollers[1].at).unwrap();
     let sse_model = sse.join().expect("SSE follower");
-    assert_eq!(sse_model.diff(&pollers[1].model), "", "SSE and long-poll followers of tenant 1");
+    assert_eq!(
+        sse_model.diff(&pollers[1].model),
+        "",
+        "SSE and long-poll followers of tenant 1"
+    );
     let (code, body) = http_get(&addr, "/metrics", None);
     assert_eq!(code, 200);
     assert!(body.contains("graphsync_feed_events_sent_total"), "{body}");

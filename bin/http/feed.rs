@@ -139,7 +139,11 @@ fn members(view: &GraphView, scope: &Scope) -> Vec<NodeId> {
 /// `GET /v1/subgraph`: every node of the scope and every edge with both ends in it, at one
 /// LSN; NDJSON (`Accept: application/x-ndjson`: a header line, then one line per node and per
 /// edge) or one JSON object, streamed either way.
-pub(super) async fn subgraph(State(api): State<Api>, headers: HeaderMap, Query(p): Params) -> Result<Response, ApiError> {
+pub(super) async fn subgraph(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(p): Params,
+) -> Result<Response, ApiError> {
     let (view, schema, applied) = api.view(&p).await?;
     let label = edge_label(&schema, &p)?;
     let scope = scope(&p);
@@ -303,7 +307,11 @@ async fn read(feed: &Arc<Feed>, q: &FeedQuery, from: Lsn, upto: Lsn) -> Result<P
 }
 
 /// `GET /v1/changes`: SSE with `Accept: text/event-stream`, long-poll otherwise.
-pub(super) async fn changes(State(api): State<Api>, headers: HeaderMap, Query(p): Params) -> Result<Response, ApiError> {
+pub(super) async fn changes(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(p): Params,
+) -> Result<Response, ApiError> {
     let feed = api
         .status
         .feed()
@@ -339,7 +347,13 @@ pub(super) async fn changes(State(api): State<Api>, headers: HeaderMap, Query(p)
     long_poll(api, feed, q, from, Duration::from_millis(wait)).await
 }
 
-async fn long_poll(api: Api, feed: Arc<Feed>, q: FeedQuery, mut from: Lsn, wait: Duration) -> Result<Response, ApiError> {
+async fn long_poll(
+    api: Api,
+    feed: Arc<Feed>,
+    q: FeedQuery,
+    mut from: Lsn,
+    wait: Duration,
+) -> Result<Response, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut applied = api.status.subscribe_applied();
     loop {
@@ -348,7 +362,9 @@ async fn long_poll(api: Api, feed: Arc<Feed>, q: FeedQuery, mut from: Lsn, wait:
             let page = read(&feed, &q, from, upto).await.map_err(feed_error)?;
             from = page.next;
             if !page.events.is_empty() {
-                api.feed.events_sent.fetch_add(page.events.len() as u64, Ordering::Relaxed);
+                api.feed
+                    .events_sent
+                    .fetch_add(page.events.len() as u64, Ordering::Relaxed);
                 let mut body = String::from("{\"events\":[");
                 for (i, e) in page.events.iter().enumerate() {
                     if i > 0 {
@@ -400,7 +416,9 @@ fn sse(api: Api, feed: Arc<Feed>, q: FeedQuery, mut from: Lsn) -> Response {
                     Ok(()) => true,
                     Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
                         cfg.disconnects.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!("change feed subscriber not reading: disconnected (it resumes with Last-Event-ID)");
+                        tracing::info!(
+                            "change feed subscriber not reading: disconnected (it resumes with Last-Event-ID)"
+                        );
                         false
                     }
                     Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
@@ -445,7 +463,11 @@ fn sse(api: Api, feed: Arc<Feed>, q: FeedQuery, mut from: Lsn) -> Response {
             }
             if told_up_to_date != Some(from) && from >= *applied.borrow() {
                 // `id:` moves the browser's Last-Event-ID past transactions of other scopes.
-                if !send(format!("id: {from}\nevent: up-to-date\ndata: {{\"lsn\":\"{from}\"}}\n\n")).await {
+                if !send(format!(
+                    "id: {from}\nevent: up-to-date\ndata: {{\"lsn\":\"{from}\"}}\n\n"
+                ))
+                .await
+                {
                     return;
                 }
                 told_up_to_date = Some(from);

@@ -117,7 +117,7 @@ impl Api {
         let from_query = query.and_then(|q| {
             q.split('&')
                 .find_map(|kv| kv.strip_prefix("access_token="))
-                .and_then(|v| percent_decode(v))
+                .and_then(percent_decode)
         });
         let given = headers
             .get(axum::http::header::AUTHORIZATION)

@@ -37,9 +37,9 @@
 //! besides mutations and changes.
 
 use crate::bytes::{ByteReader, Corrupt};
+use crate::diff::{Change, Scoped};
 use crate::nodes::codec::{put_key, put_prop, put_str, Reader};
 use crate::nodes::{FilterId, NodeData, NodeKey, NodeLabel, PropValue};
-use crate::diff::{Change, Scoped};
 use crate::view::{GraphView, Mutation};
 use crate::{EdgeInput, EdgeLabel, NodeId};
 use std::collections::HashMap;
@@ -463,7 +463,12 @@ mod tests {
         t2.start_diff();
         let a2 = t2.upsert_node(d.clone());
         let b2 = t2.upsert_node(NodeData::bare(NodeLabel(0), NodeKey::Int(9)));
-        t2.add_edge(EdgeInput { source: a2, target: b2, ..e }).unwrap();
+        t2.add_edge(EdgeInput {
+            source: a2,
+            target: b2,
+            ..e
+        })
+        .unwrap();
         let first = t2.take_diff();
         t2.delete_node(NodeLabel(0), &NodeKey::Int(9));
         let second = t2.take_diff();
@@ -482,7 +487,9 @@ mod tests {
         assert_eq!(back[3].node, Some((NodeLabel(0), NodeKey::Int(9))));
         for cut in 0..cb.len() {
             let mut r = ByteReader::new(&cb[..cut]);
-            assert!(Decoder::default().decode_changes(&mut r, changes.len() as u64, |_| {}).is_err());
+            assert!(Decoder::default()
+                .decode_changes(&mut r, changes.len() as u64, |_| {})
+                .is_err());
         }
         // Every truncation is an error, never a panic.
         for cut in 0..bytes.len() {

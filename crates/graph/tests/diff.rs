@@ -183,14 +183,28 @@ fn a_node_moving_tenants_leaves_one_feed_and_enters_the_other_with_its_edges() {
     let mut g = Graph::new(Csr::build(0, &[], true).unwrap(), 1);
     let mut t = g.begin(2).unwrap();
     for (key, tenant) in [(1, 0), (2, 0), (3, 1)] {
-        apply(&mut t, &Op::Upsert { key, tenant: Some(tenant), prop: 0 });
+        apply(
+            &mut t,
+            &Op::Upsert {
+                key,
+                tenant: Some(tenant),
+                prop: 0,
+            },
+        );
     }
     apply(&mut t, &Op::AddEdge(1, 2, 0, 1));
     apply(&mut t, &Op::AddEdge(3, 1, 0, 1));
     t.commit().unwrap();
     let mut t = g.begin(3).unwrap();
     t.start_diff();
-    apply(&mut t, &Op::Upsert { key: 1, tenant: Some(1), prop: 0 });
+    apply(
+        &mut t,
+        &Op::Upsert {
+            key: 1,
+            tenant: Some(1),
+            prop: 0,
+        },
+    );
     let d = t.take_diff();
     let ops: Vec<(bool, Option<NodeKey>, &'static str)> = d
         .iter()

@@ -414,7 +414,11 @@ mod tests {
         let d = &mut graph::wire::Decoder::default();
         assert_eq!(decode(&[RECORD_VERSION, KIND_POSITION], d).unwrap(), Record::Position);
         assert!(decode(&[3, 2], d).is_err(), "an unknown version");
-        assert_eq!(decode(&[1, KIND_POSITION], d).unwrap(), Record::Position, "version 1 is read");
+        assert_eq!(
+            decode(&[1, KIND_POSITION], d).unwrap(),
+            Record::Position,
+            "version 1 is read"
+        );
         assert!(decode(&[1, 9], d).is_err(), "an unknown kind");
         assert!(decode(&[2, 2, 0], d).is_err(), "trailing bytes");
         let mut rng = fastrand::Rng::with_seed(7);

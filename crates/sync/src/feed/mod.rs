@@ -219,7 +219,13 @@ impl Feed {
         let (base, entries) = {
             let r = self.ring();
             let at = r.entries.partition_point(|e| e.lsn <= from);
-            let entries: Vec<Arc<Entry>> = r.entries.iter().skip(at).take_while(|e| e.lsn <= upto).cloned().collect();
+            let entries: Vec<Arc<Entry>> = r
+                .entries
+                .iter()
+                .skip(at)
+                .take_while(|e| e.lsn <= upto)
+                .cloned()
+                .collect();
             (r.base, entries)
         };
         if from < base {
@@ -311,7 +317,9 @@ impl Feed {
             Err(Stop::Full) => Ok(false),
             // The newest segment may end in a frame being written: what is needed (records
             // at or before `limit`, all durable) came before it.
-            Err(Stop::Err(FeedError::Log(LogError::Corrupt { file, .. }))) if Some(&file) == newest.as_ref() => Ok(true),
+            Err(Stop::Err(FeedError::Log(LogError::Corrupt { file, .. }))) if Some(&file) == newest.as_ref() => {
+                Ok(true)
+            }
             Err(Stop::Err(e)) => Err(e),
         }
     }

@@ -135,7 +135,10 @@ impl Capture {
             out.push(Scoped {
                 global: true,
                 tenant: now.tenant.clone(),
-                change: Change::NodeUpsert { id: NodeId(n), data: now },
+                change: Change::NodeUpsert {
+                    id: NodeId(n),
+                    data: now,
+                },
             });
         }
         // The transaction's own edge changes, netted per exact edge, where both ends were and
