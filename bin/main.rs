@@ -46,7 +46,7 @@ enum Command {
     /// Replicate the mapped tables into the graph until SIGTERM/SIGINT.
     ///
     /// Example: graphsync replicate --config graph.toml --database-url postgres://graphsync@db/app --data-dir /var/lib/graphsync
-    Replicate(replicate::ReplicateArgs),
+    Replicate(Box<replicate::ReplicateArgs>),
     /// Try graphsync in one command: a throw-away PostgreSQL with a sample multi-tenant social
     /// graph and a live writer, replicated, with the HTTP API and example queries. Ctrl-C stops
     /// it and removes everything it made.
@@ -149,7 +149,7 @@ fn main() -> ExitCode {
             .init();
     }
     let result = match cli.command {
-        Command::Replicate(args) => replicate::run(args),
+        Command::Replicate(args) => replicate::run(*args),
         Command::Init(args) => admin::init(args),
         Command::Demo(args) => demo::run(args),
         Command::Teardown(args) => admin::teardown(args),

@@ -37,6 +37,21 @@ pub struct ReplicateArgs {
     /// Bearer token required by every HTTP endpoint but /health.
     #[arg(long, env = "GRAPHSYNC_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// File holding the secret (32+ bytes) that signs tenant-scoped tokens (JWT, HS256).
+    #[arg(long, env = "GRAPHSYNC_JWT_HS256_SECRET_FILE")]
+    pub jwt_hs256_secret_file: Option<std::path::PathBuf>,
+    /// PEM public key (RSA: RS256, or EC P-256: ES256) that checks tenant-scoped tokens (JWT).
+    #[arg(long, env = "GRAPHSYNC_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// The token claim listing the tenants it may read (a list, or one value).
+    #[arg(long, env = "GRAPHSYNC_JWT_TENANTS_CLAIM", default_value = "tenants")]
+    pub jwt_tenants_claim: String,
+    /// Accept only tokens with this audience (`aud`).
+    #[arg(long, env = "GRAPHSYNC_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Accept only tokens from this issuer (`iss`).
+    #[arg(long, env = "GRAPHSYNC_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
     /// /health answers 503 "lagging" past this replica lag.
     #[arg(long, env = "GRAPHSYNC_MAX_LAG_SECONDS", default_value_t = 30.0)]
     pub max_lag_seconds: f64,
@@ -111,6 +126,13 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let jwt = crate::http::Jwt::load(&crate::http::JwtSettings {
+        hs256_secret_file: args.jwt_hs256_secret_file.as_deref(),
+        public_key_file: args.jwt_public_key_file.as_deref(),
+        claim: &args.jwt_tenants_claim,
+        audience: args.jwt_audience.as_deref(),
+        issuer: args.jwt_issuer.as_deref(),
+    })?;
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         stop_on_signal(tx);
@@ -125,6 +147,7 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             token: args.api_token.map(Into::into),
             started: std::time::Instant::now(),
             max_lag_seconds: args.max_lag_seconds,
+            jwt: jwt.map(std::sync::Arc::new),
             feed: std::sync::Arc::new(crate::http::FeedConfig {
                 stall_timeout: std::time::Duration::from_millis(args.feed_stall_timeout_ms.max(100)),
                 ..Default::default()

@@ -174,6 +174,7 @@ async fn demo(
         started: Instant::now(),
         max_lag_seconds: 30.0,
         feed: Default::default(),
+        jwt: None,
     };
     let server = crate::http::spawn(listener, api, rx.clone());
     let mut opts = Options::new(config, conn, work.join("data"));

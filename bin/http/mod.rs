@@ -6,7 +6,7 @@
 //! that just committed. Errors are JSON `{"error": ...}` naming the parameter at fault.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -24,7 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use sync::replicator::{GraphSchema, KeyKind, Phase, ReplicaStatus};
 
+mod auth;
 mod feed;
+use auth::Access;
+pub use auth::{Jwt, JwtSettings};
 pub use feed::FeedConfig;
 
 /// What the handlers share.
@@ -35,6 +38,8 @@ pub struct Api {
     pub started: Instant,
     pub max_lag_seconds: f64,
     pub feed: Arc<feed::FeedConfig>,
+    /// Checks tenant-scoped signed tokens, when configured.
+    pub jwt: Option<Arc<auth::Jwt>>,
 }
 
 /// The router.
@@ -59,13 +64,20 @@ pub fn router(api: Api) -> Router {
         .with_state(api)
 }
 
-/// Refuses a request without the configured bearer token (401).
+/// Refuses a request without a valid token (401) and scopes a tenant-scoped one (see
+/// [`auth`]); handlers find the [`Access`] in the request's extensions.
 async fn require_token(
     State(api): State<Api>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Result<Response, ApiError> {
-    api.authorize(req.headers(), req.uri().query())?;
+    let access = api.access(req.headers(), req.uri().query())?;
+    if let Access::Tenants(t) = &access {
+        if let Some(uri) = auth::restrict(req.uri(), t)? {
+            *req.uri_mut() = uri;
+        }
+    }
+    req.extensions_mut().insert(access);
     Ok(next.run(req).await)
 }
 
@@ -86,6 +98,7 @@ pub fn spawn(
 
 type Params = Query<HashMap<String, String>>;
 
+#[derive(Debug)]
 struct ApiError(StatusCode, Json_);
 
 impl IntoResponse for ApiError {
@@ -110,32 +123,6 @@ fn unavailable(msg: &str) -> ApiError {
 }
 
 impl Api {
-    /// Checks the bearer token: the `Authorization` header, or the `access_token` query
-    /// parameter for clients that cannot set headers (a browser's `EventSource`).
-    fn authorize(&self, headers: &HeaderMap, query: Option<&str>) -> Result<(), ApiError> {
-        let Some(token) = &self.token else { return Ok(()) };
-        let from_query = query.and_then(|q| {
-            q.split('&')
-                .find_map(|kv| kv.strip_prefix("access_token="))
-                .and_then(percent_decode)
-        });
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_owned)
-            .or(from_query);
-        let given = given.as_deref();
-        if given == Some(&**token) {
-            Ok(())
-        } else {
-            Err(ApiError(
-                StatusCode::UNAUTHORIZED,
-                json!({"error": "missing or wrong bearer token (send Authorization: Bearer <token>)"}),
-            ))
-        }
-    }
-
     /// Waits for `min_lsn` if given, then returns the view, the schema and the applied LSN.
     async fn view(&self, p: &HashMap<String, String>) -> Result<(Arc<GraphView>, Arc<GraphSchema>, Lsn), ApiError> {
         let timeout = match p.get("timeout_ms") {
@@ -354,6 +341,11 @@ async fn node(
     let (view, schema, lsn) = api.view(&p).await?;
     let n = resolve(&view, &schema, "node", &format!("{label}:{key}"))?;
     let d = view.node(n).ok_or_else(|| not_found("node has no data"))?;
+    if let Some(t) = p.get("tenant") {
+        if d.tenant.as_ref().is_none_or(|k| k.to_string() != *t) {
+            return Err(not_found(format!("node {label}:{key} is not in tenant {t}")));
+        }
+    }
     let mut body = sync::render::node_fields(&schema, &d);
     body.insert("lsn".into(), json!(lsn.to_string()));
     Ok(Json(Json_::Object(body)))
@@ -578,8 +570,19 @@ async fn health(State(api): State<Api>) -> Response {
     (code, Json(body)).into_response()
 }
 
-async fn status(State(api): State<Api>) -> Result<Json<Json_>, ApiError> {
+async fn status(State(api): State<Api>, access: Option<axum::Extension<Access>>) -> Result<Json<Json_>, ApiError> {
     let s = api.status.snapshot();
+    if !matches!(access.as_deref(), None | Some(Access::All)) {
+        // A tenant-scoped token sees positions, not what the whole graph holds.
+        let l = lag(&s);
+        return Ok(Json(json!({
+            "phase": s.phase.as_str(),
+            "applied_lsn": s.applied_lsn.to_string(),
+            "durable_lsn": s.durable_lsn.to_string(),
+            "lag_seconds": l.seconds,
+            "lag_bytes": l.bytes,
+        })));
+    }
     let schema = api.status.schema().unwrap_or_default();
     let mut per_label = serde_json::Map::new();
     let mut edges = 0;
