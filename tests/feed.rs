@@ -471,3 +471,148 @@ fn sse_resumes_across_sigkill_with_last_event_id() {
     let (status, log) = r.stop();
     assert!(status.success(), "{log}");
 }
+
+fn metric(addr: &str, name: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics", None);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(-1.0)
+}
+
+/// Positions older than the change log keeps are refused with 409 (and the oldest position);
+/// from that position the feed answers. `/v1/subgraph` also streams NDJSON.
+#[test]
+fn positions_past_retention_get_409_must_refetch() {
+    let (cluster, db, dir, config) = setup("feed409");
+    let mut w = Workload::new(0x409);
+    cluster.psql(&db, &w.seed(100));
+    let data = dir.path().join("data");
+    let mut r = replica::spawn(
+        cluster,
+        &db,
+        &config,
+        &data,
+        &["--snapshot-after-changes", "200", "--log-segment-mb", "1"],
+    );
+    let addr = r.addr();
+    let (start, _) = subgraph(&addr, None, current_lsn(cluster, &db));
+    // Over a megabyte of changes (a new segment starts), then enough for two snapshots after.
+    cluster.psql(
+        &db,
+        "INSERT INTO users SELECT g, 1, repeat('n', 300), NULL FROM generate_series(100000, 104000) g",
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let oldest: Lsn = loop {
+        cluster.psql(&db, &w.script(50, None, None, None));
+        let (code, body) = http_get(&addr, &format!("/v1/changes?from={start}&wait_ms=0"), None);
+        if code == 409 {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["error"], "must-refetch", "{v}");
+            break v["oldest"].as_str().unwrap().parse().unwrap();
+        }
+        assert_eq!(code, 200, "{body}");
+        assert!(Instant::now() < deadline, "the log never dropped the start position");
+    };
+    assert!(oldest > start);
+    let (code, body) = http_get(&addr, &format!("/v1/changes?from={oldest}&wait_ms=0"), None);
+    assert_eq!(code, 200, "{body}");
+    // NDJSON: a header line, then one line per node and per edge, as the JSON form has them.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "GET /v1/subgraph?tenant=1 HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.contains(" 200 ") && head.contains("application/x-ndjson"),
+        "{head}"
+    );
+    let lines: Vec<Value> = replica::dechunk(body)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines[0]["lsn"].is_string() && lines[0]["tenant"] == "1", "{}", lines[0]);
+    let (_, json) = http_get(&addr, "/v1/subgraph?tenant=1", None);
+    let json: Value = serde_json::from_str(&json).unwrap();
+    let count = |kind: &str| lines.iter().filter(|l| l["kind"] == kind).count();
+    assert_eq!(count("node"), json["nodes"].as_array().unwrap().len());
+    assert_eq!(count("edge"), json["edges"].as_array().unwrap().len());
+    assert!(count("node") > 4000);
+    let (status, log) = r.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// A subscriber that stops reading never holds replication back: graphsync applies everything
+/// while it is stuck, then disconnects it (counted in the metrics).
+#[test]
+fn a_subscriber_that_stops_reading_is_disconnected_and_replication_goes_on() {
+    let (cluster, db, dir, config) = setup("feedslow");
+    let mut w = Workload::new(0x510);
+    cluster.psql(&db, &w.seed(100));
+    let data = dir.path().join("data");
+    let mut r = replica::spawn(
+        cluster,
+        &db,
+        &config,
+        &data,
+        &["--feed-stall-timeout-ms", "15000", "--feed-memory-mb", "4"],
+    );
+    let addr = r.addr();
+    let (start, _) = subgraph(&addr, None, current_lsn(cluster, &db));
+    // Connected, then never read again (a small receive buffer).
+    let mut stuck = TcpStream::connect(&addr).unwrap();
+    {
+        use std::os::fd::AsRawFd;
+        let size: libc::c_int = 4096;
+        // SAFETY: a valid socket and a c_int option of the right size.
+        unsafe {
+            libc::setsockopt(
+                stuck.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    write!(
+        stuck,
+        "GET /v1/changes?from={start} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let wait = Instant::now() + Duration::from_secs(10);
+    while metric(&addr, "graphsync_feed_subscribers") < 1.0 {
+        assert!(Instant::now() < wait, "the subscriber never registered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Some 40 MB of events.
+    for i in 0..15 {
+        let a = 200_000 + i * 5000;
+        cluster.psql(
+            &db,
+            &format!(
+                "INSERT INTO users SELECT g, 1, repeat('x', 400), NULL FROM generate_series({a}, {}) g",
+                a + 4999
+            ),
+        );
+    }
+    let end = current_lsn(cluster, &db);
+    // Applied while the subscriber is still connected and stuck (its stall timeout is 15 s).
+    let t = Instant::now();
+    let (code, body) = http_get(&addr, &format!("/v1/status?min_lsn={end}&timeout_ms=10000"), None);
+    assert_eq!(code, 200, "replication waited for the stuck subscriber: {body}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(metric(&addr, "graphsync_feed_subscribers"), 1.0);
+    let wait = Instant::now() + Duration::from_secs(60);
+    while metric(&addr, "graphsync_feed_disconnects_total") < 1.0 {
+        assert!(Instant::now() < wait, "the stuck subscriber was never disconnected");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&addr, "graphsync_feed_subscribers"), 0.0);
+    drop(stuck);
+    let (status, log) = r.stop();
+    assert!(status.success(), "{log}");
+}

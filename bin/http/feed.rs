@@ -55,7 +55,7 @@ impl Default for FeedConfig {
 }
 
 /// Events a subscriber's buffer holds before the stall clock starts.
-const SEND_BUFFER: usize = 64;
+const SEND_BUFFER: usize = 16;
 /// Most events one long-poll answer or one feed read holds.
 const MAX_EVENTS: usize = 1000;
 /// Most event bytes one long-poll answer holds.

@@ -334,7 +334,7 @@ pub fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
     (code, body)
 }
 
-fn dechunk(mut s: &str) -> String {
+pub fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((len, rest)) = s.split_once("\r\n") {
         let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
