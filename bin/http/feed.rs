@@ -54,6 +54,10 @@ impl Default for FeedConfig {
     }
 }
 
+/// How often an SSE subscriber catches up with the applied position when its scope has no
+/// events (its `up-to-date` then names the newer position).
+const POSITION_EVERY: Duration = Duration::from_secs(1);
+
 /// Events a subscriber's buffer holds before the stall clock starts.
 const SEND_BUFFER: usize = 16;
 /// Most events one long-poll answer or one feed read holds.
@@ -408,7 +412,14 @@ fn sse(api: Api, feed: Arc<Feed>, q: FeedQuery, mut from: Lsn) -> Response {
     tokio::spawn(async move {
         let _count = Subscribed(shared.clone());
         let cfg = &*shared;
-        let mut applied = api.status.subscribe_applied();
+        // Wakes when transactions with events in this scope were applied, and once a
+        // second to follow the applied position (so `up-to-date` reaches every LSN).
+        let mut applied = feed.watch(&q.scope);
+        let position = api.status.subscribe_applied();
+        let mut target = from;
+        let mut tick = tokio::time::interval(POSITION_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut idle_since = tokio::time::Instant::now();
         let send = |chunk: String| {
             let tx = tx.clone();
             async move {
@@ -431,7 +442,7 @@ fn sse(api: Api, feed: Arc<Feed>, q: FeedQuery, mut from: Lsn) -> Response {
         }
         let mut told_up_to_date: Option<Lsn> = None;
         loop {
-            let upto = *applied.borrow_and_update();
+            let upto = target.max(*applied.borrow_and_update());
             if upto > from {
                 let page = match read(&feed, &q, from, upto).await {
                     Ok(p) => p,
@@ -456,6 +467,9 @@ fn sse(api: Api, feed: Arc<Feed>, q: FeedQuery, mut from: Lsn) -> Response {
                     }
                     cfg.events_sent.fetch_add(1, Ordering::Relaxed);
                 }
+                if !page.events.is_empty() {
+                    idle_since = tokio::time::Instant::now();
+                }
                 from = page.next;
                 if !page.complete {
                     continue;
@@ -471,6 +485,7 @@ fn sse(api: Api, feed: Arc<Feed>, q: FeedQuery, mut from: Lsn) -> Response {
                     return;
                 }
                 told_up_to_date = Some(from);
+                idle_since = tokio::time::Instant::now();
             }
             tokio::select! {
                 r = applied.changed() => {
@@ -478,9 +493,13 @@ fn sse(api: Api, feed: Arc<Feed>, q: FeedQuery, mut from: Lsn) -> Response {
                         return;
                     }
                 }
-                _ = tokio::time::sleep(cfg.heartbeat) => {
-                    if !send(": heartbeat\n\n".into()).await {
-                        return;
+                _ = tick.tick() => {
+                    target = *position.borrow();
+                    if idle_since.elapsed() >= cfg.heartbeat {
+                        if !send(": heartbeat\n\n".into()).await {
+                            return;
+                        }
+                        idle_since = tokio::time::Instant::now();
                     }
                 }
                 _ = tx.closed() => return,

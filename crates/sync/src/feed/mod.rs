@@ -17,9 +17,10 @@ use crate::changelog::{LogDir, LogError};
 use crate::replicator::GraphSchema;
 use graph::EdgeLabel;
 use pgoutput::Lsn;
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::watch;
 pub use txn::FeedTxn;
 use txn::Unreadable;
 
@@ -109,6 +110,14 @@ struct Ring {
     bytes: usize,
 }
 
+/// Who is woken for what: per scope followed, a watch of the position through which that
+/// scope's new events were announced.
+struct Dispatch {
+    /// Every record through this position was looked at.
+    next: Lsn,
+    scopes: HashMap<Scope, watch::Sender<Lsn>>,
+}
+
 /// The feed of one replica's change log.
 pub struct Feed {
     dir: LogDir,
@@ -116,6 +125,7 @@ pub struct Feed {
     schema: Arc<GraphSchema>,
     cap: usize,
     ring: Mutex<Ring>,
+    dispatch: Mutex<Dispatch>,
 }
 
 impl std::fmt::Debug for Feed {
@@ -164,7 +174,92 @@ impl Feed {
                 entries: VecDeque::new(),
                 bytes: 0,
             }),
+            dispatch: Mutex::new(Dispatch {
+                next: position,
+                scopes: HashMap::new(),
+            }),
         })
+    }
+
+    /// A watch of `scope`'s position: it moves (to the applied position) when transactions
+    /// with events in the scope were applied, so a subscriber wakes only for its own events.
+    /// Read with [`Feed::read`] up to the watched value.
+    pub fn watch(&self, scope: &Scope) -> watch::Receiver<Lsn> {
+        let mut d = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
+        let next = d.next;
+        d.scopes
+            .entry(scope.clone())
+            .or_insert_with(|| watch::channel(next).0)
+            .subscribe()
+    }
+
+    /// Wakes the watchers of every scope with events in the records after the last call
+    /// through `upto` (an applied position). Each record is decoded once, here or by a
+    /// reader, whichever comes first; with no watchers nothing is decoded.
+    pub fn dispatch(&self, upto: Lsn) {
+        let mut d = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
+        if upto <= d.next {
+            return;
+        }
+        let from = std::mem::replace(&mut d.next, upto);
+        d.scopes.retain(|_, tx| tx.receiver_count() > 0);
+        if d.scopes.is_empty() {
+            return;
+        }
+        let (base, entries) = self.entries(from, upto);
+        let mut touched: HashSet<Scope> = HashSet::new();
+        // Records no longer in memory (or undecodable ones): wake everyone, readers sort it out.
+        let mut everyone = from < base;
+        for e in entries {
+            match self.txns(&e) {
+                Ok(txns) => {
+                    for t in txns.iter().filter(|t| t.lsn > from) {
+                        if t.has_global() {
+                            touched.insert(Scope::All);
+                        }
+                        touched.extend(t.tenants().map(|k| Scope::Tenant(k.to_string())));
+                    }
+                }
+                Err(_) => everyone = true,
+            }
+        }
+        if everyone {
+            for tx in d.scopes.values() {
+                tx.send_replace(upto);
+            }
+        } else {
+            for s in &touched {
+                if let Some(tx) = d.scopes.get(s) {
+                    tx.send_replace(upto);
+                }
+            }
+        }
+    }
+
+    /// The ring's base and its entries with `from` < LSN ≤ `upto`.
+    fn entries(&self, from: Lsn, upto: Lsn) -> (Lsn, Vec<Arc<Entry>>) {
+        let r = self.ring();
+        let at = r.entries.partition_point(|e| e.lsn <= from);
+        let entries: Vec<Arc<Entry>> = r
+            .entries
+            .iter()
+            .skip(at)
+            .take_while(|e| e.lsn <= upto)
+            .cloned()
+            .collect();
+        (r.base, entries)
+    }
+
+    /// An entry's transactions, decoded once.
+    fn txns(&self, e: &Entry) -> Result<Arc<[FeedTxn]>, FeedError> {
+        e.txns
+            .get_or_init(|| match txn::decode(&e.payload) {
+                Ok(t) => Ok(t.into()),
+                Err(Unreadable::NotRecorded) => Err(String::new()),
+                Err(Unreadable::Corrupt(w)) => Err(w),
+            })
+            .clone()
+            .map_err(|what| self.unreadable(e.lsn, what))
     }
 
     fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
@@ -216,18 +311,7 @@ impl Feed {
             page.next = from.max(upto);
             return Ok(page);
         }
-        let (base, entries) = {
-            let r = self.ring();
-            let at = r.entries.partition_point(|e| e.lsn <= from);
-            let entries: Vec<Arc<Entry>> = r
-                .entries
-                .iter()
-                .skip(at)
-                .take_while(|e| e.lsn <= upto)
-                .cloned()
-                .collect();
-            (r.base, entries)
-        };
+        let (base, entries) = self.entries(from, upto);
         if from < base {
             let oldest = self.oldest()?;
             if from < oldest {
@@ -238,15 +322,7 @@ impl Feed {
             }
         }
         for e in entries {
-            let txns = e
-                .txns
-                .get_or_init(|| match txn::decode(&e.payload) {
-                    Ok(t) => Ok(t.into()),
-                    Err(Unreadable::NotRecorded) => Err(String::new()),
-                    Err(Unreadable::Corrupt(w)) => Err(w),
-                })
-                .clone()
-                .map_err(|what| self.unreadable(e.lsn, what))?;
+            let txns = self.txns(&e)?;
             if !self.take(q, &txns, upto, &mut page) {
                 return Ok(page);
             }

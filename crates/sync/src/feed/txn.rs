@@ -75,6 +75,16 @@ fn name(schema: &GraphSchema, node: &Option<(NodeLabel, NodeKey)>, id: graph::No
 }
 
 impl FeedTxn {
+    /// Whether it changes the whole graph's subgraph.
+    pub(super) fn has_global(&self) -> bool {
+        self.changes.iter().any(|c| c.scoped.global)
+    }
+
+    /// The tenants whose subgraphs it changes.
+    pub(super) fn tenants(&self) -> impl Iterator<Item = &str> {
+        self.tenants.keys().map(String::as_str)
+    }
+
     /// The transaction's event for `scope` as JSON text, or `None` if it changes nothing
     /// there; with `edge_label`, edge changes of other labels are left out.
     pub fn render(&self, schema: &GraphSchema, scope: &Scope, edge_label: Option<EdgeLabel>) -> Option<Arc<str>> {

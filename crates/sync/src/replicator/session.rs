@@ -252,5 +252,14 @@ fn open_feed(
         opts.feed_memory_bytes,
     )?);
     status.set_feed(feed.clone());
+    // Wakes the subscribers of the scopes each applied batch changed.
+    let (dispatcher, mut applied) = (Arc::downgrade(&feed), status.subscribe_applied());
+    tokio::spawn(async move {
+        while applied.changed().await.is_ok() {
+            let upto = *applied.borrow_and_update();
+            let Some(feed) = dispatcher.upgrade() else { return };
+            feed.dispatch(upto);
+        }
+    });
     Ok(feed)
 }
