@@ -142,6 +142,16 @@ fn a_token_for_one_tenant_reads_nothing_of_another() {
     assert_eq!(nodes.len(), in_1.len());
     assert!(nodes.iter().all(|n| tenant_of[*n] == "1"));
     assert_eq!(get(&addr, "/v1/subgraph?tenant=2", &t1).0, 403);
+    // Other spellings of the parameter are the same parameter.
+    assert_eq!(get(&addr, "/v1/subgraph?tenant=1&%74enant=2", &t1).0, 400);
+    assert_eq!(get(&addr, "/v1/subgraph?%74enant=2", &t1).0, 403);
+    // A key of another tenant and a key that does not exist look the same.
+    let (_, a) = get(&addr, &format!("/v1/neighbors?node={u2}"), &t1);
+    let (_, b) = get(&addr, "/v1/neighbors?node=User:99999999", &t1);
+    assert_eq!(
+        a["error"].as_str().unwrap().replace(&u2, "X"),
+        b["error"].as_str().unwrap().replace("User:99999999", "X")
+    );
     assert_eq!(get(&addr, "/v1/changes?tenant=2&wait_ms=0", &t1).0, 403);
     // The feed: a change in tenant 2 and one in tenant 1; only the latter reaches the token.
     let from = v["lsn"].as_str().unwrap().to_string();

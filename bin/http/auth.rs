@@ -12,7 +12,7 @@
 //!
 //! Not for: answering queries (the handlers) or issuing tokens.
 
-use super::{percent_decode, Api, ApiError};
+use super::{Api, ApiError};
 use anyhow::{anyhow, Context};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -142,6 +142,12 @@ fn forbidden(msg: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::FORBIDDEN, json!({"error": msg.to_string()}))
 }
 
+/// A query string's parameters, decoded exactly as the handlers' `Query` extractor decodes
+/// them (names too: `%74enant` is `tenant`), or `None` if it does not parse.
+fn params(query: Option<&str>) -> Option<Vec<(String, String)>> {
+    serde_urlencoded::from_str(query.unwrap_or("")).ok()
+}
+
 /// The bearer token of a request, from the header or the `access_token` parameter.
 fn bearer(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     headers
@@ -150,24 +156,10 @@ fn bearer(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned)
         .or_else(|| {
-            query?
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("access_token="))
-                .and_then(percent_decode)
+            params(query)?
+                .into_iter()
+                .find_map(|(k, v)| (k == "access_token").then_some(v))
         })
-}
-
-/// `%`-encodes a query parameter value.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 impl Api {
@@ -193,47 +185,55 @@ impl Api {
     }
 }
 
-/// For a tenant-scoped request, checks (or fills in) its `tenant` parameter; returns the URI
-/// the handlers should see. `/metrics` is refused; `/v1/status` is left to its handler.
-pub(super) fn restrict(uri: &Uri, tenants: &[String]) -> Result<Option<Uri>, ApiError> {
+/// For a tenant-scoped request, checks (or fills in) its `tenant` parameter and returns the
+/// URI the handlers see: its query rebuilt from the decoded parameters, with exactly the one
+/// tenant checked (so no other spelling of a parameter can reach a handler). `/metrics` is
+/// refused; `/v1/status` answers positions only (its handler reads the access).
+pub(super) fn restrict(uri: &Uri, tenants: &[String]) -> Result<Uri, ApiError> {
     let path = uri.path();
     if path == "/metrics" {
         return Err(forbidden("metrics need the operator's API token"));
     }
-    if path == "/v1/status" {
-        return Ok(None);
-    }
-    let query = uri.query().unwrap_or("");
-    let asked: Vec<String> = query
-        .split('&')
-        .filter_map(|kv| kv.strip_prefix("tenant="))
-        .filter_map(percent_decode)
+    let Some(mut pairs) = params(uri.query()) else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "the query string does not parse"}),
+        ));
+    };
+    let asked: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "tenant")
+        .map(|(_, v)| v.clone())
         .collect();
-    match asked.as_slice() {
-        [t] if tenants.contains(t) => Ok(None),
-        [t] => Err(forbidden(format!("this token does not read tenant {t:?}"))),
-        [] if tenants.len() == 1 => {
-            let q = if query.is_empty() {
-                format!("tenant={}", encode(&tenants[0]))
-            } else {
-                format!("{query}&tenant={}", encode(&tenants[0]))
-            };
-            let pq = format!("{path}?{q}");
-            let mut parts = uri.clone().into_parts();
-            parts.path_and_query = Some(pq.parse().map_err(|_| forbidden("cannot scope this request"))?);
-            Ok(Some(
-                Uri::from_parts(parts).map_err(|_| forbidden("cannot scope this request"))?,
+    let tenant = match asked.as_slice() {
+        [t] if tenants.contains(t) => t.clone(),
+        [t] => return Err(forbidden(format!("this token does not read tenant {t:?}"))),
+        [] if tenants.len() == 1 => tenants[0].clone(),
+        [] => {
+            return Err(forbidden(format!(
+                "this token reads {} tenants: pass tenant= (one of them)",
+                tenants.len()
+            )))
+        }
+        _ => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "parameter tenant: given more than once", "parameter": "tenant"}),
             ))
         }
-        [] => Err(forbidden(format!(
-            "this token reads {} tenants: pass tenant= (one of them)",
-            tenants.len()
-        ))),
-        _ => Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            json!({"error": "parameter tenant: given more than once", "parameter": "tenant"}),
-        )),
+    };
+    pairs.retain(|(k, _)| k != "tenant" && k != "access_token");
+    if path != "/v1/status" {
+        pairs.push(("tenant".into(), tenant));
     }
+    let query = serde_urlencoded::to_string(&pairs).map_err(|_| forbidden("cannot scope this request"))?;
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        format!("{path}?{query}")
+            .parse()
+            .map_err(|_| forbidden("cannot scope this request"))?,
+    );
+    Uri::from_parts(parts).map_err(|_| forbidden("cannot scope this request"))
 }
 
 #[cfg(test)]
@@ -310,16 +310,22 @@ mod tests {
     fn a_single_tenant_is_filled_in_and_others_refused() {
         let t: Vec<String> = vec!["a b".into()];
         let u: Uri = "/v1/neighbors?node=User:1".parse().unwrap();
-        assert_eq!(
-            restrict(&u, &t).unwrap().unwrap().query(),
-            Some("node=User:1&tenant=a%20b")
-        );
-        let u: Uri = "/v1/subgraph?tenant=a+b".parse().unwrap();
-        assert!(restrict(&u, &t).unwrap().is_none());
+        assert_eq!(restrict(&u, &t).unwrap().query(), Some("node=User%3A1&tenant=a+b"));
+        let u: Uri = "/v1/subgraph?tenant=a+b&access_token=x.y.z".parse().unwrap();
+        assert_eq!(restrict(&u, &t).unwrap().query(), Some("tenant=a+b"));
         let u: Uri = "/v1/subgraph?tenant=c".parse().unwrap();
         assert_eq!(restrict(&u, &t).unwrap_err().0, StatusCode::FORBIDDEN);
-        let u: Uri = "/v1/subgraph?tenant=a+b&tenant=c".parse().unwrap();
-        assert_eq!(restrict(&u, &t).unwrap_err().0, StatusCode::BAD_REQUEST);
+        // Every spelling of the name counts: the handlers decode names too.
+        for q in [
+            "tenant=a+b&tenant=c",
+            "tenant=a+b&%74enant=c",
+            "%74enant=a%20b&tenant=c",
+        ] {
+            let u: Uri = format!("/v1/subgraph?{q}").parse().unwrap();
+            assert_eq!(restrict(&u, &t).unwrap_err().0, StatusCode::BAD_REQUEST, "{q}");
+        }
+        let u: Uri = "/v1/subgraph?%74enant=c".parse().unwrap();
+        assert_eq!(restrict(&u, &t).unwrap_err().0, StatusCode::FORBIDDEN);
         let u: Uri = "/metrics".parse().unwrap();
         assert_eq!(restrict(&u, &t).unwrap_err().0, StatusCode::FORBIDDEN);
     }

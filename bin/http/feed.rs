@@ -40,6 +40,8 @@ pub struct FeedConfig {
     pub events_sent: AtomicU64,
     /// Subscribers disconnected for not reading.
     pub disconnects: AtomicU64,
+    /// `/v1/subgraph` streams that may run at once.
+    pub subgraph_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Default for FeedConfig {
@@ -50,6 +52,7 @@ impl Default for FeedConfig {
             subscribers: AtomicU64::new(0),
             events_sent: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
+            subgraph_streams: Arc::new(tokio::sync::Semaphore::new(8)),
         }
     }
 }
@@ -66,7 +69,7 @@ const MAX_EVENTS: usize = 1000;
 const MAX_BYTES: usize = 4 << 20;
 
 /// A body that sends what a channel receives.
-struct Chunks(mpsc::Receiver<Bytes>);
+struct Chunks(mpsc::Receiver<Bytes>, Option<Arc<Budget>>);
 
 impl futures_core::Stream for Chunks {
     type Item = Result<Bytes, std::convert::Infallible>;
@@ -75,17 +78,33 @@ impl futures_core::Stream for Chunks {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx).map(|o| o.map(Ok))
+        let polled = self.0.poll_recv(cx);
+        if let (std::task::Poll::Ready(Some(b)), Some(budget)) = (&polled, &self.1) {
+            budget.inflight.fetch_sub(b.len(), Ordering::AcqRel);
+            budget.drained.notify_one();
+        }
+        polled.map(|o| o.map(Ok))
     }
 }
 
-fn streamed(content_type: &'static str, rx: mpsc::Receiver<Bytes>) -> Response {
+/// Bytes handed to a connection and not yet taken by it.
+#[derive(Default)]
+struct Budget {
+    inflight: std::sync::atomic::AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
+/// Most bytes one SSE connection holds in its buffer (an event larger than this is sent
+/// alone, once the buffer is empty).
+const SEND_BYTES: usize = 1 << 20;
+
+fn streamed(content_type: &'static str, rx: mpsc::Receiver<Bytes>, budget: Option<Arc<Budget>>) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        Body::from_stream(Chunks(rx)),
+        Body::from_stream(Chunks(rx, budget)),
     )
         .into_response()
 }
@@ -123,18 +142,13 @@ fn members(view: &GraphView, scope: &Scope) -> Vec<NodeId> {
             .filter(|&n| view.is_visible(n) && view.node(n).is_some())
             .collect(),
         Scope::Tenant(t) => {
-            let id = t
-                .parse::<i64>()
-                .ok()
-                .and_then(|i| view.tenant(&graph::NodeKey::Int(i)))
-                .or_else(|| view.tenant(&graph::NodeKey::Text(t.as_str().into())));
-            let Some(id) = id else { return Vec::new() };
-            let mut v: Vec<NodeId> = view
-                .tenant_members(id)
+            let mut v: Vec<NodeId> = super::tenant_ids(view, t)
                 .into_iter()
+                .flat_map(|id| view.tenant_members(id))
                 .filter(|&n| view.is_visible(n))
                 .collect();
             v.sort_unstable();
+            v.dedup();
             v
         }
     }
@@ -155,11 +169,22 @@ pub(super) async fn subgraph(
     // with nothing mapped since, a later applied LSN describes the same graph.
     let lsn = Lsn(view.lsn()).max(applied);
     let ndjson = accepts(&headers, "application/x-ndjson");
+    // A few at a time: each holds a view (and its overlay versions) while it streams.
+    let Ok(slot) = api.feed.subgraph_streams.clone().try_acquire_owned() else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "too many /v1/subgraph streams at once; retry in a moment"}),
+        ));
+    };
     let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let (rt, stall) = (tokio::runtime::Handle::current(), api.feed.stall_timeout);
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let mut w = Writer {
             tx,
             buf: Vec::with_capacity(CHUNK + 4096),
+            rt,
+            stall,
         };
         let tenant = match &scope {
             Scope::All => serde_json::Value::Null,
@@ -232,6 +257,7 @@ pub(super) async fn subgraph(
             "application/json"
         },
         rx,
+        None,
     ))
 }
 
@@ -241,6 +267,9 @@ const CHUNK: usize = 64 << 10;
 struct Writer {
     tx: mpsc::Sender<Bytes>,
     buf: Vec<u8>,
+    rt: tokio::runtime::Handle,
+    /// A client that takes nothing for this long is dropped.
+    stall: Duration,
 }
 
 impl Writer {
@@ -272,7 +301,7 @@ impl Writer {
             return true;
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK + 4096)));
-        self.tx.blocking_send(chunk).is_ok()
+        self.rt.block_on(self.tx.send_timeout(chunk, self.stall)).is_ok()
     }
 }
 
@@ -407,6 +436,8 @@ impl Drop for Subscribed {
 
 fn sse(api: Api, feed: Arc<Feed>, q: FeedQuery, mut from: Lsn) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(SEND_BUFFER);
+    let budget = Arc::new(Budget::default());
+    let drained = budget.clone();
     let shared = api.feed.clone();
     shared.subscribers.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
@@ -421,8 +452,28 @@ fn sse(api: Api, feed: Arc<Feed>, q: FeedQuery, mut from: Lsn) -> Response {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut idle_since = tokio::time::Instant::now();
         let send = |chunk: String| {
-            let tx = tx.clone();
+            let (tx, budget) = (tx.clone(), budget.clone());
             async move {
+                // Within the byte budget, or alone; a connection that takes nothing for the
+                // stall timeout is dropped.
+                let deadline = tokio::time::Instant::now() + cfg.stall_timeout;
+                loop {
+                    let held = budget.inflight.load(Ordering::Acquire);
+                    if held == 0 || held + chunk.len() <= SEND_BYTES {
+                        break;
+                    }
+                    if tokio::time::timeout_at(deadline, budget.drained.notified())
+                        .await
+                        .is_err()
+                    {
+                        cfg.disconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            "change feed subscriber not reading: disconnected (it resumes with Last-Event-ID)"
+                        );
+                        return false;
+                    }
+                }
+                budget.inflight.fetch_add(chunk.len(), Ordering::AcqRel);
                 match tx.send_timeout(Bytes::from(chunk), cfg.stall_timeout).await {
                     Ok(()) => true,
                     Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
@@ -506,5 +557,5 @@ fn sse(api: Api, feed: Arc<Feed>, q: FeedQuery, mut from: Lsn) -> Response {
             }
         }
     });
-    streamed("text/event-stream", rx)
+    streamed("text/event-stream", rx, Some(drained))
 }

@@ -73,9 +73,8 @@ async fn require_token(
 ) -> Result<Response, ApiError> {
     let access = api.access(req.headers(), req.uri().query())?;
     if let Access::Tenants(t) = &access {
-        if let Some(uri) = auth::restrict(req.uri(), t)? {
-            *req.uri_mut() = uri;
-        }
+        let uri = auth::restrict(req.uri(), t)?;
+        *req.uri_mut() = uri;
     }
     req.extensions_mut().insert(access);
     Ok(next.run(req).await)
@@ -157,29 +156,19 @@ impl Api {
     }
 }
 
-/// `%XX` and `+` decoded (query parameter values).
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(h, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
+/// The graph's tenants whose value, as text, is exactly `text` — the form the API names
+/// tenants in and the change feed matches them by (an integer in decimal, a uuid in its
+/// lower-case canonical form, text as is); an integer column's tenant comes first.
+fn tenant_ids(view: &GraphView, text: &str) -> Vec<graph::TenantId> {
+    let mut keys = Vec::new();
+    if let Some(i) = text.parse::<i64>().ok().filter(|i| i.to_string() == text) {
+        keys.push(NodeKey::Int(i));
     }
-    String::from_utf8(out).ok()
+    if let Some(u) = parse_key(&[KeyKind::Uuid], text).filter(|u| u.to_string() == text) {
+        keys.push(u);
+    }
+    keys.push(NodeKey::Text(text.into()));
+    keys.iter().filter_map(|k| view.tenant(k)).collect()
 }
 
 fn key_text(k: &NodeKey) -> String {
@@ -230,8 +219,23 @@ fn parse_key(kinds: &[KeyKind], text: &str) -> Option<NodeKey> {
     Some(NodeKey::Composite(keys.into()))
 }
 
-/// Resolves `LABEL:KEY` (parameter `param`) to a visible node.
-fn resolve(view: &GraphView, schema: &GraphSchema, param: &str, text: &str) -> Result<NodeId, ApiError> {
+/// Resolves `LABEL:KEY` (parameter `param`) to a visible node. With a `tenant` parameter, a
+/// node that does not exist gets the same 404 as one of another tenant (so a tenant-scoped
+/// client learns nothing of other tenants' keys).
+fn resolve(
+    view: &GraphView,
+    schema: &GraphSchema,
+    p: &HashMap<String, String>,
+    param: &str,
+    text: &str,
+) -> Result<NodeId, ApiError> {
+    resolve_any(view, schema, param, text).map_err(|e| match p.get("tenant") {
+        Some(t) if e.0 == StatusCode::NOT_FOUND => not_found(format!("node {text} is not in tenant {t}")),
+        _ => e,
+    })
+}
+
+fn resolve_any(view: &GraphView, schema: &GraphSchema, param: &str, text: &str) -> Result<NodeId, ApiError> {
     let (label, key) = text
         .split_once(':')
         .ok_or_else(|| bad(param, format!("{text:?} is not LABEL:KEY (e.g. User:42)")))?;
@@ -275,12 +279,7 @@ fn filter(view: &GraphView, schema: &GraphSchema, p: &HashMap<String, String>) -
         f.label = Some(graph::EdgeLabel(i as u8));
     }
     if let Some(t) = p.get("tenant") {
-        let id = t
-            .parse::<i64>()
-            .ok()
-            .and_then(|i| view.tenant(&NodeKey::Int(i)))
-            .or_else(|| view.tenant(&NodeKey::Text(t.as_str().into())));
-        match id {
+        match tenant_ids(view, t).first().copied() {
             Some(id) => f.tenant = Some(id),
             // No node ever had this tenant: nothing is visible to the query.
             None => return Ok(None),
@@ -339,7 +338,7 @@ async fn node(
     Query(p): Params,
 ) -> Result<Json<Json_>, ApiError> {
     let (view, schema, lsn) = api.view(&p).await?;
-    let n = resolve(&view, &schema, "node", &format!("{label}:{key}"))?;
+    let n = resolve(&view, &schema, &p, "node", &format!("{label}:{key}"))?;
     let d = view.node(n).ok_or_else(|| not_found("node has no data"))?;
     if let Some(t) = p.get("tenant") {
         if d.tenant.as_ref().is_none_or(|k| k.to_string() != *t) {
@@ -371,7 +370,7 @@ async fn neighbors(State(api): State<Api>, Query(p): Params) -> Result<Json<Json
             .parse()
             .map_err(|_| bad("cursor", format!("{c:?} is not a cursor returned by this endpoint")))?,
     };
-    let n = resolve(&view, &schema, "node", name)?;
+    let n = resolve(&view, &schema, &p, "node", name)?;
     let f = start_filter(&view, &schema, &p, name)?;
     let all = query::neighbor_edges(&*view, n, dir, f).map_err(|e| query_error(e, &view, &schema))?;
     let page: Vec<Json_> = all
@@ -404,7 +403,7 @@ async fn traverse(State(api): State<Api>, Query(p): Params) -> Result<Json<Json_
     let dir = direction(&p, Direction::Out)?;
     let depth: u32 = number(&p, "max_depth", 2)?;
     let limit: usize = number(&p, "limit", 1000)?;
-    let n = resolve(&view, &schema, "start", name)?;
+    let n = resolve(&view, &schema, &p, "start", name)?;
     let f = start_filter(&view, &schema, &p, name)?;
     let nodes = tokio::task::block_in_place(|| query::k_hop(&*view, &mut Scratch::default(), n, dir, f, depth, limit))
         .map_err(|e| query_error(e, &view, &schema))?;
@@ -424,8 +423,8 @@ async fn shortest_path(State(api): State<Api>, Query(p): Params) -> Result<Json<
         Some("true") => true,
         Some(o) => return Err(bad("weighted", format!("{o:?} is not true or false"))),
     };
-    let from = resolve(&view, &schema, "from", from_s)?;
-    let to = resolve(&view, &schema, "to", to_s)?;
+    let from = resolve(&view, &schema, &p, "from", from_s)?;
+    let to = resolve(&view, &schema, &p, "to", to_s)?;
     let f = start_filter(&view, &schema, &p, from_s)?;
     let found = tokio::task::block_in_place(|| {
         if weighted {
@@ -483,7 +482,7 @@ async fn components(State(api): State<Api>, Query(p): Params) -> Result<Json<Jso
     let limit: usize = number(&p, "limit", 1000)?;
     let f = filter(&view, &schema, &p)?;
     if let Some(name) = p.get("node") {
-        let n = resolve(&view, &schema, "node", name)?;
+        let n = resolve(&view, &schema, &p, "node", name)?;
         let f = start_filter(&view, &schema, &p, name)?;
         let members = tokio::task::block_in_place(|| query::component_of(&*view, &mut Scratch::default(), n, f))
             .map_err(|e| query_error(e, &view, &schema))?;

@@ -372,7 +372,31 @@ impl Feed {
     /// Reads records after `page.next` through `limit` from disk; false once a limit is
     /// reached.
     fn read_disk(&self, q: &Query, limit: Lsn, page: &mut Page) -> Result<bool, FeedError> {
-        let newest = self.dir.segments()?.last().map(|s| s.path.clone());
+        let from = page.next;
+        // Everything wanted (records at or before `limit`) is durable, but the newest segment
+        // may end in a frame the writer is appending right now: a damaged frame is retried a
+        // few times (the frame completes, or a failed write is cut back) before it counts.
+        let mut attempt = 0;
+        loop {
+            match self.scan_disk(q, limit, page) {
+                Err(FeedError::Log(LogError::Corrupt { .. })) if attempt < 3 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Ok(more) => {
+                    // Segments pruned while this scan listed them: what came before is gone.
+                    let oldest = self.oldest()?;
+                    if from < oldest {
+                        return Err(FeedError::TooOld { from, oldest });
+                    }
+                    return Ok(more);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn scan_disk(&self, q: &Query, limit: Lsn, page: &mut Page) -> Result<bool, FeedError> {
         let r = self.dir.scan(page.next, self.mapping_hash, |lsn, payload| {
             if lsn > limit {
                 return Err(Stop::Done);
@@ -391,11 +415,6 @@ impl Feed {
         match r {
             Ok(()) | Err(Stop::Done) => Ok(true),
             Err(Stop::Full) => Ok(false),
-            // The newest segment may end in a frame being written: what is needed (records
-            // at or before `limit`, all durable) came before it.
-            Err(Stop::Err(FeedError::Log(LogError::Corrupt { file, .. }))) if Some(&file) == newest.as_ref() => {
-                Ok(true)
-            }
             Err(Stop::Err(e)) => Err(e),
         }
     }
