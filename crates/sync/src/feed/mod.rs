@@ -28,6 +28,9 @@ use txn::Unreadable;
 /// estimated); older ones are read from disk.
 pub const DEFAULT_MEMORY_BYTES: usize = 64 << 20;
 
+/// Most in-memory records one read looks at.
+const ENTRIES_PER_READ: usize = 256;
+
 /// Which subgraph a reader follows.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Scope {
@@ -197,16 +200,22 @@ impl Feed {
     /// through `upto` (an applied position). Each record is decoded once, here or by a
     /// reader, whichever comes first; with no watchers nothing is decoded.
     pub fn dispatch(&self, upto: Lsn) {
-        let mut d = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
-        if upto <= d.next {
-            return;
-        }
-        let from = std::mem::replace(&mut d.next, upto);
-        d.scopes.retain(|_, tx| tx.receiver_count() > 0);
-        if d.scopes.is_empty() {
-            return;
-        }
-        let (base, entries) = self.entries(from, upto);
+        // One caller (the replicator's dispatcher task); the lock is held only to read and
+        // move the position and to wake, not while records are decoded: a scope watched from
+        // now on starts at `upto` and needs no wake for what came before.
+        let from = {
+            let mut d = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
+            if upto <= d.next {
+                return;
+            }
+            let from = std::mem::replace(&mut d.next, upto);
+            d.scopes.retain(|_, tx| tx.receiver_count() > 0);
+            if d.scopes.is_empty() {
+                return;
+            }
+            from
+        };
+        let (base, entries, _) = self.entries(from, upto, usize::MAX);
         let mut touched: HashSet<Scope> = HashSet::new();
         // Records no longer in memory (or undecodable ones): wake everyone, readers sort it out.
         let mut everyone = from < base;
@@ -223,6 +232,7 @@ impl Feed {
                 Err(_) => everyone = true,
             }
         }
+        let d = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
         if everyone {
             for tx in d.scopes.values() {
                 tx.send_replace(upto);
@@ -236,18 +246,15 @@ impl Feed {
         }
     }
 
-    /// The ring's base and its entries with `from` < LSN ≤ `upto`.
-    fn entries(&self, from: Lsn, upto: Lsn) -> (Lsn, Vec<Arc<Entry>>) {
+    /// The ring's base and its first `max` entries with `from` < LSN ≤ `upto` (and whether
+    /// there were more).
+    fn entries(&self, from: Lsn, upto: Lsn, max: usize) -> (Lsn, Vec<Arc<Entry>>, bool) {
         let r = self.ring();
         let at = r.entries.partition_point(|e| e.lsn <= from);
-        let entries: Vec<Arc<Entry>> = r
-            .entries
-            .iter()
-            .skip(at)
-            .take_while(|e| e.lsn <= upto)
-            .cloned()
-            .collect();
-        (r.base, entries)
+        let mut it = r.entries.iter().skip(at).take_while(|e| e.lsn <= upto);
+        let entries: Vec<Arc<Entry>> = it.by_ref().take(max).cloned().collect();
+        let more = it.next().is_some();
+        (r.base, entries, more)
     }
 
     /// An entry's transactions, decoded once.
@@ -311,7 +318,8 @@ impl Feed {
             page.next = from.max(upto);
             return Ok(page);
         }
-        let (base, entries) = self.entries(from, upto);
+        // A bounded slice per read: the ring's lock is shared with the apply loop's pushes.
+        let (base, entries, more) = self.entries(from, upto, ENTRIES_PER_READ);
         if from < base {
             let oldest = self.oldest()?;
             if from < oldest {
@@ -326,6 +334,9 @@ impl Feed {
             if !self.take(q, &txns, upto, &mut page) {
                 return Ok(page);
             }
+        }
+        if more {
+            return Ok(page);
         }
         page.complete = true;
         page.next = page.next.max(upto);
