@@ -426,8 +426,8 @@ fn followers_equal_the_subgraph_at_every_round_and_sql_at_the_end() {
     assert!(status.success(), "{log}");
 }
 
-/// An SSE follower of one tenant across a SIGKILL of graphsync: it reconnects with
-/// `Last-Event-ID` and ends equal to SQL, every event once.
+/// An SSE follower of one tenant that disconnects and comes back, then across a SIGKILL of
+/// graphsync: it reconnects with `Last-Event-ID` and ends equal to SQL, every event once.
 #[test]
 fn sse_resumes_across_sigkill_with_last_event_id() {
     let (cluster, db, dir, config) = setup("feedkill");
@@ -442,13 +442,31 @@ fn sse_resumes_across_sigkill_with_last_event_id() {
     cluster.psql(&db, &w.script(150, None, Some(40), None));
     let mid = current_lsn(cluster, &db);
     assert!(sse_until(&mut sse, &mut model, &mut last, mid));
+    // The client goes away, writes go on, and it comes back with Last-Event-ID.
+    drop(sse);
+    cluster.psql(&db, &w.script(50, None, None, None));
+    let mut sse = Sse::connect(&addr, "/v1/changes?tenant=2", Some(&last.to_string()));
+    let (at, want) = subgraph(&addr, Some("2"), current_lsn(cluster, &db));
+    assert!(sse_until(&mut sse, &mut model, &mut last, at));
+    assert_eq!(model.diff(&want), "", "after a reconnect");
     // More writes, and graphsync killed while they stream.
     let writer = {
         let script = w.script(300, Some(100), None, Some(7));
         let (c, d) = (cluster, db.clone());
         std::thread::spawn(move || c.psql(&d, &script))
     };
-    std::thread::sleep(Duration::from_millis(200));
+    // Killed once some of them were applied (bounded wait on the applied position).
+    let before = current_lsn(cluster, &db);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !writer.is_finished() {
+        let (_, h) = http_get(&addr, "/health", None);
+        let applied: Option<Lsn> = serde_json::from_str::<Value>(&h)
+            .ok()
+            .and_then(|v| v["applied_lsn"].as_str().and_then(|l| l.parse().ok()));
+        if applied.is_some_and(|a| a > before) || Instant::now() > deadline {
+            break;
+        }
+    }
     r.kill();
     // The old connection ends; what was read so far stays.
     while let Some((event, id, data)) = sse.next() {
