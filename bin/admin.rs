@@ -81,3 +81,75 @@ pub fn teardown(args: TeardownArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Arguments of `graphsync reload`.
+#[derive(clap::Args, Debug)]
+pub struct ReloadArgs {
+    /// Address of the running `graphsync replicate`'s HTTP API.
+    #[arg(long, env = "GRAPHSYNC_LISTEN", default_value = "127.0.0.1:9187")]
+    pub listen: std::net::SocketAddr,
+    /// Its operator API token, if it has one.
+    #[arg(long, env = "GRAPHSYNC_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+}
+
+/// `graphsync reload`: asks the running replicator to re-read its mapping file (as SIGHUP
+/// does) and prints the outcome; exit 0 when applied or unchanged, 1 when refused.
+pub fn reload(args: ReloadArgs) -> anyhow::Result<ExitCode> {
+    use std::io::{Read, Write};
+    let addr = args.listen;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+        .with_context(|| format!("cannot reach graphsync at {addr} (is it running? pass --listen)"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(90)))?;
+    let auth = args
+        .api_token
+        .as_deref()
+        .map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "POST /v1/admin/reload HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).context("reading the answer")?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+    let message = json["message"]
+        .as_str()
+        .or(json["error"].as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| json.to_string());
+    match code {
+        200 => {
+            println!("{message}");
+            Ok(ExitCode::SUCCESS)
+        }
+        401 | 403 => {
+            anyhow::bail!("graphsync at {addr} refused the token: {message} (pass --api-token or GRAPHSYNC_API_TOKEN)")
+        }
+        _ => {
+            eprintln!("{message}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// The body of a chunked HTTP/1.1 response.
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}

@@ -55,6 +55,11 @@ enum Command {
     ///
     /// Example: graphsync init --discover --database-url postgres://graphsync@db/app > graph.toml
     Init(admin::InitArgs),
+    /// Make the running `graphsync replicate` re-read its mapping file (as SIGHUP does) and
+    /// print what became of it: compatible changes apply online, others are refused with why.
+    ///
+    /// Example: graphsync reload --listen 127.0.0.1:9187
+    Reload(admin::ReloadArgs),
     /// Drop the replication slot, and the publication if graphsync created it.
     ///
     /// Example: graphsync teardown --config graph.toml
@@ -153,6 +158,7 @@ fn main() -> ExitCode {
         Command::Init(args) => admin::init(args),
         Command::Demo(args) => demo::run(args),
         Command::Teardown(args) => admin::teardown(args),
+        Command::Reload(args) => admin::reload(args),
         Command::Decode { files } => decode::run(&files),
         Command::Snapshot {
             command: SnapshotCommand::Info(t),

@@ -137,6 +137,12 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         let (tx, rx) = tokio::sync::watch::channel(false);
         stop_on_signal(tx);
         let status = ReplicaStatus::new();
+        let (reload_tx, reloads) = replicator::reload_channel();
+        let admin = Arc::new(crate::http::Admin {
+            config_path: args.config.clone(),
+            reloads: reload_tx,
+        });
+        let hup = reload_on_sighup(admin.clone());
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {} (in use? pass --listen)", args.listen))?;
@@ -148,6 +154,7 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             started: std::time::Instant::now(),
             max_lag_seconds: args.max_lag_seconds,
             jwt: jwt.map(std::sync::Arc::new),
+            admin: Some(admin),
             feed: std::sync::Arc::new(crate::http::FeedConfig {
                 stall_timeout: std::time::Duration::from_millis(args.feed_stall_timeout_ms.max(100)),
                 ..Default::default()
@@ -155,8 +162,9 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         };
         let server = crate::http::spawn(listener, api, rx.clone());
         let notifier = tokio::spawn(notify_loop(status.clone(), rx.clone()));
-        let result = replicator::run(opts, status, rx).await;
+        let result = replicator::run_with_reloads(opts, status, rx, reloads).await;
         notifier.abort();
+        hup.abort();
         let n = crate::notify::Notifier::from_env();
         match &result {
             Ok(()) => n.send("STATUS=stopped"),
@@ -200,6 +208,23 @@ async fn notify_loop(status: Arc<ReplicaStatus>, mut shutdown: tokio::sync::watc
             }
         }
     }
+}
+
+/// Re-reads the mapping file on every SIGHUP and hands it to the replicator (which logs what
+/// became of it); a file that does not parse is reported and changes nothing.
+fn reload_on_sighup(admin: Arc<crate::http::Admin>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!(config = %admin.config_path.display(), "SIGHUP: reloading the mapping");
+            if let Err(e) = admin.reload(false).await {
+                tracing::error!(error = %e, "cannot reload the mapping; the mapping in force is kept");
+            }
+        }
+    })
 }
 
 /// Turns SIGTERM or SIGINT into `true` on `tx` (the replicator and the HTTP server stop on it).

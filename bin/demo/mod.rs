@@ -175,6 +175,7 @@ async fn demo(
         max_lag_seconds: 30.0,
         feed: Default::default(),
         jwt: None,
+        admin: None,
     };
     let server = crate::http::spawn(listener, api, rx.clone());
     let mut opts = Options::new(config, conn, work.join("data"));

@@ -24,8 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use sync::replicator::{GraphSchema, KeyKind, Phase, ReplicaStatus};
 
+mod admin;
 mod auth;
 mod feed;
+pub use admin::Admin;
 use auth::Access;
 pub use auth::{Jwt, JwtSettings};
 pub use feed::FeedConfig;
@@ -40,6 +42,8 @@ pub struct Api {
     pub feed: Arc<feed::FeedConfig>,
     /// Checks tenant-scoped signed tokens, when configured.
     pub jwt: Option<Arc<auth::Jwt>>,
+    /// Mapping reloads, when the process has a mapping file.
+    pub admin: Option<Arc<admin::Admin>>,
 }
 
 /// The router.
@@ -56,6 +60,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/components", get(components))
         .route("/v1/subgraph", get(feed::subgraph))
         .route("/v1/changes", get(feed::changes))
+        .route("/v1/admin/reload", axum::routing::post(admin::reload))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), require_token));
     Router::new()
         .route("/health", get(health))
@@ -541,6 +546,7 @@ async fn health(State(api): State<Api>) -> Response {
         Phase::InitialCopy => "initial_copy",
         Phase::Disconnected | Phase::Failed => "disconnected",
         Phase::Stopping => "stopping",
+        Phase::MappingBroken => "mapping_broken",
         Phase::Streaming if s.log_error.is_some() => "log_unwritable",
         Phase::Streaming if l.seconds > api.max_lag_seconds => "lagging",
         Phase::Streaming if l.bytes > 0 && l.seconds > 1.0 => "catching_up",
@@ -667,7 +673,12 @@ async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
     };
     // Built per scrape from one status snapshot, so every value is from the same moment.
     let mut reg = Registry::with_prefix("graphsync");
-    let gauges: [(&str, &str, f64); 14] = [
+    let gauges: [(&str, &str, f64); 15] = [
+        (
+            "mapping_broken",
+            "1 while replication is paused because the mapping does not fit the source (see /health).",
+            f64::from(u8::from(s.phase == Phase::MappingBroken)),
+        ),
         (
             "applied_lsn",
             "Every transaction committed before this WAL position is applied.",
@@ -736,7 +747,17 @@ async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
         ConstGauge::new(api.feed.subscribers.load(std::sync::atomic::Ordering::Relaxed) as f64),
     );
     // Counters get their `_total` suffix from the encoder.
-    let counters: [(&str, &str, f64); 8] = [
+    let counters: [(&str, &str, f64); 10] = [
+        (
+            "copies",
+            "Tables copied from the source (an initial copy counts each table).",
+            s.copies as f64,
+        ),
+        (
+            "mapping_reloads",
+            "Mapping reloads applied online.",
+            s.mapping_reloads as f64,
+        ),
         (
             "feed_events_sent",
             "Change feed events sent (SSE and long-poll).",

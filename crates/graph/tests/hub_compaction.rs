@@ -272,6 +272,10 @@ fn run(seed: u64, p: Params) {
     }
 }
 
+/// Seeds per test unless `SEEDS` says (fewer in debug builds; hunt with `SEEDS=80 cargo test
+/// --release -p graph --test hub_compaction`).
+const DEFAULT_SEEDS: u64 = if cfg!(debug_assertions) { 1 } else { 4 };
+
 const HUNT: Params = Params {
     users: 2300,
     hub_base: 1500,
@@ -294,7 +298,10 @@ const PGBENCH: Params = Params {
 
 #[test]
 fn hunt_pgbench() {
-    let seeds: u64 = std::env::var("SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let seeds: u64 = std::env::var("SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SEEDS);
     for seed in 0..seeds {
         run(seed, PGBENCH);
     }
@@ -302,7 +309,10 @@ fn hunt_pgbench() {
 
 #[test]
 fn hunt() {
-    let seeds: u64 = std::env::var("SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let seeds: u64 = std::env::var("SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SEEDS);
     for seed in 0..seeds {
         run(seed, HUNT);
     }

@@ -307,8 +307,8 @@ pub fn needed_columns(config: &MappingConfig, table: &str) -> Vec<String> {
     for n in config.nodes.iter().filter(|n| n.table == table) {
         n.key.names().into_iter().for_each(&mut add);
         n.tenant.as_deref().into_iter().for_each(&mut add);
-        n.filters.iter().for_each(|c| add(c));
-        n.properties.iter().for_each(|c| add(c));
+        n.filters.iter().for_each(|f| add(f.column()));
+        n.properties.iter().for_each(|p| add(p.column()));
     }
     for e in config.edges.iter().filter(|e| e.table == table) {
         e.source.column.names().into_iter().for_each(&mut add);

@@ -116,10 +116,56 @@ pub struct NodeMapping {
     pub tenant: Option<String>,
     /// Columns whose values get a membership bitmap each.
     #[serde(default)]
-    pub filters: Vec<String>,
+    pub filters: Vec<Field>,
     /// Columns kept and returned by the API.
     #[serde(default)]
-    pub properties: Vec<String>,
+    pub properties: Vec<Field>,
+}
+
+/// A mapped column and the name the graph gives its values: `"name"` (the column's name), or
+/// `{ column = "full_name", name = "name" }` — after `ALTER TABLE … RENAME COLUMN`, the graph
+/// (and every client) keeps the old name and the change reloads online.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Field {
+    /// The column, named as in the table.
+    Same(String),
+    /// A column with another name in the graph.
+    Renamed(RenamedField),
+}
+
+/// `{ column = "…", name = "…" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenamedField {
+    /// The table's column.
+    pub column: String,
+    /// The name in the graph.
+    pub name: String,
+}
+
+impl Field {
+    /// The name in the graph (a property's or a filter's).
+    pub fn name(&self) -> &str {
+        match self {
+            Field::Same(c) => c,
+            Field::Renamed(r) => &r.name,
+        }
+    }
+
+    /// The table's column.
+    pub fn column(&self) -> &str {
+        match self {
+            Field::Same(c) => c,
+            Field::Renamed(r) => &r.column,
+        }
+    }
+}
+
+impl From<&str> for Field {
+    fn from(c: &str) -> Self {
+        Field::Same(c.to_string())
+    }
 }
 
 /// One end of an edge: column(s) of the edge's table and the node label they point at.
@@ -235,6 +281,28 @@ impl MappingConfig {
                     "set key = \"id\" or key = [\"a\", \"b\"]".into(),
                 ));
             }
+            let mut fields = BTreeSet::new();
+            for (what, f) in n
+                .filters
+                .iter()
+                .map(|f| ("filter", f))
+                .chain(n.properties.iter().map(|p| ("property", p)))
+            {
+                if f.name().is_empty() || f.column().is_empty() {
+                    return Err(invalid(
+                        entry,
+                        format!("a {what} names no column"),
+                        format!("write the {what} as \"column\" or {{ column = \"column\", name = \"name\" }}"),
+                    ));
+                }
+                if !fields.insert((what, f.name())) {
+                    return Err(invalid(
+                        entry,
+                        format!("{what} {:?} is listed twice", f.name()),
+                        format!("list each {what} once"),
+                    ));
+                }
+            }
             if labels.insert(&n.label, n).is_some() {
                 return Err(invalid(
                     entry,
@@ -302,12 +370,48 @@ impl MappingConfig {
         Ok(())
     }
 
-    /// A stable hash of everything that shapes the graph (tables, keys, labels, tenants,
-    /// filters, properties, edges, weights — not the connection or slot). Stored with every
-    /// snapshot: a different hash means the snapshot was built under another mapping.
+    /// A stable hash of everything that shapes the graph: tables, labels, key arity, whether
+    /// there is a tenant and a weight, filter and property names, edge endpoints — not column
+    /// names (a renamed column mapped to the same names is the same graph), the connection or
+    /// the slot. Stored with every snapshot and log segment: a different hash means they were
+    /// built under another mapping.
     pub fn mapping_hash(&self) -> u64 {
+        let mut s = String::from("shape-1\n");
+        let names = |f: &[Field]| f.iter().map(Field::name).collect::<Vec<_>>().join(",");
+        for n in &self.nodes {
+            let _ = writeln!(
+                s,
+                "N|{}|{}|{}|{}|{}|{}",
+                n.table,
+                n.key.names().len(),
+                n.label,
+                u8::from(n.tenant.is_some()),
+                names(&n.filters),
+                names(&n.properties)
+            );
+        }
+        for e in &self.edges {
+            let _ = writeln!(
+                s,
+                "E|{}|{}|{}>{}|{}>{}|{}",
+                e.table,
+                e.label,
+                e.source.column.names().len(),
+                e.source.node,
+                e.target.column.names().len(),
+                e.target.node,
+                u8::from(e.weight.is_some())
+            );
+        }
+        xxhash_rust::xxh3::xxh3_64(s.as_bytes())
+    }
+
+    /// The hash releases before online mapping changes stored (it covered column names too):
+    /// a data directory written by one keeps working with the same mapping.
+    pub fn legacy_hash(&self) -> u64 {
         let mut s = String::new();
         let cols = |c: &Columns| c.names().join(",");
+        let names = |f: &[Field]| f.iter().map(Field::column).collect::<Vec<_>>().join(",");
         for n in &self.nodes {
             let _ = writeln!(
                 s,
@@ -316,8 +420,8 @@ impl MappingConfig {
                 cols(&n.key),
                 n.label,
                 n.tenant.as_deref().unwrap_or(""),
-                n.filters.join(","),
-                n.properties.join(",")
+                names(&n.filters),
+                names(&n.properties)
             );
         }
         for e in &self.edges {

@@ -7,6 +7,7 @@
 //!   streamed, two-phase).
 //! - [`mapper`]: committed transactions → one atomic graph transaction each, plus the row index
 //!   that lets deletes find their edges; the bulk build of the initial copy.
+//! - [`mapping_change`]: what changed between two mappings and whether it applies online.
 //! - [`copy`]: reading `COPY ... (FORMAT binary)` output.
 //! - [`changelog`]: the durable change log's segment files: appending with group commit,
 //!   crash recovery, scanning for replay.
@@ -33,6 +34,7 @@ pub mod copy;
 pub mod discover;
 pub mod feed;
 pub mod mapper;
+pub mod mapping_change;
 pub mod render;
 pub mod replicator;
 pub mod row_index;

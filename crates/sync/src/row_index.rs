@@ -57,6 +57,16 @@ pub struct RowIndex {
     maps: Vec<HashMap<NodeKey, IndexedEdge>>,
     /// Changes since [`RowIndex::start_journal`], for the change log (`None`: not kept).
     journal: Option<Vec<IndexOp>>,
+    /// While journaling: each changed entry's value before the change, newest last, so
+    /// [`RowIndex::rollback`] can restore the index a failed transaction half changed.
+    undo: Vec<Undo>,
+}
+
+/// What an entry held before one change.
+#[derive(Debug, Clone)]
+enum Undo {
+    Entry(usize, NodeKey, Option<IndexedEdge>),
+    Map(usize, HashMap<NodeKey, IndexedEdge>),
 }
 
 impl PartialEq for RowIndex {
@@ -98,6 +108,8 @@ impl RowIndex {
             j.push(IndexOp::Drain {
                 mapping: mapping as u16,
             });
+            let old = self.maps[mapping].clone();
+            self.undo.push(Undo::Map(mapping, old));
         }
         self.maps[mapping].drain().map(|(_, e)| e).collect()
     }
@@ -105,6 +117,7 @@ impl RowIndex {
     /// Starts keeping every change (dropping what was kept).
     pub fn start_journal(&mut self) {
         self.journal = Some(Vec::new());
+        self.undo.clear();
     }
 
     /// The changes kept since [`RowIndex::start_journal`]; keeps recording.
@@ -114,7 +127,25 @@ impl RowIndex {
 
     /// Takes the kept changes and stops keeping them.
     pub fn take_journal(&mut self) -> Vec<IndexOp> {
+        self.undo.clear();
         self.journal.take().unwrap_or_default()
+    }
+
+    /// Undoes every change since [`RowIndex::start_journal`] (a transaction that failed half
+    /// way) and stops keeping changes.
+    pub fn rollback(&mut self) {
+        while let Some(u) = self.undo.pop() {
+            match u {
+                Undo::Entry(m, row, Some(e)) => {
+                    self.maps[m].insert(row, e);
+                }
+                Undo::Entry(m, row, None) => {
+                    self.maps[m].remove(&row);
+                }
+                Undo::Map(m, map) => self.maps[m] = map,
+            }
+        }
+        self.journal = None;
     }
 
     /// Replays one change (from the change log). A mapping this index does not have is an
@@ -153,6 +184,7 @@ impl RowIndex {
             maps: vec![HashMap::new(); modes.len()],
             modes,
             journal: None,
+            undo: Vec::new(),
         }
     }
 
@@ -181,6 +213,8 @@ impl RowIndex {
                 row: row.clone(),
                 edge,
             });
+            let old = self.maps[mapping].get(&row).copied();
+            self.undo.push(Undo::Entry(mapping, row.clone(), old));
         }
         match self.maps[mapping].entry(row) {
             std::collections::hash_map::Entry::Occupied(mut o) => {
@@ -203,6 +237,7 @@ impl RowIndex {
                 mapping: mapping as u16,
                 row: row.clone(),
             });
+            self.undo.push(Undo::Entry(mapping, row.clone(), Some(*e)));
         }
         if e.extra > 0 {
             e.extra -= 1;
@@ -292,6 +327,7 @@ impl RowIndex {
             modes,
             maps,
             journal: None,
+            undo: Vec::new(),
         })
     }
 }
@@ -301,6 +337,66 @@ impl RowIndex {
     pub(crate) fn record(&mut self, mapping: usize, row: &NodeKey, edge: EdgeInput) {
         if self.mode(mapping) == EdgeLookup::Rows {
             self.insert(mapping, row.clone(), edge);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use graph::{EdgeLabel, NodeId};
+    use proptest::prelude::*;
+
+    fn edge(s: u32, t: u32) -> EdgeInput {
+        EdgeInput {
+            source: NodeId(s),
+            target: NodeId(t),
+            label: EdgeLabel(0),
+            weight: 1.0,
+        }
+    }
+
+    /// (op kind, mapping, row, edge target): insert, remove or drain.
+    fn apply(ix: &mut RowIndex, ops: &[(u8, usize, i64, u32)]) {
+        for &(kind, m, row, t) in ops {
+            match kind % 5 {
+                0 | 1 => ix.insert(m, NodeKey::Int(row), edge(row as u32, t % 2)),
+                2 | 3 => {
+                    ix.remove(m, &NodeKey::Int(row));
+                }
+                _ => {
+                    ix.drain_mapping(m);
+                }
+            }
+        }
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<(u8, usize, i64, u32)>> {
+        proptest::collection::vec((any::<u8>(), 0..2usize, 0..6i64, 0..4u32), 0..40)
+    }
+
+    proptest! {
+        /// A rolled-back transaction leaves the index exactly as it was; a committed one is
+        /// what its journal replays to.
+        #[test]
+        fn rollback_restores_and_the_journal_replays(before in ops(), during in ops()) {
+            let mut ix = RowIndex::new(vec![EdgeLookup::Rows; 2]);
+            apply(&mut ix, &before);
+            let saved = ix.clone();
+            ix.start_journal();
+            apply(&mut ix, &during);
+            let after = ix.clone();
+            ix.rollback();
+            prop_assert_eq!(&ix, &saved);
+            ix.start_journal();
+            apply(&mut ix, &during);
+            let journal = ix.take_journal();
+            prop_assert_eq!(&ix, &after);
+            let mut replayed = saved.clone();
+            for op in journal {
+                replayed.apply_op(op).unwrap();
+            }
+            prop_assert_eq!(&replayed, &after);
         }
     }
 }

@@ -12,12 +12,19 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RowError {
     /// The mapping names a column the relation does not have (the table changed).
-    #[error("table {table} has no column {column:?} (did ALTER TABLE drop or rename it? update the mapping)")]
+    #[error(
+        "table {table} has no column {column:?} any more (its columns now: {columns}); did ALTER TABLE rename or drop it? \
+         fix: update the mapping — a renamed column read under its old name keeps the graph as it is, \
+         e.g. {{ column = \"new_name\", name = \"{column}\" }} in properties or filters, or the new name in key, tenant, \
+         source, target or weight — then reload it (kill -HUP the graphsync process, or graphsync reload)"
+    )]
     MissingColumn {
         /// `schema.table`.
         table: String,
         /// The column.
         column: String,
+        /// The relation's columns, comma-separated.
+        columns: String,
     },
     /// A key column is NULL.
     #[error("table {table}: key column {column:?} is NULL")]
@@ -53,6 +60,12 @@ pub fn column_index(rel: &Relation, column: &str) -> Result<usize, RowError> {
         .ok_or_else(|| RowError::MissingColumn {
             table: rel.qualified_name(),
             column: column.to_string(),
+            columns: rel
+                .columns
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         })
 }
 

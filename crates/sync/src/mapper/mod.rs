@@ -167,8 +167,8 @@ impl Mapper {
         let mut filter_names: Vec<String> = Vec::new();
         for n in &config.nodes {
             for f in &n.filters {
-                if !filter_names.contains(f) {
-                    filter_names.push(f.clone());
+                if !filter_names.iter().any(|x| x == f.name()) {
+                    filter_names.push(f.name().to_string());
                 }
             }
         }
@@ -294,14 +294,14 @@ impl Mapper {
                         .filters
                         .iter()
                         .map(|f| {
-                            let id = self.filter_names.iter().position(|x| x == f).unwrap_or(0);
-                            Ok((FilterId(id as u16), rows::column_index(rel, f)?))
+                            let id = self.filter_names.iter().position(|x| x == f.name()).unwrap_or(0);
+                            Ok((FilterId(id as u16), rows::column_index(rel, f.column())?))
                         })
                         .collect::<Result<_, RowError>>()?,
                     props: n
                         .properties
                         .iter()
-                        .map(|p| Ok((Arc::from(p.as_str()), rows::column_index(rel, p)?)))
+                        .map(|p| Ok((Arc::from(p.name()), rows::column_index(rel, p.column())?)))
                         .collect::<Result<_, RowError>>()?,
                 })
             }
@@ -381,9 +381,20 @@ impl Mapper {
             ends.push((t.mutations().len(), index.journal().len(), changes.len()));
             Ok::<(), MapError>(())
         });
+        // A transaction that fails leaves nothing behind: the graph's is dropped unpublished,
+        // the row index is rolled back (the replica can then pause before it and go on).
+        if let Err(e) = result {
+            index.rollback();
+            return Err(e);
+        }
+        let (view, mutations) = match t.commit_logged() {
+            Ok(done) => done,
+            Err(e) => {
+                index.rollback();
+                return Err(e.into());
+            }
+        };
         let index_ops = index.take_journal();
-        result?;
-        let (view, mutations) = t.commit_logged()?;
         Ok(Applied {
             view,
             node_count_before,
@@ -395,8 +406,7 @@ impl Mapper {
     }
 
     /// Applies one committed transaction to `graph` as one published view at `txn.end_lsn`,
-    /// keeping `index` in step. On error nothing is published, but `index` may hold part of
-    /// the transaction: the caller must stop and recover from its last checkpoint.
+    /// keeping `index` in step. On error nothing is published and `index` is as before.
     pub fn apply(
         &mut self,
         graph: &mut Graph,

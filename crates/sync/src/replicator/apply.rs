@@ -34,13 +34,36 @@ impl Batch {
 
 /// Applies the batched transactions as one graph transaction, publishes it and queues its
 /// change log record (made durable by the log's writer thread; nothing is confirmed before).
+///
+/// When the batch fails, its transactions are applied one by one, so what comes before the
+/// transaction that failed is applied and the error is about that one (a replica paused by it
+/// has applied everything before it).
 pub(super) fn apply_pending(
     batch: &mut Batch,
     mapper: &mut Mapper,
     st: &mut State,
     status: &ReplicaStatus,
 ) -> Result<(), SyncError> {
-    let pending = &batch.txns;
+    match apply_txns(&batch.txns, &batch.received, mapper, st, status) {
+        Err(e) if batch.txns.len() > 1 => {
+            tracing::debug!(error = %e, txns = batch.txns.len(), "a batch failed; applying its transactions one by one");
+            for i in 0..batch.txns.len() {
+                apply_txns(&batch.txns[i..=i], &batch.received[i..=i], mapper, st, status)?;
+            }
+        }
+        done => done?,
+    }
+    batch.clear();
+    Ok(())
+}
+
+fn apply_txns(
+    pending: &[CommittedTxn],
+    received: &[Instant],
+    mapper: &mut Mapper,
+    st: &mut State,
+    status: &ReplicaStatus,
+) -> Result<(), SyncError> {
     let Some(last) = pending.last() else { return Ok(()) };
     let (end, time) = (last.end_lsn, last.commit_time);
     if st.graph.read_only_reason().is_some() {
@@ -82,7 +105,7 @@ pub(super) fn apply_pending(
     let changes: usize = pending.iter().map(CommittedTxn::len).sum();
     status.update(|s| {
         s.apply_seconds.observe(took);
-        for (txn, received) in pending.iter().zip(&batch.received) {
+        for (txn, received) in pending.iter().zip(received) {
             let lag = (now_us - txn.commit_time.unix_micros()) as f64 / 1e6;
             s.commit_to_apply_seconds.observe(lag.max(0.0));
             s.receive_to_apply_seconds
@@ -94,6 +117,5 @@ pub(super) fn apply_pending(
         s.changes += changes as u64;
     });
     st.safe = end;
-    batch.clear();
     Ok(())
 }

@@ -112,6 +112,21 @@ impl From<ApplyError> for SyncError {
 }
 
 impl SyncError {
+    /// The mapping no longer fits the source (a mapped column renamed or dropped, a key
+    /// column's type or the replica identity changed...): the replica pauses before the
+    /// transaction, keeps serving what it applied, and waits for a fixed mapping.
+    pub fn is_mapping_broken(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Map(
+                MapError::Row(_)
+                    | MapError::IdentityChanged { .. }
+                    | MapError::NoIdentity { .. }
+                    | MapError::Decode { .. }
+            ) | SyncError::Catalog(CatalogError::Table { .. } | CatalogError::PublicationIncomplete { .. })
+        )
+    }
+
     /// Worth retrying after a pause (connection-level trouble).
     pub fn is_transient(&self) -> bool {
         match self {

@@ -45,6 +45,7 @@ mod apply;
 mod error;
 mod initial_copy;
 mod jobs;
+mod reload;
 mod restore;
 mod session;
 mod status;
@@ -57,6 +58,7 @@ pub use error::SyncError;
 use initial_copy::*;
 #[allow(unused_imports)]
 use jobs::*;
+pub use reload::{reload_channel, ReloadOutcome, ReloadRequest, Reloads};
 pub use restore::load;
 #[allow(unused_imports)]
 use session::*;
@@ -86,6 +88,9 @@ pub struct Options {
     pub log_segment_bytes: u64,
     /// Memory for the change feed's recent records; older ones are read from disk.
     pub feed_memory_bytes: usize,
+    /// The data directory was written before online mapping changes: its snapshots and log
+    /// carry [`MappingConfig::legacy_hash`] (set by [`run`]).
+    pub legacy_hash: bool,
     /// Standby status update interval.
     pub status_interval: Duration,
     /// Compaction thresholds.
@@ -114,11 +119,23 @@ impl Options {
             snapshot_after_changes: 1_000_000,
             log_segment_bytes: 64 << 20,
             feed_memory_bytes: crate::feed::DEFAULT_MEMORY_BYTES,
+            legacy_hash: false,
             status_interval: Duration::from_secs(10),
             compaction: CompactionPolicy::default(),
             spill_threshold: 64 << 20,
             receive_timeout: Duration::from_secs(30),
             binary: false,
+        }
+    }
+}
+
+impl Options {
+    /// The mapping hash the data directory's snapshots and log carry.
+    pub fn hash(&self) -> u64 {
+        if self.legacy_hash {
+            self.config.legacy_hash()
+        } else {
+            self.config.mapping_hash()
         }
     }
 }
@@ -178,22 +195,41 @@ impl Backoff {
 /// Runs replication until `shutdown` turns true (then writes a final checkpoint, confirms it
 /// and returns `Ok`) or a non-transient error stops it. Transient errors reconnect with backoff.
 pub async fn run(opts: Options, status: Arc<ReplicaStatus>, shutdown: watch::Receiver<bool>) -> Result<(), SyncError> {
+    // Nobody sends reloads: a paused replica waits for shutdown.
+    let (_, reloads) = reload_channel();
+    run_with_reloads(opts, status, shutdown, reloads).await
+}
+
+/// As [`run`], also applying the mappings sent on `reloads` (online when compatible); a
+/// transaction the mapping does not fit pauses replication (phase `mapping_broken`, the graph
+/// still served) until a reload fixes it.
+pub async fn run_with_reloads(
+    mut opts: Options,
+    status: Arc<ReplicaStatus>,
+    shutdown: watch::Receiver<bool>,
+    reloads: Reloads,
+) -> Result<(), SyncError> {
     let store = CheckpointStore::open(&opts.data_dir)?;
     let log = LogDir::open(&opts.data_dir.join("log"))?;
+    // A data directory written before online mapping changes keeps its hash.
+    opts.legacy_hash = store
+        .manifest()
+        .is_some_and(|m| m.mapping_hash == opts.config.legacy_hash() && m.mapping_hash != opts.config.mapping_hash());
     // Restore while connecting: a restart costs the slower of the two, not both.
     let restoring = (!opts.rebuild).then(|| {
-        let (store, log, hash) = (store.clone(), log.clone(), opts.config.mapping_hash());
+        let (store, log, hash) = (store.clone(), log.clone(), opts.hash());
         tokio::task::spawn_blocking(move || restore::restore(&store, &log, hash))
     });
     let mut r = Replicator {
-        opts: &opts,
         mapper: Mapper::new(opts.config.clone()),
+        rebuild: opts.rebuild,
+        opts,
         store,
         log,
         status,
         shutdown,
+        reloads: Some(reloads),
         state: None,
-        rebuild: opts.rebuild,
         restoring,
     };
     let mut backoff = Backoff::new();
@@ -202,7 +238,10 @@ pub async fn run(opts: Options, status: Arc<ReplicaStatus>, shutdown: watch::Rec
             return Ok(());
         }
         match session(&mut r).await {
-            Ok(()) => return Ok(()),
+            Ok(SessionEnd::Shutdown) => return Ok(()),
+            Ok(SessionEnd::Reload(req)) => {
+                r.reload(req).await;
+            }
             Err(e) if e.is_transient() => {
                 let wait = backoff.next();
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "replication interrupted; reconnecting");
@@ -216,12 +255,12 @@ pub async fn run(opts: Options, status: Arc<ReplicaStatus>, shutdown: watch::Rec
                     _ = r.shutdown.changed() => {}
                 }
                 if *r.shutdown.borrow() {
-                    // Without a connection nothing more can be confirmed; what was applied is
-                    // in the log already.
-                    if let Some(st) = r.state.as_mut() {
-                        let _ = st.log.flush(Duration::from_secs(30));
-                        finish_background(st, &r.status, &r.store, opts.config.mapping_hash()).await;
-                    }
+                    r.stop_unconnected().await;
+                    return Ok(());
+                }
+            }
+            Err(e) if e.is_mapping_broken() && r.state.is_some() => {
+                if !r.pause(e).await {
                     return Ok(());
                 }
             }
@@ -239,9 +278,80 @@ pub async fn run(opts: Options, status: Arc<ReplicaStatus>, shutdown: watch::Rec
     }
 }
 
+/// Why a session ended without an error.
+pub(super) enum SessionEnd {
+    /// Shutdown was asked (and the final position confirmed).
+    Shutdown,
+    /// A mapping reload arrived: apply it between sessions.
+    Reload(ReloadRequest),
+}
+
+impl Replicator {
+    /// Ends a run that has no connection: what was applied is in the log already (nothing
+    /// more can be confirmed without one).
+    async fn stop_unconnected(&mut self) {
+        let hash = self.opts.hash();
+        if let Some(st) = self.state.as_mut() {
+            let _ = st.log.flush(Duration::from_secs(30));
+            finish_background(st, &self.status, &self.store, hash).await;
+        }
+    }
+
+    /// Pauses before the transaction the mapping does not fit, serving the graph as applied,
+    /// until a reload applies (`true`: stream again) or shutdown (`false`).
+    async fn pause(&mut self, e: SyncError) -> bool {
+        let applied = self.state.as_ref().map_or(Lsn(0), |st| st.safe);
+        tracing::error!(
+            error = %e,
+            applied = %applied,
+            "replication paused: the mapping does not fit the source any more; queries keep answering from the graph as applied, \
+             nothing after it is confirmed. Fix the mapping and reload it (kill -HUP the process, or graphsync reload)"
+        );
+        self.status.update(|s| {
+            s.phase = Phase::MappingBroken;
+            s.last_error = Some(e.to_string());
+        });
+        if let Some(st) = self.state.as_mut() {
+            let _ = tokio::task::block_in_place(|| st.log.flush(Duration::from_secs(30)));
+        }
+        loop {
+            let req = tokio::select! {
+                req = next_reload(&mut self.reloads) => req,
+                _ = self.shutdown.changed() => None,
+            };
+            if *self.shutdown.borrow() {
+                self.stop_unconnected().await;
+                return false;
+            }
+            if let Some(req) = req {
+                if !matches!(self.reload(req).await, ReloadOutcome::Refused(_)) {
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+/// The next reload, or never when nobody can send one.
+async fn next_reload(reloads: &mut Option<Reloads>) -> Option<ReloadRequest> {
+    match reloads {
+        Some(rx) => match rx.recv().await {
+            Some(req) => Some(req),
+            None => {
+                *reloads = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// What one replication run keeps across its sessions (one per connection).
-struct Replicator<'a> {
-    opts: &'a Options,
+struct Replicator {
+    /// The options, with the mapping in force (replaced by a reload).
+    opts: Options,
+    /// Mapping reloads (`None` once nobody can send any).
+    reloads: Option<Reloads>,
     store: CheckpointStore,
     /// The change log's directory.
     log: LogDir,

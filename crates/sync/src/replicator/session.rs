@@ -4,11 +4,12 @@
 #[allow(unused_imports)]
 use super::*;
 
-/// One session of the run `r`: returns when shutdown was asked (after the final checkpoint)
-/// or with the error that ended it (transient ones reconnect).
-pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
-    let opts = r.opts;
+/// One session of the run `r`: returns when shutdown was asked (after the final checkpoint),
+/// when a reload arrived, or with the error that ended it (transient ones reconnect).
+pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError> {
     let Replicator {
+        opts,
+        reloads,
         store,
         log,
         mapper,
@@ -19,8 +20,8 @@ pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
         restoring,
         ..
     } = r;
-    let (store, log, status, shutdown) = (&*store, &*log, &*status, &*shutdown);
-    let hash = opts.config.mapping_hash();
+    let (opts, store, log, status, shutdown) = (&*opts, &*store, &*log, &*status, &*shutdown);
+    let hash = opts.hash();
     let mut client = ReplicationClient::connect(&opts.conn).await?;
     let sys = client.identify_system().await?;
     tracing::info!(target = %opts.conn.target(), system_id = %sys.system_id, wal = %sys.xlog_pos, "connected");
@@ -167,6 +168,7 @@ pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
                 status.update(|s| s.phase = Phase::InitialCopy);
                 let (graph, index, lsn) =
                     super::initial_copy::initial_copy(opts, &mut client, &tables, mapper, store).await?;
+                status.update(|s| s.copies += tables.len() as u64);
                 status.set_graph(graph.reader());
                 // The copied graph is durable once its first snapshot is written; the log
                 // starts after it.
@@ -224,14 +226,21 @@ pub(super) async fn session(r: &mut Replicator<'_>) -> Result<(), SyncError> {
             });
         }
     }
-    super::stream::stream(opts, store, mapper, st, client, status, shutdown).await
+    let ctx = StreamCtx {
+        opts,
+        store,
+        status,
+        shutdown,
+        reloads,
+    };
+    super::stream::stream(ctx, mapper, st, client).await
 }
 
 /// How the change log is written.
 pub(super) fn writer_options(opts: &Options) -> WriterOptions {
     WriterOptions {
         segment_bytes: opts.log_segment_bytes,
-        ..WriterOptions::new(opts.config.mapping_hash())
+        ..WriterOptions::new(opts.hash())
     }
 }
 

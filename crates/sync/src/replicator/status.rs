@@ -20,6 +20,9 @@ pub enum Phase {
     Stopping,
     /// Stopped after an error.
     Failed,
+    /// Paused before a transaction the mapping does not fit (a column renamed or dropped...):
+    /// queries answer from the last applied graph until the mapping is fixed and reloaded.
+    MappingBroken,
 }
 
 impl Phase {
@@ -32,6 +35,7 @@ impl Phase {
             Phase::Disconnected => "disconnected",
             Phase::Stopping => "stopping",
             Phase::Failed => "failed",
+            Phase::MappingBroken => "mapping_broken",
         }
     }
 }
@@ -112,6 +116,10 @@ pub struct StatusSnapshot {
     pub changes: u64,
     /// Reconnects since start.
     pub reconnects: u64,
+    /// Tables copied from the source since start (an initial copy counts each of its tables).
+    pub copies: u64,
+    /// Mapping reloads applied since start.
+    pub mapping_reloads: u64,
     /// The server's version (`server_version`), once connected.
     pub server_version: Option<String>,
     /// The negotiated pgoutput protocol version, once streaming.

@@ -12,16 +12,30 @@ const PING_AFTER: Duration = Duration::from_millis(100);
 /// under a second even then.
 const ADVANCE_EVERY: Duration = Duration::from_millis(200);
 
+/// What a session's stream loop reads but does not own.
+pub(super) struct StreamCtx<'a> {
+    pub(super) opts: &'a Options,
+    pub(super) store: &'a CheckpointStore,
+    pub(super) status: &'a Arc<ReplicaStatus>,
+    pub(super) shutdown: &'a watch::Receiver<bool>,
+    /// Mapping reloads: one ends the session at the next transaction boundary.
+    pub(super) reloads: &'a mut Option<Reloads>,
+}
+
 pub(super) async fn stream(
-    opts: &Options,
-    store: &CheckpointStore,
+    ctx: StreamCtx<'_>,
     mapper: &mut Mapper,
     st: &mut State,
     client: ReplicationClient,
-    status: &Arc<ReplicaStatus>,
-    shutdown: &watch::Receiver<bool>,
-) -> Result<(), SyncError> {
-    let hash = opts.config.mapping_hash();
+) -> Result<SessionEnd, SyncError> {
+    let StreamCtx {
+        opts,
+        store,
+        status,
+        shutdown,
+        reloads,
+    } = ctx;
+    let hash = opts.hash();
     let mut start = StartOptions::new(opts.publication.clone());
     start.streaming = Streaming::On;
     start.binary = opts.binary;
@@ -72,7 +86,7 @@ pub(super) async fn stream(
             finish_background(st, status, store, hash).await;
             let _ = stream.stop().await;
             tracing::info!(confirmed = %confirmable, "stopped cleanly");
-            return Ok(());
+            return Ok(SessionEnd::Shutdown);
         }
         // The log's writer is far behind (a slow or full disk): stop reading until it catches
         // up, so records do not pile up in memory (the server keeps the WAL meanwhile).
@@ -154,6 +168,19 @@ pub(super) async fn stream(
             continue;
         }
         next_chores = now + Duration::from_millis(10);
+        // A mapping reload ends the session between two transactions (what was received is
+        // applied under the mapping it was written for); the run applies it and reconnects.
+        if let Some(rx) = reloads.as_mut() {
+            match rx.try_recv() {
+                Ok(req) => {
+                    apply_pending(&mut pending, mapper, st, status)?;
+                    let _ = stream.stop().await;
+                    return Ok(SessionEnd::Reload(req));
+                }
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => *reloads = None,
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {}
+            }
+        }
         let mut bg = std::mem::take(&mut st.bg);
         let compacted = bg.compaction(st, status, &snapshots).await;
         let writing_snapshot = bg.writing_snapshot();

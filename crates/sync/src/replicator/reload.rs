@@ -1,0 +1,101 @@
+//! Reloading the mapping while running: classify the change, check the new mapping against
+//! the catalog on a connection of its own, swap it in between two transactions.
+//!
+//! A reload arrives as a [`ReloadRequest`] (the binary reads the file on SIGHUP or an admin
+//! request); the stream loop ends its session at the next transaction boundary, [`run`] applies
+//! or refuses the reload, and a new session resumes from the durable position with the
+//! mapping now in force. While paused (`mapping_broken`) a reload is the way on: even an
+//! unchanged mapping retries (the table may have been fixed instead).
+//!
+//! Not for reading config files or signals (the binary) or for deciding compatibility
+//! ([`crate::mapping_change`]).
+
+#[allow(unused_imports)]
+use super::*;
+use crate::mapping_change::{classify, MappingChange};
+use tokio::sync::{mpsc, oneshot};
+
+/// A new mapping to apply, and where to say what became of it.
+#[derive(Debug)]
+pub struct ReloadRequest {
+    /// The mapping, parsed and validated.
+    pub config: Arc<MappingConfig>,
+    /// Told the outcome (if anyone waits for it).
+    pub reply: Option<oneshot::Sender<ReloadOutcome>>,
+}
+
+/// What became of a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The mapping is the one in force (replication retries if it was paused).
+    Unchanged,
+    /// Applied online, without a copy: what changed.
+    Applied(Vec<String>),
+    /// Not applied; the mapping in force is kept: why, and the fix.
+    Refused(String),
+}
+
+impl std::fmt::Display for ReloadOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadOutcome::Unchanged => f.write_str("the mapping is unchanged"),
+            ReloadOutcome::Applied(c) => write!(f, "applied online, nothing copied: {}", c.join("; ")),
+            ReloadOutcome::Refused(why) => write!(f, "refused, the mapping in force is kept: {why}"),
+        }
+    }
+}
+
+/// Where reloads come from.
+pub type Reloads = mpsc::Receiver<ReloadRequest>;
+
+/// A sender and receiver of reloads (the binary keeps the sender).
+pub fn reload_channel() -> (mpsc::Sender<ReloadRequest>, Reloads) {
+    mpsc::channel(8)
+}
+
+impl Replicator {
+    /// Applies or refuses `req` (between sessions) and tells its sender.
+    pub(super) async fn reload(&mut self, req: ReloadRequest) -> ReloadOutcome {
+        let outcome = self.try_reload(req.config).await;
+        match &outcome {
+            ReloadOutcome::Refused(why) => {
+                tracing::error!(%why, "mapping reload refused; the mapping in force is kept")
+            }
+            ReloadOutcome::Applied(changes) => {
+                tracing::info!(changes = %changes.join("; "), "mapping reloaded: applied online, nothing copied");
+                self.status.update(|s| s.mapping_reloads += 1);
+            }
+            ReloadOutcome::Unchanged => tracing::info!("mapping reloaded: unchanged"),
+        }
+        if let Some(reply) = req.reply {
+            let _ = reply.send(outcome.clone());
+        }
+        outcome
+    }
+
+    async fn try_reload(&mut self, config: Arc<MappingConfig>) -> ReloadOutcome {
+        let changes = match classify(&self.opts.config, &config) {
+            // The source settings (slot, publication, URL) are read at start only.
+            MappingChange::Same => return ReloadOutcome::Unchanged,
+            MappingChange::Incompatible(why) => return ReloadOutcome::Refused(why.join("; ")),
+            MappingChange::Compatible(changes) => changes,
+        };
+        // The new mapping must fit the tables as they are now.
+        let checked = async {
+            let mut client = ReplicationClient::connect(&self.opts.conn).await?;
+            let checked = catalog::check_tables(&mut client, &config).await;
+            client.close().await;
+            checked.map_err(SyncError::from)
+        };
+        if let Err(e) = checked.await {
+            return ReloadOutcome::Refused(format!("the new mapping does not fit the source: {e}"));
+        }
+        let config = Arc::new(MappingConfig {
+            source: self.opts.config.source.clone(),
+            ..(*config).clone()
+        });
+        self.mapper = Mapper::new(config.clone());
+        self.opts.config = config;
+        ReloadOutcome::Applied(changes)
+    }
+}

@@ -1,0 +1,208 @@
+//! Schema changes while replicating: a mapped column renamed mid-stream pauses replication
+//! before the transaction that no longer fits (`mapping_broken` on /health, naming the column),
+//! while the API keeps answering every poll from the graph as applied; an incompatible reload is
+//! refused and changes nothing; the fixed mapping, reloaded by SIGHUP, applies online — nothing
+//! copied (log and `graphsync_copies_total`) — and the graph equals SQL, also after a restart.
+
+mod common;
+
+use common::replica::{self, compare_over_http, current_lsn, http_get, http_json};
+use common::workload;
+use pgtest::Cluster;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Waits (bounded) until /health says `status`; returns its body.
+fn wait_health(r: &mut replica::Replicator, addr: &str, status: &str, timeout: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, j) = http_json(addr, "/health");
+        if j["status"] == status {
+            return j;
+        }
+        if let Ok(Some(s)) = r.child.try_wait() {
+            panic!("graphsync exited with {s} waiting for {status}; log:\n{}", r.log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health never said {status} (last {j}); log:\n{}",
+            r.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn metric(addr: &str, name: &str) -> f64 {
+    let (code, body) = http_get(addr, "/metrics", None);
+    assert_eq!(code, 200);
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{body}"))
+}
+
+/// A writer that keeps inserting users (positional, so it survives the rename) and follows.
+fn writer(
+    cluster: &'static Cluster,
+    db: String,
+    stop: Arc<AtomicBool>,
+    next: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let id = next.fetch_add(1, Ordering::SeqCst);
+            cluster.psql(
+                &db,
+                &format!(
+                    "BEGIN; INSERT INTO users VALUES ({id}, {org}, 'user {id}', NULL); \
+                     INSERT INTO follows VALUES ({id}, 1, 1.0) ON CONFLICT DO NOTHING; \
+                     UPDATE users SET org_id = {org} WHERE id = {id} - 5; COMMIT;",
+                    org = id % 3
+                ),
+            );
+        }
+    })
+}
+
+/// Polls the API until stopped; returns (polls, failures with what failed).
+fn poller(addr: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut polls, mut failed) = (0, Vec::new());
+        while !stop.load(Ordering::SeqCst) {
+            for path in ["/v1/nodes/User/1", "/v1/neighbors?node=User:1&direction=in&limit=5"] {
+                let (code, body) = http_get(&addr, path, None);
+                polls += 1;
+                if code != 200 {
+                    failed.push(format!("{path}: {code} {body}"));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (polls, failed)
+    })
+}
+
+#[test]
+fn renamed_column_pauses_with_the_api_up_and_a_compatible_reload_continues_without_a_copy() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("schema_rename");
+    cluster.psql(&db, workload::SCHEMA);
+    cluster.psql(
+        &db,
+        "INSERT INTO users SELECT i, i % 3, 'user ' || i, NULL FROM generate_series(1, 200) i; \
+         INSERT INTO follows SELECT i, 1, 1.0 FROM generate_series(2, 200) i;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = workload::write_config(dir.path(), &db);
+    let data = dir.path().join("data");
+    let mut r = replica::spawn(cluster, &db, &config, &data, &[]);
+    let addr = r.addr();
+    wait_health(&mut r, &addr, "streaming", Duration::from_secs(60));
+    assert_eq!(
+        metric(&addr, "graphsync_copies_total"),
+        3.0,
+        "users, posts, follows copied once"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(1000));
+    let polls = poller(addr.clone(), stop.clone());
+    let w = writer(cluster, db.clone(), stop.clone(), next.clone());
+    // Some transactions before the rename, then the rename while the writer goes on.
+    let target = next.load(Ordering::SeqCst) + 20;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while next.load(Ordering::SeqCst) < target {
+        assert!(Instant::now() < deadline, "the writer is stuck");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cluster.psql(&db, "ALTER TABLE users RENAME COLUMN name TO full_name");
+    let h = wait_health(&mut r, &addr, "mapping_broken", Duration::from_secs(60));
+    let err = h["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        err.contains("public.users") && err.contains("\"name\"") && err.contains("full_name"),
+        "the error names the table, the column and what it has now: {err}"
+    );
+    assert_eq!(metric(&addr, "graphsync_mapping_broken"), 1.0);
+    // Nothing after the pause is applied or confirmed: the applied position stays put.
+    let paused_at = h["applied_lsn"].as_str().unwrap().to_string();
+
+    // An incompatible fix (the property renamed in the graph) is refused; still paused.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "properties = [\"name\", \"bio\"]",
+            "properties = [\"full_name\", \"bio\"]",
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_graphsync"))
+        .args(["reload", "--listen", &addr])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "refused: {said}");
+    assert!(said.contains("refused") && said.contains("column ="), "{said}");
+    let h = wait_health(&mut r, &addr, "mapping_broken", Duration::from_secs(5));
+    assert_eq!(h["applied_lsn"].as_str().unwrap(), paused_at);
+
+    // The compatible fix: read the renamed column under the graph's name; SIGHUP.
+    std::fs::write(
+        &config,
+        text.replace(
+            "properties = [\"name\", \"bio\"]",
+            "properties = [{ column = \"full_name\", name = \"name\" }, \"bio\"]",
+        ),
+    )
+    .unwrap();
+    r.signal(libc::SIGHUP);
+    wait_health(&mut r, &addr, "streaming", Duration::from_secs(60));
+    assert!(r.log().contains("applied online, nothing copied"), "log:\n{}", r.log());
+    // Let the writer run on the new mapping, then stop it and catch up.
+    let target = next.load(Ordering::SeqCst) + 20;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while next.load(Ordering::SeqCst) < target {
+        assert!(Instant::now() < deadline, "the writer is stuck");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::SeqCst);
+    w.join().unwrap();
+    let (polled, failed) = polls.join().unwrap();
+    assert!(polled > 10, "the API was polled ({polled})");
+    assert!(
+        failed.is_empty(),
+        "{} of {polled} polls failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(
+        metric(&addr, "graphsync_copies_total"),
+        3.0,
+        "nothing copied by the reload"
+    );
+    assert_eq!(metric(&addr, "graphsync_mapping_reloads_total"), 1.0);
+    assert_eq!(metric(&addr, "graphsync_mapping_broken"), 0.0);
+
+    let lsn = current_lsn(cluster, &db);
+    let expected = workload::expected(cluster, &db);
+    compare_over_http(&addr, &expected, lsn);
+    // The property keeps its name and follows the renamed column, before and after the rename.
+    for id in [5, 1005, next.load(Ordering::SeqCst) - 1] {
+        let sql = cluster.psql(&db, &format!("SELECT full_name FROM users WHERE id = {id}"));
+        let (code, j) = http_json(&addr, &format!("/v1/nodes/User/{id}?min_lsn={lsn}"));
+        assert_eq!(code, 200, "{j}");
+        assert_eq!(j["properties"]["name"].as_str(), Some(sql.trim()), "User:{id}: {j}");
+    }
+
+    // A restart with the fixed mapping restores (same graph shape): no copy either.
+    let (status, _) = r.stop();
+    assert!(status.success());
+    let mut r = replica::spawn(cluster, &db, &config, &data, &[]);
+    let addr = r.addr();
+    wait_health(&mut r, &addr, "streaming", Duration::from_secs(60));
+    assert_eq!(metric(&addr, "graphsync_copies_total"), 0.0, "restored, not copied");
+    compare_over_http(&addr, &expected, lsn);
+    r.stop();
+}
