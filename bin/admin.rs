@@ -91,6 +91,10 @@ pub struct ReloadArgs {
     /// Its operator API token, if it has one.
     #[arg(long, env = "GRAPHSYNC_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// Rebuild the graph in the background with the mapping (new slot, copy, catch up, swap)
+    /// even if the change could apply online; the graph in force serves meanwhile.
+    #[arg(long)]
+    pub rebuild: bool,
 }
 
 /// `graphsync reload`: asks the running replicator to re-read its mapping file (as SIGHUP
@@ -107,7 +111,8 @@ pub fn reload(args: ReloadArgs) -> anyhow::Result<ExitCode> {
         .map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "POST /v1/admin/reload HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        "POST /v1/admin/{} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n",
+        if args.rebuild { "rebuild" } else { "reload" }
     )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).context("reading the answer")?;

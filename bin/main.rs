@@ -116,7 +116,7 @@ impl SnapshotTarget {
         if let Some(f) = &self.file {
             return Ok(f.clone());
         }
-        let dir = self.data_dir.clone().unwrap_or_default();
+        let dir = sync::generation::state_dir(&self.data_dir.clone().unwrap_or_default());
         if !dir.is_dir() {
             anyhow::bail!(
                 "{} is not a directory (pass the --data-dir graphsync replicate uses)",
@@ -168,10 +168,10 @@ fn main() -> ExitCode {
         } => t.path().and_then(|f| snapshot_cmd::verify(&f)),
         Command::Log {
             command: LogCommand::Info(t),
-        } => log_cmd::info(&t.data_dir),
+        } => log_cmd::info(&sync::generation::state_dir(&t.data_dir)),
         Command::Log {
             command: LogCommand::Verify(t),
-        } => log_cmd::verify(&t.data_dir),
+        } => log_cmd::verify(&sync::generation::state_dir(&t.data_dir)),
     };
     match result {
         Ok(code) => code,

@@ -27,8 +27,9 @@ pub struct ReplicateArgs {
     /// Where snapshots and the change log are kept.
     #[arg(long, env = "GRAPHSYNC_DATA_DIR", default_value = "graphsync-data")]
     pub data_dir: PathBuf,
-    /// When the state cannot be resumed (mapping changed, slot dropped or invalidated, no usable
-    /// checkpoint), drop and recreate the slot and copy the tables again instead of refusing.
+    /// Copy the tables again: with a usable data directory, in the background while the
+    /// restored graph serves (then swapped in); when the state cannot be resumed (mapping
+    /// changed, slot dropped or invalidated, no usable checkpoint), in place instead of refusing.
     #[arg(long, env = "GRAPHSYNC_REBUILD")]
     pub rebuild: bool,
     /// Address of the HTTP API (health, metrics, queries).
@@ -220,7 +221,7 @@ fn reload_on_sighup(admin: Arc<crate::http::Admin>) -> tokio::task::JoinHandle<(
         };
         while hup.recv().await.is_some() {
             tracing::info!(config = %admin.config_path.display(), "SIGHUP: reloading the mapping");
-            if let Err(e) = admin.reload(false).await {
+            if let Err(e) = admin.reload(false, false).await {
                 tracing::error!(error = %e, "cannot reload the mapping; the mapping in force is kept");
             }
         }

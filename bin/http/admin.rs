@@ -1,5 +1,6 @@
 //! Operator endpoints: `POST /v1/admin/reload` re-reads the mapping file and applies it (online
-//! when compatible), answering with the outcome. Only the operator's API token (or no token
+//! when compatible, else by a background rebuild), answering with the outcome;
+//! `POST /v1/admin/rebuild` rebuilds in the background in any case. Only the operator's API token (or no token
 //! configured) may call them; a tenant-scoped token gets 403.
 
 use super::{Api, ApiError};
@@ -25,7 +26,7 @@ pub struct Admin {
 impl Admin {
     /// Reads the mapping file and hands it to the replicator; `Err` names what is wrong with
     /// the file (nothing is sent then). With `wait`, returns the outcome (bounded).
-    pub async fn reload(&self, wait: bool) -> Result<Option<ReloadOutcome>, String> {
+    pub async fn reload(&self, wait: bool, rebuild: bool) -> Result<Option<ReloadOutcome>, String> {
         let path = self.config_path.clone();
         let config = tokio::task::spawn_blocking(move || MappingConfig::load(&path))
             .await
@@ -34,6 +35,7 @@ impl Admin {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let req = ReloadRequest {
             config: Arc::new(config),
+            rebuild,
             reply: wait.then_some(tx),
         };
         self.reloads
@@ -60,6 +62,22 @@ pub(super) async fn reload(
     State(api): State<Api>,
     access: Option<axum::Extension<super::auth::Access>>,
 ) -> Result<Json<Json_>, ApiError> {
+    reload_or_rebuild(api, access, false).await
+}
+
+/// `POST /v1/admin/rebuild`: as a reload, but rebuilds in the background in any case.
+pub(super) async fn rebuild(
+    State(api): State<Api>,
+    access: Option<axum::Extension<super::auth::Access>>,
+) -> Result<Json<Json_>, ApiError> {
+    reload_or_rebuild(api, access, true).await
+}
+
+async fn reload_or_rebuild(
+    api: Api,
+    access: Option<axum::Extension<super::auth::Access>>,
+    rebuild: bool,
+) -> Result<Json<Json_>, ApiError> {
     if !matches!(access.as_deref(), None | Some(super::auth::Access::All)) {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
@@ -72,15 +90,16 @@ pub(super) async fn reload(
             json!({"error": "this process has no mapping file to reload"}),
         ));
     };
-    match admin.reload(true).await {
+    match admin.reload(true, rebuild).await {
         Ok(Some(outcome)) => {
             let (word, detail, code) = match &outcome {
                 ReloadOutcome::Unchanged => ("unchanged", Json_::Null, StatusCode::OK),
                 ReloadOutcome::Applied(c) => ("applied", json!(c), StatusCode::OK),
+                ReloadOutcome::Rebuilding(c) => ("rebuilding", json!(c), StatusCode::OK),
                 ReloadOutcome::Refused(why) => ("refused", json!(why), StatusCode::CONFLICT),
             };
             let body = json!({"outcome": word, "detail": detail, "message": outcome.to_string()});
-            if code == StatusCode::OK {
+            if code.is_success() {
                 Ok(Json(body))
             } else {
                 Err(ApiError(code, body))

@@ -61,6 +61,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/subgraph", get(feed::subgraph))
         .route("/v1/changes", get(feed::changes))
         .route("/v1/admin/reload", axum::routing::post(admin::reload))
+        .route("/v1/admin/rebuild", axum::routing::post(admin::rebuild))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), require_token));
     Router::new()
         .route("/health", get(health))
@@ -566,6 +567,7 @@ async fn health(State(api): State<Api>) -> Response {
         "overlay_edges": view.as_ref().map_or(0, |v| v.overlay_edges()),
         "read_only_reason": Json_::Null,
         "snapshot_lsn": s.snapshot_lsn.to_string(),
+        "rebuild": rebuild_json(&api.status),
     });
     let code = if ok {
         StatusCode::OK
@@ -573,6 +575,23 @@ async fn health(State(api): State<Api>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
+}
+
+/// A background rebuild in progress: its generation, why, phase and position, how long it runs.
+fn rebuild_json(status: &ReplicaStatus) -> Json_ {
+    let Some(r) = status.rebuild() else { return Json_::Null };
+    let s = r.status.snapshot();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    json!({
+        "generation": r.generation,
+        "why": r.why,
+        "phase": s.phase.as_str(),
+        "applied_lsn": s.applied_lsn.to_string(),
+        "elapsed_seconds": (now - r.started_unix_ms) as f64 / 1000.0,
+    })
 }
 
 async fn status(State(api): State<Api>, access: Option<axum::Extension<Access>>) -> Result<Json<Json_>, ApiError> {
@@ -629,6 +648,8 @@ async fn status(State(api): State<Api>, access: Option<axum::Extension<Access>>)
         "nodes_per_label": per_label,
         "edges": edges,
         "uptime_seconds": api.started.elapsed().as_secs_f64(),
+        "rebuild": rebuild_json(&api.status),
+        "rebuilds": s.rebuilds,
     })))
 }
 

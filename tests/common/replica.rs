@@ -189,6 +189,7 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
 
 /// The newest snapshot's LSN in `data_dir`'s manifest.
 pub fn manifest_lsn(data_dir: &Path) -> Option<Lsn> {
+    let data_dir = &sync::generation::state_dir(data_dir);
     CheckpointStore::open(data_dir).ok()?.manifest().map(|m| m.lsn)
 }
 
@@ -197,6 +198,7 @@ pub fn manifest_lsn(data_dir: &Path) -> Option<Lsn> {
 /// written may already count (it is in the file, maybe not yet fsynced), so this is at least
 /// the replicator's durable position.
 pub fn log_position(data_dir: &Path) -> Option<Lsn> {
+    let data_dir = &sync::generation::state_dir(data_dir);
     let snapshot = CheckpointStore::open(data_dir).ok()?.manifest().map(|m| m.position)?;
     let log = sync::changelog::LogDir::open(&data_dir.join("log")).ok()?;
     let last = log.verify().ok()?.iter().filter_map(|s| s.last).max().unwrap_or(Lsn(0));

@@ -382,6 +382,27 @@ pub async fn ensure_publication(
         .filter(|t| !published.contains(*t))
         .collect();
     if !missing.is_empty() {
+        // A publication graphsync created follows the mapping (a table newly mapped).
+        let r = client
+            .simple_query(&format!(
+                "SELECT obj_description(oid, 'pg_publication') FROM pg_catalog.pg_publication WHERE pubname = {}",
+                literal(name)
+            ))
+            .await?;
+        let ours = r.rows.first().and_then(|r| r[0].as_deref()) == Some(CREATED_BY);
+        if ours {
+            let list = tables
+                .iter()
+                .filter(|t| missing.contains(&t.qualified.as_str()))
+                .map(TableInfo::quoted)
+                .collect::<Vec<_>>()
+                .join(", ");
+            client
+                .simple_query(&format!("ALTER PUBLICATION {} ADD TABLE {list}", quote_ident(name)))
+                .await?;
+            tracing::info!(publication = name, tables = %list, "added newly mapped tables to the publication");
+            return Ok(false);
+        }
         return Err(CatalogError::PublicationIncomplete {
             publication: name.into(),
             missing: missing.join(", "),

@@ -11,6 +11,8 @@
 //! - [`copy`]: reading `COPY ... (FORMAT binary)` output.
 //! - [`changelog`]: the durable change log's segment files: appending with group commit,
 //!   crash recovery, scanning for replay.
+//! - [`generation`]: which subdirectory and slot hold the state in force (background rebuilds
+//!   build the next one beside it).
 //! - [`checkpoint`]: durable checkpoints (snapshot + row index + manifest) and their recovery.
 //! - [`catalog`]: start-up checks and set-up against the source database (tables, columns,
 //!   replica identity, publication).
@@ -33,6 +35,7 @@ pub mod config;
 pub mod copy;
 pub mod discover;
 pub mod feed;
+pub mod generation;
 pub mod mapper;
 pub mod mapping_change;
 pub mod render;

@@ -45,6 +45,7 @@ mod apply;
 mod error;
 mod initial_copy;
 mod jobs;
+mod rebuild;
 mod reload;
 mod restore;
 mod session;
@@ -58,11 +59,12 @@ pub use error::SyncError;
 use initial_copy::*;
 #[allow(unused_imports)]
 use jobs::*;
+use rebuild::Rebuild;
 pub use reload::{reload_channel, ReloadOutcome, ReloadRequest, Reloads};
 pub use restore::load;
 #[allow(unused_imports)]
 use session::*;
-pub use status::{GraphSchema, Histogram, KeyKind, Phase, ReplicaStatus, StatusSnapshot};
+pub use status::{GraphSchema, Histogram, KeyKind, Phase, RebuildInfo, ReplicaStatus, StatusSnapshot};
 #[allow(unused_imports)]
 use stream::*;
 
@@ -209,8 +211,21 @@ pub async fn run_with_reloads(
     shutdown: watch::Receiver<bool>,
     reloads: Reloads,
 ) -> Result<(), SyncError> {
+    // The state in force may be a generation a background rebuild made.
+    let root = opts.data_dir.clone();
+    let base_slot = opts.slot.clone();
+    std::fs::create_dir_all(&root)
+        .map_err(|e| SyncError::Io(format!("cannot create the data directory {}: {e}", root.display())))?;
+    let generation = crate::generation::current(&root, &base_slot).map_err(|e| SyncError::Io(e.to_string()))?;
+    opts.data_dir = generation.dir.clone();
+    opts.slot = generation.slot.clone();
     let store = CheckpointStore::open(&opts.data_dir)?;
     let log = LogDir::open(&opts.data_dir.join("log"))?;
+    // --rebuild with a usable state: serve it and rebuild beside it.
+    let rebuild_after_restore = opts.rebuild && store.manifest().is_some();
+    if rebuild_after_restore {
+        opts.rebuild = false;
+    }
     // A data directory written before online mapping changes keeps its hash.
     opts.legacy_hash = store
         .manifest()
@@ -231,6 +246,12 @@ pub async fn run_with_reloads(
         reloads: Some(reloads),
         state: None,
         restoring,
+        root,
+        base_slot,
+        generation,
+        rebuilding: None,
+        rebuild_after_restore,
+        nested: false,
     };
     let mut backoff = Backoff::new();
     loop {
@@ -238,9 +259,27 @@ pub async fn run_with_reloads(
             return Ok(());
         }
         match session(&mut r).await {
-            Ok(SessionEnd::Shutdown) => return Ok(()),
+            Ok(SessionEnd::Shutdown) => {
+                r.abandon_rebuild().await;
+                return Ok(());
+            }
             Ok(SessionEnd::Reload(req)) => {
                 r.reload(req).await;
+            }
+            Ok(SessionEnd::Swap) => r.swap().await,
+            Ok(SessionEnd::Restored) => {
+                r.rebuild_after_restore = false;
+                let config = r.opts.config.clone();
+                if let Err(why) = r.start_rebuild(config, "--rebuild".into()) {
+                    tracing::error!(%why, "cannot rebuild in the background; the restored graph keeps serving");
+                }
+            }
+            Err(e) if r.rebuild_after_restore && r.state.is_none() && !e.is_transient() => {
+                // Nothing usable to serve: rebuild in place.
+                tracing::warn!(error = %e, "the data directory cannot be resumed; rebuilding in place");
+                r.rebuild_after_restore = false;
+                r.rebuild = true;
+                r.restoring = None;
             }
             Err(e) if e.is_transient() => {
                 let wait = backoff.next();
@@ -284,12 +323,17 @@ pub(super) enum SessionEnd {
     Shutdown,
     /// A mapping reload arrived: apply it between sessions.
     Reload(ReloadRequest),
+    /// The background rebuild caught up (or failed): swap it in (or reap it).
+    Swap,
+    /// The state was restored and `--rebuild` asked for a rebuild beside it.
+    Restored,
 }
 
 impl Replicator {
     /// Ends a run that has no connection: what was applied is in the log already (nothing
     /// more can be confirmed without one).
     async fn stop_unconnected(&mut self) {
+        self.abandon_rebuild().await;
         let hash = self.opts.hash();
         if let Some(st) = self.state.as_mut() {
             let _ = st.log.flush(Duration::from_secs(30));
@@ -318,15 +362,26 @@ impl Replicator {
             let req = tokio::select! {
                 req = next_reload(&mut self.reloads) => req,
                 _ = self.shutdown.changed() => None,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => None,
             };
             if *self.shutdown.borrow() {
                 self.stop_unconnected().await;
                 return false;
             }
             if let Some(req) = req {
-                if !matches!(self.reload(req).await, ReloadOutcome::Refused(_)) {
-                    return true;
+                match self.reload(req).await {
+                    ReloadOutcome::Refused(_) | ReloadOutcome::Rebuilding(_) => {}
+                    _ => return true,
                 }
+            }
+            let applied = self.state.as_ref().map_or(Lsn(0), |st| st.safe);
+            if self
+                .rebuilding
+                .as_ref()
+                .is_some_and(|rb| Rebuild::wants_swap(&rb.status, applied))
+            {
+                self.swap().await;
+                return true;
             }
         }
     }
@@ -364,4 +419,16 @@ struct Replicator {
     rebuild: bool,
     /// The state being restored while the first connection is made.
     restoring: Option<restore::RestoreTask>,
+    /// The data directory (generations live in it).
+    root: PathBuf,
+    /// The configured slot name (generations' slots are named after it).
+    base_slot: String,
+    /// The generation in force.
+    generation: crate::generation::Generation,
+    /// A background rebuild in progress.
+    rebuilding: Option<rebuild::Rebuild>,
+    /// `--rebuild` with a usable state: once restored, rebuild in the background.
+    rebuild_after_restore: bool,
+    /// The replicator of a background rebuild (not the one in force).
+    nested: bool,
 }

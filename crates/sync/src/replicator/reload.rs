@@ -20,6 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 pub struct ReloadRequest {
     /// The mapping, parsed and validated.
     pub config: Arc<MappingConfig>,
+    /// Rebuild in the background with it even if it could apply online (a forced rebuild).
+    pub rebuild: bool,
     /// Told the outcome (if anyone waits for it).
     pub reply: Option<oneshot::Sender<ReloadOutcome>>,
 }
@@ -31,6 +33,9 @@ pub enum ReloadOutcome {
     Unchanged,
     /// Applied online, without a copy: what changed.
     Applied(Vec<String>),
+    /// A background rebuild with it started (the graph changes): why; the graph in force keeps
+    /// serving and is swapped for the new one once it has caught up.
+    Rebuilding(Vec<String>),
     /// Not applied; the mapping in force is kept: why, and the fix.
     Refused(String),
 }
@@ -40,6 +45,11 @@ impl std::fmt::Display for ReloadOutcome {
         match self {
             ReloadOutcome::Unchanged => f.write_str("the mapping is unchanged"),
             ReloadOutcome::Applied(c) => write!(f, "applied online, nothing copied: {}", c.join("; ")),
+            ReloadOutcome::Rebuilding(why) => write!(
+                f,
+                "rebuilding in the background (the graph in force keeps serving until the new one has caught up): {}",
+                why.join("; ")
+            ),
             ReloadOutcome::Refused(why) => write!(f, "refused, the mapping in force is kept: {why}"),
         }
     }
@@ -56,7 +66,7 @@ pub fn reload_channel() -> (mpsc::Sender<ReloadRequest>, Reloads) {
 impl Replicator {
     /// Applies or refuses `req` (between sessions) and tells its sender.
     pub(super) async fn reload(&mut self, req: ReloadRequest) -> ReloadOutcome {
-        let outcome = self.try_reload(req.config).await;
+        let outcome = self.try_reload(req.config, req.rebuild).await;
         match &outcome {
             ReloadOutcome::Refused(why) => {
                 tracing::error!(%why, "mapping reload refused; the mapping in force is kept")
@@ -66,6 +76,9 @@ impl Replicator {
                 self.status.update(|s| s.mapping_reloads += 1);
             }
             ReloadOutcome::Unchanged => tracing::info!("mapping reloaded: unchanged"),
+            ReloadOutcome::Rebuilding(why) => {
+                tracing::info!(why = %why.join("; "), "mapping reloaded: rebuilding in the background")
+            }
         }
         if let Some(reply) = req.reply {
             let _ = reply.send(outcome.clone());
@@ -73,12 +86,19 @@ impl Replicator {
         outcome
     }
 
-    async fn try_reload(&mut self, config: Arc<MappingConfig>) -> ReloadOutcome {
-        let changes = match classify(&self.opts.config, &config) {
+    async fn try_reload(&mut self, config: Arc<MappingConfig>, force: bool) -> ReloadOutcome {
+        if let Some(g) = self.status.rebuild().map(|r| r.generation) {
+            return ReloadOutcome::Refused(format!(
+                "a background rebuild (generation {g}) is in progress; reload again once it is swapped in"
+            ));
+        }
+        let change = classify(&self.opts.config, &config);
+        let rebuild_why = match (&change, force) {
+            (MappingChange::Incompatible(why), _) => Some(why.clone()),
+            (_, true) => Some(vec!["a rebuild was requested".to_string()]),
             // The source settings (slot, publication, URL) are read at start only.
-            MappingChange::Same => return ReloadOutcome::Unchanged,
-            MappingChange::Incompatible(why) => return ReloadOutcome::Refused(why.join("; ")),
-            MappingChange::Compatible(changes) => changes,
+            (MappingChange::Same, false) => return ReloadOutcome::Unchanged,
+            (MappingChange::Compatible(_), false) => None,
         };
         // The new mapping must fit the tables as they are now.
         let checked = async {
@@ -94,6 +114,15 @@ impl Replicator {
             source: self.opts.config.source.clone(),
             ..(*config).clone()
         });
+        if let Some(why) = rebuild_why {
+            return match self.start_rebuild(config, why.join("; ")) {
+                Ok(()) => ReloadOutcome::Rebuilding(why),
+                Err(e) => ReloadOutcome::Refused(e),
+            };
+        }
+        let MappingChange::Compatible(changes) = change else {
+            return ReloadOutcome::Unchanged;
+        };
         self.mapper = Mapper::new(config.clone());
         self.opts.config = config;
         ReloadOutcome::Applied(changes)

@@ -64,6 +64,7 @@ pub(super) fn restore(store: &CheckpointStore, log: &LogDir, hash: u64) -> Resul
 /// directory holds no snapshot. Cuts a torn log tail as a restart does: use it only on a
 /// directory no replicator is running on.
 pub fn load(data_dir: &std::path::Path, mapping_hash: u64) -> Result<Option<(Graph, RowIndex, Lsn)>, SyncError> {
+    let data_dir = &crate::generation::state_dir(data_dir);
     let store = CheckpointStore::open(data_dir)?;
     let log = LogDir::open(&data_dir.join("log"))?;
     Ok(restore(&store, &log, mapping_hash)?.map(|r| {

@@ -18,6 +18,12 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
         state,
         rebuild,
         restoring,
+        rebuilding,
+        rebuild_after_restore,
+        nested,
+        root,
+        base_slot,
+        generation,
         ..
     } = r;
     let (opts, store, log, status, shutdown) = (&*opts, &*store, &*log, &*status, &*shutdown);
@@ -60,6 +66,9 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
         mapping_hash: hash,
     });
     let slot = catalog::slot_state(&mut client, &opts.slot).await?;
+    if !*nested && rebuilding.is_none() {
+        super::rebuild::cleanup_leftovers(&mut client, root, base_slot, generation).await;
+    }
 
     if state.is_none() {
         let restored = if *rebuild {
@@ -144,6 +153,9 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
                     since_snapshot: replayed.mutations,
                     bg: Background::default(),
                 });
+                if *rebuild_after_restore {
+                    return Ok(SessionEnd::Restored);
+                }
             }
             None => {
                 if let Some(s) = &slot {
@@ -232,6 +244,7 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
         status,
         shutdown,
         reloads,
+        rebuild: rebuilding.as_ref().map(|rb| rb.status.clone()),
     };
     super::stream::stream(ctx, mapper, st, client).await
 }
@@ -246,7 +259,7 @@ pub(super) fn writer_options(opts: &Options) -> WriterOptions {
 
 /// The change feed of the log in `opts.data_dir`, following from `position`, made visible to
 /// the API.
-fn open_feed(
+pub(super) fn open_feed(
     opts: &Options,
     hash: u64,
     status: &ReplicaStatus,

@@ -120,6 +120,8 @@ pub struct StatusSnapshot {
     pub copies: u64,
     /// Mapping reloads applied since start.
     pub mapping_reloads: u64,
+    /// Background rebuilds swapped in since start.
+    pub rebuilds: u64,
     /// The server's version (`server_version`), once connected.
     pub server_version: Option<String>,
     /// The negotiated pgoutput protocol version, once streaming.
@@ -164,6 +166,21 @@ pub struct ReplicaStatus {
     schema: Mutex<Option<Arc<GraphSchema>>>,
     applied: Mutex<Option<watch::Sender<Lsn>>>,
     feed: Mutex<Option<Arc<crate::feed::Feed>>>,
+    rebuild: Mutex<Option<RebuildInfo>>,
+}
+
+/// A background rebuild in progress: the graph in force keeps serving meanwhile.
+#[derive(Debug, Clone)]
+pub struct RebuildInfo {
+    /// The generation being built.
+    pub generation: u64,
+    /// Why it was started.
+    pub why: String,
+    /// When it was requested (Unix ms).
+    pub started_unix_ms: i64,
+    /// The new generation's own status (its phase: initial_copy, then streaming while it
+    /// catches up; its applied position).
+    pub status: Arc<ReplicaStatus>,
 }
 
 impl ReplicaStatus {
@@ -176,7 +193,17 @@ impl ReplicaStatus {
             schema: Mutex::default(),
             applied: Mutex::new(Some(tx)),
             feed: Mutex::default(),
+            rebuild: Mutex::default(),
         })
+    }
+
+    /// The background rebuild in progress, if any.
+    pub fn rebuild(&self) -> Option<RebuildInfo> {
+        self.rebuild.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(super) fn set_rebuild(&self, r: Option<RebuildInfo>) {
+        *self.rebuild.lock().unwrap_or_else(|e| e.into_inner()) = r;
     }
 
     /// Label names and key kinds, once the catalog was read.

@@ -20,6 +20,9 @@ pub(super) struct StreamCtx<'a> {
     pub(super) shutdown: &'a watch::Receiver<bool>,
     /// Mapping reloads: one ends the session at the next transaction boundary.
     pub(super) reloads: &'a mut Option<Reloads>,
+    /// The status of a background rebuild in progress: the session ends for the swap once it
+    /// has caught up.
+    pub(super) rebuild: Option<Arc<ReplicaStatus>>,
 }
 
 pub(super) async fn stream(
@@ -34,6 +37,7 @@ pub(super) async fn stream(
         status,
         shutdown,
         reloads,
+        rebuild,
     } = ctx;
     let hash = opts.hash();
     let mut start = StartOptions::new(opts.publication.clone());
@@ -168,6 +172,12 @@ pub(super) async fn stream(
             continue;
         }
         next_chores = now + Duration::from_millis(10);
+        // A background rebuild that caught up (or failed) ends the session for the swap.
+        if rebuild.as_ref().is_some_and(|rs| Rebuild::wants_swap(rs, st.safe)) {
+            apply_pending(&mut pending, mapper, st, status)?;
+            let _ = stream.stop().await;
+            return Ok(SessionEnd::Swap);
+        }
         // A mapping reload ends the session between two transactions (what was received is
         // applied under the mapping it was written for); the run applies it and reconnects.
         if let Some(rx) = reloads.as_mut() {
