@@ -534,11 +534,13 @@ fn positions_past_retention_get_409_must_refetch() {
     assert!(oldest > start);
     let (code, body) = http_get(&addr, &format!("/v1/changes?from={oldest}&wait_ms=0"), None);
     assert_eq!(code, 200, "{body}");
-    // NDJSON: a header line, then one line per node and per edge, as the JSON form has them.
+    // NDJSON: a header line, then one line per node and per edge, as the JSON form has them
+    // (both read once everything written is applied: nothing changes between them).
+    let now = current_lsn(cluster, &db);
     let mut s = TcpStream::connect(&addr).unwrap();
     write!(
         s,
-        "GET /v1/subgraph?tenant=1 HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\nConnection: close\r\n\r\n"
+        "GET /v1/subgraph?tenant=1&min_lsn={now}&timeout_ms=30000 HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = String::new();
@@ -553,7 +555,7 @@ fn positions_past_retention_get_409_must_refetch() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(lines[0]["lsn"].is_string() && lines[0]["tenant"] == "1", "{}", lines[0]);
-    let (_, json) = http_get(&addr, "/v1/subgraph?tenant=1", None);
+    let (_, json) = http_get(&addr, &format!("/v1/subgraph?tenant=1&min_lsn={now}&timeout_ms=30000"), None);
     let json: Value = serde_json::from_str(&json).unwrap();
     let count = |kind: &str| lines.iter().filter(|l| l["kind"] == kind).count();
     assert_eq!(count("node"), json["nodes"].as_array().unwrap().len());
