@@ -555,7 +555,11 @@ fn positions_past_retention_get_409_must_refetch() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(lines[0]["lsn"].is_string() && lines[0]["tenant"] == "1", "{}", lines[0]);
-    let (_, json) = http_get(&addr, &format!("/v1/subgraph?tenant=1&min_lsn={now}&timeout_ms=30000"), None);
+    let (_, json) = http_get(
+        &addr,
+        &format!("/v1/subgraph?tenant=1&min_lsn={now}&timeout_ms=30000"),
+        None,
+    );
     let json: Value = serde_json::from_str(&json).unwrap();
     let count = |kind: &str| lines.iter().filter(|l| l["kind"] == kind).count();
     assert_eq!(count("node"), json["nodes"].as_array().unwrap().len());

@@ -213,12 +213,12 @@ fn renamed_column_pauses_with_the_api_up_and_a_compatible_reload_continues_witho
 fn wait_rebuilds(r: &mut replica::Replicator, addr: &str, n: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
+        if let Ok(Some(s)) = r.child.try_wait() {
+            panic!("graphsync exited with {s}; log:\n{}", r.log());
+        }
         let (_, j) = http_json(addr, "/v1/status");
         if j["rebuilds"].as_u64() == Some(n) && j["rebuild"].is_null() {
             return;
-        }
-        if let Ok(Some(s)) = r.child.try_wait() {
-            panic!("graphsync exited with {s}; log:\n{}", r.log());
         }
         assert!(
             Instant::now() < deadline,
@@ -356,5 +356,81 @@ fn graph_changes_rebuild_in_the_background_while_the_old_graph_answers() {
     wait_health(&mut r, &addr, "streaming", Duration::from_secs(60));
     assert_eq!(metric(&addr, "graphsync_copies_total"), 0.0, "restored, not copied");
     compare_over_http(&addr, &expected, lsn);
+    r.stop();
+}
+
+#[test]
+fn a_key_type_change_rebuilds_in_the_background_while_old_answers_keep_coming() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("schema_keytype");
+    cluster.psql(&db, workload::SCHEMA);
+    cluster.psql(
+        &db,
+        "INSERT INTO users SELECT i, i % 3, 'user ' || i, NULL FROM generate_series(1, 200) i; \
+         INSERT INTO follows SELECT i, 1, 1.0 FROM generate_series(2, 200) i; \
+         INSERT INTO posts SELECT i, i, 'post ' || i FROM generate_series(1, 50) i;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = workload::write_config(dir.path(), &db);
+    let data = dir.path().join("data");
+    let mut r = replica::spawn(cluster, &db, &config, &data, &[]);
+    let addr = r.addr();
+    wait_health(&mut r, &addr, "streaming", Duration::from_secs(60));
+    let stop = Arc::new(AtomicBool::new(false));
+    let polls = lsn_poller(addr.clone(), stop.clone());
+    let next = Arc::new(AtomicU64::new(1000));
+    let w = {
+        let (db, stop, next) = (db.clone(), stop.clone(), next.clone());
+        // Quoted ids: valid for bigint and text columns alike.
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let id = next.fetch_add(1, Ordering::SeqCst);
+                cluster.psql(
+                    &db,
+                    &format!(
+                        "BEGIN; INSERT INTO users VALUES ('{id}', {org}, 'user {id}', NULL); \
+                         INSERT INTO follows VALUES ('{id}', '1', 1.0); COMMIT;",
+                        org = id % 3
+                    ),
+                );
+            }
+        })
+    };
+    let target = next.load(Ordering::SeqCst) + 10;
+    while next.load(Ordering::SeqCst) < target {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Every key and endpoint column becomes text, in one transaction (locking the tables in
+    // the writer's order).
+    cluster.psql(
+        &db,
+        "BEGIN; ALTER TABLE users ALTER COLUMN id TYPE text; \
+         ALTER TABLE follows ALTER COLUMN follower_id TYPE text, ALTER COLUMN followee_id TYPE text; \
+         ALTER TABLE posts ALTER COLUMN author_id TYPE text; COMMIT;",
+    );
+    wait_rebuilds(&mut r, &addr, 1, Duration::from_secs(120));
+    assert!(
+        r.log().contains("changed type from integer to text"),
+        "log:\n{}",
+        r.log()
+    );
+    let target = next.load(Ordering::SeqCst) + 10;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while next.load(Ordering::SeqCst) < target {
+        assert!(Instant::now() < deadline, "the writer is stuck");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::SeqCst);
+    w.join().unwrap();
+    let (polled, failed) = polls.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {polled} polls failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    wait_health(&mut r, &addr, "streaming", Duration::from_secs(60));
+    let lsn = current_lsn(cluster, &db);
+    compare_over_http(&addr, &workload::expected(cluster, &db), lsn);
     r.stop();
 }

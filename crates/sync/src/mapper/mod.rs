@@ -66,13 +66,29 @@ pub enum MapError {
     /// find its edges by.
     #[error(
         "table {table}: replica identity no longer includes {column:?}, which the graph finds this table's \
-         edges by; fix: run with --rebuild"
+         edges by; the graph is rebuilt in the background (the graph as applied keeps answering)"
     )]
     IdentityChanged {
         /// `schema.table`.
         table: String,
         /// The column.
         column: String,
+    },
+    /// A key or endpoint column changed type class (int, uuid, text) mid-stream: the graph's
+    /// keys would no longer match the rows'.
+    #[error(
+        "table {table}: column {column:?} changed type from {from} to {to}, so its rows no longer name the graph's nodes by \
+         the same keys; the graph is rebuilt in the background with the new type (the graph as applied keeps answering)"
+    )]
+    KeyTypeChanged {
+        /// `schema.table`.
+        table: String,
+        /// The column.
+        column: String,
+        /// Its type's name before.
+        from: &'static str,
+        /// Its type's name now.
+        to: &'static str,
     },
     /// An edge table has no replica identity columns to tell its rows apart.
     #[error(
@@ -152,6 +168,18 @@ pub struct Mapper {
     filter_names: Vec<String>,
     tables: HashMap<String, (Option<usize>, Vec<usize>)>,
     plans: HashMap<u32, Arc<RelPlan>>,
+    /// Per table, the type class of each key and endpoint column as first seen (a change is a
+    /// [`MapError::KeyTypeChanged`]).
+    key_classes: HashMap<String, Vec<(String, &'static str)>>,
+}
+
+/// The class of a key column's type: what kind of [`NodeKey`] its values become.
+fn key_class(type_oid: u32) -> &'static str {
+    match type_oid {
+        20 | 21 | 23 => "integer",
+        2950 => "uuid",
+        _ => "text",
+    }
 }
 
 impl Mapper {
@@ -186,6 +214,7 @@ impl Mapper {
             filter_names,
             tables,
             plans: HashMap::new(),
+            key_classes: HashMap::new(),
         }
     }
 
@@ -328,6 +357,30 @@ impl Mapper {
             .collect();
         if node.is_none() && !plans.is_empty() && identity.is_empty() {
             return Err(MapError::NoIdentity { table: name });
+        }
+        // Key and endpoint columns keep their type class.
+        let mut keys: Vec<usize> = node.iter().flat_map(|n| n.key.iter().copied()).collect();
+        for p in &plans {
+            keys.extend(p.source.1.iter().chain(&p.target.1));
+        }
+        let classes: Vec<(String, &'static str)> = keys
+            .iter()
+            .map(|&i| (rel.columns[i].name.clone(), key_class(rel.columns[i].type_oid)))
+            .collect();
+        match self.key_classes.get(&name) {
+            Some(before) if before.len() == classes.len() => {
+                if let Some(((column, from), (_, to))) = before.iter().zip(&classes).find(|(a, b)| a.1 != b.1) {
+                    return Err(MapError::KeyTypeChanged {
+                        table: name,
+                        column: column.clone(),
+                        from,
+                        to,
+                    });
+                }
+            }
+            _ => {
+                self.key_classes.insert(name.clone(), classes);
+            }
         }
         let plan = Arc::new(RelPlan {
             rel: rel.clone(),

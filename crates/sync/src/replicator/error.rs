@@ -112,6 +112,15 @@ impl From<ApplyError> for SyncError {
 }
 
 impl SyncError {
+    /// The data itself must be copied again (a key column's type changed): the mapping is
+    /// right, the graph is not.
+    pub fn needs_rebuild(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Map(MapError::KeyTypeChanged { .. } | MapError::IdentityChanged { .. })
+        )
+    }
+
     /// The mapping no longer fits the source (a mapped column renamed or dropped, a key
     /// column's type or the replica identity changed...): the replica pauses before the
     /// transaction, keeps serving what it applied, and waits for a fixed mapping.
@@ -123,6 +132,7 @@ impl SyncError {
                     | MapError::IdentityChanged { .. }
                     | MapError::NoIdentity { .. }
                     | MapError::Decode { .. }
+                    | MapError::KeyTypeChanged { .. }
             ) | SyncError::Catalog(CatalogError::Table { .. } | CatalogError::PublicationIncomplete { .. })
         )
     }

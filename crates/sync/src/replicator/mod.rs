@@ -358,6 +358,14 @@ impl Replicator {
         if let Some(st) = self.state.as_mut() {
             let _ = tokio::task::block_in_place(|| st.log.flush(Duration::from_secs(30)));
         }
+        if e.needs_rebuild() && self.rebuilding.is_none() {
+            let config = self.opts.config.clone();
+            if let Err(why) = self.start_rebuild(config, e.to_string()) {
+                tracing::error!(%why, "cannot rebuild in the background");
+                self.status
+                    .update(|s| s.last_error = Some(format!("{e}; cannot rebuild in the background: {why}")));
+            }
+        }
         loop {
             let req = tokio::select! {
                 req = next_reload(&mut self.reloads) => req,
