@@ -434,3 +434,64 @@ fn a_key_type_change_rebuilds_in_the_background_while_old_answers_keep_coming() 
     compare_over_http(&addr, &workload::expected(cluster, &db), lsn);
     r.stop();
 }
+
+#[test]
+fn a_restart_while_the_mapping_is_broken_serves_the_graph_and_waits_for_a_fix() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("schema_restart");
+    cluster.psql(&db, workload::SCHEMA);
+    cluster.psql(
+        &db,
+        "INSERT INTO users SELECT i, i % 3, 'user ' || i, NULL FROM generate_series(1, 100) i; \
+         INSERT INTO follows SELECT i, 1, 1.0 FROM generate_series(2, 100) i;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = workload::write_config(dir.path(), &db);
+    let data = dir.path().join("data");
+    let mut r = replica::spawn(cluster, &db, &config, &data, &[]);
+    let addr = r.addr();
+    wait_health(&mut r, &addr, "streaming", Duration::from_secs(60));
+    cluster.psql(
+        &db,
+        "ALTER TABLE users RENAME COLUMN name TO full_name; INSERT INTO users VALUES (500, 1, 'x', NULL);",
+    );
+    wait_health(&mut r, &addr, "mapping_broken", Duration::from_secs(60));
+    let (status, _) = r.stop();
+    assert!(status.success());
+    // Restarted with the same (broken) mapping: the graph is served, replication waits.
+    let mut r = replica::spawn(cluster, &db, &config, &data, &[]);
+    let addr = r.addr();
+    let h = wait_health(&mut r, &addr, "mapping_broken", Duration::from_secs(60));
+    assert!(h["last_error"].as_str().unwrap_or_default().contains("\"name\""), "{h}");
+    let (code, j) = http_json(&addr, "/v1/nodes/User/7");
+    assert_eq!(code, 200, "{j}");
+    assert_eq!(j["properties"]["name"], "user 7");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "properties = [\"name\", \"bio\"]",
+            "properties = [{ column = \"full_name\", name = \"name\" }, \"bio\"]",
+        ),
+    )
+    .unwrap();
+    r.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, h) = http_json(&addr, "/health");
+        if h["status"] == "streaming" && h["rebuild"].is_null() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never streaming again: {h}; log:\n{}",
+            r.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lsn = current_lsn(cluster, &db);
+    compare_over_http(&addr, &workload::expected(cluster, &db), lsn);
+    let (code, j) = http_json(&addr, &format!("/v1/nodes/User/500?min_lsn={lsn}"));
+    assert_eq!((code, j["properties"]["name"].as_str()), (200, Some("x")), "{j}");
+    r.stop();
+}

@@ -28,6 +28,8 @@ pub struct TableInfo {
     pub identity: ReplicaIdentity,
     /// Columns (not dropped, not generated) with their type OIDs, in attribute order.
     pub columns: Vec<(String, u32)>,
+    /// Each column's `attnum` (what survives a rename), as `columns`.
+    pub attnums: Vec<i32>,
     /// Replica identity columns (all columns for FULL).
     pub identity_columns: Vec<String>,
     /// A partitioned table (its changes must be published as the root's).
@@ -35,6 +37,12 @@ pub struct TableInfo {
 }
 
 impl TableInfo {
+    /// The `attnum` and type OID of `column`.
+    pub fn attribute(&self, column: &str) -> Option<(i32, u32)> {
+        let i = self.columns.iter().position(|(n, _)| n == column)?;
+        Some((self.attnums.get(i).copied().unwrap_or(0), self.columns[i].1))
+    }
+
     /// `schema.table` quoted for SQL.
     pub fn quoted(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
@@ -96,6 +104,16 @@ pub(crate) fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// Whether `name` is slot `base` or the slot of one of its generations (`base_g<N>`, made by
+/// background rebuilds).
+pub fn is_generation_slot(base: &str, name: &str) -> bool {
+    name == base
+        || name
+            .strip_prefix(base)
+            .and_then(|rest| rest.strip_prefix("_g"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The comment graphsync puts on publications it creates.
 pub const CREATED_BY: &str = "created by graphsync";
 
@@ -107,18 +125,32 @@ pub async fn teardown(
     publication: &str,
 ) -> Result<Vec<String>, CatalogError> {
     let mut done = Vec::new();
-    if let Some(s) = slot_state(client, slot).await? {
-        if let Some(pid) = s.active_pid {
-            return Err(CatalogError::Table {
-                table: format!("slot {slot}"),
-                problem: format!("is in use by server process {pid}"),
-                fix: "stop graphsync (or the other consumer) first".into(),
-            });
+    // The slot, and those of the generations background rebuilds made (`<slot>_g<N>`).
+    let r = client
+        .simple_query("SELECT slot_name FROM pg_catalog.pg_replication_slots WHERE database = current_database()")
+        .await?;
+    let slots: Vec<String> = r
+        .rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .filter(|n| is_generation_slot(slot, n))
+        .collect();
+    for name in &slots {
+        if let Some(s) = slot_state(client, name).await? {
+            if let Some(pid) = s.active_pid {
+                return Err(CatalogError::Table {
+                    table: format!("slot {name}"),
+                    problem: format!("is in use by server process {pid}"),
+                    fix: "stop graphsync (or the other consumer) first".into(),
+                });
+            }
         }
+    }
+    for name in slots {
         client
-            .simple_query(&format!("SELECT pg_drop_replication_slot({})", literal(slot)))
+            .simple_query(&format!("SELECT pg_drop_replication_slot({})", literal(&name)))
             .await?;
-        done.push(format!("dropped replication slot {slot}"));
+        done.push(format!("dropped replication slot {name}"));
     }
     let r = client
         .simple_query(&format!(
@@ -178,7 +210,7 @@ pub async fn check_tables(
         }
         let cols = client
             .simple_query(&format!(
-                "SELECT attname, atttypid FROM pg_catalog.pg_attribute \
+                "SELECT attname, atttypid, attnum FROM pg_catalog.pg_attribute \
                  WHERE attrelid = {oid} AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum"
             ))
             .await?;
@@ -191,6 +223,11 @@ pub async fn check_tables(
                     r[1].as_deref().and_then(|s| s.parse().ok()).unwrap_or(25),
                 )
             })
+            .collect();
+        let attnums: Vec<i32> = cols
+            .rows
+            .iter()
+            .map(|r| r[2].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0))
             .collect();
         let identity = match ident {
             "f" => ReplicaIdentity::Full,
@@ -243,6 +280,7 @@ pub async fn check_tables(
             oid,
             identity,
             columns,
+            attnums,
             identity_columns,
             partitioned: kind == "p",
         };

@@ -41,6 +41,49 @@ pub fn classify(old: &MappingConfig, new: &MappingConfig) -> MappingChange {
     MappingChange::Incompatible(incompatible(old, new))
 }
 
+/// Every column the new mapping reads in place of another, as (table, old column, new column):
+/// what a compatible change must prove is the same column renamed.
+pub fn changed_columns(old: &MappingConfig, new: &MappingConfig) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let mut pair = |table: &str, a: &str, b: &str| {
+        if a != b {
+            out.push((table.to_string(), a.to_string(), b.to_string()));
+        }
+    };
+    for (a, b) in old.nodes.iter().zip(&new.nodes) {
+        for (x, y) in a.key.names().into_iter().zip(b.key.names()) {
+            pair(&b.table, x, y);
+        }
+        if let (Some(x), Some(y)) = (&a.tenant, &b.tenant) {
+            pair(&b.table, x, y);
+        }
+        for (x, y) in a
+            .filters
+            .iter()
+            .zip(&b.filters)
+            .chain(a.properties.iter().zip(&b.properties))
+        {
+            pair(&b.table, x.column(), y.column());
+        }
+    }
+    for (a, b) in old.edges.iter().zip(&new.edges) {
+        for (x, y) in [
+            (&a.source.column, &b.source.column),
+            (&a.target.column, &b.target.column),
+        ] {
+            for (c, d) in x.names().into_iter().zip(y.names()) {
+                pair(&b.table, c, d);
+            }
+        }
+        if let (Some(x), Some(y)) = (&a.weight, &b.weight) {
+            pair(&b.table, x, y);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 fn cols(c: &Columns) -> String {
     c.names().join(", ")
 }
@@ -211,6 +254,35 @@ mod tests {
         assert!(matches!(classify(&old, &tenant), MappingChange::Compatible(_)));
         let endpoint = parse(&SAMPLE.replace("column = \"follower_id\"", "column = \"from_id\""));
         assert!(matches!(classify(&old, &endpoint), MappingChange::Compatible(_)));
+    }
+
+    #[test]
+    fn changed_columns_pairs_old_and_new_names() {
+        let old = parse(SAMPLE);
+        let new = parse(
+            &SAMPLE
+                .replace(
+                    "properties = [\"name\"]",
+                    "properties = [{ column = \"full_name\", name = \"name\" }]",
+                )
+                .replace("column = \"follower_id\"", "column = \"from_id\""),
+        );
+        assert_eq!(
+            changed_columns(&old, &new),
+            [
+                (
+                    "public.follows".to_string(),
+                    "follower_id".to_string(),
+                    "from_id".to_string()
+                ),
+                ("public.users".to_string(), "name".to_string(), "full_name".to_string()),
+            ]
+        );
+        assert!(changed_columns(&old, &old).is_empty());
+        assert!(crate::catalog::is_generation_slot("gs", "gs_g12"));
+        assert!(crate::catalog::is_generation_slot("gs", "gs"));
+        assert!(!crate::catalog::is_generation_slot("gs", "gs_green"));
+        assert!(!crate::catalog::is_generation_slot("gs", "gs_g"));
     }
 
     #[test]

@@ -129,6 +129,12 @@ pub struct Feed {
     cap: usize,
     ring: Mutex<Ring>,
     dispatch: Mutex<Dispatch>,
+    /// Positions before this are refused ([`FeedError::TooOld`]): a feed opened on a rebuilt
+    /// generation cannot describe changes relative to the graph clients held before it.
+    floor: std::sync::atomic::AtomicU64,
+    /// Set once another feed replaces this one (a background rebuild was swapped in): every
+    /// read is refused with the new feed's floor, so clients refetch.
+    superseded: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Feed {
@@ -181,7 +187,25 @@ impl Feed {
                 next: position,
                 scopes: HashMap::new(),
             }),
+            floor: std::sync::atomic::AtomicU64::new(0),
+            superseded: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Refuses positions before `lsn` from now on (a feed of a rebuilt graph starts at the swap).
+    pub fn set_floor(&self, lsn: Lsn) {
+        self.floor.store(lsn.0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Refuses every read from now on, naming `oldest` (where the replacing feed starts), and
+    /// wakes every watcher so open subscriptions learn it at once.
+    pub fn supersede(&self, oldest: Lsn) {
+        self.superseded
+            .store(oldest.0.max(1), std::sync::atomic::Ordering::SeqCst);
+        let d = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
+        for tx in d.scopes.values() {
+            tx.send_modify(|v| *v = Lsn(v.0.max(oldest.0)));
+        }
     }
 
     /// A watch of `scope`'s position: it moves (to the applied position) when transactions
@@ -298,9 +322,14 @@ impl Feed {
 
     /// The oldest position the feed can follow from.
     pub fn oldest(&self) -> Result<Lsn, FeedError> {
+        let superseded = self.superseded.load(std::sync::atomic::Ordering::SeqCst);
+        if superseded > 0 {
+            return Ok(Lsn(superseded));
+        }
         let base = self.ring().base;
         let segs = self.dir.segments()?;
-        Ok(segs.first().map_or(base, |s| s.start.min(base)))
+        let floor = Lsn(self.floor.load(std::sync::atomic::Ordering::SeqCst));
+        Ok(segs.first().map_or(base, |s| s.start.min(base)).max(floor))
     }
 
     /// The events of `q.scope` of the transactions with `from` < LSN ≤ `upto` (`upto` is a
@@ -313,6 +342,17 @@ impl Feed {
             next: from,
             complete: false,
         };
+        let superseded = self.superseded.load(std::sync::atomic::Ordering::SeqCst);
+        if superseded > 0 {
+            return Err(FeedError::TooOld {
+                from,
+                oldest: Lsn(superseded),
+            });
+        }
+        let floor = Lsn(self.floor.load(std::sync::atomic::Ordering::SeqCst));
+        if from < floor {
+            return Err(FeedError::TooOld { from, oldest: floor });
+        }
         if from >= upto {
             page.complete = true;
             page.next = from.max(upto);

@@ -218,6 +218,72 @@ impl Mapper {
         }
     }
 
+    /// This mapper, knowing the key and endpoint column type classes `other` has seen (a
+    /// reload keeps knowing what the graph's keys are).
+    pub fn inheriting(mut self, other: &Mapper) -> Self {
+        self.key_classes = other.key_classes.clone();
+        self
+    }
+
+    /// Learns the type class of every key and endpoint column from the keys `view` holds (one
+    /// node per label), so a column whose type changed while nothing ran is still noticed.
+    pub fn seed_key_classes(&mut self, view: &GraphView) {
+        fn classes(k: &NodeKey, out: &mut Vec<&'static str>) {
+            match k {
+                NodeKey::Int(_) => out.push("integer"),
+                NodeKey::Uuid(_) => out.push("uuid"),
+                NodeKey::Text(_) => out.push("text"),
+                NodeKey::Composite(parts) => parts.iter().for_each(|p| classes(p, out)),
+            }
+        }
+        let labels = self.node_labels.len();
+        let mut kinds: Vec<Option<Vec<&'static str>>> = vec![None; labels];
+        let mut left = labels;
+        for id in 0..view.node_count() {
+            if left == 0 {
+                break;
+            }
+            let n = NodeId(id);
+            if !view.is_visible(n) {
+                continue;
+            }
+            if let Some(d) = view.node(n) {
+                let l = d.label.0 as usize;
+                if l < labels && kinds[l].is_none() {
+                    let mut c = Vec::new();
+                    classes(&d.key, &mut c);
+                    kinds[l] = Some(c);
+                    left -= 1;
+                }
+            }
+        }
+        let label = |name: &str| self.node_labels.iter().position(|l| l == name);
+        'tables: for (table, (node, edges)) in &self.tables {
+            let mut out = Vec::new();
+            if let Some(i) = node {
+                let Some(k) = &kinds[*i] else { continue };
+                let names = self.config.nodes[*i].key.names();
+                out.extend(names.into_iter().map(str::to_string).zip(k.iter().copied()));
+            }
+            for &e in edges {
+                let em = &self.config.edges[e];
+                for end in [&em.source, &em.target] {
+                    let Some(k) = label(&end.node).and_then(|l| kinds[l].as_ref()) else {
+                        continue 'tables;
+                    };
+                    out.extend(
+                        end.column
+                            .names()
+                            .into_iter()
+                            .map(str::to_string)
+                            .zip(k.iter().copied()),
+                    );
+                }
+            }
+            self.key_classes.insert(table.clone(), out);
+        }
+    }
+
     /// The mapping.
     pub fn config(&self) -> &Arc<MappingConfig> {
         &self.config

@@ -252,10 +252,13 @@ pub async fn run_with_reloads(
         rebuilding: None,
         rebuild_after_restore,
         nested: false,
+        auto_rebuild: None,
+        tables: Vec::new(),
     };
     let mut backoff = Backoff::new();
     loop {
         if *r.shutdown.borrow() {
+            r.stop_unconnected().await;
             return Ok(());
         }
         match session(&mut r).await {
@@ -358,7 +361,13 @@ impl Replicator {
         if let Some(st) = self.state.as_mut() {
             let _ = tokio::task::block_in_place(|| st.log.flush(Duration::from_secs(30)));
         }
-        if e.needs_rebuild() && self.rebuilding.is_none() {
+        let cause = e.to_string();
+        if e.needs_rebuild() && self.rebuilding.is_none() && self.auto_rebuild.as_deref() == Some(cause.as_str()) {
+            tracing::error!(
+                "the background rebuild for this failed before; fix the cause, then graphsync reload --rebuild"
+            );
+        } else if e.needs_rebuild() && self.rebuilding.is_none() {
+            self.auto_rebuild = Some(cause);
             let config = self.opts.config.clone();
             if let Err(why) = self.start_rebuild(config, e.to_string()) {
                 tracing::error!(%why, "cannot rebuild in the background");
@@ -439,4 +448,10 @@ struct Replicator {
     rebuild_after_restore: bool,
     /// The replicator of a background rebuild (not the one in force).
     nested: bool,
+    /// The mapped tables as the catalog described them when the mapping in force was last
+    /// checked (a reload compares columns' attnums with them).
+    tables: Vec<TableInfo>,
+    /// The error that last started a rebuild by itself (not started again for the same error
+    /// until one is swapped in).
+    auto_rebuild: Option<String>,
 }

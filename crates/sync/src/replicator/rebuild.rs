@@ -133,6 +133,8 @@ impl Replicator {
             rebuilding: None,
             rebuild_after_restore: false,
             nested: true,
+            auto_rebuild: None,
+            tables: Vec::new(),
             opts,
         };
         tracing::info!(generation = next.number, slot = %next.slot, %why, "background rebuild started; the graph in force keeps serving");
@@ -208,8 +210,10 @@ impl Replicator {
             mapper,
             state,
             status: new_status,
+            tables,
             ..
         } = nested;
+        self.tables = tables;
         let Some(mut st) = state else { return };
         self.opts = opts;
         self.opts.rebuild = false;
@@ -219,9 +223,16 @@ impl Replicator {
         if let Some(schema) = new_status.schema() {
             self.status.set_schema((*schema).clone());
         }
+        // Subscribers of the old graph must refetch: the new one starts at the swap.
         match open_feed(&self.opts, self.opts.hash(), &self.status, st.safe) {
-            Ok(feed) => st.feed = feed,
+            Ok(feed) => {
+                feed.set_floor(st.safe);
+                st.feed = feed;
+            }
             Err(e) => tracing::warn!(error = %e, "the change feed could not be reopened on the new generation"),
+        }
+        if let Some(old) = self.state.as_ref() {
+            old.feed.supersede(st.safe);
         }
         let n = new_status.snapshot();
         self.status.set_graph(st.graph.reader());
@@ -235,6 +246,7 @@ impl Replicator {
             s.rebuilds += 1;
         });
         self.state = Some(st);
+        self.auto_rebuild = None;
         tracing::info!(
             generation = rb.generation.number,
             slot = %rb.generation.slot,
@@ -248,10 +260,21 @@ impl Replicator {
     /// Stops a rebuild in progress and drops what it made (shutdown: it starts over when asked
     /// again).
     pub(super) async fn abandon_rebuild(&mut self) {
-        let Some(rb) = self.rebuilding.take() else { return };
+        let Some(mut rb) = self.rebuilding.take() else { return };
         self.status.set_rebuild(None);
         let _ = rb.stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(60), rb.task).await;
+        // A copy in progress does not look at the stop signal: it is cut (nothing of it is
+        // kept); a streaming one stops at a transaction boundary.
+        if rb.status.snapshot().phase != Phase::Streaming {
+            rb.task.abort();
+        }
+        if tokio::time::timeout(Duration::from_secs(30), &mut rb.task)
+            .await
+            .is_err()
+        {
+            rb.task.abort();
+            let _ = (&mut rb.task).await;
+        }
         tracing::info!(
             generation = rb.generation.number,
             "background rebuild abandoned at shutdown"
@@ -267,14 +290,21 @@ impl Replicator {
         let _ = std::fs::remove_dir_all(&g.dir);
     }
 
-    /// Drops a slot no longer used (logged, not fatal: the fix is named).
+    /// Drops a slot no longer used (logged, not fatal: the fix is named). A slot still held by
+    /// a connection that is closing is retried for a few seconds.
     async fn drop_slot(&self, slot: &str) {
         let dropped = async {
             let mut c = ReplicationClient::connect(&self.opts.conn).await?;
-            let r = match catalog::slot_state(&mut c, slot).await {
-                Ok(Some(_)) => c.drop_slot(slot, true).await.map_err(SyncError::from),
-                Ok(None) => Ok(()),
-                Err(e) => Err(e.into()),
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let r = loop {
+                match catalog::slot_state(&mut c, slot).await {
+                    Ok(Some(s)) if s.active_pid.is_some() && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Ok(Some(_)) => break c.drop_slot(slot, false).await.map_err(SyncError::from),
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e.into()),
+                }
             };
             c.close().await;
             r
@@ -306,7 +336,7 @@ pub(super) async fn cleanup_leftovers(
     );
     if let Ok(r) = client.simple_query(&q).await {
         for name in r.rows.into_iter().filter_map(|r| r.into_iter().next().flatten()) {
-            if name != g.slot {
+            if name != g.slot && catalog::is_generation_slot(base_slot, &name) {
                 match client.drop_slot(&name, false).await {
                     Ok(()) => {
                         tracing::info!(slot = %name, "dropped a replication slot an earlier generation or an unfinished rebuild left")
@@ -317,6 +347,15 @@ pub(super) async fn cleanup_leftovers(
                 }
             }
         }
+    }
+    if g.number > 0 {
+        // A crash between switching generations and deleting the first one's files.
+        let first = Generation {
+            number: 0,
+            dir: root.to_path_buf(),
+            slot: base_slot.to_string(),
+        };
+        generation::remove(root, &first);
     }
     if let Ok(entries) = std::fs::read_dir(root) {
         for e in entries.flatten() {

@@ -12,7 +12,7 @@
 
 #[allow(unused_imports)]
 use super::*;
-use crate::mapping_change::{classify, MappingChange};
+use crate::mapping_change::{changed_columns, classify, MappingChange};
 use tokio::sync::{mpsc, oneshot};
 
 /// A new mapping to apply, and where to say what became of it.
@@ -93,11 +93,15 @@ impl Replicator {
             ));
         }
         let change = classify(&self.opts.config, &config);
-        let rebuild_why = match (&change, force) {
+        let mut rebuild_why = match (&change, force) {
             (MappingChange::Incompatible(why), _) => Some(why.clone()),
             (_, true) => Some(vec!["a rebuild was requested".to_string()]),
             // The source settings (slot, publication, URL) are read at start only.
             (MappingChange::Same, false) => return ReloadOutcome::Unchanged,
+            // Its snapshots and log carry a hash of the column names: a new generation instead.
+            (MappingChange::Compatible(_), false) if self.opts.legacy_hash => Some(vec![
+                "this data directory was written before online mapping changes: rebuilt once in the background".into(),
+            ]),
             (MappingChange::Compatible(_), false) => None,
         };
         // The new mapping must fit the tables as they are now.
@@ -107,8 +111,27 @@ impl Replicator {
             client.close().await;
             checked.map_err(SyncError::from)
         };
-        if let Err(e) = checked.await {
-            return ReloadOutcome::Refused(format!("the new mapping does not fit the source: {e}"));
+        let tables = match checked.await {
+            Ok(t) => t,
+            Err(e) => return ReloadOutcome::Refused(format!("the new mapping does not fit the source: {e}")),
+        };
+        // A compatible change reads the same columns under new names: each must be the column
+        // read before, renamed (same attnum and type), not another one with other values.
+        if rebuild_why.is_none() {
+            let not_renamed: Vec<String> = changed_columns(&self.opts.config, &config)
+                .into_iter()
+                .filter(|(table, a, b)| {
+                    let before = self.tables.iter().find(|t| &t.qualified == table).and_then(|t| t.attribute(a));
+                    let now = tables.iter().find(|t| &t.qualified == table).and_then(|t| t.attribute(b));
+                    before.is_none() || before != now
+                })
+                .map(|(table, a, b)| {
+                    format!("{table}: column {b:?} is not {a:?} renamed (or that cannot be told), so its values must be copied")
+                })
+                .collect();
+            if !not_renamed.is_empty() {
+                rebuild_why = Some(not_renamed);
+            }
         }
         let config = Arc::new(MappingConfig {
             source: self.opts.config.source.clone(),
@@ -123,8 +146,9 @@ impl Replicator {
         let MappingChange::Compatible(changes) = change else {
             return ReloadOutcome::Unchanged;
         };
-        self.mapper = Mapper::new(config.clone());
+        self.mapper = Mapper::new(config.clone()).inheriting(&self.mapper);
         self.opts.config = config;
+        self.tables = tables;
         ReloadOutcome::Applied(changes)
     }
 }

@@ -24,6 +24,7 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
         root,
         base_slot,
         generation,
+        tables: tables_in_force,
         ..
     } = r;
     let (opts, store, log, status, shutdown) = (&*opts, &*store, &*log, &*status, &*shutdown);
@@ -33,38 +34,25 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
     tracing::info!(target = %opts.conn.target(), system_id = %sys.system_id, wal = %sys.xlog_pos, "connected");
     let server_version = client.parameter("server_version").map(str::to_string);
     status.update(|s| s.server_version = server_version);
-    let tables = catalog::check_tables(&mut client, &opts.config).await?;
-    catalog::ensure_publication(&mut client, &opts.publication, &tables).await?;
-    status.set_schema(GraphSchema {
-        node_labels: mapper.node_labels().to_vec(),
-        edge_labels: mapper.edge_labels().to_vec(),
-        filter_names: mapper.filter_names().to_vec(),
-        key_kinds: opts
-            .config
-            .nodes
-            .iter()
-            .map(|n| {
-                let t = tables.iter().find(|t| t.qualified == n.table);
-                n.key
-                    .names()
-                    .iter()
-                    .map(|c| {
-                        match t
-                            .and_then(|t| t.columns.iter().find(|(name, _)| name == c))
-                            .map(|x| x.1)
-                        {
-                            Some(20 | 21 | 23) => KeyKind::Int,
-                            Some(2950) => KeyKind::Uuid,
-                            _ => KeyKind::Text,
-                        }
-                    })
-                    .collect()
-            })
-            .collect(),
-        slot: opts.slot.clone(),
-        publication: opts.publication.clone(),
-        mapping_hash: hash,
-    });
+    // A mapping that does not fit the tables any more: with a data directory to serve, it is
+    // restored and served while replication pauses (the run sees the error once it is).
+    let (tables, broken) = match catalog::check_tables(&mut client, &opts.config).await {
+        Ok(t) => (t, None),
+        Err(e) => {
+            let e = SyncError::from(e);
+            if e.is_mapping_broken() && state.is_none() && !*rebuild && !*nested {
+                (Vec::new(), Some(e))
+            } else {
+                return Err(e);
+            }
+        }
+    };
+    if broken.is_none() {
+        catalog::ensure_publication(&mut client, &opts.publication, &tables).await?;
+        *tables_in_force = tables.clone();
+    }
+    let view = state.as_ref().map(|st| st.graph.view());
+    status.set_schema(schema(opts, mapper, &tables, view.as_deref(), hash));
     let slot = catalog::slot_state(&mut client, &opts.slot).await?;
     if !*nested && rebuilding.is_none() {
         super::rebuild::cleanup_leftovers(&mut client, root, base_slot, generation).await;
@@ -133,6 +121,9 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
                 );
                 let mut r = r;
                 r.graph.set_policy(opts.compaction);
+                // Key kinds as the graph holds them; type changes made while stopped show.
+                mapper.seed_key_classes(&r.graph.view());
+                status.set_schema(schema(opts, mapper, &tables, Some(&r.graph.view()), hash));
                 let writer = LogWriter::open(log, position, writer_options(opts))?;
                 let feed = open_feed(opts, hash, status, position)?;
                 status.set_graph(r.graph.reader());
@@ -153,11 +144,17 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
                     since_snapshot: replayed.mutations,
                     bg: Background::default(),
                 });
+                if let Some(e) = broken {
+                    return Err(e);
+                }
                 if *rebuild_after_restore {
                     return Ok(SessionEnd::Restored);
                 }
             }
             None => {
+                if let Some(e) = broken {
+                    return Err(e);
+                }
                 if let Some(s) = &slot {
                     let ours = store.dir().join("initial-copy.started").exists();
                     if !*rebuild && !ours {
@@ -247,6 +244,74 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
         rebuild: rebuilding.as_ref().map(|rb| rb.status.clone()),
     };
     super::stream::stream(ctx, mapper, st, client).await
+}
+
+/// Label names and key kinds: each label's key kinds as the graph holds them (a node of it in
+/// `view`), else as the catalog's `tables` say.
+fn schema(
+    opts: &Options,
+    mapper: &Mapper,
+    tables: &[TableInfo],
+    view: Option<&graph::GraphView>,
+    hash: u64,
+) -> GraphSchema {
+    fn kinds(k: &graph::NodeKey, out: &mut Vec<KeyKind>) {
+        match k {
+            graph::NodeKey::Int(_) => out.push(KeyKind::Int),
+            graph::NodeKey::Uuid(_) => out.push(KeyKind::Uuid),
+            graph::NodeKey::Text(_) => out.push(KeyKind::Text),
+            graph::NodeKey::Composite(p) => p.iter().for_each(|p| kinds(p, out)),
+        }
+    }
+    let labels = opts.config.nodes.len();
+    let mut held: Vec<Option<Vec<KeyKind>>> = vec![None; labels];
+    if let Some(v) = view {
+        let mut left = labels;
+        for id in 0..v.node_count() {
+            if left == 0 {
+                break;
+            }
+            let n = graph::NodeId(id);
+            if let Some(d) = v.node(n).filter(|_| v.is_visible(n)) {
+                let l = d.label.0 as usize;
+                if l < labels && held[l].is_none() {
+                    let mut k = Vec::new();
+                    kinds(&d.key, &mut k);
+                    held[l] = Some(k);
+                    left -= 1;
+                }
+            }
+        }
+    }
+    GraphSchema {
+        node_labels: mapper.node_labels().to_vec(),
+        edge_labels: mapper.edge_labels().to_vec(),
+        filter_names: mapper.filter_names().to_vec(),
+        key_kinds: opts
+            .config
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                if let Some(k) = held[i].take().filter(|k| k.len() == n.key.names().len()) {
+                    return k;
+                }
+                let t = tables.iter().find(|t| t.qualified == n.table);
+                n.key
+                    .names()
+                    .iter()
+                    .map(|c| match t.and_then(|t| t.attribute(c)).map(|x| x.1) {
+                        Some(20 | 21 | 23) => KeyKind::Int,
+                        Some(2950) => KeyKind::Uuid,
+                        _ => KeyKind::Text,
+                    })
+                    .collect()
+            })
+            .collect(),
+        slot: opts.slot.clone(),
+        publication: opts.publication.clone(),
+        mapping_hash: hash,
+    }
 }
 
 /// How the change log is written.

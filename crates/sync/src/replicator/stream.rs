@@ -181,9 +181,13 @@ pub(super) async fn stream(
         // A mapping reload ends the session between two transactions (what was received is
         // applied under the mapping it was written for); the run applies it and reconnects.
         if let Some(rx) = reloads.as_mut() {
+            // What was received is applied first: if that fails (the mapping does not fit),
+            // the reload stays queued for the pause that follows.
+            if !rx.is_empty() {
+                apply_pending(&mut pending, mapper, st, status)?;
+            }
             match rx.try_recv() {
                 Ok(req) => {
-                    apply_pending(&mut pending, mapper, st, status)?;
                     let _ = stream.stop().await;
                     return Ok(SessionEnd::Reload(req));
                 }
