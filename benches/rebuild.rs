@@ -129,7 +129,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let lsn = current_lsn(&cluster, &db);
-    json(port, &format!("/v1/status?min_lsn={lsn}&timeout_ms=600000"));
+    json(port, &format!("/v1/neighbors?node=N:0&min_lsn={lsn}&timeout_ms=600000"));
     let first_copy = started.elapsed().as_secs_f64();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -209,7 +209,7 @@ fn main() {
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(1800), "no swap: {s}");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(10));
     }
     let swapped = t0.elapsed().as_secs_f64();
     let (answered1, failed1, commits1) = (
@@ -224,7 +224,8 @@ fn main() {
         p.join().unwrap();
     }
     let lsn = current_lsn(&cluster, &db);
-    let s = json(port, &format!("/v1/status?min_lsn={lsn}&timeout_ms=600000"));
+    json(port, &format!("/v1/neighbors?node=N:0&min_lsn={lsn}&timeout_ms=600000"));
+    let s = json(port, "/v1/status");
     let sql_edges: u64 = cluster.psql(&db, "SELECT count(*) FROM edges").trim().parse().unwrap();
     let rss_after = rss_mb(pid);
     unsafe {

@@ -1,4 +1,4 @@
-//! `graphsync init --discover` and `graphsync teardown`.
+//! `graphsync init --discover [--diff graph.toml]`, `graphsync teardown` and `graphsync reload`.
 
 use anyhow::Context;
 use std::path::PathBuf;
@@ -17,6 +17,10 @@ pub struct InitArgs {
     /// Only this schema (default: every non-system schema).
     #[arg(long, env = "GRAPHSYNC_SCHEMA")]
     pub schema: Option<String>,
+    /// Instead of a draft, compare this mapping with the catalog: what no longer exists, what
+    /// was renamed, what is not mapped yet, as a proposed change (exit 1 when something differs).
+    #[arg(long, env = "GRAPHSYNC_DIFF", requires = "discover")]
+    pub diff: Option<PathBuf>,
 }
 
 /// Arguments of `graphsync teardown`.
@@ -47,7 +51,27 @@ pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     if !args.discover {
         anyhow::bail!("graphsync init needs --discover (drafting a mapping from the catalog is the only mode)");
     }
-    let conn = pgrepl::Config::parse(args.database_url.as_deref().unwrap_or("")).context("invalid database URL")?;
+    let mapping = args
+        .diff
+        .as_deref()
+        .map(sync::config::MappingConfig::load)
+        .transpose()?;
+    let url = args
+        .database_url
+        .clone()
+        .or_else(|| mapping.as_ref().and_then(|m| m.source.database_url.clone()))
+        .unwrap_or_default();
+    let conn = pgrepl::Config::parse(&url).context("invalid database URL")?;
+    if let Some(mapping) = mapping {
+        let (text, differs) = runtime()?.block_on(async {
+            let mut client = pgrepl::ReplicationClient::connect_sql(&conn).await?;
+            let d = sync::discover_diff::diff(&mut client, &mapping, args.schema.as_deref()).await?;
+            client.close().await;
+            anyhow::Ok(d)
+        })?;
+        print!("{text}");
+        return Ok(if differs { ExitCode::from(1) } else { ExitCode::SUCCESS });
+    }
     let text = runtime()?.block_on(async {
         let mut client = pgrepl::ReplicationClient::connect_sql(&conn).await?;
         let text = sync::discover::discover(&mut client, args.schema.as_deref()).await?;

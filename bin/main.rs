@@ -51,9 +51,11 @@ enum Command {
     /// graph and a live writer, replicated, with the HTTP API and example queries. Ctrl-C stops
     /// it and removes everything it made.
     Demo(demo::DemoArgs),
-    /// Print a mapping config drafted from the database's catalog.
+    /// Print a mapping config drafted from the database's catalog, or with --diff what changed in
+    /// the catalog since a mapping was written.
     ///
     /// Example: graphsync init --discover --database-url postgres://graphsync@db/app > graph.toml
+    /// Example: graphsync init --discover --diff graph.toml
     Init(admin::InitArgs),
     /// Make the running `graphsync replicate` re-read its mapping file (as SIGHUP does) and
     /// print what became of it: compatible changes apply online, others are refused with why.

@@ -124,3 +124,53 @@ fn discover_replicate_teardown() {
     );
     assert_eq!(cluster.psql(&db, "SELECT count(*) FROM pg_publication"), "0");
 }
+
+/// `init --discover --diff`: a mapping matching the catalog says so (exit 0); after a column
+/// rename, a dropped table and a new table it proposes the changes (exit 1).
+#[test]
+fn discover_diff_proposes_what_changed() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("discover_diff");
+    cluster.psql(&db, SCHEMA);
+    let url = cluster.conn_str(&db);
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_graphsync"))
+            .args(args)
+            .args(["--database-url", &url])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, draft) = run(&["init", "--discover", "--schema", "app"]);
+    assert_eq!(code, Some(0));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("graph.toml");
+    let mapped = draft.replacen(
+        "# other columns: org_id, name\nproperties = []",
+        "properties = [\"name\"]",
+        1,
+    );
+    assert_ne!(mapped, draft, "the draft maps users with a tenant:\n{draft}");
+    std::fs::write(&config, &mapped).unwrap();
+    let path = config.to_str().unwrap();
+    let (code, text) = run(&["init", "--discover", "--schema", "app", "--diff", path]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("nothing to change"), "{text}");
+    cluster.psql(
+        &db,
+        "ALTER TABLE app.users RENAME COLUMN name TO full_name;
+         DROP TABLE app.posts;
+         CREATE TABLE app.tags (id int PRIMARY KEY, label text);",
+    );
+    let (code, text) = run(&["init", "--discover", "--schema", "app", "--diff", path]);
+    assert_eq!(code, Some(1), "{text}");
+    for want in [
+        "- app.posts: the table no longer exists",
+        "~ app.users: mapped column \"name\" no longer exists",
+        "{ column = \"full_name\", name = \"name\" }",
+        "+ app.tags: not mapped",
+        "+ table = \"app.tags\"",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}

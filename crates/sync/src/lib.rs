@@ -7,6 +7,8 @@
 //!   streamed, two-phase).
 //! - [`mapper`]: committed transactions → one atomic graph transaction each, plus the row index
 //!   that lets deletes find their edges; the bulk build of the initial copy.
+//! - [`discover`] / [`discover_diff`]: a mapping drafted from the catalog, and what changed in
+//!   the catalog since a mapping was written.
 //! - [`mapping_change`]: what changed between two mappings and whether it applies online.
 //! - [`copy`]: reading `COPY ... (FORMAT binary)` output.
 //! - [`changelog`]: the durable change log's segment files: appending with group commit,
@@ -34,6 +36,7 @@ pub mod committed;
 pub mod config;
 pub mod copy;
 pub mod discover;
+pub mod discover_diff;
 pub mod feed;
 pub mod generation;
 pub mod mapper;
