@@ -84,6 +84,27 @@ pub fn changed_columns(old: &MappingConfig, new: &MappingConfig) -> Vec<(String,
     out
 }
 
+/// The tables `new` maps that `old` does not, when that is all that differs: `new` is `old`
+/// with entries appended (so labels keep their numbers) for tables `old` does not map. Such a
+/// change needs only those tables copied.
+pub fn tables_added(old: &MappingConfig, new: &MappingConfig) -> Option<Vec<String>> {
+    let kept = new.nodes.get(..old.nodes.len())? == old.nodes.as_slice()
+        && new.edges.get(..old.edges.len())? == old.edges.as_slice();
+    let before = old.tables();
+    let added: Vec<&str> = new.nodes[old.nodes.len()..]
+        .iter()
+        .map(|n| n.table.as_str())
+        .chain(new.edges[old.edges.len()..].iter().map(|e| e.table.as_str()))
+        .collect();
+    if !kept || added.is_empty() || added.iter().any(|t| before.contains(t)) {
+        return None;
+    }
+    let mut out: Vec<String> = added.into_iter().map(str::to_string).collect();
+    out.sort();
+    out.dedup();
+    Some(out)
+}
+
 fn cols(c: &Columns) -> String {
     c.names().join(", ")
 }
@@ -283,6 +304,19 @@ mod tests {
         assert!(crate::catalog::is_generation_slot("gs", "gs"));
         assert!(!crate::catalog::is_generation_slot("gs", "gs_green"));
         assert!(!crate::catalog::is_generation_slot("gs", "gs_g"));
+    }
+
+    #[test]
+    fn appended_tables_are_told_apart() {
+        let old = parse(SAMPLE);
+        let likes = "\n[[edges]]\ntable = \"public.likes\"\nlabel = \"LIKES\"\nsource = { column = \"u\", node = \"User\" }\ntarget = { column = \"p\", node = \"Post\" }\n";
+        let new = parse(&format!("{SAMPLE}{likes}"));
+        assert_eq!(tables_added(&old, &new), Some(vec!["public.likes".to_string()]));
+        // An edge added on a table already mapped needs that table again: not just an addition.
+        let fk = "\n[[edges]]\ntable = \"public.posts\"\nlabel = \"X\"\nsource = { column = \"id\", node = \"Post\" }\ntarget = { column = \"e\", node = \"User\" }\n";
+        assert_eq!(tables_added(&old, &parse(&format!("{SAMPLE}{fk}"))), None);
+        assert_eq!(tables_added(&old, &old), None);
+        assert_eq!(tables_added(&new, &old), None);
     }
 
     #[test]

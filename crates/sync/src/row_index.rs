@@ -188,6 +188,19 @@ impl RowIndex {
         }
     }
 
+    /// This index for a mapping with more edge mappings (appended): `empty`'s modes, the rows
+    /// kept for the mappings both have.
+    pub fn extended(mut self, empty: RowIndex) -> RowIndex {
+        let mut maps = std::mem::take(&mut self.maps);
+        maps.resize_with(empty.modes.len(), HashMap::new);
+        RowIndex {
+            modes: empty.modes,
+            maps,
+            journal: None,
+            undo: Vec::new(),
+        }
+    }
+
     /// How mapping `i`'s edges are found.
     pub fn mode(&self, i: usize) -> EdgeLookup {
         self.modes.get(i).copied().unwrap_or(EdgeLookup::Rows)

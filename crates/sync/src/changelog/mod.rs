@@ -24,7 +24,7 @@ pub mod segment;
 pub mod writer;
 
 pub use dir::{Cut, LogDir, Problem, Recovery, SegmentReport};
-pub use replay::{replay, ReplayError, Replayed};
+pub use replay::{replay, replay_until, ReplayError, Replayed};
 pub use segment::{SegmentInfo, MAX_PAYLOAD};
 pub use writer::{LogWriter, WriterOptions};
 

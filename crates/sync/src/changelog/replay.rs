@@ -73,6 +73,38 @@ pub fn replay(
     graph: &mut Graph,
     index: &mut RowIndex,
 ) -> Result<Replayed, ReplayError> {
+    replay_until(log, mapping_hash, after, None, graph, index)
+}
+
+/// Why a scan stopped: an error, or past the position wanted.
+enum Halt {
+    Err(ReplayError),
+    Past,
+}
+
+impl From<LogError> for Halt {
+    fn from(e: LogError) -> Self {
+        Halt::Err(e.into())
+    }
+}
+
+impl From<ReplayError> for Halt {
+    fn from(e: ReplayError) -> Self {
+        Halt::Err(e)
+    }
+}
+
+/// As [`replay`], but only the transactions that ended at or before `upto` (a record is cut
+/// at a transaction boundary): the state at exactly that position. The log may be one a
+/// running replicator appends to, once it is durable through `upto`.
+pub fn replay_until(
+    log: &LogDir,
+    mapping_hash: u64,
+    after: Lsn,
+    upto: Option<Lsn>,
+    graph: &mut Graph,
+    index: &mut RowIndex,
+) -> Result<Replayed, ReplayError> {
     let dir = log.path().display().to_string();
     if let Some(first) = log.segments()?.first() {
         if first.start > after {
@@ -91,46 +123,78 @@ pub fn replay(
     let mut chunk: Vec<Mutation> = Vec::new();
     let mut chunk_lsn = Lsn(0);
     let mut next_id = graph.view().node_count();
-    log.scan(after, mapping_hash, |lsn, payload| {
+    let within = |lsn: Lsn| upto.is_none_or(|u| lsn <= u);
+    let scanned = log.scan(after, mapping_hash, |lsn, payload| {
         let rec = record::decode_with(payload, &mut decoder, false).map_err(|e| ReplayError::Undecodable {
             dir: dir.clone(),
             lsn,
             what: e.to_string(),
         })?;
-        done.records += 1;
-        done.position = lsn;
-        if let Record::Changes {
+        let Record::Changes {
             txns,
             node_count_before,
             mutations,
             index_ops,
             ..
         } = rec
-        {
-            if node_count_before != next_id {
-                return Err(ReplayError::Mismatch {
-                    lsn,
-                    what: format!("it starts at node id {node_count_before}, the graph has {next_id} nodes"),
-                });
+        else {
+            // A position record: WAL up to it changed nothing mapped.
+            if !within(lsn) {
+                return Err(Halt::Past);
             }
-            done.txns += txns.len() as u64;
-            done.mutations += mutations.len() as u64;
-            for l in mutations {
-                if matches!(l.mutation, Mutation::AddNode) {
-                    next_id += 1;
-                }
-                chunk.push(l.mutation);
+            done.records += 1;
+            done.position = lsn;
+            return Ok(());
+        };
+        if node_count_before != next_id {
+            return Err(ReplayError::Mismatch {
+                lsn,
+                what: format!("it starts at node id {node_count_before}, the graph has {next_id} nodes"),
             }
-            for op in index_ops {
-                index.apply_op(op).map_err(|what| ReplayError::Mismatch { lsn, what })?;
-            }
-            chunk_lsn = lsn;
-            if chunk.len() >= CHUNK {
-                apply_chunk(graph, &mut chunk, chunk_lsn)?;
-            }
+            .into());
         }
-        Ok::<(), ReplayError>(())
-    })?;
+        // Past `upto`: only the transactions that ended by then.
+        let keep = txns.iter().take_while(|t| within(t.lsn)).count();
+        let cut = keep < txns.len();
+        let (m, i) = txns[..keep].iter().fold((0usize, 0usize), |(m, i), t| {
+            (m + t.mutations as usize, i + t.index_ops as usize)
+        });
+        let (m, i) = if cut {
+            (m, i)
+        } else {
+            (mutations.len(), index_ops.len())
+        };
+        if keep > 0 || !cut {
+            done.records += 1;
+            done.position = if cut { txns[keep - 1].lsn } else { lsn };
+        }
+        done.txns += keep as u64;
+        done.mutations += m.min(mutations.len()) as u64;
+        for l in mutations.into_iter().take(m) {
+            if matches!(l.mutation, Mutation::AddNode) {
+                next_id += 1;
+            }
+            chunk.push(l.mutation);
+        }
+        for op in index_ops.into_iter().take(i) {
+            index.apply_op(op).map_err(|what| ReplayError::Mismatch { lsn, what })?;
+        }
+        chunk_lsn = done.position;
+        if cut {
+            return Err(Halt::Past);
+        }
+        if chunk.len() >= CHUNK {
+            apply_chunk(graph, &mut chunk, chunk_lsn)?;
+        }
+        Ok::<(), Halt>(())
+    });
+    match scanned {
+        Ok(()) | Err(Halt::Past) => {}
+        // With `upto`, the caller knows every record through it is durable: a damaged frame
+        // after them is one a running writer is appending.
+        Err(Halt::Err(ReplayError::Log(LogError::Corrupt { .. }))) if upto.is_some() => {}
+        Err(Halt::Err(e)) => return Err(e),
+    }
     apply_chunk(graph, &mut chunk, chunk_lsn)?;
     Ok(done)
 }

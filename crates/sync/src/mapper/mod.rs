@@ -535,6 +535,30 @@ impl Mapper {
         self.apply_many(graph, index, std::slice::from_ref(txn))
     }
 
+    /// Applies one inserted row of `rel` given as typed values (a row changes stream, or a
+    /// table copied into a graph that already holds others).
+    pub fn insert_values(
+        &mut self,
+        t: &mut graph::Txn<'_>,
+        index: &mut RowIndex,
+        rel: &Arc<Relation>,
+        newv: &[Value],
+    ) -> Result<(), MapError> {
+        let Some(plan) = self.plan(rel)? else { return Ok(()) };
+        // A node table's row identity is its node key: computed once.
+        let rk = row_key(&plan, newv)?;
+        if let Some(np) = &plan.node {
+            t.upsert_node(node_data(&plan, np, rk.clone(), newv, None)?);
+        }
+        for ep in &plan.edges {
+            if let Some(e) = edge_of(&plan, ep, newv, None, t)? {
+                t.add_edge(e)?;
+                index.record(ep.mapping, &rk, e);
+            }
+        }
+        Ok(())
+    }
+
     fn apply_change(
         &mut self,
         t: &mut graph::Txn<'_>,
@@ -543,21 +567,8 @@ impl Mapper {
     ) -> Result<(), MapError> {
         match change {
             RowChange::Insert { rel, new } => {
-                let Some(plan) = self.plan(rel)? else { return Ok(()) };
                 let newv = typed(rel, new, "Insert")?;
-                // A node table's row identity is its node key: computed once.
-                let rk = row_key(&plan, &newv)?;
-                if let Some(np) = &plan.node {
-                    t.upsert_node(node_data(&plan, np, rk.clone(), &newv, None)?);
-                }
-                if !plan.edges.is_empty() {
-                    for ep in &plan.edges {
-                        if let Some(e) = edge_of(&plan, ep, &newv, None, t)? {
-                            t.add_edge(e)?;
-                            index.record(ep.mapping, &rk, e);
-                        }
-                    }
-                }
+                self.insert_values(t, index, rel, &newv)?;
             }
             RowChange::Update { rel, old, new } => {
                 let Some(plan) = self.plan(rel)? else { return Ok(()) };

@@ -1,16 +1,17 @@
 //! The initial copy: a slot with an exported snapshot, `COPY` of every mapped table inside it
-//! on a second connection, bulk build, checkpoint at the consistent point.
+//! on a second connection, bulk build, checkpoint at the consistent point. Also the copy of
+//! only the tables a mapping newly maps, onto the graph in force brought to the same point.
 
 #[allow(unused_imports)]
 use super::*;
+use pgoutput::{Relation, Value};
 
-pub(super) async fn initial_copy(
+/// The slot (with its consistent point) and a second connection inside its exported snapshot.
+async fn begin_copy(
     opts: &Options,
     client: &mut ReplicationClient,
-    tables: &[TableInfo],
-    mapper: &mut Mapper,
     store: &CheckpointStore,
-) -> Result<(Graph, RowIndex, Lsn), SyncError> {
+) -> Result<(pgrepl::CreatedSlot, ReplicationClient), SyncError> {
     std::fs::write(store.dir().join("initial-copy.started"), b"")
         .map_err(|e| SyncError::Io(format!("cannot write to data directory {}: {e}", store.dir().display())))?;
     let created = client
@@ -35,6 +36,89 @@ pub(super) async fn initial_copy(
     copier
         .simple_query(&format!("SET TRANSACTION SNAPSHOT {}", catalog::literal(&snapshot)))
         .await?;
+    Ok((created, copier))
+}
+
+/// Copies table `t` (the columns `config` reads, and its identity for an edge table), handing
+/// each row's typed values to `row`; returns the rows copied.
+async fn copy_table<F>(
+    copier: &mut ReplicationClient,
+    config: &MappingConfig,
+    t: &TableInfo,
+    mut row: F,
+) -> Result<u64, SyncError>
+where
+    F: FnMut(&Arc<Relation>, &[Value]) -> Result<(), SyncError>,
+{
+    let mut cols = catalog::needed_columns(config, &t.qualified);
+    if !config.nodes.iter().any(|n| n.table == t.qualified) {
+        for c in &t.identity_columns {
+            if !cols.contains(c) {
+                cols.push(c.clone());
+            }
+        }
+    }
+    let rel = Arc::new(t.relation(&cols));
+    let sql = format!(
+        // The SELECT form also reads partitioned tables (a plain COPY of one is refused).
+        "COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)",
+        cols.iter()
+            .map(|c| pgrepl::quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", "),
+        t.quoted()
+    );
+    let mut reader = CopyReader::new(cols.len());
+    let started = Instant::now();
+    let mut rows = 0u64;
+    let mut failed: Option<SyncError> = None;
+    let mut last_log = Instant::now();
+    let mut values = Vec::new();
+    let copied = copier
+        .copy_out(&sql, |chunk| {
+            let r = reader.push::<SyncError>(&chunk, |tuple| {
+                rel.typed_values_into(&tuple, "COPY", &mut values)
+                    .map_err(|source| MapError::Decode {
+                        table: t.qualified.clone(),
+                        source,
+                    })?;
+                row(&rel, &values)?;
+                rows += 1;
+                Ok(())
+            });
+            if let Err(e) = r {
+                let msg = e.to_string();
+                failed = Some(e);
+                return Err(msg);
+            }
+            if last_log.elapsed() > Duration::from_secs(5) {
+                last_log = Instant::now();
+                tracing::info!(table = %t.qualified, rows, rows_per_s = (rows as f64 / started.elapsed().as_secs_f64()) as u64, "copying");
+            }
+            Ok(())
+        })
+        .await;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    copied?;
+    reader.finish().map_err(|source| SyncError::Copy {
+        table: t.qualified.clone(),
+        source,
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(table = %t.qualified, rows, secs = format!("{secs:.2}"), rows_per_s = (rows as f64 / secs.max(1e-9)) as u64, "copied table");
+    Ok(rows)
+}
+
+pub(super) async fn initial_copy(
+    opts: &Options,
+    client: &mut ReplicationClient,
+    tables: &[TableInfo],
+    mapper: &mut Mapper,
+    store: &CheckpointStore,
+) -> Result<(Graph, RowIndex, Lsn), SyncError> {
+    let (created, mut copier) = begin_copy(opts, client, store).await?;
     let index = mapper.index_for(|t| {
         tables
             .iter()
@@ -47,65 +131,11 @@ pub(super) async fn initial_copy(
     let mut order: Vec<&TableInfo> = tables.iter().collect();
     order.sort_by_key(|t| !opts.config.nodes.iter().any(|n| n.table == t.qualified));
     for t in order {
-        let mut cols = catalog::needed_columns(&opts.config, &t.qualified);
-        if !opts.config.nodes.iter().any(|n| n.table == t.qualified) {
-            for c in &t.identity_columns {
-                if !cols.contains(c) {
-                    cols.push(c.clone());
-                }
-            }
-        }
-        let rel = Arc::new(t.relation(&cols));
-        let sql = format!(
-            // The SELECT form also reads partitioned tables (a plain COPY of one is refused).
-            "COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)",
-            cols.iter()
-                .map(|c| pgrepl::quote_ident(c))
-                .collect::<Vec<_>>()
-                .join(", "),
-            t.quoted()
-        );
-        let mut reader = CopyReader::new(cols.len());
-        let started = Instant::now();
-        let before = bulk.rows();
-        let mut failed: Option<SyncError> = None;
-        let mut last_log = Instant::now();
-        let mut values = Vec::new();
-        let copied = copier
-            .copy_out(&sql, |chunk| {
-                let r = reader.push::<SyncError>(&chunk, |tuple| {
-                    rel.typed_values_into(&tuple, "COPY", &mut values)
-                        .map_err(|source| MapError::Decode {
-                            table: t.qualified.clone(),
-                            source,
-                        })?;
-                    bulk.insert(mapper, &rel, &values)?;
-                    Ok(())
-                });
-                if let Err(e) = r {
-                    let msg = e.to_string();
-                    failed = Some(e);
-                    return Err(msg);
-                }
-                if last_log.elapsed() > Duration::from_secs(5) {
-                    last_log = Instant::now();
-                    let rows = bulk.rows() - before;
-                    tracing::info!(table = %t.qualified, rows, rows_per_s = (rows as f64 / started.elapsed().as_secs_f64()) as u64, "copying");
-                }
-                Ok(())
-            })
-            .await;
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        copied?;
-        reader.finish().map_err(|source| SyncError::Copy {
-            table: t.qualified.clone(),
-            source,
-        })?;
-        let rows = bulk.rows() - before;
-        let secs = started.elapsed().as_secs_f64();
-        tracing::info!(table = %t.qualified, rows, secs = format!("{secs:.2}"), rows_per_s = (rows as f64 / secs.max(1e-9)) as u64, "copied table");
+        copy_table(&mut copier, &opts.config, t, |rel, values| {
+            bulk.insert(mapper, rel, values)?;
+            Ok(())
+        })
+        .await?;
     }
     copier.simple_query("COMMIT").await?;
     copier.close().await;
@@ -119,6 +149,95 @@ pub(super) async fn initial_copy(
         edges = v.edge_count(),
         secs = format!("{:.2}", all.elapsed().as_secs_f64()),
         "initial copy done"
+    );
+    Ok((graph, index, lsn))
+}
+
+/// What a rebuild that copies only newly mapped tables starts from: the graph in force, its
+/// row index and position, and its change log to bring it to the new slot's consistent point.
+pub(super) struct Base {
+    pub(super) view: Arc<graph::GraphView>,
+    pub(super) index: RowIndex,
+    pub(super) lsn: Lsn,
+    pub(super) log: LogDir,
+    pub(super) hash: u64,
+    /// The tables to copy.
+    pub(super) tables: Vec<String>,
+    /// The status of the replicator in force (its durable position).
+    pub(super) status: Arc<ReplicaStatus>,
+}
+
+/// The graph of a mapping that adds tables to the one in force: the graph in force at the new
+/// slot's consistent point (its base replayed from its change log up to that point) with only
+/// the added tables copied into it, in one transaction at that point.
+pub(super) async fn table_copy(
+    opts: &Options,
+    client: &mut ReplicationClient,
+    tables: &[TableInfo],
+    mapper: &mut Mapper,
+    store: &CheckpointStore,
+    base: Base,
+) -> Result<(Graph, RowIndex, Lsn), SyncError> {
+    let (created, mut copier) = begin_copy(opts, client, store).await?;
+    let lsn = created.consistent_point;
+    let all = Instant::now();
+    // The graph in force must have logged everything up to the consistent point durably.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while base.status.snapshot().durable_lsn < lsn {
+        if Instant::now() > deadline {
+            return Err(SyncError::Io(format!(
+                "the graph in force did not reach {lsn} within 5 minutes (paused or far behind); copy every table instead (graphsync reload --rebuild)"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let empty = mapper.index_for(|t| {
+        tables
+            .iter()
+            .find(|x| x.qualified == t)
+            .map(|x| x.identity_columns.clone())
+    });
+    let Base {
+        view,
+        index,
+        lsn: from,
+        log,
+        hash,
+        tables: added,
+        ..
+    } = base;
+    let (mut graph, mut index, replayed) = tokio::task::block_in_place(|| {
+        let mut graph = Graph::from_view((*view).clone(), opts.compaction);
+        let mut index = index.extended(empty);
+        let r = crate::changelog::replay_until(&log, hash, from, Some(lsn), &mut graph, &mut index)?;
+        Ok::<_, SyncError>((graph, index, r))
+    })?;
+    tracing::info!(from = %from, to = %lsn, txns = replayed.txns, "brought the graph in force to the new slot's consistent point");
+    mapper.seed_key_classes(&graph.view());
+    let mut t = graph.begin(lsn.0)?;
+    let mut rows = 0;
+    for name in &added {
+        let Some(info) = tables.iter().find(|t| &t.qualified == name) else {
+            continue;
+        };
+        rows += copy_table(&mut copier, &opts.config, info, |rel, values| {
+            mapper.insert_values(&mut t, &mut index, rel, values)?;
+            Ok(())
+        })
+        .await?;
+    }
+    t.commit()?;
+    copier.simple_query("COMMIT").await?;
+    copier.close().await;
+    tokio::task::block_in_place(|| graph.compact())?;
+    let v = graph.view();
+    tracing::info!(
+        tables = %added.join(", "),
+        rows,
+        nodes = v.node_count(),
+        edges = v.edge_count(),
+        secs = format!("{:.2}", all.elapsed().as_secs_f64()),
+        "copied the newly mapped tables only"
     );
     Ok((graph, index, lsn))
 }

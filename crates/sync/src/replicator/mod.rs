@@ -254,6 +254,7 @@ pub async fn run_with_reloads(
         nested: false,
         auto_rebuild: None,
         tables: Vec::new(),
+        base: None,
     };
     let mut backoff = Backoff::new();
     loop {
@@ -273,7 +274,7 @@ pub async fn run_with_reloads(
             Ok(SessionEnd::Restored) => {
                 r.rebuild_after_restore = false;
                 let config = r.opts.config.clone();
-                if let Err(why) = r.start_rebuild(config, "--rebuild".into()) {
+                if let Err(why) = r.start_rebuild(config, "--rebuild".into(), None) {
                     tracing::error!(%why, "cannot rebuild in the background; the restored graph keeps serving");
                 }
             }
@@ -369,7 +370,7 @@ impl Replicator {
         } else if e.needs_rebuild() && self.rebuilding.is_none() {
             self.auto_rebuild = Some(cause);
             let config = self.opts.config.clone();
-            if let Err(why) = self.start_rebuild(config, e.to_string()) {
+            if let Err(why) = self.start_rebuild(config, e.to_string(), None) {
                 tracing::error!(%why, "cannot rebuild in the background");
                 self.status
                     .update(|s| s.last_error = Some(format!("{e}; cannot rebuild in the background: {why}")));
@@ -451,6 +452,9 @@ struct Replicator {
     /// The mapped tables as the catalog described them when the mapping in force was last
     /// checked (a reload compares columns' attnums with them).
     tables: Vec<TableInfo>,
+    /// A rebuild that copies only newly mapped tables: what it starts from (taken by its
+    /// session).
+    base: Option<initial_copy::Base>,
     /// The error that last started a rebuild by itself (not started again for the same error
     /// until one is swapped in).
     auto_rebuild: Option<String>,

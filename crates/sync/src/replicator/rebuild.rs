@@ -68,7 +68,13 @@ fn memory() -> Option<(u64, u64)> {
 impl Replicator {
     /// Starts building the next generation with `config` beside the one in force. Refused
     /// (with what is missing) when the disk or memory the second graph needs is not free.
-    pub(super) fn start_rebuild(&mut self, config: Arc<MappingConfig>, why: String) -> Result<(), String> {
+    /// With `base`, only the tables it names are copied (onto the graph in force).
+    pub(super) fn start_rebuild(
+        &mut self,
+        config: Arc<MappingConfig>,
+        why: String,
+        base: Option<initial_copy::Base>,
+    ) -> Result<(), String> {
         if let Some(rb) = &self.rebuilding {
             return Err(format!(
                 "a background rebuild (generation {}) is in progress; try again once it is swapped in",
@@ -135,6 +141,7 @@ impl Replicator {
             nested: true,
             auto_rebuild: None,
             tables: Vec::new(),
+            base,
             opts,
         };
         tracing::info!(generation = next.number, slot = %next.slot, %why, "background rebuild started; the graph in force keeps serving");

@@ -138,7 +138,24 @@ impl Replicator {
             ..(*config).clone()
         });
         if let Some(why) = rebuild_why {
-            return match self.start_rebuild(config, why.join("; ")) {
+            // Only tables added (appended entries): copy those onto the graph in force.
+            let paused = self.status.snapshot().phase == Phase::MappingBroken;
+            let base = match (
+                crate::mapping_change::tables_added(&self.opts.config, &config),
+                &self.state,
+            ) {
+                (Some(tables), Some(st)) if !force && !paused && !self.opts.legacy_hash => Some(initial_copy::Base {
+                    view: st.graph.view(),
+                    index: st.index.clone(),
+                    lsn: st.safe,
+                    log: self.log.clone(),
+                    hash: self.opts.hash(),
+                    tables,
+                    status: self.status.clone(),
+                }),
+                _ => None,
+            };
+            return match self.start_rebuild(config, why.join("; "), base) {
                 Ok(()) => ReloadOutcome::Rebuilding(why),
                 Err(e) => ReloadOutcome::Refused(e),
             };

@@ -25,6 +25,7 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
         base_slot,
         generation,
         tables: tables_in_force,
+        base,
         ..
     } = r;
     let (opts, store, log, status, shutdown) = (&*opts, &*store, &*log, &*status, &*shutdown);
@@ -175,9 +176,20 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
                 store.clear()?;
                 log.clear()?;
                 status.update(|s| s.phase = Phase::InitialCopy);
-                let (graph, index, lsn) =
-                    super::initial_copy::initial_copy(opts, &mut client, &tables, mapper, store).await?;
-                status.update(|s| s.copies += tables.len() as u64);
+                let (graph, index, lsn) = match base.take() {
+                    Some(b) => {
+                        let n = b.tables.len() as u64;
+                        let done =
+                            super::initial_copy::table_copy(opts, &mut client, &tables, mapper, store, b).await?;
+                        status.update(|s| s.copies += n);
+                        done
+                    }
+                    None => {
+                        let done = super::initial_copy::initial_copy(opts, &mut client, &tables, mapper, store).await?;
+                        status.update(|s| s.copies += tables.len() as u64);
+                        done
+                    }
+                };
                 status.set_graph(graph.reader());
                 // The copied graph is durable once its first snapshot is written; the log
                 // starts after it.
