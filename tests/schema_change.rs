@@ -526,3 +526,45 @@ fn a_restart_while_the_mapping_is_broken_serves_the_graph_and_waits_for_a_fix() 
     assert_eq!((code, j["properties"]["name"].as_str()), (200, Some("x")), "{j}");
     r.stop();
 }
+
+#[test]
+fn a_renamed_table_pauses_and_its_new_name_in_the_mapping_rebuilds() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("schema_tablerename");
+    cluster.psql(&db, workload::SCHEMA);
+    cluster.psql(
+        &db,
+        "INSERT INTO users SELECT i, i % 3, 'user ' || i, NULL FROM generate_series(1, 100) i; \
+         INSERT INTO follows SELECT i, 1, 1.0 FROM generate_series(2, 100) i;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = workload::write_config(dir.path(), &db);
+    let data = dir.path().join("data");
+    let mut r = replica::spawn(cluster, &db, &config, &data, &[]);
+    let addr = r.addr();
+    wait_health(&mut r, &addr, "streaming", Duration::from_secs(60));
+    // Renamed, then written to under the new name: without the check these rows would be
+    // ignored as an unmapped table's.
+    cluster.psql(
+        &db,
+        "ALTER TABLE follows RENAME TO follows2; INSERT INTO follows2 VALUES (5, 7, 1.0);",
+    );
+    let h = wait_health(&mut r, &addr, "mapping_broken", Duration::from_secs(60));
+    let err = h["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains("public.follows is now public.follows2"), "{h}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("table = \"public.follows\"", "table = \"public.follows2\""),
+    )
+    .unwrap();
+    r.signal(libc::SIGHUP);
+    wait_rebuilds(&mut r, &addr, 1, Duration::from_secs(120));
+    wait_health(&mut r, &addr, "streaming", Duration::from_secs(60));
+    cluster.psql(&db, "INSERT INTO follows2 VALUES (6, 7, 1.0);");
+    let lsn = current_lsn(cluster, &db);
+    let mut expected = workload::expected_with(cluster, &db, "follows2");
+    expected.edges.sort();
+    compare_over_http(&addr, &expected, lsn);
+    r.stop();
+}

@@ -339,6 +339,11 @@ impl Workload {
 
 /// What SQL says the graph must be.
 pub fn expected(cluster: &Cluster, db: &str) -> Expected {
+    expected_with(cluster, db, "follows")
+}
+
+/// As [`expected`], with the follows table under another name.
+pub fn expected_with(cluster: &Cluster, db: &str, follows: &str) -> Expected {
     let mut e = Expected::default();
     for line in cluster.psql(db, "SELECT id, org_id FROM users").lines() {
         let (id, org) = line.split_once('|').expect("row");
@@ -348,7 +353,10 @@ pub fn expected(cluster: &Cluster, db: &str) -> Expected {
     for line in cluster.psql(db, "SELECT id FROM posts").lines() {
         e.nodes.insert(format!("Post:{line}"), None);
     }
-    for line in cluster.psql(db, "SELECT follower_id, followee_id FROM follows").lines() {
+    for line in cluster
+        .psql(db, &format!("SELECT follower_id, followee_id FROM {follows}"))
+        .lines()
+    {
         let (a, b) = line.split_once('|').expect("row");
         e.edges
             .push((format!("User:{a}"), "FOLLOWS".into(), format!("User:{b}")));

@@ -90,6 +90,18 @@ pub enum MapError {
         /// Its type's name now.
         to: &'static str,
     },
+    /// A mapped table was renamed (or moved to another schema).
+    #[error(
+        "table {old} is now {new} (renamed or moved to another schema), so its changes no longer match the mapping; \
+         fix: write table = \"{new}\" in its entries and reload the mapping (graphsync reload; the graph is rebuilt in \
+         the background)"
+    )]
+    TableRenamed {
+        /// The mapped name.
+        old: String,
+        /// Its name now.
+        new: String,
+    },
     /// An edge table has no replica identity columns to tell its rows apart.
     #[error(
         "table {table} has no replica identity columns; run ALTER TABLE {table} REPLICA IDENTITY FULL \
@@ -171,6 +183,8 @@ pub struct Mapper {
     /// Per table, the type class of each key and endpoint column as first seen (a change is a
     /// [`MapError::KeyTypeChanged`]).
     key_classes: HashMap<String, Vec<(String, &'static str)>>,
+    /// Mapped tables by OID (pgoutput's relation id), to notice one renamed.
+    table_oids: HashMap<u32, String>,
 }
 
 /// The class of a key column's type: what kind of [`NodeKey`] its values become.
@@ -215,6 +229,7 @@ impl Mapper {
             tables,
             plans: HashMap::new(),
             key_classes: HashMap::new(),
+            table_oids: HashMap::new(),
         }
     }
 
@@ -223,6 +238,16 @@ impl Mapper {
     pub fn inheriting(mut self, other: &Mapper) -> Self {
         self.key_classes = other.key_classes.clone();
         self
+    }
+
+    /// Learns the OIDs of the mapped tables (from the catalog), so a mapped table renamed
+    /// later is noticed even before any of its rows changed under the old name.
+    pub fn know_table_oids(&mut self, tables: impl IntoIterator<Item = (u32, String)>) {
+        for (oid, name) in tables {
+            if self.tables.contains_key(&name) {
+                self.table_oids.insert(oid, name);
+            }
+        }
     }
 
     /// Learns the type class of every key and endpoint column from the keys `view` holds (one
@@ -373,8 +398,17 @@ impl Mapper {
         }
         let name = rel.qualified_name();
         let Some((node, edges)) = self.tables.get(&name) else {
+            // A mapped table under another name (ALTER TABLE RENAME or SET SCHEMA): its
+            // changes would be dropped silently.
+            if let Some(old) = self.table_oids.get(&rel.id).filter(|old| **old != name) {
+                return Err(MapError::TableRenamed {
+                    old: old.clone(),
+                    new: name,
+                });
+            }
             return Ok(None);
         };
+        self.table_oids.insert(rel.id, name.clone());
         let cols = |names: Vec<&str>| -> Result<Vec<usize>, RowError> {
             names.into_iter().map(|c| rows::column_index(rel, c)).collect()
         };

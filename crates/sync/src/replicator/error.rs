@@ -133,6 +133,7 @@ impl SyncError {
                     | MapError::NoIdentity { .. }
                     | MapError::Decode { .. }
                     | MapError::KeyTypeChanged { .. }
+                    | MapError::TableRenamed { .. }
             ) | SyncError::Catalog(CatalogError::Table { .. } | CatalogError::PublicationIncomplete { .. })
         )
     }

@@ -51,6 +51,7 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
     if broken.is_none() {
         catalog::ensure_publication(&mut client, &opts.publication, &tables).await?;
         *tables_in_force = tables.clone();
+        mapper.know_table_oids(tables.iter().map(|t| (t.oid, t.qualified.clone())));
     }
     let view = state.as_ref().map(|st| st.graph.view());
     status.set_schema(schema(opts, mapper, &tables, view.as_deref(), hash));
