@@ -45,6 +45,7 @@ mod apply;
 mod error;
 mod initial_copy;
 mod jobs;
+mod probe;
 mod rebuild;
 mod reload;
 mod restore;

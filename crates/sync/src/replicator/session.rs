@@ -255,6 +255,11 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
         shutdown,
         reloads,
         rebuild: rebuilding.as_ref().map(|rb| rb.status.clone()),
+        watch_tables: if *nested {
+            Vec::new()
+        } else {
+            tables_in_force.iter().map(|t| (t.oid, t.qualified.clone())).collect()
+        },
     };
     super::stream::stream(ctx, mapper, st, client).await
 }

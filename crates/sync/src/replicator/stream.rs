@@ -23,6 +23,8 @@ pub(super) struct StreamCtx<'a> {
     /// The status of a background rebuild in progress: the session ends for the swap once it
     /// has caught up.
     pub(super) rebuild: Option<Arc<ReplicaStatus>>,
+    /// The mapped tables (OID, name), watched for a DROP TABLE (the replicator in force only).
+    pub(super) watch_tables: Vec<(u32, String)>,
 }
 
 pub(super) async fn stream(
@@ -38,7 +40,9 @@ pub(super) async fn stream(
         shutdown,
         reloads,
         rebuild,
+        watch_tables,
     } = ctx;
+    let probe = probe::Probe::start(opts.conn.clone(), watch_tables);
     let hash = opts.hash();
     let mut start = StartOptions::new(opts.publication.clone());
     start.streaming = Streaming::On;
@@ -172,6 +176,12 @@ pub(super) async fn stream(
             continue;
         }
         next_chores = now + Duration::from_millis(10);
+        // A mapped table dropped: pause (what was received before is applied).
+        if let Some(e) = probe.dropped() {
+            apply_pending(&mut pending, mapper, st, status)?;
+            let _ = stream.stop().await;
+            return Err(e);
+        }
         // A background rebuild that caught up (or failed) ends the session for the swap.
         if rebuild.as_ref().is_some_and(|rs| Rebuild::wants_swap(rs, st.safe)) {
             apply_pending(&mut pending, mapper, st, status)?;
