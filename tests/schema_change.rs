@@ -260,7 +260,7 @@ fn graph_changes_rebuild_in_the_background_while_the_old_graph_answers() {
     cluster.psql(
         &db,
         "CREATE TABLE likes (user_id bigint, post_id bigint, PRIMARY KEY (user_id, post_id)); \
-         INSERT INTO users SELECT i, i % 3, 'user ' || i, NULL FROM generate_series(1, 300) i; \
+         INSERT INTO users SELECT i, i % 3, 'user ' || i, 'bio ' || i FROM generate_series(1, 300) i; \
          INSERT INTO follows SELECT i, 1, 1.0 FROM generate_series(2, 300) i; \
          INSERT INTO posts SELECT i, i % 300 + 1, 'post ' || i FROM generate_series(1, 100) i; \
          INSERT INTO likes SELECT i, i % 100 + 1 FROM generate_series(1, 300) i;",
@@ -333,16 +333,54 @@ fn graph_changes_rebuild_in_the_background_while_the_old_graph_answers() {
     }
     compare_over_http(&addr, &expected, lsn);
     pause.store(false, Ordering::SeqCst);
+    assert_eq!(
+        metric(&addr, "graphsync_copies_total"),
+        3.0 + 1.0,
+        "likes alone was copied"
+    );
 
-    // 2. A table no longer mapped (follows): its edges go, by a rebuild too.
-    let without_follows = format!("{text}{likes}").replace(
+    // 2. A property renamed in the graph and one removed: rewritten from what the graph
+    // holds, nothing copied.
+    let with_likes = format!("{text}{likes}");
+    let renamed = with_likes.replace(
+        "properties = [\"name\", \"bio\"]",
+        "properties = [{ column = \"name\", name = \"display_name\" }]",
+    );
+    std::fs::write(&config, &renamed).unwrap();
+    r.signal(libc::SIGHUP);
+    wait_rebuilds(&mut r, &addr, 2, Duration::from_secs(120));
+    assert_eq!(
+        metric(&addr, "graphsync_copies_total"),
+        4.0,
+        "nothing copied for a rename"
+    );
+    let (_, j) = http_json(&addr, "/v1/nodes/User/5");
+    assert_eq!(j["properties"], serde_json::json!({"display_name": "user 5"}), "{j}");
+    // 3. A property newly mapped: the users table's node rows are copied again, alone.
+    let added = with_likes.replace(
+        "properties = [\"name\", \"bio\"]",
+        "properties = [{ column = \"name\", name = \"display_name\" }, \"bio\"]",
+    );
+    std::fs::write(&config, &added).unwrap();
+    r.signal(libc::SIGHUP);
+    wait_rebuilds(&mut r, &addr, 3, Duration::from_secs(120));
+    assert_eq!(metric(&addr, "graphsync_copies_total"), 5.0, "users alone was copied");
+    let (_, j) = http_json(&addr, "/v1/nodes/User/5");
+    assert_eq!(
+        j["properties"],
+        serde_json::json!({"display_name": "user 5", "bio": "bio 5"}),
+        "{j}"
+    );
+
+    // 4. A table no longer mapped (follows): its edges go, by a rebuild too.
+    let without_follows = added.replace(
         "[[edges]]\ntable = \"public.follows\"\nlabel = \"FOLLOWS\"\nsource = { column = \"follower_id\", node = \"User\" }\ntarget = { column = \"followee_id\", node = \"User\" }\nweight = \"weight\"\n",
         "",
     );
     assert!(!without_follows.contains("FOLLOWS"), "{without_follows}");
     std::fs::write(&config, &without_follows).unwrap();
     r.signal(libc::SIGHUP);
-    wait_rebuilds(&mut r, &addr, 2, Duration::from_secs(120));
+    wait_rebuilds(&mut r, &addr, 4, Duration::from_secs(120));
 
     stop.store(true, Ordering::SeqCst);
     w.join().unwrap();
@@ -370,11 +408,12 @@ fn graph_changes_rebuild_in_the_background_while_the_old_graph_answers() {
         &db,
         &format!("SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'gs_{db}%' ORDER BY 1"),
     );
-    assert_eq!(slots.trim(), format!("gs_{db}_g2"), "slots left: {slots}");
+    assert_eq!(slots.trim(), format!("gs_{db}_g4"), "slots left: {slots}");
     // Adding likes copied likes only; dropping follows from the mapping copied the rest.
-    assert_eq!(metric(&addr, "graphsync_copies_total"), 3.0 + 1.0 + 3.0);
+    // Initial copy 3, likes 1, the rename 0, bio 1 (users), follows removed 3 (a whole rebuild).
+    assert_eq!(metric(&addr, "graphsync_copies_total"), 3.0 + 1.0 + 0.0 + 1.0 + 3.0);
     assert!(
-        r.log().contains("copied the newly mapped tables only"),
+        r.log().contains("copying only what it newly reads"),
         "log:\n{}",
         r.log()
     );

@@ -84,25 +84,159 @@ pub fn changed_columns(old: &MappingConfig, new: &MappingConfig) -> Vec<(String,
     out
 }
 
-/// The tables `new` maps that `old` does not, when that is all that differs: `new` is `old`
-/// with entries appended (so labels keep their numbers) for tables `old` does not map. Such a
-/// change needs only those tables copied.
-pub fn tables_added(old: &MappingConfig, new: &MappingConfig) -> Option<Vec<String>> {
-    let kept = new.nodes.get(..old.nodes.len())? == old.nodes.as_slice()
-        && new.edges.get(..old.edges.len())? == old.edges.as_slice();
+/// Where a node field's values come from once a change is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The field the graph holds under this (old) name: rewritten in memory, nothing copied.
+    Held(String),
+    /// Read from the table (a field newly mapped): the table's node rows are copied again.
+    Copied,
+}
+
+/// How the nodes of one `[[nodes]]` entry change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReshape {
+    /// The entry's position (its label's number).
+    pub index: usize,
+    /// Its table.
+    pub table: String,
+    /// Filters by their new name, each from a held filter or copied.
+    pub filters: Vec<(String, Source)>,
+    /// Properties by their new name, each from a held property or copied.
+    pub properties: Vec<(String, Source)>,
+    /// The tenant (`None`: the new mapping has none).
+    pub tenant: Option<Source>,
+}
+
+impl NodeReshape {
+    /// Whether any value must be read from the table.
+    pub fn copies(&self) -> bool {
+        self.filters
+            .iter()
+            .chain(&self.properties)
+            .any(|(_, s)| *s == Source::Copied)
+            || self.tenant == Some(Source::Copied)
+    }
+}
+
+/// A change the graph in force can be brought to without copying every table: labels keep
+/// their numbers (entries kept in place, new ones appended), edges are read the same way, and
+/// what differs is node fields (rewritten in memory or copied for one table) and tables newly
+/// mapped (copied alone).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Reshape {
+    /// Tables newly mapped (appended entries), copied alone.
+    pub new_tables: Vec<String>,
+    /// Node entries whose fields change.
+    pub nodes: Vec<NodeReshape>,
+}
+
+impl Reshape {
+    /// Tables read from the source.
+    pub fn copied_tables(&self) -> usize {
+        self.new_tables.len() + self.nodes.iter().filter(|n| n.copies()).count()
+    }
+}
+
+fn filter_names(c: &MappingConfig) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for n in &c.nodes {
+        for f in &n.filters {
+            if !out.contains(&f.name()) {
+                out.push(f.name());
+            }
+        }
+    }
+    out
+}
+
+/// The [`Reshape`] from `old` to `new` (two different mappings), when one exists (else a full
+/// rebuild is needed).
+pub fn reshape(old: &MappingConfig, new: &MappingConfig) -> Option<Reshape> {
+    if new.nodes.len() < old.nodes.len() || new.edges.len() < old.edges.len() {
+        return None;
+    }
+    let node_index = |c: &MappingConfig, label: &str| c.nodes.iter().position(|n| n.label == label);
+    for (a, b) in old.nodes.iter().zip(&new.nodes) {
+        if a.table != b.table || a.key != b.key {
+            return None;
+        }
+    }
+    for (j, (a, b)) in old.edges.iter().zip(&new.edges).enumerate() {
+        let same_ends = node_index(old, &a.source.node) == node_index(new, &b.source.node)
+            && node_index(old, &a.target.node) == node_index(new, &b.target.node);
+        if a.table != b.table
+            || a.source.column != b.source.column
+            || a.target.column != b.target.column
+            || a.weight != b.weight
+            || !same_ends
+        {
+            return None;
+        }
+        // Edge labels keep their numbers: the same labels are shared as before.
+        for (k, c) in old.edges.iter().enumerate().take(j) {
+            if (c.label == a.label) != (new.edges[k].label == b.label) {
+                return None;
+            }
+        }
+    }
     let before = old.tables();
-    let added: Vec<&str> = new.nodes[old.nodes.len()..]
+    let new_tables: Vec<String> = new.nodes[old.nodes.len()..]
         .iter()
         .map(|n| n.table.as_str())
         .chain(new.edges[old.edges.len()..].iter().map(|e| e.table.as_str()))
+        .map(str::to_string)
         .collect();
-    if !kept || added.is_empty() || added.iter().any(|t| before.contains(t)) {
+    if new_tables.iter().any(|t| before.contains(&t.as_str())) {
         return None;
     }
-    let mut out: Vec<String> = added.into_iter().map(str::to_string).collect();
-    out.sort();
-    out.dedup();
-    Some(out)
+    let renumbered = {
+        let (a, b) = (filter_names(old), filter_names(new));
+        a.iter().zip(&b).any(|(x, y)| x != y) || b.len() < a.len()
+    };
+    let source = |held: &[crate::config::Field], f: &crate::config::Field| match held
+        .iter()
+        .find(|g| g.column() == f.column())
+    {
+        Some(g) => Source::Held(g.name().to_string()),
+        None => Source::Copied,
+    };
+    let mut nodes = Vec::new();
+    for (i, (a, b)) in old.nodes.iter().zip(&new.nodes).enumerate() {
+        if a.filters == b.filters
+            && a.properties == b.properties
+            && a.tenant == b.tenant
+            && !(renumbered && !b.filters.is_empty())
+        {
+            continue;
+        }
+        nodes.push(NodeReshape {
+            index: i,
+            table: b.table.clone(),
+            filters: b
+                .filters
+                .iter()
+                .map(|f| (f.name().to_string(), source(&a.filters, f)))
+                .collect(),
+            properties: b
+                .properties
+                .iter()
+                .map(|p| (p.name().to_string(), source(&a.properties, p)))
+                .collect(),
+            tenant: b.tenant.as_ref().map(|t| {
+                if a.tenant.as_ref() == Some(t) {
+                    Source::Held(String::new())
+                } else {
+                    Source::Copied
+                }
+            }),
+        });
+    }
+    let mut new_tables = new_tables;
+    new_tables.sort();
+    new_tables.dedup();
+    // Nothing to copy or rewrite (label names only): a new generation of the same data.
+    Some(Reshape { new_tables, nodes })
 }
 
 fn cols(c: &Columns) -> String {
@@ -311,12 +445,44 @@ mod tests {
         let old = parse(SAMPLE);
         let likes = "\n[[edges]]\ntable = \"public.likes\"\nlabel = \"LIKES\"\nsource = { column = \"u\", node = \"User\" }\ntarget = { column = \"p\", node = \"Post\" }\n";
         let new = parse(&format!("{SAMPLE}{likes}"));
-        assert_eq!(tables_added(&old, &new), Some(vec!["public.likes".to_string()]));
+        let r = reshape(&old, &new).expect("a reshape");
+        assert_eq!((r.new_tables, r.nodes), (vec!["public.likes".to_string()], vec![]));
         // An edge added on a table already mapped needs that table again: not just an addition.
         let fk = "\n[[edges]]\ntable = \"public.posts\"\nlabel = \"X\"\nsource = { column = \"id\", node = \"Post\" }\ntarget = { column = \"e\", node = \"User\" }\n";
-        assert_eq!(tables_added(&old, &parse(&format!("{SAMPLE}{fk}"))), None);
-        assert_eq!(tables_added(&old, &old), None);
-        assert_eq!(tables_added(&new, &old), None);
+        assert_eq!(reshape(&old, &parse(&format!("{SAMPLE}{fk}"))), None);
+        assert_eq!(reshape(&new, &old), None);
+    }
+
+    #[test]
+    fn node_field_changes_reshape_without_copying_what_is_held() {
+        let old = parse(SAMPLE);
+        let renamed = parse(&SAMPLE.replace(
+            "properties = [\"name\"]",
+            "properties = [{ column = \"name\", name = \"display_name\" }, \"bio\"]",
+        ));
+        let r = reshape(&old, &renamed).expect("a reshape");
+        assert!(r.new_tables.is_empty());
+        assert_eq!(r.nodes.len(), 1);
+        assert_eq!(
+            r.nodes[0].properties,
+            [
+                ("display_name".to_string(), Source::Held("name".into())),
+                ("bio".to_string(), Source::Copied)
+            ]
+        );
+        assert_eq!(r.copied_tables(), 1);
+        let label = parse(
+            &SAMPLE
+                .replace("label = \"Post\"", "label = \"Article\"")
+                .replace("node = \"Post\"", "node = \"Article\""),
+        );
+        assert_eq!(
+            reshape(&old, &label),
+            Some(Reshape::default()),
+            "label names only: nothing to rewrite or copy"
+        );
+        let key = parse(&SAMPLE.replace("key = \"id\"\nlabel = \"User\"", "key = \"uid\"\nlabel = \"User\""));
+        assert_eq!(reshape(&old, &key), None);
     }
 
     #[test]

@@ -593,6 +593,22 @@ impl Mapper {
         Ok(())
     }
 
+    /// Upserts the node one row of a node table makes (its edges untouched): a node table
+    /// copied again for fields newly mapped.
+    pub fn upsert_node_values(
+        &mut self,
+        t: &mut graph::Txn<'_>,
+        rel: &Arc<Relation>,
+        values: &[Value],
+    ) -> Result<(), MapError> {
+        let Some(plan) = self.plan(rel)? else { return Ok(()) };
+        if let Some(np) = &plan.node {
+            let rk = row_key(&plan, values)?;
+            t.upsert_node(node_data(&plan, np, rk, values, None)?);
+        }
+        Ok(())
+    }
+
     fn apply_change(
         &mut self,
         t: &mut graph::Txn<'_>,

@@ -161,8 +161,10 @@ pub(super) struct Base {
     pub(super) lsn: Lsn,
     pub(super) log: LogDir,
     pub(super) hash: u64,
-    /// The tables to copy.
-    pub(super) tables: Vec<String>,
+    /// What to copy or rewrite.
+    pub(super) reshape: crate::mapping_change::Reshape,
+    /// The filter names of the mapping in force (filter numbers by name).
+    pub(super) old_filters: Vec<String>,
     /// The status of the replicator in force (its durable position).
     pub(super) status: Arc<ReplicaStatus>,
 }
@@ -203,7 +205,8 @@ pub(super) async fn table_copy(
         lsn: from,
         log,
         hash,
-        tables: added,
+        reshape,
+        old_filters,
         ..
     } = base;
     let (mut graph, mut index, replayed) = tokio::task::block_in_place(|| {
@@ -214,9 +217,33 @@ pub(super) async fn table_copy(
     })?;
     tracing::info!(from = %from, to = %lsn, txns = replayed.txns, "brought the graph in force to the new slot's consistent point");
     mapper.seed_key_classes(&graph.view());
+    let view = graph.view();
     let mut t = graph.begin(lsn.0)?;
     let mut rows = 0;
-    for name in &added {
+    for nr in &reshape.nodes {
+        if nr.copies() {
+            // Fields newly mapped: this table's node rows again (its edges untouched).
+            let Some(info) = tables.iter().find(|t| t.qualified == nr.table) else {
+                continue;
+            };
+            rows += copy_table(&mut copier, &opts.config, info, |rel, values| {
+                mapper.upsert_node_values(&mut t, rel, values)?;
+                Ok(())
+            })
+            .await?;
+            continue;
+        }
+        // Renamed or removed fields: rewritten from what the graph holds.
+        let label = graph::NodeLabel(nr.index as u16);
+        for id in 0..view.node_count() {
+            let n = graph::NodeId(id);
+            let Some(d) = view.node(n).filter(|d| d.label == label && view.is_visible(n)) else {
+                continue;
+            };
+            t.upsert_node(reshaped(&d, nr, &old_filters, mapper.filter_names()));
+        }
+    }
+    for name in &reshape.new_tables {
         let Some(info) = tables.iter().find(|t| &t.qualified == name) else {
             continue;
         };
@@ -232,12 +259,59 @@ pub(super) async fn table_copy(
     tokio::task::block_in_place(|| graph.compact())?;
     let v = graph.view();
     tracing::info!(
-        tables = %added.join(", "),
+        new_tables = %reshape.new_tables.join(", "),
+        reshaped_labels = reshape.nodes.len(),
+        copied_tables = reshape.copied_tables(),
         rows,
         nodes = v.node_count(),
         edges = v.edge_count(),
         secs = format!("{:.2}", all.elapsed().as_secs_f64()),
-        "copied the newly mapped tables only"
+        "brought the graph in force to the new mapping, copying only what it newly reads"
     );
     Ok((graph, index, lsn))
+}
+
+/// A node's data under the new mapping, from what the graph holds (fields renamed, removed,
+/// renumbered; nothing newly read).
+fn reshaped(
+    d: &graph::NodeData,
+    nr: &crate::mapping_change::NodeReshape,
+    old_filters: &[String],
+    new_filters: &[String],
+) -> graph::NodeData {
+    use crate::mapping_change::Source;
+    let properties: Vec<(Arc<str>, graph::PropValue)> = nr
+        .properties
+        .iter()
+        .filter_map(|(name, src)| match src {
+            Source::Held(old) => d
+                .properties
+                .iter()
+                .find(|(k, _)| &**k == old)
+                .map(|(_, v)| (Arc::from(name.as_str()), v.clone())),
+            Source::Copied => None,
+        })
+        .collect();
+    let filters: Vec<(graph::FilterId, graph::NodeKey)> = nr
+        .filters
+        .iter()
+        .filter_map(|(name, src)| match src {
+            Source::Held(old) => {
+                let was = old_filters.iter().position(|f| f == old)?;
+                let now = new_filters.iter().position(|f| f == name)?;
+                d.filters
+                    .iter()
+                    .find(|(f, _)| usize::from(f.0) == was)
+                    .map(|(_, v)| (graph::FilterId(now as u16), v.clone()))
+            }
+            Source::Copied => None,
+        })
+        .collect();
+    graph::NodeData {
+        label: d.label,
+        key: d.key.clone(),
+        tenant: nr.tenant.as_ref().and(d.tenant.clone()),
+        filters: filters.into(),
+        properties: properties.into(),
+    }
 }

@@ -138,19 +138,18 @@ impl Replicator {
             ..(*config).clone()
         });
         if let Some(why) = rebuild_why {
-            // Only tables added (appended entries): copy those onto the graph in force.
+            // Labels kept in place: bring the graph in force to the new mapping, copying only
+            // what it newly reads (tables added, fields newly mapped).
             let paused = self.status.snapshot().phase == Phase::MappingBroken;
-            let base = match (
-                crate::mapping_change::tables_added(&self.opts.config, &config),
-                &self.state,
-            ) {
-                (Some(tables), Some(st)) if !force && !paused && !self.opts.legacy_hash => Some(initial_copy::Base {
+            let base = match (crate::mapping_change::reshape(&self.opts.config, &config), &self.state) {
+                (Some(reshape), Some(st)) if !force && !paused && !self.opts.legacy_hash => Some(initial_copy::Base {
                     view: st.graph.view(),
                     index: st.index.clone(),
                     lsn: st.safe,
                     log: self.log.clone(),
                     hash: self.opts.hash(),
-                    tables,
+                    reshape,
+                    old_filters: self.mapper.filter_names().to_vec(),
                     status: self.status.clone(),
                 }),
                 _ => None,

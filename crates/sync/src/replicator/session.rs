@@ -179,7 +179,7 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
                 status.update(|s| s.phase = Phase::InitialCopy);
                 let (graph, index, lsn) = match base.take() {
                     Some(b) => {
-                        let n = b.tables.len() as u64;
+                        let n = b.reshape.copied_tables() as u64;
                         let done =
                             super::initial_copy::table_copy(opts, &mut client, &tables, mapper, store, b).await?;
                         status.update(|s| s.copies += n);
