@@ -206,7 +206,7 @@ pub fn reshape(old: &MappingConfig, new: &MappingConfig) -> Option<Reshape> {
         if a.filters == b.filters
             && a.properties == b.properties
             && a.tenant == b.tenant
-            && !(renumbered && !b.filters.is_empty())
+            && (!renumbered || b.filters.is_empty())
         {
             continue;
         }
