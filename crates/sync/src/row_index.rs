@@ -201,6 +201,11 @@ impl RowIndex {
         }
     }
 
+    /// Edge mappings the index has.
+    pub fn len_mappings(&self) -> usize {
+        self.modes.len()
+    }
+
     /// How mapping `i`'s edges are found.
     pub fn mode(&self, i: usize) -> EdgeLookup {
         self.modes.get(i).copied().unwrap_or(EdgeLookup::Rows)

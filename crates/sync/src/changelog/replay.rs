@@ -96,7 +96,8 @@ impl From<ReplayError> for Halt {
 
 /// As [`replay`], but only the transactions that ended at or before `upto` (a record is cut
 /// at a transaction boundary): the state at exactly that position. The log may be one a
-/// running replicator appends to, once it is durable through `upto`.
+/// running replicator appends to, once it is durable through `upto`; damage before `upto` is
+/// an error.
 pub fn replay_until(
     log: &LogDir,
     mapping_hash: u64,
@@ -115,6 +116,13 @@ pub fn replay_until(
             });
         }
     }
+    // A log a running replicator appends to may end in a frame being written: find first
+    // how far it is intact (the frames through `upto` are all on disk).
+    let intact = match upto {
+        Some(u) => intact_through(log, mapping_hash, after, u)?,
+        None => None,
+    };
+    let mut seen = after;
     let mut done = Replayed {
         position: after,
         ..Replayed::default()
@@ -125,6 +133,7 @@ pub fn replay_until(
     let mut next_id = graph.view().node_count();
     let within = |lsn: Lsn| upto.is_none_or(|u| lsn <= u);
     let scanned = log.scan(after, mapping_hash, |lsn, payload| {
+        seen = lsn;
         let rec = record::decode_with(payload, &mut decoder, false).map_err(|e| ReplayError::Undecodable {
             dir: dir.clone(),
             lsn,
@@ -190,13 +199,40 @@ pub fn replay_until(
     });
     match scanned {
         Ok(()) | Err(Halt::Past) => {}
-        // With `upto`, the caller knows every record through it is durable: a damaged frame
-        // after them is one a running writer is appending.
-        Err(Halt::Err(ReplayError::Log(LogError::Corrupt { .. }))) if upto.is_some() => {}
+        // Past every frame the check found (all of them at or before `upto`): a frame the
+        // writer appended since, and is still writing.
+        Err(Halt::Err(ReplayError::Log(LogError::Corrupt { .. }))) if intact.is_some_and(|last| seen >= last) => {}
         Err(Halt::Err(e)) => return Err(e),
     }
     apply_chunk(graph, &mut chunk, chunk_lsn)?;
     Ok(done)
+}
+
+/// With the frames through `upto` on disk: `Some(last LSN)` when the log ends before any frame
+/// past `upto` (so every frame after `last` came later), `None` when an intact frame past
+/// `upto` follows them. A damaged frame is read again for a few seconds (a writer completing
+/// it) before it counts as damage.
+fn intact_through(log: &LogDir, mapping_hash: u64, after: Lsn, upto: Lsn) -> Result<Option<Lsn>, ReplayError> {
+    let mut attempt = 0;
+    loop {
+        let mut last = after;
+        let r = log.scan(after, mapping_hash, |lsn, _| {
+            if lsn > upto {
+                return Err(Halt::Past);
+            }
+            last = lsn;
+            Ok(())
+        });
+        match r {
+            Ok(()) => return Ok(Some(last)),
+            Err(Halt::Past) => return Ok(None),
+            Err(Halt::Err(ReplayError::Log(LogError::Corrupt { .. }))) if attempt < 100 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(30));
+            }
+            Err(Halt::Err(e)) => return Err(e),
+        }
+    }
 }
 
 fn apply_chunk(graph: &mut Graph, chunk: &mut Vec<Mutation>, lsn: Lsn) -> Result<(), ReplayError> {

@@ -102,6 +102,15 @@ pub enum MapError {
         /// Its name now.
         new: String,
     },
+    /// A mapped table was dropped and created again: the graph holds the old one's rows.
+    #[error(
+        "table {table} was dropped and created again (another OID), so the graph holds rows of the old table; \
+         the graph is rebuilt in the background (the graph as applied keeps answering)"
+    )]
+    TableRecreated {
+        /// `schema.table`.
+        table: String,
+    },
     /// An edge table has no replica identity columns to tell its rows apart.
     #[error(
         "table {table} has no replica identity columns; run ALTER TABLE {table} REPLICA IDENTITY FULL \
@@ -242,12 +251,21 @@ impl Mapper {
 
     /// Learns the OIDs of the mapped tables (from the catalog), so a mapped table renamed
     /// later is noticed even before any of its rows changed under the old name.
-    pub fn know_table_oids(&mut self, tables: impl IntoIterator<Item = (u32, String)>) {
+    /// A mapped name now under another OID (dropped and created again while nothing watched)
+    /// is [`MapError::TableRecreated`]: the graph holds the old table's rows.
+    pub fn know_table_oids(&mut self, tables: impl IntoIterator<Item = (u32, String)>) -> Result<(), MapError> {
         for (oid, name) in tables {
-            if self.tables.contains_key(&name) {
+            if !self.tables.contains_key(&name) {
+                continue;
+            }
+            if self.table_oids.get(&oid) != Some(&name) {
+                if self.table_oids.values().any(|n| *n == name) {
+                    return Err(MapError::TableRecreated { table: name });
+                }
                 self.table_oids.insert(oid, name);
             }
         }
+        Ok(())
     }
 
     /// Learns the type class of every key and endpoint column from the keys `view` holds (one

@@ -117,7 +117,9 @@ impl SyncError {
     pub fn needs_rebuild(&self) -> bool {
         matches!(
             self,
-            SyncError::Map(MapError::KeyTypeChanged { .. } | MapError::IdentityChanged { .. })
+            SyncError::Map(
+                MapError::KeyTypeChanged { .. } | MapError::IdentityChanged { .. } | MapError::TableRecreated { .. }
+            )
         )
     }
 
@@ -134,6 +136,7 @@ impl SyncError {
                     | MapError::Decode { .. }
                     | MapError::KeyTypeChanged { .. }
                     | MapError::TableRenamed { .. }
+                    | MapError::TableRecreated { .. }
             ) | SyncError::Catalog(CatalogError::Table { .. } | CatalogError::PublicationIncomplete { .. })
         )
     }

@@ -165,6 +165,8 @@ pub(super) struct Base {
     pub(super) reshape: crate::mapping_change::Reshape,
     /// The filter names of the mapping in force (filter numbers by name).
     pub(super) old_filters: Vec<String>,
+    /// Keeps the log in force from being pruned past `lsn` until the replay is done.
+    pub(super) pin: LogPin,
     /// The status of the replicator in force (its durable position).
     pub(super) status: Arc<ReplicaStatus>,
 }
@@ -207,14 +209,24 @@ pub(super) async fn table_copy(
         hash,
         reshape,
         old_filters,
+        pin,
         ..
     } = base;
     let (mut graph, mut index, replayed) = tokio::task::block_in_place(|| {
         let mut graph = Graph::from_view((*view).clone(), opts.compaction);
+        if (0..index.len_mappings()).any(|i| index.mode(i) != empty.mode(i)) {
+            return Err(SyncError::Io(
+                "the new mapping finds some existing edges another way (an edge label now shared, or a replica identity changed); copy every table instead (graphsync reload --rebuild)".into(),
+            ));
+        }
         let mut index = index.extended(empty);
         let r = crate::changelog::replay_until(&log, hash, from, Some(lsn), &mut graph, &mut index)?;
+        if graph.read_only_reason().is_some() {
+            graph.compact()?;
+        }
         Ok::<_, SyncError>((graph, index, r))
     })?;
+    drop(pin);
     tracing::info!(from = %from, to = %lsn, txns = replayed.txns, "brought the graph in force to the new slot's consistent point");
     mapper.seed_key_classes(&graph.view());
     let view = graph.view();

@@ -170,7 +170,10 @@ impl Background {
                 record_snapshot(store, &m, status);
                 st.since_snapshot = st.since_snapshot.saturating_sub(s.since_snapshot);
                 // Records before the older kept snapshot are needed by neither.
-                match st.log.remove_through(m.oldest()) {
+                // Nor by a rebuild replaying this log (pinned).
+                let pin = st.log_pin.load(std::sync::atomic::Ordering::SeqCst);
+                let keep = if pin > 0 { m.oldest().min(Lsn(pin)) } else { m.oldest() };
+                match st.log.remove_through(keep) {
                     Ok(n) if n > 0 => tracing::debug!(segments = n, "removed change log segments"),
                     Ok(_) => {}
                     Err(e) => {

@@ -162,6 +162,25 @@ struct State {
     /// Compaction (and the snapshot written with it) in flight; kept across reconnects so
     /// none is lost or raced.
     bg: Background,
+    /// While a rebuild replays this log, no segment holding records after this LSN is removed
+    /// (0: no pin).
+    log_pin: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Keeps a replicator's change log from being pruned past an LSN while it lives.
+pub(super) struct LogPin(Arc<std::sync::atomic::AtomicU64>);
+
+impl LogPin {
+    pub(super) fn new(pin: &Arc<std::sync::atomic::AtomicU64>, lsn: Lsn) -> LogPin {
+        pin.store(lsn.0.max(1), std::sync::atomic::Ordering::SeqCst);
+        LogPin(pin.clone())
+    }
+}
+
+impl Drop for LogPin {
+    fn drop(&mut self) {
+        self.0.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn now_ms() -> i64 {

@@ -1,7 +1,8 @@
 //! Watching the catalog for what the replication stream does not say: a mapped table dropped
-//! (`DROP TABLE` sends nothing through pgoutput, so its nodes and edges would linger silently).
-//! A task per streaming session checks, every few seconds on a connection of its own, that
-//! every mapped table's OID still exists; the stream loop pauses replication when one is gone.
+//! or renamed (DDL sends nothing through pgoutput, so its nodes and edges would linger
+//! silently). A task per streaming session checks, every few seconds on a connection of its
+//! own, that every mapped table's OID still exists under its mapped name; the stream loop
+//! pauses replication when one does not. Not watched: partitions attached or detached.
 //! Connection trouble here is never an error: the stream has its own.
 
 #[allow(unused_imports)]
@@ -32,7 +33,10 @@ impl Probe {
                 return;
             }
             let oids = tables.iter().map(|(o, _)| o.to_string()).collect::<Vec<_>>().join(",");
-            let query = format!("SELECT oid FROM pg_catalog.pg_class WHERE oid IN ({oids})");
+            let query = format!(
+                "SELECT c.oid, n.nspname || '.' || c.relname FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid IN ({oids})"
+            );
             let mut client: Option<ReplicationClient> = None;
             loop {
                 tokio::time::sleep(EVERY).await;
@@ -44,18 +48,21 @@ impl Probe {
                     client = None;
                     continue;
                 };
-                let present: Vec<u32> = r
+                let present: Vec<(u32, String)> = r
                     .rows
                     .iter()
-                    .filter_map(|r| r[0].as_deref().and_then(|s| s.parse().ok()))
+                    .filter_map(|r| Some((r[0].as_deref()?.parse().ok()?, r[1].clone()?)))
                     .collect();
-                let gone: Vec<&str> = tables
-                    .iter()
-                    .filter(|(o, _)| !present.contains(o))
-                    .map(|(_, n)| n.as_str())
-                    .collect();
-                if !gone.is_empty() {
-                    *found.lock().unwrap_or_else(|e| e.into_inner()) = Some(gone.join(", "));
+                let mut changed: Vec<String> = Vec::new();
+                for (oid, name) in &tables {
+                    match present.iter().find(|(o, _)| o == oid) {
+                        None => changed.push(format!("{name} (dropped)")),
+                        Some((_, now)) if now != name => changed.push(format!("{name} (now {now})")),
+                        Some(_) => {}
+                    }
+                }
+                if !changed.is_empty() {
+                    *found.lock().unwrap_or_else(|e| e.into_inner()) = Some(changed.join(", "));
                     return;
                 }
             }
@@ -68,8 +75,8 @@ impl Probe {
         let tables = self.dropped.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
         Some(SyncError::Catalog(CatalogError::Table {
             table: tables,
-            problem: "was dropped (DROP TABLE sends nothing through replication: its nodes and edges are still in the graph)".into(),
-            fix: "remove its [[nodes]]/[[edges]] entries from the mapping and reload it (graphsync reload; the graph is rebuilt without it)".into(),
+            problem: "was dropped or renamed (a DDL change sends nothing through replication: the graph still holds its rows)".into(),
+            fix: "remove its [[nodes]]/[[edges]] entries from the mapping, or write its new name, and reload it (graphsync reload; the graph is rebuilt)".into(),
         }))
     }
 }

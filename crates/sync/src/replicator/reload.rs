@@ -142,16 +142,21 @@ impl Replicator {
             // what it newly reads (tables added, fields newly mapped).
             let paused = self.status.snapshot().phase == Phase::MappingBroken;
             let base = match (crate::mapping_change::reshape(&self.opts.config, &config), &self.state) {
-                (Some(reshape), Some(st)) if !force && !paused && !self.opts.legacy_hash => Some(initial_copy::Base {
-                    view: st.graph.view(),
-                    index: st.index.clone(),
-                    lsn: st.safe,
-                    log: self.log.clone(),
-                    hash: self.opts.hash(),
-                    reshape,
-                    old_filters: self.mapper.filter_names().to_vec(),
-                    status: self.status.clone(),
-                }),
+                (Some(reshape), Some(st))
+                    if !force && !paused && !self.opts.legacy_hash && same_lookups(&st.index, &config, &tables) =>
+                {
+                    Some(initial_copy::Base {
+                        view: st.graph.view(),
+                        index: st.index.clone(),
+                        lsn: st.safe,
+                        log: self.log.clone(),
+                        hash: self.opts.hash(),
+                        reshape,
+                        old_filters: self.mapper.filter_names().to_vec(),
+                        pin: LogPin::new(&st.log_pin, st.safe),
+                        status: self.status.clone(),
+                    })
+                }
                 _ => None,
             };
             return match self.start_rebuild(config, why.join("; "), base) {
@@ -167,4 +172,16 @@ impl Replicator {
         self.tables = tables;
         ReloadOutcome::Applied(changes)
     }
+}
+
+/// Whether the edges the graph in force holds are found the same way under `config` (the
+/// row index it keeps is then valid for it).
+fn same_lookups(index: &RowIndex, config: &Arc<MappingConfig>, tables: &[TableInfo]) -> bool {
+    let new = Mapper::new(config.clone()).index_for(|t| {
+        tables
+            .iter()
+            .find(|x| x.qualified == t)
+            .map(|x| x.identity_columns.clone())
+    });
+    (0..index.len_mappings()).all(|i| index.mode(i) == new.mode(i))
 }

@@ -51,7 +51,11 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
     if broken.is_none() {
         catalog::ensure_publication(&mut client, &opts.publication, &tables).await?;
         *tables_in_force = tables.clone();
-        mapper.know_table_oids(tables.iter().map(|t| (t.oid, t.qualified.clone())));
+        if let Err(e) = mapper.know_table_oids(tables.iter().map(|t| (t.oid, t.qualified.clone()))) {
+            if state.is_some() {
+                return Err(e.into());
+            }
+        }
     }
     let view = state.as_ref().map(|st| st.graph.view());
     status.set_schema(schema(opts, mapper, &tables, view.as_deref(), hash));
@@ -145,6 +149,7 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
                     logged: position,
                     since_snapshot: replayed.mutations,
                     bg: Background::default(),
+                    log_pin: Default::default(),
                 });
                 if let Some(e) = broken {
                     return Err(e);
@@ -212,6 +217,7 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
                     logged: lsn,
                     since_snapshot: 0,
                     bg: Background::default(),
+                    log_pin: Default::default(),
                 });
                 *rebuild = false;
             }
