@@ -674,3 +674,158 @@ fn a_dropped_table_pauses_and_removing_it_from_the_mapping_rebuilds_without_it()
     assert_ne!(code, 200, "the dropped table's nodes are gone");
     r.stop();
 }
+
+/// A migration sequence as a team would run it, under a writer and a poller: a column renamed
+/// (online), a table added (copied alone), a property renamed in the graph (rewritten), an edge
+/// weight column renamed (online), a table dropped from the mapping and then from the
+/// database (rebuilt). Every poll answers; the graph equals SQL at the end.
+#[test]
+fn a_migration_sequence_keeps_answering_and_ends_equal_to_sql() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("schema_sequence");
+    cluster.psql(&db, workload::SCHEMA);
+    cluster.psql(
+        &db,
+        "CREATE TABLE likes (user_id bigint, post_id bigint, PRIMARY KEY (user_id, post_id)); \
+         INSERT INTO users SELECT i, i % 3, 'user ' || i, 'bio ' || i FROM generate_series(1, 200) i; \
+         INSERT INTO follows SELECT i, 1, 1.0 FROM generate_series(2, 200) i; \
+         INSERT INTO posts SELECT i, i % 200 + 1, 'post ' || i FROM generate_series(1, 50) i; \
+         INSERT INTO likes SELECT i, i % 50 + 1 FROM generate_series(1, 200) i;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = workload::write_config(dir.path(), &db);
+    let data = dir.path().join("data");
+    let mut r = replica::spawn(cluster, &db, &config, &data, &[]);
+    let addr = r.addr();
+    wait_health(&mut r, &addr, "streaming", Duration::from_secs(60));
+    let stop = Arc::new(AtomicBool::new(false));
+    let polls = lsn_poller(addr.clone(), stop.clone());
+    // Column-agnostic writes (positional inserts, deletes by ctid), parked around DDL.
+    let pause = Arc::new(AtomicBool::new(false));
+    let parked = Arc::new(AtomicBool::new(false));
+    let commits = Arc::new(AtomicU64::new(0));
+    let w = {
+        let (db, stop, pause, parked, commits) =
+            (db.clone(), stop.clone(), pause.clone(), parked.clone(), commits.clone());
+        std::thread::spawn(move || {
+            let mut id = 1000;
+            while !stop.load(Ordering::SeqCst) {
+                parked.store(pause.load(Ordering::SeqCst), Ordering::SeqCst);
+                if pause.load(Ordering::SeqCst) {
+                    std::thread::yield_now();
+                    continue;
+                }
+                id += 1;
+                cluster.psql(
+                    &db,
+                    &format!(
+                        "BEGIN; INSERT INTO users VALUES ({id}, {org}, 'user {id}', 'bio {id}'); \
+                         INSERT INTO follows VALUES ({id}, {to}, 1.0); \
+                         INSERT INTO likes VALUES ({id}, {post}) ON CONFLICT DO NOTHING; \
+                         DELETE FROM follows WHERE ctid IN (SELECT ctid FROM follows LIMIT 1); COMMIT;",
+                        org = id % 3,
+                        to = id % 200 + 1,
+                        post = id % 50 + 1
+                    ),
+                );
+                commits.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let park = |on: bool| {
+        pause.store(on, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while on && !parked.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the writer did not park");
+            std::thread::yield_now();
+        }
+    };
+    let reload = |r: &mut replica::Replicator, text: &str| {
+        std::fs::write(&config, text).unwrap();
+        r.signal(libc::SIGHUP);
+    };
+    let mut text = std::fs::read_to_string(&config).unwrap();
+
+    // 1. A mapped column renamed: paused, then the alias applies online.
+    cluster.psql(&db, "ALTER TABLE users RENAME COLUMN name TO full_name;");
+    wait_health(&mut r, &addr, "mapping_broken", Duration::from_secs(60));
+    text = text.replace(
+        "properties = [\"name\", \"bio\"]",
+        "properties = [{ column = \"full_name\", name = \"name\" }, \"bio\"]",
+    );
+    reload(&mut r, &text);
+    wait_health(&mut r, &addr, "streaming", Duration::from_secs(60));
+    // 2. A table added: copied alone.
+    text.push_str("\n[[edges]]\ntable = \"public.likes\"\nlabel = \"LIKES\"\nsource = { column = \"user_id\", node = \"User\" }\ntarget = { column = \"post_id\", node = \"Post\" }\n");
+    reload(&mut r, &text);
+    wait_rebuilds(&mut r, &addr, 1, Duration::from_secs(120));
+    // 3. A property renamed in the graph: rewritten, nothing copied.
+    text = text.replace(
+        "{ column = \"full_name\", name = \"name\" }",
+        "{ column = \"full_name\", name = \"display_name\" }",
+    );
+    reload(&mut r, &text);
+    wait_rebuilds(&mut r, &addr, 2, Duration::from_secs(120));
+    // 4. The weight column renamed: online.
+    park(true);
+    cluster.psql(&db, "ALTER TABLE follows RENAME COLUMN weight TO w;");
+    park(false);
+    wait_health(&mut r, &addr, "mapping_broken", Duration::from_secs(60));
+    text = text.replace("weight = \"weight\"", "weight = \"w\"");
+    reload(&mut r, &text);
+    wait_health(&mut r, &addr, "streaming", Duration::from_secs(60));
+    // 5. Posts leave the mapping (and its edges), then the database.
+    let without: String = text
+        .split("\n[[")
+        .filter(|block| !block.contains("public.posts") && !block.contains("public.likes"))
+        .collect::<Vec<_>>()
+        .join("\n[[");
+    reload(&mut r, &without);
+    wait_rebuilds(&mut r, &addr, 3, Duration::from_secs(120));
+    park(true);
+    cluster.psql(&db, "DROP TABLE posts;");
+    park(false);
+
+    // A few more transactions after the last change, then stop.
+    let target = commits.load(Ordering::SeqCst) + 5;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while commits.load(Ordering::SeqCst) < target {
+        assert!(Instant::now() < deadline, "the writer is stuck");
+        std::thread::yield_now();
+    }
+    stop.store(true, Ordering::SeqCst);
+    w.join().unwrap();
+    let (polled, failed) = polls.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {polled} polls failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    wait_health(&mut r, &addr, "streaming", Duration::from_secs(60));
+    let lsn = current_lsn(cluster, &db);
+    let mut expected = replica::Expected::default();
+    for line in cluster.psql(&db, "SELECT id, org_id FROM users").lines() {
+        let (id, org) = line.split_once('|').unwrap();
+        expected
+            .nodes
+            .insert(format!("User:{id}"), (!org.is_empty()).then(|| org.to_string()));
+    }
+    for line in cluster
+        .psql(&db, "SELECT follower_id, followee_id FROM follows")
+        .lines()
+    {
+        let (a, b) = line.split_once('|').unwrap();
+        expected
+            .edges
+            .push((format!("User:{a}"), "FOLLOWS".into(), format!("User:{b}")));
+    }
+    compare_over_http(&addr, &expected, lsn);
+    let (_, j) = http_json(&addr, &format!("/v1/nodes/User/1001?min_lsn={lsn}"));
+    assert_eq!(
+        j["properties"],
+        serde_json::json!({"display_name": "user 1001", "bio": "bio 1001"}),
+        "{j}"
+    );
+    r.stop();
+}
