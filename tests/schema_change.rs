@@ -338,6 +338,9 @@ fn graph_changes_rebuild_in_the_background_while_the_old_graph_answers() {
         3.0 + 1.0,
         "likes alone was copied"
     );
+    // 300 users + 299 follows + 100 posts at first, then likes (300 and the writer's).
+    let rows = metric(&addr, "graphsync_copied_rows_total");
+    assert!((999.0..3000.0).contains(&rows), "rows copied: {rows}");
 
     // 2. A property renamed in the graph and one removed: rewritten from what the graph
     // holds, nothing copied.

@@ -91,6 +91,7 @@ fn rebuild_json(status: &ReplicaStatus) -> Json_ {
         "why": r.why,
         "phase": s.phase.as_str(),
         "applied_lsn": s.applied_lsn.to_string(),
+        "rows_copied": s.copied_rows,
         "elapsed_seconds": (now - r.started_unix_ms) as f64 / 1000.0,
     })
 }
@@ -154,6 +155,7 @@ pub(super) async fn status(
         "uptime_seconds": api.started.elapsed().as_secs_f64(),
         "rebuild": rebuild_json(&api.status),
         "rebuilds": s.rebuilds,
+        "rows_copied": s.copied_rows,
     })))
 }
 
@@ -272,7 +274,12 @@ pub(super) async fn metrics(State(api): State<Api>) -> Result<Response, ApiError
         ConstGauge::new(api.feed.subscribers.load(std::sync::atomic::Ordering::Relaxed) as f64),
     );
     // Counters get their `_total` suffix from the encoder.
-    let counters: [(&str, &str, f64); 10] = [
+    let counters: [(&str, &str, f64); 11] = [
+        (
+            "copied_rows",
+            "Rows read by table copies (initial, rebuilds, newly mapped tables).",
+            s.copied_rows as f64,
+        ),
         (
             "copies",
             "Tables copied from the source (an initial copy counts each table).",

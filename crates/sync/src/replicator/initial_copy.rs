@@ -45,6 +45,7 @@ async fn copy_table<F>(
     copier: &mut ReplicationClient,
     config: &MappingConfig,
     t: &TableInfo,
+    progress: &ReplicaStatus,
     mut row: F,
 ) -> Result<u64, SyncError>
 where
@@ -84,6 +85,9 @@ where
                     })?;
                 row(&rel, &values)?;
                 rows += 1;
+                if rows.is_multiple_of(65_536) {
+                    progress.update(|s| s.copied_rows += 65_536);
+                }
                 Ok(())
             });
             if let Err(e) = r {
@@ -106,6 +110,7 @@ where
         table: t.qualified.clone(),
         source,
     })?;
+    progress.update(|s| s.copied_rows += rows % 65_536);
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(table = %t.qualified, rows, secs = format!("{secs:.2}"), rows_per_s = (rows as f64 / secs.max(1e-9)) as u64, "copied table");
     Ok(rows)
@@ -117,6 +122,7 @@ pub(super) async fn initial_copy(
     tables: &[TableInfo],
     mapper: &mut Mapper,
     store: &CheckpointStore,
+    progress: &ReplicaStatus,
 ) -> Result<(Graph, RowIndex, Lsn), SyncError> {
     let (created, mut copier) = begin_copy(opts, client, store).await?;
     let index = mapper.index_for(|t| {
@@ -131,7 +137,7 @@ pub(super) async fn initial_copy(
     let mut order: Vec<&TableInfo> = tables.iter().collect();
     order.sort_by_key(|t| !opts.config.nodes.iter().any(|n| n.table == t.qualified));
     for t in order {
-        copy_table(&mut copier, &opts.config, t, |rel, values| {
+        copy_table(&mut copier, &opts.config, t, progress, |rel, values| {
             bulk.insert(mapper, rel, values)?;
             Ok(())
         })
@@ -180,6 +186,7 @@ pub(super) async fn table_copy(
     tables: &[TableInfo],
     mapper: &mut Mapper,
     store: &CheckpointStore,
+    progress: &ReplicaStatus,
     base: Base,
 ) -> Result<(Graph, RowIndex, Lsn), SyncError> {
     let (created, mut copier) = begin_copy(opts, client, store).await?;
@@ -238,7 +245,7 @@ pub(super) async fn table_copy(
             let Some(info) = tables.iter().find(|t| t.qualified == nr.table) else {
                 continue;
             };
-            rows += copy_table(&mut copier, &opts.config, info, |rel, values| {
+            rows += copy_table(&mut copier, &opts.config, info, progress, |rel, values| {
                 mapper.upsert_node_values(&mut t, rel, values)?;
                 Ok(())
             })
@@ -259,7 +266,7 @@ pub(super) async fn table_copy(
         let Some(info) = tables.iter().find(|t| &t.qualified == name) else {
             continue;
         };
-        rows += copy_table(&mut copier, &opts.config, info, |rel, values| {
+        rows += copy_table(&mut copier, &opts.config, info, progress, |rel, values| {
             mapper.insert_values(&mut t, &mut index, rel, values)?;
             Ok(())
         })

@@ -250,6 +250,7 @@ impl Replicator {
             s.snapshot_lsn = n.snapshot_lsn;
             s.snapshot_bytes = n.snapshot_bytes;
             s.copies += n.copies;
+            s.copied_rows += n.copied_rows;
             s.rebuilds += 1;
         });
         self.state = Some(st);

@@ -186,12 +186,14 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
                     Some(b) => {
                         let n = b.reshape.copied_tables() as u64;
                         let done =
-                            super::initial_copy::table_copy(opts, &mut client, &tables, mapper, store, b).await?;
+                            super::initial_copy::table_copy(opts, &mut client, &tables, mapper, store, status, b)
+                                .await?;
                         status.update(|s| s.copies += n);
                         done
                     }
                     None => {
-                        let done = super::initial_copy::initial_copy(opts, &mut client, &tables, mapper, store).await?;
+                        let done = super::initial_copy::initial_copy(opts, &mut client, &tables, mapper, store, status)
+                            .await?;
                         status.update(|s| s.copies += tables.len() as u64);
                         done
                     }

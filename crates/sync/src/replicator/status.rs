@@ -118,6 +118,8 @@ pub struct StatusSnapshot {
     pub reconnects: u64,
     /// Tables copied from the source since start (an initial copy counts each of its tables).
     pub copies: u64,
+    /// Rows read by copies since start (progress of a copy in progress).
+    pub copied_rows: u64,
     /// Mapping reloads applied since start.
     pub mapping_reloads: u64,
     /// Background rebuilds swapped in since start.
