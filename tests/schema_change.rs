@@ -832,3 +832,63 @@ fn a_migration_sequence_keeps_answering_and_ends_equal_to_sql() {
     );
     r.stop();
 }
+
+#[test]
+fn a_replica_identity_change_rebuilds_so_deletes_still_find_their_edges() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("schema_identity");
+    cluster.psql(&db, workload::SCHEMA);
+    cluster.psql(
+        &db,
+        "CREATE TABLE likes (user_id bigint, post_id bigint, PRIMARY KEY (user_id, post_id)); \
+         INSERT INTO users SELECT i, i % 3, 'user ' || i, NULL FROM generate_series(1, 100) i; \
+         INSERT INTO posts SELECT i, i, 'post ' || i FROM generate_series(1, 20) i; \
+         INSERT INTO likes SELECT i, i % 20 + 1 FROM generate_series(1, 100) i; \
+         INSERT INTO follows SELECT i, i % 50 + 1, 1.5 FROM generate_series(1, 100) i;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = workload::write_config(dir.path(), &db);
+    // A label of its own shared by two tables: its rows are found through the row index.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[[edges]]\ntable = \"public.likes\"\nlabel = \"LIKES\"\nsource = { column = \"user_id\", node = \"User\" }\ntarget = { column = \"post_id\", node = \"Post\" }\n");
+    text.push_str("\n[[edges]]\ntable = \"public.follows\"\nlabel = \"LIKES\"\nsource = { column = \"follower_id\", node = \"User\" }\ntarget = { column = \"followee_id\", node = \"User\" }\n");
+    std::fs::write(&config, &text).unwrap();
+    let data = dir.path().join("data");
+    let mut r = replica::spawn(cluster, &db, &config, &data, &[]);
+    let addr = r.addr();
+    wait_health(&mut r, &addr, "streaming", Duration::from_secs(60));
+    cluster.psql(
+        &db,
+        "ALTER TABLE follows REPLICA IDENTITY FULL; DELETE FROM follows WHERE follower_id <= 10;",
+    );
+    wait_rebuilds(&mut r, &addr, 1, Duration::from_secs(120));
+    assert!(
+        r.log().contains("replica identity the graph finds"),
+        "log:\n{}",
+        r.log()
+    );
+    wait_health(&mut r, &addr, "streaming", Duration::from_secs(60));
+    cluster.psql(
+        &db,
+        "DELETE FROM follows WHERE follower_id BETWEEN 11 AND 20; INSERT INTO follows VALUES (1, 2, 3.0);",
+    );
+    let lsn = current_lsn(cluster, &db);
+    let mut expected = workload::expected(cluster, &db);
+    for line in cluster.psql(&db, "SELECT user_id, post_id FROM likes").lines() {
+        let (u, p) = line.split_once('|').unwrap();
+        expected
+            .edges
+            .push((format!("User:{u}"), "LIKES".into(), format!("Post:{p}")));
+    }
+    for line in cluster
+        .psql(&db, "SELECT follower_id, followee_id FROM follows")
+        .lines()
+    {
+        let (a, b) = line.split_once('|').unwrap();
+        expected
+            .edges
+            .push((format!("User:{a}"), "LIKES".into(), format!("User:{b}")));
+    }
+    compare_over_http(&addr, &expected, lsn);
+    r.stop();
+}

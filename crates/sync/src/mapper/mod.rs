@@ -65,8 +65,8 @@ pub enum MapError {
     /// The table's replica identity no longer holds an endpoint column the graph was built to
     /// find its edges by.
     #[error(
-        "table {table}: replica identity no longer includes {column:?}, which the graph finds this table's \
-         edges by; the graph is rebuilt in the background (the graph as applied keeps answering)"
+        "table {table}: the replica identity the graph finds this table's edges by changed (now {column:?}); \
+         the graph is rebuilt in the background (the graph as applied keeps answering)"
     )]
     IdentityChanged {
         /// `schema.table`.
@@ -194,6 +194,10 @@ pub struct Mapper {
     key_classes: HashMap<String, Vec<(String, &'static str)>>,
     /// Mapped tables by OID (pgoutput's relation id), to notice one renamed.
     table_oids: HashMap<u32, String>,
+    /// Per edge table, its replica identity as first seen (its columns' types, sorted: the
+    /// copy's relation lists columns in another order than the stream's): the row index is
+    /// keyed by it.
+    identities: HashMap<String, Vec<u32>>,
 }
 
 /// The class of a key column's type: what kind of [`NodeKey`] its values become.
@@ -239,6 +243,7 @@ impl Mapper {
             plans: HashMap::new(),
             key_classes: HashMap::new(),
             table_oids: HashMap::new(),
+            identities: HashMap::new(),
         }
     }
 
@@ -475,6 +480,31 @@ impl Mapper {
             .collect();
         if node.is_none() && !plans.is_empty() && identity.is_empty() {
             return Err(MapError::NoIdentity { table: name });
+        }
+        // An edge table's rows are found by their replica identity: it must stay the same
+        // columns (a rename keeps them; REPLICA IDENTITY FULL or a key of other types does
+        // not, and rows would no longer find their edges).
+        if !plans.is_empty() {
+            let mut ident: Vec<u32> = identity.iter().map(|&i| rel.columns[i].type_oid).collect();
+            ident.sort_unstable();
+            match self.identities.get(&name) {
+                Some(before) if *before != ident => {
+                    return Err(MapError::IdentityChanged {
+                        table: name,
+                        column: rel
+                            .columns
+                            .iter()
+                            .filter(|c| c.is_key)
+                            .map(|c| c.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    self.identities.insert(name.clone(), ident);
+                }
+            }
         }
         // Key and endpoint columns keep their type class.
         let mut keys: Vec<usize> = node.iter().flat_map(|n| n.key.iter().copied()).collect();
