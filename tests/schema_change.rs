@@ -892,3 +892,53 @@ fn a_replica_identity_change_rebuilds_so_deletes_still_find_their_edges() {
     compare_over_http(&addr, &expected, lsn);
     r.stop();
 }
+
+#[test]
+fn a_partition_attached_rebuilds_so_its_rows_arrive() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("schema_partition");
+    cluster.psql(
+        &db,
+        "CREATE TABLE events (id bigint, k int, name text, PRIMARY KEY (id, k)) PARTITION BY LIST (k); \
+         CREATE TABLE events_1 PARTITION OF events FOR VALUES IN (1); \
+         INSERT INTO events SELECT i, 1, 'e' || i FROM generate_series(1, 50) i;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("events.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nslot = \"gs_{db}\"\npublication = \"gs_{db}\"\n\n[[nodes]]\ntable = \"public.events\"\nkey = [\"id\", \"k\"]\nlabel = \"Event\"\nproperties = [\"name\"]\n"
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let mut r = replica::spawn(cluster, &db, &config, &data, &[]);
+    let addr = r.addr();
+    wait_health(&mut r, &addr, "streaming", Duration::from_secs(60));
+    // Rows written to a table, then the table attached: nothing of them comes through
+    // replication.
+    cluster.psql(
+        &db,
+        "CREATE TABLE events_2 (id bigint, k int, name text, PRIMARY KEY (id, k)); \
+         INSERT INTO events_2 SELECT i, 2, 'f' || i FROM generate_series(1, 30) i; \
+         ALTER TABLE events ATTACH PARTITION events_2 FOR VALUES IN (2);",
+    );
+    wait_rebuilds(&mut r, &addr, 1, Duration::from_secs(120));
+    assert!(
+        r.log().contains("partitions were attached or detached"),
+        "log:\n{}",
+        r.log()
+    );
+    wait_health(&mut r, &addr, "streaming", Duration::from_secs(60));
+    cluster.psql(&db, "INSERT INTO events VALUES (100, 2, 'g');");
+    let lsn = current_lsn(cluster, &db);
+    let mut expected = replica::Expected::default();
+    for line in cluster.psql(&db, "SELECT id, k FROM events").lines() {
+        let (id, k) = line.split_once('|').unwrap();
+        expected.nodes.insert(format!("Event:{id},{k}"), None);
+    }
+    assert_eq!(expected.nodes.len(), 81);
+    compare_over_http(&addr, &expected, lsn);
+    r.stop();
+}

@@ -100,6 +100,17 @@ pub enum SyncError {
     /// Initial copy data was malformed (table unknown).
     #[error("initial copy: {0}")]
     CopyData(#[from] CopyError),
+    /// A mapped partitioned table gained or lost partitions (nothing comes through replication
+    /// for that).
+    #[error(
+        "table {table}: partitions were attached or detached, which sends nothing through replication (the rows of an \
+         attached partition never arrive, those of a detached one stay); the graph is rebuilt in the background (the graph \
+         as applied keeps answering)"
+    )]
+    PartitionsChanged {
+        /// `schema.table`.
+        table: String,
+    },
     /// A local I/O error.
     #[error("{0}")]
     Io(String),
@@ -119,7 +130,7 @@ impl SyncError {
             self,
             SyncError::Map(
                 MapError::KeyTypeChanged { .. } | MapError::IdentityChanged { .. } | MapError::TableRecreated { .. }
-            )
+            ) | SyncError::PartitionsChanged { .. }
         )
     }
 
@@ -138,6 +149,7 @@ impl SyncError {
                     | MapError::TableRenamed { .. }
                     | MapError::TableRecreated { .. }
             ) | SyncError::Catalog(CatalogError::Table { .. } | CatalogError::PublicationIncomplete { .. })
+                | SyncError::PartitionsChanged { .. }
         )
     }
 

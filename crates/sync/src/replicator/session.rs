@@ -266,7 +266,10 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
         watch_tables: if *nested {
             Vec::new()
         } else {
-            tables_in_force.iter().map(|t| (t.oid, t.qualified.clone())).collect()
+            tables_in_force
+                .iter()
+                .map(|t| (t.oid, t.qualified.clone(), t.partitioned))
+                .collect()
         },
     };
     super::stream::stream(ctx, mapper, st, client).await

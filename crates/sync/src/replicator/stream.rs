@@ -23,8 +23,9 @@ pub(super) struct StreamCtx<'a> {
     /// The status of a background rebuild in progress: the session ends for the swap once it
     /// has caught up.
     pub(super) rebuild: Option<Arc<ReplicaStatus>>,
-    /// The mapped tables (OID, name), watched for a DROP TABLE (the replicator in force only).
-    pub(super) watch_tables: Vec<(u32, String)>,
+    /// The mapped tables (OID, name, partitioned), watched for DDL replication does not carry
+    /// (the replicator in force only).
+    pub(super) watch_tables: Vec<(u32, String, bool)>,
 }
 
 pub(super) async fn stream(
@@ -177,7 +178,7 @@ pub(super) async fn stream(
         }
         next_chores = now + Duration::from_millis(10);
         // A mapped table dropped: pause (what was received before is applied).
-        if let Some(e) = probe.dropped() {
+        if let Some(e) = probe.changed() {
             apply_pending(&mut pending, mapper, st, status)?;
             let _ = stream.stop().await;
             return Err(e);
