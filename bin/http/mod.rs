@@ -356,6 +356,18 @@ async fn node(
 /// largest hubs, so clients that ignore `next_cursor` see every neighbour of most nodes).
 const MAX_PAGE: usize = 100_000;
 
+/// A neighbours cursor: `direction.node.label.weight_bits` (hex) of the last one returned.
+fn parse_cursor(c: &str) -> Option<(u8, u32, u8, u64)> {
+    let mut it = c.split('.');
+    let key = (
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        u64::from_str_radix(it.next()?, 16).ok()?,
+    );
+    it.next().is_none().then_some(key)
+}
+
 async fn neighbors(State(api): State<Api>, Query(p): Params) -> Result<Json<Json_>, ApiError> {
     let (view, schema, lsn) = api.view(&p).await?;
     let name = required(&p, "node")?;
@@ -364,17 +376,29 @@ async fn neighbors(State(api): State<Api>, Query(p): Params) -> Result<Json<Json
     if limit == 0 || limit > MAX_PAGE {
         return Err(bad("limit", format!("{limit} is not between 1 and {MAX_PAGE}")));
     }
-    // The cursor is the position after the last neighbour returned; pages are consistent when
-    // read at one LSN (pass the first page's `lsn` as `min_lsn`: later views may differ).
-    let from: usize = match p.get("cursor") {
-        None => 0,
-        Some(c) => c
-            .parse()
-            .map_err(|_| bad("cursor", format!("{c:?} is not a cursor returned by this endpoint")))?,
+    // Neighbours come in one canonical order (direction, node id, label, weight), whatever the
+    // view's internal layout (a compaction reorders adjacency), and the cursor is the key of
+    // the last one returned: the next page starts after it, so pages read across views (new
+    // writes, a compaction) never repeat or skip what did not change.
+    let after: Option<(u8, u32, u8, u64)> = match p.get("cursor") {
+        None => None,
+        Some(c) => Some(
+            parse_cursor(c).ok_or_else(|| bad("cursor", format!("{c:?} is not a cursor returned by this endpoint")))?,
+        ),
     };
     let n = resolve(&view, &schema, &p, "node", name)?;
     let f = start_filter(&view, &schema, &p, name)?;
-    let all = query::neighbor_edges(&*view, n, dir, f).map_err(|e| query_error(e, &view, &schema))?;
+    let mut all = query::neighbor_edges(&*view, n, dir, f).map_err(|e| query_error(e, &view, &schema))?;
+    let key = |e: &query::Neighbor| {
+        (
+            u8::from(e.direction != Direction::Out),
+            e.node.0,
+            e.label.0,
+            e.weight.to_bits(),
+        )
+    };
+    all.sort_unstable_by_key(key);
+    let from = after.map_or(0, |a| all.partition_point(|e| key(e) <= a));
     let page: Vec<Json_> = all
         .iter()
         .skip(from)
@@ -389,7 +413,10 @@ async fn neighbors(State(api): State<Api>, Query(p): Params) -> Result<Json<Json
         })
         .collect();
     let next = from.saturating_add(limit);
-    let next_cursor = (next < all.len()).then(|| next.to_string());
+    let next_cursor = (next < all.len()).then(|| {
+        let (d, node, label, w) = key(&all[next - 1]);
+        format!("{d}.{node}.{label}.{w:x}")
+    });
     Ok(Json(json!({
         "lsn": lsn.to_string(),
         "node": name,
