@@ -200,6 +200,27 @@ pub struct Mapper {
     identities: HashMap<String, Vec<u32>>,
 }
 
+/// The key of one visible node of each of the first `labels` labels (`None` for a label with
+/// none): what the graph's keys of that label look like.
+pub fn first_keys(view: &GraphView, labels: usize) -> Vec<Option<NodeKey>> {
+    let mut out: Vec<Option<NodeKey>> = vec![None; labels];
+    let mut left = labels;
+    for id in 0..view.node_count() {
+        if left == 0 {
+            break;
+        }
+        let n = NodeId(id);
+        if let Some(d) = view.node(n).filter(|_| view.is_visible(n)) {
+            let l = d.label.0 as usize;
+            if l < labels && out[l].is_none() {
+                out[l] = Some(d.key.clone());
+                left -= 1;
+            }
+        }
+    }
+    out
+}
+
 /// The class of a key column's type: what kind of [`NodeKey`] its values become.
 fn key_class(type_oid: u32) -> &'static str {
     match type_oid {
@@ -284,27 +305,16 @@ impl Mapper {
                 NodeKey::Composite(parts) => parts.iter().for_each(|p| classes(p, out)),
             }
         }
-        let labels = self.node_labels.len();
-        let mut kinds: Vec<Option<Vec<&'static str>>> = vec![None; labels];
-        let mut left = labels;
-        for id in 0..view.node_count() {
-            if left == 0 {
-                break;
-            }
-            let n = NodeId(id);
-            if !view.is_visible(n) {
-                continue;
-            }
-            if let Some(d) = view.node(n) {
-                let l = d.label.0 as usize;
-                if l < labels && kinds[l].is_none() {
+        let kinds: Vec<Option<Vec<&'static str>>> = first_keys(view, self.node_labels.len())
+            .iter()
+            .map(|k| {
+                k.as_ref().map(|k| {
                     let mut c = Vec::new();
-                    classes(&d.key, &mut c);
-                    kinds[l] = Some(c);
-                    left -= 1;
-                }
-            }
-        }
+                    classes(k, &mut c);
+                    c
+                })
+            })
+            .collect();
         let label = |name: &str| self.node_labels.iter().position(|l| l == name);
         'tables: for (table, (node, edges)) in &self.tables {
             let mut out = Vec::new();
@@ -406,6 +416,16 @@ impl Mapper {
             })
             .collect();
         RowIndex::new(modes)
+    }
+
+    /// [`Mapper::index_for`] with each table's replica identity as the catalog describes it.
+    pub fn index_for_tables(&self, tables: &[crate::catalog::TableInfo]) -> RowIndex {
+        self.index_for(|t| {
+            tables
+                .iter()
+                .find(|x| x.qualified == t)
+                .map(|x| x.identity_columns.clone())
+        })
     }
 
     /// Whether `qualified` (`schema.table`) is mapped.

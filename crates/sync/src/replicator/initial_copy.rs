@@ -125,12 +125,7 @@ pub(super) async fn initial_copy(
     progress: &ReplicaStatus,
 ) -> Result<(Graph, RowIndex, Lsn), SyncError> {
     let (created, mut copier) = begin_copy(opts, client, store).await?;
-    let index = mapper.index_for(|t| {
-        tables
-            .iter()
-            .find(|x| x.qualified == t)
-            .map(|x| x.identity_columns.clone())
-    });
+    let index = mapper.index_for_tables(tables);
     let mut bulk = BulkLoad::new(index);
     let all = Instant::now();
     // Node tables first: most edges then find their endpoints already known.
@@ -202,12 +197,7 @@ pub(super) async fn table_copy(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let empty = mapper.index_for(|t| {
-        tables
-            .iter()
-            .find(|x| x.qualified == t)
-            .map(|x| x.identity_columns.clone())
-    });
+    let empty = mapper.index_for_tables(tables);
     let Base {
         view,
         index,

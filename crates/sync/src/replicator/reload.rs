@@ -177,11 +177,6 @@ impl Replicator {
 /// Whether the edges the graph in force holds are found the same way under `config` (the
 /// row index it keeps is then valid for it).
 fn same_lookups(index: &RowIndex, config: &Arc<MappingConfig>, tables: &[TableInfo]) -> bool {
-    let new = Mapper::new(config.clone()).index_for(|t| {
-        tables
-            .iter()
-            .find(|x| x.qualified == t)
-            .map(|x| x.identity_columns.clone())
-    });
+    let new = Mapper::new(config.clone()).index_for_tables(tables);
     (0..index.len_mappings()).all(|i| index.mode(i) == new.mode(i))
 }

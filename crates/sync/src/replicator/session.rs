@@ -293,25 +293,19 @@ fn schema(
         }
     }
     let labels = opts.config.nodes.len();
-    let mut held: Vec<Option<Vec<KeyKind>>> = vec![None; labels];
-    if let Some(v) = view {
-        let mut left = labels;
-        for id in 0..v.node_count() {
-            if left == 0 {
-                break;
-            }
-            let n = graph::NodeId(id);
-            if let Some(d) = v.node(n).filter(|_| v.is_visible(n)) {
-                let l = d.label.0 as usize;
-                if l < labels && held[l].is_none() {
-                    let mut k = Vec::new();
-                    kinds(&d.key, &mut k);
-                    held[l] = Some(k);
-                    left -= 1;
-                }
-            }
-        }
-    }
+    let mut held: Vec<Option<Vec<KeyKind>>> = match view {
+        Some(v) => crate::mapper::first_keys(v, labels)
+            .iter()
+            .map(|k| {
+                k.as_ref().map(|k| {
+                    let mut out = Vec::new();
+                    kinds(k, &mut out);
+                    out
+                })
+            })
+            .collect(),
+        None => vec![None; labels],
+    };
     GraphSchema {
         node_labels: mapper.node_labels().to_vec(),
         edge_labels: mapper.edge_labels().to_vec(),
