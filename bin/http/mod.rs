@@ -145,14 +145,9 @@ impl Api {
                 ));
             }
         }
-        let graph = self
-            .status
-            .graph()
-            .ok_or_else(|| unavailable("the graph is not loaded yet (initial copy or start-up)"))?;
-        let schema = self
-            .status
-            .schema()
-            .ok_or_else(|| unavailable("the graph is not loaded yet"))?;
+        let (graph, schema) = self.status.served();
+        let graph = graph.ok_or_else(|| unavailable("the graph is not loaded yet (initial copy or start-up)"))?;
+        let schema = schema.ok_or_else(|| unavailable("the graph is not loaded yet"))?;
         let lsn = self.status.snapshot().applied_lsn;
         Ok((graph.view(), schema, lsn))
     }

@@ -227,9 +227,6 @@ impl Replicator {
         self.store = store;
         self.log = log;
         self.mapper = mapper;
-        if let Some(schema) = new_status.schema() {
-            self.status.set_schema((*schema).clone());
-        }
         // Subscribers of the old graph must refetch: the new one starts at the swap.
         match open_feed(&self.opts, self.opts.hash(), &self.status, st.safe) {
             Ok(feed) => {
@@ -242,7 +239,10 @@ impl Replicator {
             old.feed.supersede(st.safe);
         }
         let n = new_status.snapshot();
-        self.status.set_graph(st.graph.reader());
+        match new_status.schema() {
+            Some(schema) => self.status.set_served(st.graph.reader(), schema),
+            None => self.status.set_graph(st.graph.reader()),
+        }
         self.status.update(|s| {
             s.applied_lsn = st.safe;
             s.durable_lsn = n.durable_lsn;

@@ -129,10 +129,10 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
                 r.graph.set_policy(opts.compaction);
                 // Key kinds as the graph holds them; type changes made while stopped show.
                 mapper.seed_key_classes(&r.graph.view());
-                status.set_schema(schema(opts, mapper, &tables, Some(&r.graph.view()), hash));
+                let names = schema(opts, mapper, &tables, Some(&r.graph.view()), hash);
                 let writer = LogWriter::open(log, position, writer_options(opts))?;
                 let feed = open_feed(opts, hash, status, position)?;
-                status.set_graph(r.graph.reader());
+                status.set_served(r.graph.reader(), Arc::new(names));
                 status.update(|st| {
                     st.applied_lsn = position;
                     st.durable_lsn = position;

@@ -164,8 +164,9 @@ pub struct GraphSchema {
 #[derive(Debug, Default)]
 pub struct ReplicaStatus {
     inner: Mutex<StatusSnapshot>,
-    graph: Mutex<Option<GraphReader>>,
-    schema: Mutex<Option<Arc<GraphSchema>>>,
+    /// The graph served and the names to read it with, behind one lock so a query never
+    /// pairs one generation's graph with another's schema (key kinds differ across a rebuild).
+    served: Mutex<Served>,
     applied: Mutex<Option<watch::Sender<Lsn>>>,
     feed: Mutex<Option<Arc<crate::feed::Feed>>>,
     rebuild: Mutex<Option<RebuildInfo>>,
@@ -191,8 +192,7 @@ impl ReplicaStatus {
         let (tx, _) = watch::channel(Lsn(0));
         Arc::new(ReplicaStatus {
             inner: Mutex::default(),
-            graph: Mutex::default(),
-            schema: Mutex::default(),
+            served: Mutex::default(),
             applied: Mutex::new(Some(tx)),
             feed: Mutex::default(),
             rebuild: Mutex::default(),
@@ -210,11 +210,28 @@ impl ReplicaStatus {
 
     /// Label names and key kinds, once the catalog was read.
     pub fn schema(&self) -> Option<Arc<GraphSchema>> {
-        self.schema.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.served().1
     }
 
     pub(super) fn set_schema(&self, s: GraphSchema) {
-        *self.schema.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(s));
+        self.lock_served().schema = Some(Arc::new(s));
+    }
+
+    /// The graph and its schema, read together (both `None` until loaded).
+    pub fn served(&self) -> (Option<GraphReader>, Option<Arc<GraphSchema>>) {
+        let g = self.lock_served();
+        (g.graph.clone(), g.schema.clone())
+    }
+
+    /// Serves another graph with its schema in one step (a rebuild's swap).
+    pub(super) fn set_served(&self, r: GraphReader, s: Arc<GraphSchema>) {
+        let mut g = self.lock_served();
+        g.graph = Some(r);
+        g.schema = Some(s);
+    }
+
+    fn lock_served(&self) -> std::sync::MutexGuard<'_, Served> {
+        self.served.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The current status.
@@ -224,7 +241,7 @@ impl ReplicaStatus {
 
     /// The graph, once restored or copied.
     pub fn graph(&self) -> Option<GraphReader> {
-        self.graph.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.served().0
     }
 
     /// A receiver that sees the applied LSN change (read-your-writes waits).
@@ -256,6 +273,12 @@ impl ReplicaStatus {
     }
 
     pub(super) fn set_graph(&self, r: GraphReader) {
-        *self.graph.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        self.lock_served().graph = Some(r);
     }
+}
+
+#[derive(Debug, Default)]
+struct Served {
+    graph: Option<GraphReader>,
+    schema: Option<Arc<GraphSchema>>,
 }
