@@ -10,6 +10,7 @@
 //! - [`record`]: what a payload holds (the graph mutations and row-index changes of one
 //!   applied batch, with each transaction's boundary; or a bare position).
 //! - `replay`: restart by replay ([`replay`]): the records after a snapshot applied to it.
+//! - `tail`: [`LogTail`], following the log while it is appended to (the publisher).
 //!
 //! Segments and the writer treat payloads as opaque bytes. Not for: when to write, snapshot or
 //! prune (the replicator), or snapshots themselves (`crate::checkpoint`).
@@ -21,11 +22,13 @@ mod dir;
 pub mod record;
 mod replay;
 pub mod segment;
+mod tail;
 pub mod writer;
 
 pub use dir::{Cut, LogDir, Problem, Recovery, SegmentReport};
 pub use replay::{replay, replay_until, ReplayError, Replayed};
 pub use segment::{SegmentInfo, MAX_PAYLOAD};
+pub use tail::{LogTail, TailError};
 pub use writer::{LogWriter, WriterOptions};
 
 /// Why a change log operation failed.

@@ -272,3 +272,47 @@ fn scan_speed() {
         );
     }
 }
+
+/// A tail following a writer across segment rolls returns every record once, in order, never
+/// past the durable position; one started in the middle resumes after its position; pruned
+/// records are an error, not a silent skip.
+#[test]
+fn tail_follows_the_writer_across_segments() {
+    use super::super::{LogTail, TailError};
+    let (_t, dir) = tmp();
+    let mut rng = fastrand::Rng::with_seed(5);
+    let recs = random_records(&mut rng, 3_000, 200, Lsn(0));
+    let w = LogWriter::open(&dir, Lsn(0), opts(16 << 10)).expect("open");
+    let mut tail = LogTail::new(dir.clone(), HASH, Lsn(0));
+    let mut got: Recs = Vec::new();
+    for (i, (lsn, p)) in recs.iter().enumerate() {
+        w.append(*lsn, p.clone()).expect("append");
+        if i % 97 == 0 {
+            let durable = w.durable();
+            for (l, p) in tail.read(durable, 4096).expect("tail") {
+                assert!(l <= durable, "{l} past the durable {durable}");
+                got.push((l, p));
+            }
+        }
+    }
+    let durable = w.flush(Duration::from_secs(10)).expect("flush");
+    loop {
+        let more = tail.read(durable, 1 << 20).expect("tail");
+        if more.is_empty() {
+            break;
+        }
+        got.extend(more);
+    }
+    assert!(dir.segments().expect("segments").len() > 3, "the test must cross segments");
+    assert_eq!(got, recs);
+    // From the middle.
+    let mid = recs[1_234].0;
+    let mut tail = LogTail::new(dir.clone(), HASH, mid);
+    let rest = tail.read(durable, usize::MAX).expect("tail");
+    assert_eq!(rest, recs[1_235..].to_vec());
+    // Pruned.
+    let segs = dir.segments().expect("segments");
+    dir.remove_through(segs[2].start).expect("prune");
+    let e = LogTail::new(dir.clone(), HASH, Lsn(0)).read(durable, 1).expect_err("pruned");
+    assert!(matches!(e, TailError::Pruned { .. }), "{e}");
+}
