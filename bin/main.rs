@@ -4,10 +4,12 @@ mod admin;
 mod decode;
 mod demo;
 mod explorer;
+mod follow;
 mod http;
 mod log_cmd;
 mod notify;
 mod replicate;
+mod serve;
 mod snapshot_cmd;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +49,12 @@ enum Command {
     ///
     /// Example: graphsync replicate --config graph.toml --database-url postgres://graphsync@db/app --data-dir /var/lib/graphsync
     Replicate(Box<replicate::ReplicateArgs>),
+    /// Serve a read replica fed by a leader's NATS JetStream stream (`replicate --publish`)
+    /// instead of a replication slot: bootstraps from the leader's newest snapshot, then
+    /// applies its change log.
+    ///
+    /// Example: graphsync follow --config graph.toml --nats nats://nats:4222 --data-dir /var/lib/graphsync-follower
+    Follow(Box<follow::FollowArgs>),
     /// Try graphsync in one command: a throw-away PostgreSQL with a sample multi-tenant social
     /// graph and a live writer, replicated, with the HTTP API and example queries. Ctrl-C stops
     /// it and removes everything it made.
@@ -138,7 +146,7 @@ impl SnapshotTarget {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Replicate(_)) {
+    let default_level = if matches!(cli.command, Command::Replicate(_) | Command::Follow(_)) {
         "info"
     } else if matches!(cli.command, Command::Demo(_)) {
         "warn,sync=info"
@@ -157,6 +165,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Replicate(args) => replicate::run(*args),
+        Command::Follow(args) => follow::run(*args),
         Command::Init(args) => admin::init(args),
         Command::Demo(args) => demo::run(args),
         Command::Teardown(args) => admin::teardown(args),

@@ -32,30 +32,8 @@ pub struct ReplicateArgs {
     /// changed, slot dropped or invalidated, no usable checkpoint), in place instead of refusing.
     #[arg(long, env = "GRAPHSYNC_REBUILD")]
     pub rebuild: bool,
-    /// Address of the HTTP API (health, metrics, queries).
-    #[arg(long, env = "GRAPHSYNC_LISTEN", default_value = "127.0.0.1:9187")]
-    pub listen: std::net::SocketAddr,
-    /// Bearer token required by every HTTP endpoint but /health.
-    #[arg(long, env = "GRAPHSYNC_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<String>,
-    /// File holding the secret (32+ bytes) that signs tenant-scoped tokens (JWT, HS256).
-    #[arg(long, env = "GRAPHSYNC_JWT_HS256_SECRET_FILE")]
-    pub jwt_hs256_secret_file: Option<std::path::PathBuf>,
-    /// PEM public key (RSA: RS256, or EC P-256: ES256) that checks tenant-scoped tokens (JWT).
-    #[arg(long, env = "GRAPHSYNC_JWT_PUBLIC_KEY_FILE")]
-    pub jwt_public_key_file: Option<std::path::PathBuf>,
-    /// The token claim listing the tenants it may read (a list, or one value).
-    #[arg(long, env = "GRAPHSYNC_JWT_TENANTS_CLAIM", default_value = "tenants")]
-    pub jwt_tenants_claim: String,
-    /// Accept only tokens with this audience (`aud`).
-    #[arg(long, env = "GRAPHSYNC_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
-    /// Accept only tokens from this issuer (`iss`).
-    #[arg(long, env = "GRAPHSYNC_JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-    /// /health answers 503 "lagging" past this replica lag.
-    #[arg(long, env = "GRAPHSYNC_MAX_LAG_SECONDS", default_value_t = 30.0)]
-    pub max_lag_seconds: f64,
+    #[command(flatten)]
+    pub http: crate::serve::HttpArgs,
     /// Megabytes of streamed (large, in-progress) transactions held in memory before they
     /// spill to temporary files in the data directory.
     #[arg(long, env = "GRAPHSYNC_SPILL_THRESHOLD_MB", default_value_t = 64)]
@@ -64,29 +42,18 @@ pub struct ReplicateArgs {
     /// temporal and uuid columns).
     #[arg(long, env = "GRAPHSYNC_BINARY")]
     pub binary: bool,
-    /// Overlay edge changes that start a background compaction (transactions are refused
-    /// only at 16 times this, until it finishes).
-    #[arg(long, env = "GRAPHSYNC_COMPACTION_THRESHOLD", default_value_t = 1 << 20)]
-    pub compaction_threshold: usize,
     /// Reconnect after this many milliseconds without a message from the server.
     #[arg(long, env = "GRAPHSYNC_RECEIVE_TIMEOUT_MS", default_value_t = 30_000)]
     pub receive_timeout_ms: u64,
-    /// Write a snapshot (the base the change log is replayed on at restart) once this many
-    /// graph changes were logged since the last one. Lower: faster restarts, more snapshot
-    /// writes.
-    #[arg(long, env = "GRAPHSYNC_SNAPSHOT_AFTER_CHANGES", default_value_t = 1_000_000)]
-    pub snapshot_after_changes: u64,
-    /// Size of one change log segment file, in megabytes.
-    #[arg(long, env = "GRAPHSYNC_LOG_SEGMENT_MB", default_value_t = 64)]
-    pub log_segment_mb: u64,
-    /// Memory for the change feed's recent records, in megabytes (older ones are read from
-    /// the change log on disk).
-    #[arg(long, env = "GRAPHSYNC_FEED_MEMORY_MB", default_value_t = 64)]
-    pub feed_memory_mb: usize,
-    /// A change feed subscriber whose connection takes nothing for this long while events
-    /// wait is disconnected (it resumes with Last-Event-ID).
-    #[arg(long, env = "GRAPHSYNC_FEED_STALL_TIMEOUT_MS", default_value_t = 10_000)]
-    pub feed_stall_timeout_ms: u64,
+    #[command(flatten)]
+    pub store: crate::serve::StoreArgs,
+    #[command(flatten)]
+    pub nats: crate::serve::NatsArgs,
+    /// Publish the change log and snapshots to NATS JetStream at this URL (comma-separated
+    /// for a cluster; `tls://` for TLS) for followers (`graphsync follow`). What is confirmed
+    /// to PostgreSQL then waits for JetStream's acknowledgement.
+    #[arg(long, env = "GRAPHSYNC_PUBLISH", hide_env_values = true)]
+    pub publish: Option<String>,
     /// No longer used: changes are durable in the change log within milliseconds and
     /// snapshots follow --snapshot-after-changes. Accepted so old unit files keep working.
     #[arg(long, env = "GRAPHSYNC_CHECKPOINT_INTERVAL_MS", hide = true)]
@@ -111,14 +78,8 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     opts.rebuild = args.rebuild || opts.config.source.rebuild;
     opts.spill_threshold = args.spill_threshold_mb << 20;
     opts.binary = args.binary;
-    opts.compaction = graph::CompactionPolicy {
-        soft_limit: args.compaction_threshold.max(1),
-        hard_limit: args.compaction_threshold.max(1).saturating_mul(16),
-    };
+    args.store.apply(&mut opts);
     opts.receive_timeout = Duration::from_millis(args.receive_timeout_ms.max(1000));
-    opts.snapshot_after_changes = args.snapshot_after_changes.max(1);
-    opts.log_segment_bytes = args.log_segment_mb.clamp(1, 1 << 20) << 20;
-    opts.feed_memory_bytes = args.feed_memory_mb.clamp(1, 1 << 20) << 20;
     if args.checkpoint_interval_ms.is_some() {
         tracing::warn!("--checkpoint-interval-ms (GRAPHSYNC_CHECKPOINT_INTERVAL_MS) is no longer used: changes are durable in the change log as they are applied; snapshots follow --snapshot-after-changes");
     }
@@ -127,13 +88,11 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let jwt = crate::http::Jwt::load(&crate::http::JwtSettings {
-        hs256_secret_file: args.jwt_hs256_secret_file.as_deref(),
-        public_key_file: args.jwt_public_key_file.as_deref(),
-        claim: &args.jwt_tenants_claim,
-        audience: args.jwt_audience.as_deref(),
-        issuer: args.jwt_issuer.as_deref(),
-    })?;
+    let jwt = args.http.jwt()?;
+    let publish = args.publish.as_ref().map(|url| crate::serve::PublishPlan {
+        nats: args.nats.options(url, &opts.slot),
+        data_dir: opts.data_dir.clone(),
+    });
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         stop_on_signal(tx);
@@ -144,26 +103,16 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             reloads: reload_tx,
         });
         let hup = reload_on_sighup(admin.clone());
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (in use? pass --listen)", args.listen))?;
-        let bound = listener.local_addr().unwrap_or(args.listen);
-        tracing::info!(listen = %bound, "HTTP API listening");
-        let api = crate::http::Api {
-            status: status.clone(),
-            token: args.api_token.map(Into::into),
-            started: std::time::Instant::now(),
-            max_lag_seconds: args.max_lag_seconds,
-            jwt: jwt.map(std::sync::Arc::new),
-            admin: Some(admin),
-            feed: std::sync::Arc::new(crate::http::FeedConfig {
-                stall_timeout: std::time::Duration::from_millis(args.feed_stall_timeout_ms.max(100)),
-                ..Default::default()
-            }),
-        };
+        let listener = args.http.bind().await?;
+        let api = args.http.api(status.clone(), jwt, Some(admin));
         let server = crate::http::spawn(listener, api, rx.clone());
         let notifier = tokio::spawn(notify_loop(status.clone(), rx.clone()));
+        let publisher = publish.map(|p| p.spawn(&status, rx.clone()));
         let result = replicator::run_with_reloads(opts, status, rx, reloads).await;
+        if let Some(p) = publisher {
+            // The replicator stopped: let the publisher send what the log made durable.
+            let _ = tokio::time::timeout(Duration::from_secs(10), p).await;
+        }
         notifier.abort();
         hup.abort();
         let n = crate::notify::Notifier::from_env();

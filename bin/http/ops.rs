@@ -50,6 +50,7 @@ pub(super) async fn health(State(api): State<Api>) -> Response {
         Phase::Stopping => "stopping",
         Phase::MappingBroken => "mapping_broken",
         Phase::Streaming if s.log_error.is_some() => "log_unwritable",
+        Phase::Streaming if s.publish_error.is_some() => "publish_stalled",
         Phase::Streaming if l.seconds > api.max_lag_seconds => "lagging",
         Phase::Streaming if l.bytes > 0 && l.seconds > 1.0 => "catching_up",
         Phase::Streaming => "streaming",
@@ -69,6 +70,9 @@ pub(super) async fn health(State(api): State<Api>) -> Response {
         "read_only_reason": Json_::Null,
         "snapshot_lsn": s.snapshot_lsn.to_string(),
         "rebuild": rebuild_json(&api.status),
+        "role": if s.follower { "follower" } else { "leader" },
+        "published_lsn": s.published_lsn.map(|l| l.to_string()),
+        "publish_error": s.publish_error,
     });
     let code = if ok {
         StatusCode::OK
@@ -267,6 +271,49 @@ pub(super) async fn metrics(State(api): State<Api>) -> Result<Response, ApiError
     ];
     for (name, help, v) in gauges {
         reg.register(name, help, ConstGauge::new(v));
+    }
+    if let Some(p) = s.published_lsn {
+        reg.register(
+            "published_lsn",
+            "Every change-log record through this WAL position is acknowledged by JetStream (--publish).",
+            ConstGauge::new(p.0 as f64),
+        );
+        reg.register(
+            "publish_stalled",
+            "1 while publishing to JetStream fails (nothing past published_lsn is confirmed).",
+            ConstGauge::new(f64::from(u8::from(s.publish_error.is_some()))),
+        );
+    }
+    if s.follower {
+        for (name, help, v) in [
+            (
+                "follower_leader_lsn",
+                "The leader's newest record in the stream.",
+                s.server_wal_end.0 as f64,
+            ),
+            (
+                "follower_lag_bytes",
+                "The leader's newest record minus the applied position.",
+                l.bytes as f64,
+            ),
+            (
+                "follower_lag_seconds",
+                "Age of the last applied commit while behind the leader.",
+                l.seconds,
+            ),
+        ] {
+            reg.register(name, help, ConstGauge::new(v));
+        }
+        reg.register(
+            "follower_records_applied",
+            "Change-log records applied from the stream.",
+            ConstCounter::new(s.follower_records as f64),
+        );
+        reg.register(
+            "follower_rebootstraps",
+            "Snapshots loaded because the stream no longer held the next record.",
+            ConstCounter::new(s.rebootstraps as f64),
+        );
     }
     reg.register(
         "feed_subscribers",

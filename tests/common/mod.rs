@@ -2,6 +2,7 @@
 //! bounded collection of decoded replication messages.
 #![allow(dead_code)]
 
+pub mod nats;
 pub mod proxy;
 pub mod replica;
 pub mod workload;

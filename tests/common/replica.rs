@@ -39,6 +39,26 @@ pub fn spawn_with_env(
 
 /// Starts `graphsync replicate` against connection string `url`.
 pub fn spawn_url(url: &str, config: &Path, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Replicator {
+    let mut args: Vec<std::ffi::OsString> = vec!["replicate".into(), "--database-url".into(), url.into()];
+    if !extra.contains(&"--snapshot-after-changes") {
+        args.extend(["--snapshot-after-changes".into(), "500".into()]);
+    }
+    spawn_graphsync(args, config, data_dir, extra, env)
+}
+
+/// Starts `graphsync follow` of the stream on NATS at `nats`.
+pub fn spawn_follower(nats: &str, config: &Path, data_dir: &Path, extra: &[&str]) -> Replicator {
+    let args = vec!["follow".into(), "--nats".into(), nats.into()];
+    spawn_graphsync(args, config, data_dir, extra, &[])
+}
+
+fn spawn_graphsync(
+    args: Vec<std::ffi::OsString>,
+    config: &Path,
+    data_dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Replicator {
     static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let log = data_dir.with_extension(format!("run{n}.log"));
@@ -48,19 +68,12 @@ pub fn spawn_url(url: &str, config: &Path, data_dir: &Path, extra: &[&str], env:
         .open(&log)
         .expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_graphsync"))
-        .arg("replicate")
+        .args(args)
         .arg("--config")
         .arg(config)
         .arg("--data-dir")
         .arg(data_dir)
-        .arg("--database-url")
-        .arg(url)
         .args(["--listen", "127.0.0.1:0"])
-        .args(if extra.contains(&"--snapshot-after-changes") {
-            &[][..]
-        } else {
-            &["--snapshot-after-changes", "500"][..]
-        })
         .args(extra)
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())

@@ -286,6 +286,35 @@ impl CheckpointStore {
         Ok(m)
     }
 
+    /// Makes the snapshot files for `lsn` already in the directory (a snapshot written
+    /// elsewhere and copied in: `graph-<LSN>.snap`, `rows-<LSN>.idx`) the only checkpoint,
+    /// once they load under `mapping_hash`; every other snapshot is removed.
+    pub fn adopt(&self, lsn: Lsn, mapping_hash: u64) -> Result<Manifest, CheckpointError> {
+        let m = Manifest {
+            lsn,
+            snapshot: Self::snapshot_name(lsn),
+            rows: format!("rows-{:016X}.idx", lsn.0),
+            mapping_hash,
+            previous: None,
+            position: lsn,
+        };
+        let (_, _, found) = self
+            .load_one(&m.snapshot, &m.rows, mapping_hash)
+            .map_err(|what| CheckpointError::Io {
+                path: self.dir.join(&m.snapshot),
+                source: std::io::Error::other(what),
+            })?;
+        if found != lsn.0 {
+            return Err(CheckpointError::Io {
+                path: self.dir.join(&m.snapshot),
+                source: std::io::Error::other(format!("the snapshot holds LSN {}, not {lsn}", Lsn(found))),
+            });
+        }
+        write_atomic(&self.dir, MANIFEST, m.to_json().as_bytes())?;
+        self.prune(&m);
+        Ok(m)
+    }
+
     /// Moves the manifest's position forward to `position` (nothing mapped changed after what
     /// the change log holds). Returns the new manifest.
     pub fn advance(&self, current: &Manifest, position: Lsn) -> Result<Manifest, CheckpointError> {

@@ -78,6 +78,12 @@ pub enum Record {
     Position,
 }
 
+/// A position record: WAL up to the frame's LSN changed nothing mapped (the publisher sends
+/// one when the replica's position moves past its last record, so followers' positions follow).
+pub fn encode_position() -> Vec<u8> {
+    vec![RECORD_VERSION, KIND_POSITION]
+}
+
 /// Encodes the changes of `applied`; `txns` gives each transaction's (end LSN, commit time)
 /// and must match `applied.ends` one to one.
 pub fn encode_changes(applied: &Applied, txns: &[(Lsn, i64)]) -> Vec<u8> {

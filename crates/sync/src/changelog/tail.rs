@@ -57,6 +57,12 @@ impl LogTail {
         self.last
     }
 
+    /// Moves the position to `lsn` when no record lies between (a position published that
+    /// is not in the log: the next records read are those after it).
+    pub fn skip_to(&mut self, lsn: Lsn) {
+        self.last = self.last.max(lsn);
+    }
+
     /// The next records with lsn ≤ `until` (every one of them must be completely written:
     /// the writer's durable position), at most `max_bytes` of payload (at least one record
     /// when any is due). An empty result: nothing new up to `until`.
@@ -169,7 +175,9 @@ fn read_frame(file: &File, path: &std::path::Path, off: u64, floor: Lsn, until: 
         return Err(corrupt(format!("record LSN {lsn} is not after {floor}")));
     }
     if len > MAX_PAYLOAD {
-        return Err(corrupt(format!("the record's length {len} exceeds the maximum {MAX_PAYLOAD}")));
+        return Err(corrupt(format!(
+            "the record's length {len} exceeds the maximum {MAX_PAYLOAD}"
+        )));
     }
     let mut h = [0u8; FRAME_OVERHEAD];
     file.read_exact_at(&mut h, off).map_err(LogError::io(path))?;
@@ -177,7 +185,9 @@ fn read_frame(file: &File, path: &std::path::Path, off: u64, floor: Lsn, until: 
     file.read_exact_at(&mut payload, off + FRAME_OVERHEAD as u64)
         .map_err(|e| corrupt(format!("the record runs past the end of the file ({e})")))?;
     if frame_checksum(&h[0..12], &payload) != le_u64(&h[12..20]) {
-        return Err(corrupt(format!("checksum mismatch in the record (its header says LSN {lsn})")));
+        return Err(corrupt(format!(
+            "checksum mismatch in the record (its header says LSN {lsn})"
+        )));
     }
     Ok(Frame::Record(lsn, payload))
 }

@@ -303,7 +303,10 @@ fn tail_follows_the_writer_across_segments() {
         }
         got.extend(more);
     }
-    assert!(dir.segments().expect("segments").len() > 3, "the test must cross segments");
+    assert!(
+        dir.segments().expect("segments").len() > 3,
+        "the test must cross segments"
+    );
     assert_eq!(got, recs);
     // From the middle.
     let mid = recs[1_234].0;
@@ -313,6 +316,8 @@ fn tail_follows_the_writer_across_segments() {
     // Pruned.
     let segs = dir.segments().expect("segments");
     dir.remove_through(segs[2].start).expect("prune");
-    let e = LogTail::new(dir.clone(), HASH, Lsn(0)).read(durable, 1).expect_err("pruned");
+    let e = LogTail::new(dir.clone(), HASH, Lsn(0))
+        .read(durable, 1)
+        .expect_err("pruned");
     assert!(matches!(e, TailError::Pruned { .. }), "{e}");
 }

@@ -173,6 +173,8 @@ impl Background {
                 // Nor by a rebuild replaying this log (pinned).
                 let pin = st.log_pin.load(std::sync::atomic::Ordering::SeqCst);
                 let keep = if pin > 0 { m.oldest().min(Lsn(pin)) } else { m.oldest() };
+                // Nor by the publisher, which has not sent them yet.
+                let keep = status.publish_floor().map_or(keep, |p| keep.min(p));
                 match st.log.remove_through(keep) {
                     Ok(n) if n > 0 => tracing::debug!(segments = n, "removed change log segments"),
                     Ok(_) => {}

@@ -43,6 +43,7 @@ use tokio::sync::watch;
 
 mod apply;
 mod error;
+mod follow;
 mod initial_copy;
 mod jobs;
 mod probe;
@@ -56,6 +57,7 @@ mod stream;
 #[allow(unused_imports)]
 use apply::*;
 pub use error::SyncError;
+pub use follow::Follower;
 #[allow(unused_imports)]
 use initial_copy::*;
 #[allow(unused_imports)]

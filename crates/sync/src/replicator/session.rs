@@ -277,7 +277,7 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
 
 /// Label names and key kinds: each label's key kinds as the graph holds them (a node of it in
 /// `view`), else as the catalog's `tables` say.
-fn schema(
+pub(super) fn schema(
     opts: &Options,
     mapper: &Mapper,
     tables: &[TableInfo],

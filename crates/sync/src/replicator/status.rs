@@ -124,6 +124,18 @@ pub struct StatusSnapshot {
     pub mapping_reloads: u64,
     /// Background rebuilds swapped in since start.
     pub rebuilds: u64,
+    /// This status is a follower's (`graphsync follow`): `server_wal_end` is then the
+    /// leader's newest record.
+    pub follower: bool,
+    /// Records a follower applied.
+    pub follower_records: u64,
+    /// Times a follower loaded a newer snapshot (a gap in the stream).
+    pub rebootstraps: u64,
+    /// Publishing to JetStream (`--publish`): every record at or before this LSN is in the
+    /// stream (or was no record). `None` when not publishing.
+    pub published_lsn: Option<Lsn>,
+    /// Why publishing is stuck (NATS unreachable, the stream refusing), while it is.
+    pub publish_error: Option<String>,
     /// The server's version (`server_version`), once connected.
     pub server_version: Option<String>,
     /// The negotiated pgoutput protocol version, once streaming.
@@ -170,6 +182,10 @@ pub struct ReplicaStatus {
     applied: Mutex<Option<watch::Sender<Lsn>>>,
     feed: Mutex<Option<Arc<crate::feed::Feed>>>,
     rebuild: Mutex<Option<RebuildInfo>>,
+    /// What the log holds: the durable position (or the manifest's), for the publisher.
+    durable: watch::Sender<Lsn>,
+    /// Set when publishing: confirms wait for it (everything through it is published).
+    confirm_gate: Mutex<Option<watch::Receiver<Lsn>>>,
 }
 
 /// A background rebuild in progress: the graph in force keeps serving meanwhile.
@@ -196,6 +212,8 @@ impl ReplicaStatus {
             applied: Mutex::new(Some(tx)),
             feed: Mutex::default(),
             rebuild: Mutex::default(),
+            durable: watch::channel(Lsn(0)).0,
+            confirm_gate: Mutex::default(),
         })
     }
 
@@ -261,6 +279,69 @@ impl ReplicaStatus {
                 tx.send_replace(g.applied_lsn);
             }
         }
+    }
+
+    /// Makes confirms wait for `published` (the position through which every logged record
+    /// is in JetStream): what the server is told is never more than followers can read.
+    pub fn gate_confirms(&self, published: watch::Receiver<Lsn>) {
+        *self.confirm_gate.lock().unwrap_or_else(|e| e.into_inner()) = Some(published);
+    }
+
+    /// What may be confirmed of `durable` (the log's durable position or the manifest's):
+    /// all of it, or only what is published when confirms are gated.
+    pub(super) fn confirmable(&self, durable: Lsn) -> Lsn {
+        match &*self.confirm_gate.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(rx) => durable.min(*rx.borrow()),
+            None => durable,
+        }
+    }
+
+    /// The published position when confirms are gated (log segments after it are kept).
+    pub(super) fn publish_floor(&self) -> Option<Lsn> {
+        self.confirm_gate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|rx| *rx.borrow())
+    }
+
+    /// Reports the log's durable position (or the manifest's) to [`ReplicaStatus::watch_durable`].
+    pub(super) fn note_durable(&self, lsn: Lsn) {
+        self.durable.send_if_modified(|d| {
+            let changed = *d != lsn;
+            *d = lsn;
+            changed
+        });
+    }
+
+    /// A receiver of the durable position: every record at or before it is on disk in the
+    /// change log (the publisher reads up to it).
+    pub fn watch_durable(&self) -> watch::Receiver<Lsn> {
+        self.durable.subscribe()
+    }
+
+    /// A follower's phase and trouble (the replicator sets its own).
+    pub fn report(&self, phase: Phase, error: Option<String>) {
+        self.update(|s| {
+            s.phase = phase;
+            s.follower = true;
+            if error.is_some() || phase == Phase::Streaming {
+                s.last_error = error;
+            }
+        });
+    }
+
+    /// A follower loaded a newer snapshot because the stream did not hold what came next.
+    pub fn count_rebootstrap(&self) {
+        self.update(|s| s.rebootstraps += 1);
+    }
+
+    /// Records the publisher's progress and trouble.
+    pub fn set_published(&self, published: Lsn, error: Option<String>) {
+        self.update(|s| {
+            s.published_lsn = Some(published);
+            s.publish_error = error;
+        });
     }
 
     /// The change feed, once the graph is loaded.

@@ -85,11 +85,13 @@ pub(super) async fn stream(
             status.update(|s| s.phase = Phase::Stopping);
             // Confirm what is applied first (the log flushed), then let background work end.
             let durable = tokio::task::block_in_place(|| st.log.flush(Duration::from_secs(30)))?;
-            let confirmable = durable.max(st.manifest.position);
+            let durable = durable.max(st.manifest.position);
+            status.note_durable(durable);
+            let confirmable = status.confirmable(durable);
             stream.set_flushed(confirmable);
             let _ = stream.send_status(false).await;
             status.update(|s| {
-                s.durable_lsn = confirmable;
+                s.durable_lsn = durable;
                 s.confirmed_lsn = confirmable;
             });
             finish_background(st, status, store, hash).await;
@@ -264,14 +266,17 @@ pub(super) async fn stream(
             stream.send_status(true).await?;
             next_ping = now + PING_AFTER;
         }
-        // Confirm what the log made durable (or the manifest's position), every 100 ms at most.
-        let confirmable = st.log.durable().max(st.manifest.position);
+        // Confirm what the log made durable (or the manifest's position), every 100 ms at most;
+        // when publishing, only what JetStream holds too.
+        let durable = st.log.durable().max(st.manifest.position);
+        status.note_durable(durable);
+        let confirmable = status.confirmable(durable);
         if confirmable > confirmed && now >= next_confirm {
             confirmed = confirmable;
             stream.set_flushed(confirmed);
             stream.send_status(false).await?;
             status.update(|s| {
-                s.durable_lsn = confirmable;
+                s.durable_lsn = durable;
                 s.confirmed_lsn = confirmable;
             });
             next_confirm = now + Duration::from_millis(100);

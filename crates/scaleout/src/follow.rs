@@ -1,0 +1,315 @@
+//! The follower's loop: bootstrap from the newest published snapshot (or resume from its own
+//! data directory), consume the stream from the first record after what it applied, apply
+//! records in LSN order (skipping those it has; a record that does not follow the last one
+//! applied is a gap), and re-bootstrap when the stream no longer holds what comes next.
+//! Transient trouble (NATS unreachable, the stream not created yet) is retried with backoff
+//! while the API keeps serving the graph it has.
+
+use crate::snapshots;
+use crate::wire::{Layout, Meta, Parts};
+use crate::{connect, NatsOptions, ScaleoutError};
+use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy, stream};
+use futures_util::StreamExt;
+use pgoutput::Lsn;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use sync::replicator::{Follower, Options, Phase, ReplicaStatus, SyncError};
+use tokio::sync::watch;
+
+/// What the follower needs.
+#[derive(Debug, Clone)]
+pub struct FollowConfig {
+    /// NATS and the stream.
+    pub nats: NatsOptions,
+    /// The mapping, data directory, snapshot and compaction settings (the connection settings
+    /// are unused).
+    pub opts: Options,
+}
+
+/// Most records applied as one published view.
+const BATCH_RECORDS: usize = 1024;
+
+/// How a session ended.
+enum Ended {
+    Shutdown,
+    /// The stream does not hold what comes after the graph: load a snapshot at or after the
+    /// position given (the oldest record the stream holds follows it).
+    Rebootstrap(String, Lsn),
+}
+
+/// Runs until `shutdown` turns true; `Err` only for what retrying cannot fix (another mapping).
+pub async fn run(
+    cfg: FollowConfig,
+    status: Arc<ReplicaStatus>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ScaleoutError> {
+    let mut follower: Option<Follower> = None;
+    let mut backoff = Duration::from_millis(200);
+    let mut rebootstrap: Option<Lsn> = None;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let started = Instant::now();
+        match session(&cfg, &status, &mut follower, rebootstrap, &mut shutdown).await {
+            Ok(Ended::Shutdown) => break,
+            Ok(Ended::Rebootstrap(why, need)) => {
+                tracing::warn!(why = %why, "re-bootstrapping from the newest published snapshot");
+                if let Some(f) = follower.take() {
+                    f.close().await;
+                }
+                status.count_rebootstrap();
+                rebootstrap = Some(need);
+                continue;
+            }
+            Err(e @ ScaleoutError::Refused(_)) => {
+                status.report(Phase::Failed, Some(e.to_string()));
+                if let Some(f) = follower.take() {
+                    f.close().await;
+                }
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "following the stream stopped; retrying (the API keeps serving what is applied)");
+                status.report(Phase::Disconnected, Some(e.to_string()));
+            }
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(200);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    if let Some(f) = follower.take() {
+        f.close().await;
+    }
+    Ok(())
+}
+
+async fn session(
+    cfg: &FollowConfig,
+    status: &Arc<ReplicaStatus>,
+    follower: &mut Option<Follower>,
+    rebootstrap: Option<Lsn>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Ended, ScaleoutError> {
+    let client = connect(&cfg.nats).await?;
+    let js = jetstream::new(client);
+    let layout = Layout::new(&cfg.nats.stream);
+    let mut s = js.get_stream(&layout.stream).await.map_err(|e| {
+        ScaleoutError::Stream(format!(
+            "stream {} is not readable ({e}); waiting for the leader (graphsync replicate --publish) to create it",
+            layout.stream
+        ))
+    })?;
+    let bucket = js.get_object_store(&layout.bucket).await.map_err(|e| {
+        ScaleoutError::Stream(format!(
+            "snapshot bucket {} is not readable ({e}); waiting for the leader to create it",
+            layout.bucket
+        ))
+    })?;
+    let hash = cfg.opts.hash();
+    if follower.is_none() && rebootstrap.is_none() {
+        *follower = tokio::task::block_in_place(|| Follower::open(cfg.opts.clone(), status.clone()))?;
+    }
+    if follower.is_none() {
+        let need = rebootstrap.unwrap_or(Lsn(0));
+        let Some(lsn) = bootstrap(&bucket, cfg, status, need, shutdown).await? else {
+            return Ok(Ended::Shutdown);
+        };
+        *follower = tokio::task::block_in_place(|| Follower::open(cfg.opts.clone(), status.clone()))?;
+        tracing::info!(lsn = %lsn, "bootstrapped from the leader's snapshot");
+    }
+    let Some(f) = follower.as_mut() else {
+        return Err(ScaleoutError::Stream("the installed snapshot did not load".into()));
+    };
+    let applied = f.applied();
+    let start = match find_start(&mut s, applied, hash).await? {
+        Ok(seq) => seq,
+        Err((why, need)) => return Ok(Ended::Rebootstrap(why, need)),
+    };
+    let consumer = s
+        .create_consumer(OrderedConfig {
+            filter_subject: layout.subject.clone(),
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| ScaleoutError::js("consumer creation")(e.to_string()))?;
+    let mut msgs = consumer
+        .messages()
+        .await
+        .map_err(|e| ScaleoutError::js("consuming")(e.to_string()))?;
+    status.report(Phase::Streaming, None);
+    tracing::info!(stream = %layout.stream, after = %applied, sequence = start, "following");
+    let mut parts = Parts::default();
+    let mut next_leader = Instant::now();
+    loop {
+        let first = tokio::select! {
+            m = msgs.next() => m,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => None,
+            _ = shutdown.changed() => return Ok(Ended::Shutdown),
+        };
+        let mut batch: Vec<(Lsn, bytes::Bytes)> = Vec::new();
+        let mut pending = first;
+        let mut at = f.applied();
+        while let Some(m) = pending.take() {
+            let m = m.map_err(|e| ScaleoutError::js("consuming")(e.to_string()))?;
+            let headers = m.headers.clone().unwrap_or_default();
+            let meta = Meta::parse(&headers)
+                .map_err(|e| ScaleoutError::Stream(format!("a stream message is not graphsync's: {e}")))?;
+            check_hash(&meta, hash)?;
+            if let Some((meta, payload)) = parts.push(meta, &m.payload) {
+                if meta.lsn > at {
+                    if meta.prev != at {
+                        return Ok(Ended::Rebootstrap(
+                            format!(
+                                "record {} follows {}, but what is applied ends at {at}",
+                                meta.lsn, meta.prev
+                            ),
+                            meta.prev,
+                        ));
+                    }
+                    batch.push((meta.lsn, payload));
+                    at = meta.lsn;
+                }
+            }
+            if batch.len() >= BATCH_RECORDS {
+                break;
+            }
+            // More already here: the same view.
+            pending = match futures_util::FutureExt::now_or_never(msgs.next()) {
+                Some(Some(m)) => Some(m),
+                _ => None,
+            };
+        }
+        if !batch.is_empty() {
+            match tokio::task::block_in_place(|| f.apply(&batch)) {
+                Ok(_) => {}
+                Err(SyncError::Replay(e)) => return Ok(Ended::Rebootstrap(e.to_string(), at)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        f.chores().await?;
+        if Instant::now() >= next_leader {
+            next_leader = Instant::now() + Duration::from_millis(500);
+            if let Some((_, meta)) = crate::publish::last_message(&mut s).await? {
+                f.set_leader_position(meta.lsn);
+            }
+        }
+    }
+}
+
+fn check_hash(meta: &Meta, hash: u64) -> Result<(), ScaleoutError> {
+    if meta.hash != hash {
+        return Err(ScaleoutError::Refused(format!(
+            "the stream holds records of mapping {:016x}, this follower's mapping is {hash:016x}; run the follower with the leader's mapping file",
+            meta.hash
+        )));
+    }
+    Ok(())
+}
+
+/// Downloads and installs the newest published snapshot, once one at or after `need` is
+/// published; `None` when shutdown came first.
+async fn bootstrap(
+    bucket: &jetstream::object_store::ObjectStore,
+    cfg: &FollowConfig,
+    status: &ReplicaStatus,
+    need: Lsn,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Lsn>, ScaleoutError> {
+    status.report(Phase::Starting, None);
+    let mut said = false;
+    let latest = loop {
+        let l = snapshots::latest(bucket).await?;
+        match &l {
+            Some(l) if l.lsn >= need => break l.clone(),
+            _ if said => {}
+            Some(l) => {
+                tracing::info!(newest = %l.lsn, need = %need, "waiting for the leader to publish a newer snapshot (the stream no longer holds the records after the newest one)");
+                said = true;
+            }
+            None => {
+                tracing::info!("waiting for the leader's first snapshot");
+                said = true;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => return Ok(None),
+        }
+    };
+    if latest.mapping_hash != cfg.opts.hash() {
+        return Err(ScaleoutError::Refused(format!(
+            "the leader's snapshot is of mapping {:016x}, this follower's mapping is {:016x}; run the follower with the leader's mapping file",
+            latest.mapping_hash,
+            cfg.opts.hash()
+        )));
+    }
+    let started = Instant::now();
+    let bytes = snapshots::download(bucket, &cfg.opts.data_dir, latest.lsn).await?;
+    tokio::task::block_in_place(|| Follower::install(&cfg.opts.data_dir, latest.lsn, latest.mapping_hash))?;
+    tracing::info!(lsn = %latest.lsn, bytes, ms = started.elapsed().as_millis() as u64, "downloaded the leader's snapshot");
+    Ok(Some(latest.lsn))
+}
+
+/// The stream sequence to consume from: the first message of the first record after
+/// `applied`. `Ok(Err(why))` when the stream no longer holds the record right after it.
+async fn find_start(
+    s: &mut stream::Stream,
+    applied: Lsn,
+    hash: u64,
+) -> Result<Result<u64, (String, Lsn)>, ScaleoutError> {
+    let state = s
+        .info()
+        .await
+        .map_err(|e| ScaleoutError::js("stream info")(e.to_string()))?
+        .state
+        .clone();
+    if state.messages == 0 {
+        return Ok(Ok(state.last_sequence + 1));
+    }
+    let meta_at = |seq: u64| {
+        let s = &*s;
+        async move {
+            let m = s
+                .get_raw_message(seq)
+                .await
+                .map_err(|e| ScaleoutError::js("reading a stream message")(format!("sequence {seq}: {e}")))?;
+            let meta = Meta::parse(&m.headers)
+                .map_err(|e| ScaleoutError::Stream(format!("stream message {seq} is not graphsync's: {e}")))?;
+            check_hash(&meta, hash)?;
+            Ok::<Meta, ScaleoutError>(meta)
+        }
+    };
+    // The first sequence whose record is after `applied` (records' LSNs increase with it).
+    let (mut lo, mut hi) = (state.first_sequence, state.last_sequence + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if meta_at(mid).await?.lsn > applied {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    if lo > state.last_sequence {
+        return Ok(Ok(lo));
+    }
+    let meta = meta_at(lo).await?;
+    // Back to the record's first part.
+    let start = lo.saturating_sub(meta.part.0 as u64).max(state.first_sequence);
+    if meta.prev != applied || (meta.part.0 > 0 && start == state.first_sequence) {
+        return Ok(Err((
+            format!(
+                "the stream no longer holds the records after {applied} (its oldest kept record follows {})",
+                meta.prev
+            ),
+            meta.prev,
+        )));
+    }
+    Ok(Ok(start))
+}

@@ -1,0 +1,126 @@
+//! graphsync's scale-out over NATS JetStream: one leader (`graphsync replicate --publish`)
+//! holds the replication slot and publishes its change-log records and snapshots; followers
+//! (`graphsync follow`) bootstrap from a snapshot and apply the records, serving the same API.
+//!
+//! - [`publish`]: the leader's publisher: tails the durable change log, publishes each record
+//!   in LSN order with a message id from its LSN and an expected-last-message-id chain (a
+//!   deposed leader cannot interleave), reports what JetStream acknowledged (confirms to
+//!   PostgreSQL wait for it), and uploads snapshots to the object store.
+//! - [`follow`]: the follower's loop: bootstrap, consume, apply, re-bootstrap on a gap.
+//! - `wire`: the stream's layout (names, subjects, headers, parts of large records).
+//!
+//! JetStream does the replication, storage and clustering; nothing here is a consensus or a
+//! storage engine. Not for: applying records to a graph (`sync::replicator::Follower`) or
+//! anything PostgreSQL.
+
+// Errors here are on cold paths (connecting, bootstrapping, a failed publish) and most of
+// their size is `sync`'s error carried through; boxing them would buy nothing measurable.
+#![allow(clippy::result_large_err)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub mod follow;
+pub mod publish;
+mod snapshots;
+mod wire;
+
+pub use wire::{default_stream_name, Layout};
+
+/// How to reach NATS.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// Server URLs, comma-separated (`nats://host:4222`, `tls://…`; `user:pass@` as NATS
+    /// clients accept).
+    pub url: String,
+    /// JetStream stream name.
+    pub stream: String,
+    /// A NATS credentials file (JWT + nkey seed).
+    pub creds_file: Option<PathBuf>,
+    /// A CA certificate (PEM) to verify the server's TLS certificate with.
+    pub ca_file: Option<PathBuf>,
+    /// Stream replicas when the stream is created (1, or 3 on a cluster).
+    pub replicas: usize,
+    /// Stream retention by size when it is created (bytes; 0: unlimited).
+    pub max_bytes: i64,
+    /// Stream retention by age when it is created (zero: unlimited).
+    pub max_age: Duration,
+}
+
+/// Why talking to NATS failed (each is retried by the loops; the text names what to check).
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleoutError {
+    /// Connecting failed.
+    #[error("cannot connect to NATS at {url}: {what}; check that nats-server runs with JetStream enabled (-js) and the URL, credentials and TLS settings")]
+    Connect {
+        /// The URL (credentials removed).
+        url: String,
+        /// What failed.
+        what: String,
+    },
+    /// A JetStream request failed.
+    #[error("JetStream {op} failed: {what}")]
+    JetStream {
+        /// What was being done.
+        op: &'static str,
+        /// What failed.
+        what: String,
+    },
+    /// Retrying cannot help (another mapping): the process stops with this.
+    #[error("{0}")]
+    Refused(String),
+    /// The stream holds something this process cannot continue from.
+    #[error("{0}")]
+    Stream(String),
+    /// The replica's own files.
+    #[error(transparent)]
+    Sync(#[from] sync::replicator::SyncError),
+    /// Reading the change log.
+    #[error(transparent)]
+    Tail(#[from] sync::changelog::TailError),
+}
+
+impl ScaleoutError {
+    fn js(op: &'static str) -> impl FnOnce(String) -> ScaleoutError {
+        move |what| ScaleoutError::JetStream { op, what }
+    }
+}
+
+/// `url` without the `user:password@` part (for logs and errors).
+pub fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}***@{}", &u[..s + 3], &u[at + 1..]),
+            (None, Some(at)) => format!("***@{}", &u[at + 1..]),
+            _ => u.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Connects to NATS (TLS and credentials as configured).
+pub async fn connect(opts: &NatsOptions) -> Result<async_nats::Client, ScaleoutError> {
+    let err = |what: String| ScaleoutError::Connect {
+        url: redact(&opts.url),
+        what,
+    };
+    let mut c = async_nats::ConnectOptions::new()
+        .name("graphsync")
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(f) = &opts.creds_file {
+        c = c
+            .credentials_file(f)
+            .await
+            .map_err(|e| err(format!("credentials file {}: {e}", f.display())))?;
+    }
+    if let Some(ca) = &opts.ca_file {
+        c = c.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let addrs: Vec<async_nats::ServerAddr> = opts
+        .url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(format!("not a NATS URL: {e}")))?;
+    c.connect(addrs).await.map_err(|e| err(e.to_string()))
+}

@@ -1,0 +1,202 @@
+//! The stream's layout: its name, the subject records go to, the snapshot bucket, and the
+//! headers each message carries. Documented in docs/scaleout.md; followers of other versions
+//! read it, so it changes only with a version header bump.
+//!
+//! One message per change-log record (its payload is the record's, byte for byte), or several
+//! parts of one record when it is larger than the server's max payload:
+//!
+//! - `Nats-Msg-Id`: the record's LSN as 16 hex digits (`-<part>` appended for parts after the
+//!   first): JetStream drops a republished duplicate.
+//! - `Nats-Expected-Last-Msg-Id`: the id of the message before it: a publisher whose idea of
+//!   the stream's end is stale (a deposed leader) is refused instead of interleaving.
+//! - `Graphsync-Lsn`, `Graphsync-Prev-Lsn`: the record's LSN and the previous record's (a
+//!   follower at the previous one applies it; anything else is a gap).
+//! - `Graphsync-Hash`: the mapping hash (16 hex digits): a follower of another mapping refuses.
+//! - `Graphsync-Part`: `i/n` when the record is split (parts are consecutive; a part 0 starts
+//!   the record over).
+
+use async_nats::HeaderMap;
+use pgoutput::Lsn;
+
+pub(crate) const H_LSN: &str = "Graphsync-Lsn";
+pub(crate) const H_PREV: &str = "Graphsync-Prev-Lsn";
+pub(crate) const H_HASH: &str = "Graphsync-Hash";
+pub(crate) const H_PART: &str = "Graphsync-Part";
+pub(crate) const H_VERSION: &str = "Graphsync-Version";
+/// This layout's version.
+pub(crate) const VERSION: &str = "1";
+
+/// Names derived from the stream name.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The stream.
+    pub stream: String,
+    /// The subject records are published to.
+    pub subject: String,
+    /// The object store bucket snapshots go to.
+    pub bucket: String,
+}
+
+impl Layout {
+    /// The layout of stream `stream`.
+    pub fn new(stream: &str) -> Layout {
+        Layout {
+            stream: stream.to_string(),
+            subject: format!("graphsync.{stream}.log"),
+            bucket: format!("{stream}_snapshots"),
+        }
+    }
+}
+
+/// The default stream name for a slot: `GRAPHSYNC_<slot>`, with characters NATS does not
+/// allow in names replaced by `_`.
+pub fn default_stream_name(slot: &str) -> String {
+    let clean: String = slot
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("GRAPHSYNC_{clean}")
+}
+
+/// A message id for part `part` of the record at `lsn`.
+pub(crate) fn message_id(lsn: Lsn, part: usize) -> String {
+    if part == 0 {
+        format!("{:016X}", lsn.0)
+    } else {
+        format!("{:016X}-{part}", lsn.0)
+    }
+}
+
+/// What a stream message says about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub(crate) lsn: Lsn,
+    pub(crate) prev: Lsn,
+    pub(crate) hash: u64,
+    /// (part, parts)
+    pub(crate) part: (usize, usize),
+}
+
+impl Meta {
+    pub(crate) fn headers(&self, id: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(H_VERSION, VERSION);
+        h.insert(H_LSN, self.lsn.to_string().as_str());
+        h.insert(H_PREV, self.prev.to_string().as_str());
+        h.insert(H_HASH, format!("{:016x}", self.hash).as_str());
+        if self.part.1 > 1 {
+            h.insert(H_PART, format!("{}/{}", self.part.0, self.part.1).as_str());
+        }
+        h.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        h
+    }
+
+    /// Reads the headers of a stream message; `Err` names what is missing or wrong.
+    pub(crate) fn parse(h: &HeaderMap) -> Result<Meta, String> {
+        let get = |k: &str| {
+            h.get(k)
+                .map(|v| v.as_str().to_string())
+                .ok_or_else(|| format!("no {k} header"))
+        };
+        let version = get(H_VERSION)?;
+        if version != VERSION {
+            return Err(format!(
+                "layout version {version}; this build reads {VERSION} (upgrade graphsync on the followers first)"
+            ));
+        }
+        let lsn = |k: &str| -> Result<Lsn, String> { get(k)?.parse().map_err(|_| format!("{k} is not an LSN")) };
+        let hash = u64::from_str_radix(&get(H_HASH)?, 16).map_err(|_| format!("{H_HASH} is not hex"))?;
+        let part = match h.get(H_PART) {
+            None => (0, 1),
+            Some(v) => {
+                let (i, n) = v.as_str().split_once('/').ok_or("bad part header")?;
+                let (i, n) = (i.parse().map_err(|_| "bad part")?, n.parse().map_err(|_| "bad parts")?);
+                if i >= n {
+                    return Err("bad part header".into());
+                }
+                (i, n)
+            }
+        };
+        Ok(Meta {
+            lsn: lsn(H_LSN)?,
+            prev: lsn(H_PREV)?,
+            hash,
+            part,
+        })
+    }
+}
+
+/// Joins the parts of split records as they arrive.
+#[derive(Debug, Default)]
+pub(crate) struct Parts {
+    at: Option<(Meta, Vec<u8>)>,
+}
+
+impl Parts {
+    /// The whole record once its last part arrived.
+    pub(crate) fn push(&mut self, m: Meta, payload: &[u8]) -> Option<(Meta, bytes::Bytes)> {
+        if m.part.1 == 1 {
+            self.at = None;
+            return Some((m, bytes::Bytes::copy_from_slice(payload)));
+        }
+        if m.part.0 == 0 {
+            self.at = Some((m, payload.to_vec()));
+        } else {
+            match &mut self.at {
+                Some((first, buf)) if first.lsn == m.lsn && first.part.1 == m.part.1 => buf.extend_from_slice(payload),
+                // A part without its beginning (republished after a crash mid-record): wait
+                // for the record to start over.
+                _ => return None,
+            }
+        }
+        if m.part.0 + 1 == m.part.1 {
+            let (first, buf) = self.at.take()?;
+            return Some((first, buf.into()));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_join_and_restart() {
+        let m = |i, n| Meta {
+            lsn: Lsn(9),
+            prev: Lsn(3),
+            hash: 1,
+            part: (i, n),
+        };
+        let mut p = Parts::default();
+        assert!(p.push(m(0, 3), b"ab").is_none());
+        assert!(p.push(m(1, 3), b"cd").is_none());
+        // Started over (a republish): the earlier parts are dropped.
+        assert!(p.push(m(0, 3), b"AB").is_none());
+        assert!(p.push(m(1, 3), b"CD").is_none());
+        let (meta, whole) = p.push(m(2, 3), b"E").expect("whole");
+        assert_eq!((meta.lsn, &whole[..]), (Lsn(9), &b"ABCDE"[..]));
+        // A part without its beginning is not a record.
+        assert!(p.push(m(2, 3), b"x").is_none());
+        let h = m(1, 3).headers("id");
+        assert_eq!(Meta::parse(&h), Ok(m(1, 3)));
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(default_stream_name("graph.sync slot"), "GRAPHSYNC_graph_sync_slot");
+        assert_eq!(message_id(Lsn(0x1A), 0), "000000000000001A");
+        assert_eq!(message_id(Lsn(0x1A), 2), "000000000000001A-2");
+        assert_eq!(
+            crate::redact("nats://u:p@h:4222,nats://h2:4222"),
+            "nats://***@h:4222,nats://h2:4222"
+        );
+    }
+}

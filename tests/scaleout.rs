@@ -1,0 +1,268 @@
+//! Scale-out on NATS JetStream against real servers (PostgreSQL and nats-server, started by the
+//! tests): a leader (`replicate --publish`) and followers (`follow`) under a random workload
+//! equal SQL; a follower SIGKILLed resumes from its own data directory; NATS going away leaves
+//! the leader applying with nothing confirmed past what JetStream acknowledged, `/health`
+//! saying why, and the backlog published when NATS returns; a follower the stream left behind
+//! re-bootstraps from the newest snapshot and says so.
+
+mod common;
+
+use common::nats::Nats;
+use common::replica::{self, compare_over_http, confirmed_flush, current_lsn, http_json};
+use common::workload::{self, Workload};
+use pgoutput::Lsn;
+use pgtest::Cluster;
+use std::time::{Duration, Instant};
+
+fn wait_for(what: &str, r: &mut replica::Replicator, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if let Ok(Some(s)) = r.child.try_wait() {
+            panic!("graphsync exited with {s} waiting for {what}; log:\n{}", r.log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; log:\n{}",
+            r.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn health(addr: &str) -> serde_json::Value {
+    http_json(addr, "/health").1
+}
+
+fn lsn_of(j: &serde_json::Value, key: &str) -> Lsn {
+    j[key].as_str().and_then(|s| s.parse().ok()).unwrap_or(Lsn(0))
+}
+
+/// A leader publishing and two followers, under 600 random transactions (a TRUNCATE, a
+/// streamed transaction, an abort): every follower equals SQL at the last commit, the slot
+/// never confirmed past what JetStream acknowledged, one primary walsender; a follower
+/// SIGKILLed resumes from its own data directory (no new download) and equals SQL again.
+#[test]
+fn followers_equal_sql_and_a_killed_follower_resumes() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("scaleout_sql");
+    cluster.psql(&db, workload::SCHEMA);
+    let mut w = Workload::new(0x5ca1e);
+    cluster.psql(&db, &w.seed(200));
+    let dir = tempfile::tempdir().unwrap();
+    let config = workload::write_config(dir.path(), &db);
+    let nats = Nats::start();
+    let mut leader = replica::spawn(
+        cluster,
+        &db,
+        &config,
+        &dir.path().join("leader"),
+        &["--publish", &nats.url(), "--compaction-threshold", "400"],
+    );
+    let laddr = leader.addr();
+    // Publishing starts with the first snapshot (the slot's creation point).
+    wait_for("publishing", &mut leader, Duration::from_secs(60), || {
+        health(&laddr)["published_lsn"].is_string()
+    });
+    let mut followers: Vec<replica::Replicator> = (0..2)
+        .map(|i| {
+            replica::spawn_follower(
+                &nats.url(),
+                &config,
+                &dir.path().join(format!("follower{i}")),
+                &["--compaction-threshold", "300", "--snapshot-after-changes", "400"],
+            )
+        })
+        .collect();
+    for batch in 0..6 {
+        cluster.psql(
+            &db,
+            &w.script(
+                100,
+                (batch == 2).then_some(40),
+                (batch == 4).then_some(7),
+                (batch == 1).then_some(3),
+            ),
+        );
+        // The slot never confirms what JetStream has not acknowledged.
+        let published = lsn_of(&health(&laddr), "published_lsn");
+        let confirmed = confirmed_flush(cluster, &db, &format!("gs_{db}")).unwrap_or(Lsn(0));
+        let published_after = lsn_of(&health(&laddr), "published_lsn");
+        assert!(
+            confirmed <= published_after,
+            "confirmed {confirmed} past published {published}..{published_after}"
+        );
+    }
+    let last = current_lsn(cluster, &db);
+    let expected = workload::expected(cluster, &db);
+    for f in followers.iter_mut() {
+        let addr = f.addr();
+        compare_over_http(&addr, &expected, last);
+        let h = health(&addr);
+        assert_eq!(h["role"], "follower", "{h}");
+    }
+    // One walsender, whatever the number of followers.
+    let senders = cluster.psql(
+        &db,
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender' AND datname = current_database()",
+    );
+    assert_eq!(senders.trim(), "1", "walsenders: {senders}");
+    // SIGKILL a follower, write more, start it again on its data directory.
+    let killed = followers.remove(0);
+    let log = killed.kill();
+    assert!(log.contains("downloaded the leader's snapshot"), "{log}");
+    cluster.psql(&db, &w.script(100, None, None, None));
+    let mut again = replica::spawn_follower(&nats.url(), &config, &dir.path().join("follower0"), &[]);
+    let last = current_lsn(cluster, &db);
+    let addr = again.addr();
+    compare_over_http(&addr, &workload::expected(cluster, &db), last);
+    let log = again.log();
+    let run = log.rsplit("HTTP API listening").next().unwrap_or("");
+    assert!(run.contains("restored"), "resumed from its own data directory:\n{log}");
+    assert!(
+        !run.contains("downloaded the leader's snapshot"),
+        "downloaded again:\n{log}"
+    );
+    let (_, metrics) = replica::http_get(&addr, "/metrics", None);
+    assert!(
+        metrics.contains("graphsync_follower_records_applied_total"),
+        "{metrics}"
+    );
+    for f in [again].into_iter().chain(followers) {
+        let (status, log) = f.stop();
+        assert!(status.success(), "follower exited with {status}; log:\n{log}");
+    }
+    let (status, log) = leader.stop();
+    assert!(status.success(), "leader exited with {status}; log:\n{log}");
+}
+
+/// NATS killed under a writer: the leader keeps applying (queries at the newest commit answer),
+/// `/health` says `publish_stalled`, the slot confirms nothing past what was acknowledged; when
+/// NATS returns the backlog is published and a follower equals SQL.
+#[test]
+fn nats_away_holds_confirms_and_the_backlog_follows_when_it_returns() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("scaleout_away");
+    cluster.psql(&db, workload::SCHEMA);
+    let mut w = Workload::new(0xa11a);
+    cluster.psql(&db, &w.seed(100));
+    let dir = tempfile::tempdir().unwrap();
+    let config = workload::write_config(dir.path(), &db);
+    let mut nats = Nats::start();
+    let mut leader = replica::spawn(
+        cluster,
+        &db,
+        &config,
+        &dir.path().join("leader"),
+        &["--publish", &nats.url()],
+    );
+    let laddr = leader.addr();
+    let mut follower = replica::spawn_follower(&nats.url(), &config, &dir.path().join("follower"), &[]);
+    let faddr = follower.addr();
+    cluster.psql(&db, &w.script(50, None, None, None));
+    let last = current_lsn(cluster, &db);
+    compare_over_http(&faddr, &workload::expected(cluster, &db), last);
+    nats.stop();
+    cluster.psql(&db, &w.script(100, None, None, None));
+    let last = current_lsn(cluster, &db);
+    // Applied locally: the leader answers at the newest commit.
+    compare_over_http(&laddr, &workload::expected(cluster, &db), last);
+    wait_for("publish_stalled", &mut leader, Duration::from_secs(60), || {
+        health(&laddr)["status"] == "publish_stalled"
+    });
+    let h = health(&laddr);
+    assert!(
+        h["publish_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("NATS") || e.contains("JetStream")),
+        "{h}"
+    );
+    let published = lsn_of(&h, "published_lsn");
+    assert!(
+        published < last,
+        "published {published} though NATS is away (last {last})"
+    );
+    // Several polls while NATS is away: the slot stays at or before what was acknowledged.
+    for _ in 0..10 {
+        let confirmed = confirmed_flush(cluster, &db, &format!("gs_{db}")).unwrap_or(Lsn(0));
+        assert!(
+            confirmed <= published,
+            "confirmed {confirmed} past published {published}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nats.restart();
+    wait_for("published again", &mut leader, Duration::from_secs(60), || {
+        let h = health(&laddr);
+        h["status"] == "streaming" && lsn_of(&h, "published_lsn") >= last
+    });
+    wait_for(
+        "confirmed past the outage",
+        &mut leader,
+        Duration::from_secs(60),
+        || confirmed_flush(cluster, &db, &format!("gs_{db}")).is_some_and(|c| c >= last),
+    );
+    compare_over_http(&faddr, &workload::expected(cluster, &db), last);
+    follower.stop();
+    leader.stop();
+}
+
+/// A follower stopped while the stream (kept small) drops the records it would need next:
+/// started again, it says it re-bootstraps, loads the newest snapshot and equals SQL.
+#[test]
+fn a_follower_the_stream_left_behind_rebootstraps() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("scaleout_behind");
+    cluster.psql(&db, workload::SCHEMA);
+    let mut w = Workload::new(0xbe1d);
+    cluster.psql(&db, &w.seed(100));
+    let dir = tempfile::tempdir().unwrap();
+    let config = workload::write_config(dir.path(), &db);
+    let nats = Nats::start();
+    let mut leader = replica::spawn(
+        cluster,
+        &db,
+        &config,
+        &dir.path().join("leader"),
+        &["--publish", &nats.url(), "--stream-max-mb", "1"],
+    );
+    let laddr = leader.addr();
+    let fdir = dir.path().join("follower");
+    let mut follower = replica::spawn_follower(&nats.url(), &config, &fdir, &[]);
+    let faddr = follower.addr();
+    cluster.psql(&db, &w.script(20, None, None, None));
+    compare_over_http(&faddr, &workload::expected(cluster, &db), current_lsn(cluster, &db));
+    follower.stop();
+    // Well over a megabyte of records (the stream drops the oldest), and snapshots meanwhile.
+    for i in 0..6 {
+        cluster.psql(
+            &db,
+            &format!(
+                "INSERT INTO users SELECT g, g % 3, repeat('x', 200) || g, NULL FROM generate_series({a}, {b}) g",
+                a = 1_000_000 + i * 2_000,
+                b = 1_000_000 + i * 2_000 + 1_999
+            ),
+        );
+    }
+    let last = current_lsn(cluster, &db);
+    wait_for("published", &mut leader, Duration::from_secs(60), || {
+        lsn_of(&health(&laddr), "published_lsn") >= last
+    });
+    let mut follower = replica::spawn_follower(&nats.url(), &config, &fdir, &[]);
+    let faddr = follower.addr();
+    wait_for(
+        "the follower at the last commit",
+        &mut follower,
+        Duration::from_secs(60),
+        || lsn_of(&health(&faddr), "applied_lsn") >= last,
+    );
+    compare_over_http(&faddr, &workload::expected(cluster, &db), last);
+    let log = follower.log();
+    assert!(
+        log.contains("re-bootstrapping from the newest published snapshot"),
+        "{log}"
+    );
+    let (_, metrics) = replica::http_get(&faddr, "/metrics", None);
+    assert!(metrics.contains("graphsync_follower_rebootstraps_total 1"), "{metrics}");
+    follower.stop();
+    leader.stop();
+}
