@@ -56,7 +56,11 @@ pub fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
         let api = args.http.api(status.clone(), jwt, None);
         let server = crate::http::spawn(listener, api, rx.clone());
         tracing::info!(nats = %scaleout::redact(&nats.url), stream = %nats.stream, "following");
-        let cfg = scaleout::follow::FollowConfig { nats, opts };
+        let cfg = scaleout::follow::FollowConfig {
+            nats,
+            opts,
+            take_over: None,
+        };
         let result = scaleout::follow::run(cfg, status, rx).await;
         server.abort();
         result?;

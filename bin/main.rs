@@ -9,6 +9,7 @@ mod http;
 mod log_cmd;
 mod notify;
 mod replicate;
+mod roles;
 mod serve;
 mod snapshot_cmd;
 

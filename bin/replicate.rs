@@ -107,12 +107,20 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         let api = args.http.api(status.clone(), jwt, Some(admin));
         let server = crate::http::spawn(listener, api, rx.clone());
         let notifier = tokio::spawn(notify_loop(status.clone(), rx.clone()));
-        let publisher = publish.map(|p| p.spawn(&status, rx.clone()));
-        let result = replicator::run_with_reloads(opts, status, rx, reloads).await;
-        if let Some(p) = publisher {
-            // The replicator stopped: let the publisher send what the log made durable.
-            let _ = tokio::time::timeout(Duration::from_secs(10), p).await;
-        }
+        let result = match publish {
+            // Leads while it holds the slot, stands by (following the stream) otherwise.
+            Some(p) => {
+                crate::roles::run(crate::roles::Roles {
+                    opts,
+                    nats: p.nats,
+                    status,
+                    shutdown: rx,
+                    reloads,
+                })
+                .await
+            }
+            None => replicator::run_with_reloads(opts, status, rx, reloads).await,
+        };
         notifier.abort();
         hup.abort();
         let n = crate::notify::Notifier::from_env();

@@ -266,3 +266,94 @@ fn a_follower_the_stream_left_behind_rebootstraps() {
     follower.stop();
     leader.stop();
 }
+
+/// A leader, a standby (`replicate --publish` on the same slot, its own data directory) and a
+/// follower under a writer; the leader SIGKILLed mid-load: the standby takes over the slot and
+/// the stream's chain, the follower equals SQL with no record lost or applied twice (either
+/// would break the chain: it never re-bootstraps), and the old leader started again stands by.
+#[test]
+fn the_standby_takes_over_when_the_leader_is_killed() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("scaleout_failover");
+    cluster.psql(&db, workload::SCHEMA);
+    let mut w = Workload::new(0xfa11);
+    cluster.psql(&db, &w.seed(150));
+    let dir = tempfile::tempdir().unwrap();
+    let config = workload::write_config(dir.path(), &db);
+    let nats = Nats::start();
+    let publish = ["--publish", &nats.url()];
+    let mut leader = replica::spawn(cluster, &db, &config, &dir.path().join("leader"), &publish);
+    let laddr = leader.addr();
+    wait_for("publishing", &mut leader, Duration::from_secs(60), || {
+        health(&laddr)["published_lsn"].is_string()
+    });
+    let mut standby = replica::spawn(cluster, &db, &config, &dir.path().join("standby"), &publish);
+    let saddr = standby.addr();
+    wait_for("the standby following", &mut standby, Duration::from_secs(60), || {
+        let h = health(&saddr);
+        h["role"] == "follower" && h["status"] == "streaming"
+    });
+    let mut follower = replica::spawn_follower(&nats.url(), &config, &dir.path().join("follower"), &[]);
+    let faddr = follower.addr();
+    // The writer runs through the kill.
+    let scripts: Vec<String> = (0..60).map(|_| w.script(15, None, None, None)).collect();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = {
+        let (db, done) = (db.clone(), done.clone());
+        std::thread::spawn(move || {
+            for s in scripts {
+                cluster.psql(&db, &s);
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    wait_for("a third of the load", &mut follower, Duration::from_secs(60), || {
+        done.load(std::sync::atomic::Ordering::SeqCst) >= 20
+    });
+    let log = leader.kill();
+    assert!(
+        done.load(std::sync::atomic::Ordering::SeqCst) < 60,
+        "the writer finished before the kill"
+    );
+    wait_for("the standby leading", &mut standby, Duration::from_secs(60), || {
+        let h = health(&saddr);
+        h["role"] == "leader" && h["status"] == "streaming"
+    });
+    writer.join().unwrap();
+    let last = current_lsn(cluster, &db);
+    let expected = workload::expected(cluster, &db);
+    compare_over_http(&saddr, &expected, last);
+    compare_over_http(&faddr, &expected, last);
+    // The new leader publishes and confirms past the kill.
+    wait_for(
+        "confirmed by the new leader",
+        &mut standby,
+        Duration::from_secs(60),
+        || confirmed_flush(cluster, &db, &format!("gs_{db}")).is_some_and(|c| c >= last),
+    );
+    let slog = standby.log();
+    assert!(
+        slog.contains("taking over the slot"),
+        "standby log:\n{slog}\nleader log:\n{log}"
+    );
+    let (_, metrics) = replica::http_get(&faddr, "/metrics", None);
+    assert!(
+        metrics.contains("graphsync_follower_rebootstraps_total 0"),
+        "the follower's chain broke:\n{metrics}\n{}",
+        follower.log()
+    );
+    // The old leader, started again, finds the slot taken and stands by.
+    let mut old = replica::spawn(cluster, &db, &config, &dir.path().join("leader"), &publish);
+    let oaddr = old.addr();
+    wait_for("the old leader standing by", &mut old, Duration::from_secs(60), || {
+        health(&oaddr)["role"] == "follower"
+    });
+    cluster.psql(&db, &w.script(30, None, None, None));
+    let last = current_lsn(cluster, &db);
+    let expected = workload::expected(cluster, &db);
+    compare_over_http(&faddr, &expected, last);
+    let (status, log) = standby.stop();
+    assert!(status.success(), "{log}");
+    old.kill();
+    follower.stop();
+}

@@ -24,6 +24,19 @@ pub struct FollowConfig {
     /// The mapping, data directory, snapshot and compaction settings (the connection settings
     /// are unused).
     pub opts: Options,
+    /// A standby's signal that the slot is free: then consume to the end of the stream,
+    /// fence it (a marker that makes any older publisher's next message fail its
+    /// expected-last-id check) and return [`Followed::TookOver`].
+    pub take_over: Option<watch::Receiver<bool>>,
+}
+
+/// How following ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Followed {
+    /// Shutdown was asked.
+    Stopped,
+    /// Everything published is applied and the stream fenced: replicate from the slot now.
+    TookOver,
 }
 
 /// Most records applied as one published view.
@@ -32,6 +45,7 @@ const BATCH_RECORDS: usize = 1024;
 /// How a session ended.
 enum Ended {
     Shutdown,
+    TookOver,
     /// The stream does not hold what comes after the graph: load a snapshot at or after the
     /// position given (the oldest record the stream holds follows it).
     Rebootstrap(String, Lsn),
@@ -42,7 +56,7 @@ pub async fn run(
     cfg: FollowConfig,
     status: Arc<ReplicaStatus>,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), ScaleoutError> {
+) -> Result<Followed, ScaleoutError> {
     let mut follower: Option<Follower> = None;
     let mut backoff = Duration::from_millis(200);
     let mut rebootstrap: Option<Lsn> = None;
@@ -53,6 +67,12 @@ pub async fn run(
         let started = Instant::now();
         match session(&cfg, &status, &mut follower, rebootstrap, &mut shutdown).await {
             Ok(Ended::Shutdown) => break,
+            Ok(Ended::TookOver) => {
+                if let Some(f) = follower.take() {
+                    f.close().await;
+                }
+                return Ok(Followed::TookOver);
+            }
             Ok(Ended::Rebootstrap(why, need)) => {
                 tracing::warn!(why = %why, "re-bootstrapping from the newest published snapshot");
                 if let Some(f) = follower.take() {
@@ -86,7 +106,7 @@ pub async fn run(
     if let Some(f) = follower.take() {
         f.close().await;
     }
-    Ok(())
+    Ok(Followed::Stopped)
 }
 
 async fn session(
@@ -147,17 +167,42 @@ async fn session(
     tracing::info!(stream = %layout.stream, after = %applied, sequence = start, "following");
     let mut parts = Parts::default();
     let mut next_leader = Instant::now();
+    // The stream sequence of the last message taken, and (taking over) the last one to take.
+    let mut consumed = start.saturating_sub(1);
+    let mut drain: Option<(u64, String)> = None;
+    let mut take_over = cfg.take_over.clone();
     loop {
+        if let Some((target, last_id)) = &drain {
+            if consumed >= *target {
+                if fence(&js, &layout, hash, f.applied(), last_id).await? {
+                    tracing::info!(applied = %f.applied(), "consumed the whole stream and fenced it; taking over the slot");
+                    return Ok(Ended::TookOver);
+                }
+                drain = None;
+            }
+        }
+        if drain.is_none() && take_over.as_ref().is_some_and(|t| *t.borrow()) {
+            // The leader is gone: take everything it published, then fence.
+            drain = Some(match crate::publish::last_message(&mut s).await? {
+                Some((seq, id, _)) => (seq, id),
+                None => (0, String::new()),
+            });
+            continue;
+        }
         let first = tokio::select! {
             m = msgs.next() => m,
             _ = tokio::time::sleep(Duration::from_millis(200)) => None,
             _ = shutdown.changed() => return Ok(Ended::Shutdown),
+            _ = slot_free(&mut take_over), if drain.is_none() => continue,
         };
         let mut batch: Vec<(Lsn, bytes::Bytes)> = Vec::new();
         let mut pending = first;
         let mut at = f.applied();
         while let Some(m) = pending.take() {
             let m = m.map_err(|e| ScaleoutError::js("consuming")(e.to_string()))?;
+            if let Ok(info) = m.info() {
+                consumed = consumed.max(info.stream_sequence);
+            }
             let headers = m.headers.clone().unwrap_or_default();
             let meta = Meta::parse(&headers)
                 .map_err(|e| ScaleoutError::Stream(format!("a stream message is not graphsync's: {e}")))?;
@@ -196,10 +241,59 @@ async fn session(
         f.chores().await?;
         if Instant::now() >= next_leader {
             next_leader = Instant::now() + Duration::from_millis(500);
-            if let Some((_, meta)) = crate::publish::last_message(&mut s).await? {
+            if let Some((_, _, meta)) = crate::publish::last_message(&mut s).await? {
                 f.set_leader_position(meta.lsn);
             }
         }
+    }
+}
+
+/// Resolves once the take-over signal says the slot is free (never without one).
+async fn slot_free(t: &mut Option<watch::Receiver<bool>>) {
+    match t {
+        Some(rx) => {
+            if rx.wait_for(|free| *free).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Publishes the take-over marker after the message `last_id` (a position at `at`, what is
+/// applied): a publisher that still expects an older end is refused from now on. `false` when
+/// the stream moved on meanwhile (take what came, then try again).
+async fn fence(
+    js: &jetstream::Context,
+    layout: &Layout,
+    hash: u64,
+    at: Lsn,
+    last_id: &str,
+) -> Result<bool, ScaleoutError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let id = format!("{:016X}-takeover-{nanos}", at.0);
+    let meta = Meta {
+        lsn: at,
+        prev: at,
+        hash,
+        part: (0, 1),
+    };
+    let mut msg = async_nats::jetstream::message::PublishMessage::build()
+        .payload(sync::changelog::record::encode_position().into())
+        .headers(meta.headers(&id));
+    if !last_id.is_empty() {
+        msg = msg.expected_last_message_id(last_id);
+    }
+    let ack = js
+        .send_publish(layout.subject.clone(), msg)
+        .await
+        .map_err(|e| ScaleoutError::js("fence")(e.to_string()))?;
+    match ack.await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastMessageId => Ok(false),
+        Err(e) => Err(ScaleoutError::js("fence acknowledgement")(e.to_string())),
     }
 }
 

@@ -91,8 +91,8 @@ pub(crate) async fn stream(js: &jetstream::Context, nats: &NatsOptions) -> Resul
     .map_err(|e| ScaleoutError::js("stream creation")(e.to_string()))
 }
 
-/// The stream's last message: its id and what it says.
-pub(crate) async fn last_message(s: &mut stream::Stream) -> Result<Option<(String, Meta)>, ScaleoutError> {
+/// The stream's last message: its sequence, its id and what it says.
+pub(crate) async fn last_message(s: &mut stream::Stream) -> Result<Option<(u64, String, Meta)>, ScaleoutError> {
     let last = s
         .info()
         .await
@@ -116,7 +116,7 @@ pub(crate) async fn last_message(s: &mut stream::Stream) -> Result<Option<(Strin
         .get(async_nats::header::NATS_MESSAGE_ID)
         .map(|v| v.as_str().to_string())
         .unwrap_or_default();
-    Ok(Some((id, meta)))
+    Ok(Some((last, id, meta)))
 }
 
 async fn session(
@@ -151,7 +151,7 @@ async fn session(
     // The log's mapping is the one its snapshots carry.
     let hash = manifest.mapping_hash;
     let (mut last_id, after) = match last_message(&mut s).await? {
-        Some((id, meta)) => {
+        Some((_, id, meta)) => {
             if meta.hash != hash {
                 return Err(ScaleoutError::Stream(format!(
                     "stream {} holds records of mapping {:016x}, this replica's mapping is {:016x}; publish to another stream (--stream) or delete this one (followers then re-bootstrap)",

@@ -153,6 +153,15 @@ impl SyncError {
         )
     }
 
+    /// Another process streams from the slot.
+    pub fn is_slot_in_use(&self) -> bool {
+        match self {
+            SyncError::Repl(e) => e.is_slot_in_use(),
+            SyncError::SlotInUse { .. } => true,
+            _ => false,
+        }
+    }
+
     /// Worth retrying after a pause (connection-level trouble).
     pub fn is_transient(&self) -> bool {
         match self {

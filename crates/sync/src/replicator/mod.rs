@@ -108,6 +108,9 @@ pub struct Options {
     /// Streamed transactions buffered in memory past this many bytes spill to temporary
     /// files in the data directory.
     pub spill_threshold: usize,
+    /// Return [`SyncError::SlotInUse`] instead of retrying when another process streams from
+    /// the slot (a publishing leader then stands by as a follower).
+    pub yield_slot: bool,
 }
 
 impl Options {
@@ -130,6 +133,7 @@ impl Options {
             spill_threshold: 64 << 20,
             receive_timeout: Duration::from_secs(30),
             binary: false,
+            yield_slot: false,
         }
     }
 }
@@ -306,6 +310,11 @@ pub async fn run_with_reloads(
                 r.rebuild_after_restore = false;
                 r.rebuild = true;
                 r.restoring = None;
+            }
+            Err(e) if r.opts.yield_slot && e.is_slot_in_use() => {
+                tracing::warn!(error = %e, "another process streams from the slot; standing by");
+                r.stop_unconnected().await;
+                return Err(e);
             }
             Err(e) if e.is_transient() => {
                 let wait = backoff.next();

@@ -114,6 +114,7 @@ impl Replicator {
             )
         })?;
         let mut opts = self.opts.clone();
+        opts.yield_slot = false;
         opts.config = config.clone();
         opts.data_dir = next.dir.clone();
         opts.slot = next.slot.clone();

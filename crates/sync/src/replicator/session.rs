@@ -163,17 +163,18 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
                     return Err(e);
                 }
                 if let Some(s) = &slot {
+                    // Another process streaming from it says more than our missing state.
+                    if let Some(pid) = s.active_pid {
+                        return Err(SyncError::SlotInUse {
+                            slot: opts.slot.clone(),
+                            pid,
+                        });
+                    }
                     let ours = store.dir().join("initial-copy.started").exists();
                     if !*rebuild && !ours {
                         return Err(SyncError::SlotWithoutState {
                             slot: opts.slot.clone(),
                             dir: store.dir().to_path_buf(),
-                        });
-                    }
-                    if let Some(pid) = s.active_pid {
-                        return Err(SyncError::SlotInUse {
-                            slot: opts.slot.clone(),
-                            pid,
                         });
                     }
                     tracing::warn!(slot = %opts.slot, "dropping the replication slot to rebuild from the source tables");

@@ -331,6 +331,11 @@ impl ReplicaStatus {
         });
     }
 
+    /// This process leads now (a standby took over the slot): no longer a follower.
+    pub fn lead(&self) {
+        self.update(|s| s.follower = false);
+    }
+
     /// A follower loaded a newer snapshot because the stream did not hold what came next.
     pub fn count_rebootstrap(&self) {
         self.update(|s| s.rebootstraps += 1);

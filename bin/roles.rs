@@ -1,0 +1,194 @@
+//! A publishing replica's roles (`replicate --publish`): it leads while it holds the
+//! replication slot, and stands by — following the stream as `graphsync follow` does, serving
+//! the same API — while another process holds it. PostgreSQL lets one process stream from a
+//! slot at a time: that is the fence, no consensus of our own. When the slot frees, the standby
+//! takes everything published, fences the stream (a marker that makes a stale publisher's next
+//! message fail its expected-last-id check) and leads from exactly there; a leader that finds
+//! the slot taken (it was cut off and replaced) stands by in turn.
+//!
+//! Not for: how records are published or followed (`scaleout`), or replication itself.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use sync::replicator::{self, Options, ReloadOutcome, ReloadRequest, Reloads, ReplicaStatus, SyncError};
+use tokio::sync::{mpsc, watch};
+
+/// What leading or standing by needs.
+pub struct Roles {
+    pub opts: Options,
+    pub nats: scaleout::NatsOptions,
+    pub status: Arc<ReplicaStatus>,
+    pub shutdown: watch::Receiver<bool>,
+    pub reloads: Reloads,
+}
+
+/// Where mapping reloads go: the replicator while leading, refused while standing by.
+type LeadReloads = Arc<Mutex<Option<mpsc::Sender<ReloadRequest>>>>;
+
+/// Leads or stands by until shutdown.
+pub async fn run(r: Roles) -> Result<(), SyncError> {
+    let Roles {
+        opts,
+        nats,
+        status,
+        shutdown,
+        reloads,
+    } = r;
+    let lead: LeadReloads = Arc::default();
+    let dispatcher = tokio::spawn(dispatch_reloads(reloads, lead.clone()));
+    let result = roles(&opts, &nats, &status, &shutdown, &lead).await;
+    dispatcher.abort();
+    result
+}
+
+async fn roles(
+    opts: &Options,
+    nats: &scaleout::NatsOptions,
+    status: &Arc<ReplicaStatus>,
+    shutdown: &watch::Receiver<bool>,
+    lead: &LeadReloads,
+) -> Result<(), SyncError> {
+    let root = opts.data_dir.clone();
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let has_state = sync::checkpoint::CheckpointStore::open(&sync::generation::state_dir(&root))
+            .map(|s| s.manifest().is_some())
+            .unwrap_or(false);
+        match slot_holder(opts).await {
+            // Taken, or free but this process has nothing to lead from yet: follow first.
+            Ok(Some(Some(pid))) => {
+                tracing::info!(slot = %opts.slot, pid, "the slot is in use by another process: standing by, following the stream");
+                if standby(opts, nats, status, shutdown).await? == scaleout::follow::Followed::Stopped {
+                    return Ok(());
+                }
+            }
+            Ok(Some(None)) if !has_state && !opts.rebuild => {
+                tracing::info!(slot = %opts.slot, "the slot exists and this data directory is empty: bootstrapping from the stream before leading");
+                if standby(opts, nats, status, shutdown).await? == scaleout::follow::Followed::Stopped {
+                    return Ok(());
+                }
+            }
+            Ok(_) => {}
+            // The replicator reports connection trouble itself.
+            Err(e) => tracing::warn!(error = %e, "cannot read the slot's state; trying to lead"),
+        }
+        status.lead();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let forward = {
+            let mut shutdown = shutdown.clone();
+            let stop_tx = stop_tx.clone();
+            tokio::spawn(async move {
+                if shutdown.wait_for(|s| *s).await.is_ok() {
+                    let _ = stop_tx.send(true);
+                }
+            })
+        };
+        let publisher = crate::serve::PublishPlan {
+            nats: nats.clone(),
+            data_dir: root.clone(),
+        }
+        .spawn(status, stop_rx);
+        let (tx, rx) = replicator::reload_channel();
+        *lead.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        let mut o = opts.clone();
+        o.yield_slot = true;
+        let result = replicator::run_with_reloads(o, status.clone(), shutdown.clone(), rx).await;
+        *lead.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // Let the publisher send what the log made durable, then stop it.
+        let _ = stop_tx.send(true);
+        forward.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
+        match result {
+            Err(e) if e.is_slot_in_use() => {
+                tracing::warn!("another process took the slot: standing by");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Follows the stream until the slot frees and everything published is applied
+/// (`TookOver`), or shutdown.
+async fn standby(
+    opts: &Options,
+    nats: &scaleout::NatsOptions,
+    status: &Arc<ReplicaStatus>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<scaleout::follow::Followed, SyncError> {
+    let (free_tx, free_rx) = watch::channel(false);
+    let watcher = tokio::spawn(watch_slot(opts.clone(), free_tx));
+    let mut follow_opts = opts.clone();
+    follow_opts.data_dir = sync::generation::state_dir(&opts.data_dir);
+    let cfg = scaleout::follow::FollowConfig {
+        nats: nats.clone(),
+        opts: follow_opts,
+        take_over: Some(free_rx),
+    };
+    let r = scaleout::follow::run(cfg, status.clone(), shutdown.clone()).await;
+    watcher.abort();
+    r.map_err(|e| SyncError::Io(e.to_string()))
+}
+
+/// The slot's holder: `None` when there is no slot, `Some(None)` when it is free.
+async fn slot_holder(opts: &Options) -> Result<Option<Option<u32>>, String> {
+    let mut c = pgrepl::ReplicationClient::connect_sql(&opts.conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let s = sync::catalog::slot_state(&mut c, &opts.slot)
+        .await
+        .map_err(|e| e.to_string());
+    c.close().await;
+    Ok(s?.map(|s| s.active_pid))
+}
+
+/// Turns `free` true once the slot has been free (or gone) for two polls in a row.
+async fn watch_slot(opts: Options, free: watch::Sender<bool>) {
+    let mut free_polls = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        match slot_holder(&opts).await {
+            Ok(Some(Some(_))) => free_polls = 0,
+            Ok(_) => free_polls += 1,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the slot's state");
+                free_polls = 0;
+            }
+        }
+        if free_polls >= 2 {
+            tracing::info!(slot = %opts.slot, "the slot is free: taking over once everything published is applied");
+            let _ = free.send(true);
+            return;
+        }
+    }
+}
+
+/// Hands reloads to the replicator while leading; refuses them while standing by.
+async fn dispatch_reloads(mut reloads: Reloads, lead: LeadReloads) {
+    while let Some(mut req) = reloads.recv().await {
+        let to = lead.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match to {
+            Some(tx) => {
+                if let Err(mpsc::error::SendError(req)) = tx.send(req).await {
+                    refuse(req);
+                }
+            }
+            None => {
+                if let Some(reply) = req.reply.take() {
+                    let _ = reply.send(ReloadOutcome::Refused(
+                        "this replica stands by (another process holds the slot); reload the leader".into(),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn refuse(mut req: ReloadRequest) {
+    if let Some(reply) = req.reply.take() {
+        let _ = reply.send(ReloadOutcome::Refused(
+            "the replicator stopped leading; reload again once it leads".into(),
+        ));
+    }
+}
