@@ -357,3 +357,67 @@ fn the_standby_takes_over_when_the_leader_is_killed() {
     old.kill();
     follower.stop();
 }
+
+/// A three-node NATS cluster with the stream replicated three times; the node the clients
+/// talk to first is killed mid-load: publishing goes on through the others, nothing is lost
+/// (the follower equals SQL, its chain unbroken), and confirms pass the outage.
+#[test]
+fn one_nats_node_of_three_killed_loses_nothing() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("scaleout_r3");
+    cluster.psql(&db, workload::SCHEMA);
+    let mut w = Workload::new(0x3333);
+    cluster.psql(&db, &w.seed(100));
+    let dir = tempfile::tempdir().unwrap();
+    let config = workload::write_config(dir.path(), &db);
+    let mut nodes = Nats::cluster(3);
+    let urls = Nats::urls(&nodes);
+    let mut leader = replica::spawn(
+        cluster,
+        &db,
+        &config,
+        &dir.path().join("leader"),
+        &["--publish", &urls, "--stream-replicas", "3"],
+    );
+    let laddr = leader.addr();
+    wait_for(
+        "publishing (the cluster elects its JetStream leaders first)",
+        &mut leader,
+        Duration::from_secs(90),
+        || health(&laddr)["published_lsn"].is_string(),
+    );
+    let mut follower = replica::spawn_follower(&urls, &config, &dir.path().join("follower"), &[]);
+    let faddr = follower.addr();
+    let scripts: Vec<String> = (0..40).map(|_| w.script(15, None, None, None)).collect();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = {
+        let (db, done) = (db.clone(), done.clone());
+        std::thread::spawn(move || {
+            for s in scripts {
+                cluster.psql(&db, &s);
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    wait_for("a quarter of the load", &mut follower, Duration::from_secs(60), || {
+        done.load(std::sync::atomic::Ordering::SeqCst) >= 10
+    });
+    nodes[0].stop();
+    writer.join().unwrap();
+    let last = current_lsn(cluster, &db);
+    let expected = workload::expected(cluster, &db);
+    compare_over_http(&faddr, &expected, last);
+    wait_for(
+        "confirmed past the outage",
+        &mut leader,
+        Duration::from_secs(90),
+        || confirmed_flush(cluster, &db, &format!("gs_{db}")).is_some_and(|c| c >= last),
+    );
+    let (_, metrics) = replica::http_get(&faddr, "/metrics", None);
+    assert!(
+        metrics.contains("graphsync_follower_rebootstraps_total 0"),
+        "the follower's chain broke:\n{metrics}"
+    );
+    follower.stop();
+    leader.stop();
+}

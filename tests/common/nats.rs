@@ -13,6 +13,8 @@ pub struct Nats {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Cluster settings (name, route port, the routes to the others).
+    cluster: Option<(String, u16, Vec<u16>)>,
 }
 
 fn binary() -> PathBuf {
@@ -41,9 +43,32 @@ impl Nats {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
+            cluster: None,
         };
         n.restart();
         n
+    }
+
+    /// Starts a JetStream cluster of `n` servers (routes between all of them).
+    pub fn cluster(n: usize) -> Vec<Nats> {
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut nodes: Vec<Nats> = (0..n)
+            .map(|i| Nats {
+                child: None,
+                port: free_port(),
+                dir: tempfile::tempdir().expect("tempdir"),
+                cluster: Some((format!("n{i}"), routes[i], routes.clone())),
+            })
+            .collect();
+        for node in nodes.iter_mut() {
+            node.restart();
+        }
+        nodes
+    }
+
+    /// The client URLs of every node of a cluster, comma-separated.
+    pub fn urls(nodes: &[Nats]) -> String {
+        nodes.iter().map(Nats::url).collect::<Vec<_>>().join(",")
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -55,7 +80,18 @@ impl Nats {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log = self.dir.path().join("nats.log");
-        let child = Command::new(binary())
+        let mut cmd = Command::new(binary());
+        if let Some((name, route, routes)) = &self.cluster {
+            let others: Vec<String> = routes
+                .iter()
+                .filter(|r| *r != route)
+                .map(|r| format!("nats://127.0.0.1:{r}"))
+                .collect();
+            cmd.args(["--server_name", name, "--cluster_name", "graphsync-test"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{route}")])
+                .args(["--routes", &others.join(",")]);
+        }
+        let child = cmd
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
             .arg(self.dir.path().join("store"))
