@@ -47,8 +47,17 @@ enum Ended {
     Shutdown,
     TookOver,
     /// The stream does not hold what comes after the graph: load a snapshot at or after the
-    /// position given (the oldest record the stream holds follows it).
-    Rebootstrap(String, Lsn),
+    /// position given (the oldest record the stream holds follows it), of the lineage given.
+    Rebootstrap(String, Need),
+}
+
+/// What a snapshot to bootstrap from must be.
+#[derive(Debug, Clone, Copy, Default)]
+struct Need {
+    /// At or after this position.
+    lsn: Lsn,
+    /// Of this lineage (the stream's), when known.
+    lineage: Option<u64>,
 }
 
 /// Runs until `shutdown` turns true; `Err` only for what retrying cannot fix (another mapping).
@@ -59,7 +68,7 @@ pub async fn run(
 ) -> Result<Followed, ScaleoutError> {
     let mut follower: Option<Follower> = None;
     let mut backoff = Duration::from_millis(200);
-    let mut rebootstrap: Option<Lsn> = None;
+    let mut rebootstrap: Option<Need> = None;
     loop {
         if *shutdown.borrow() {
             break;
@@ -113,7 +122,7 @@ async fn session(
     cfg: &FollowConfig,
     status: &Arc<ReplicaStatus>,
     follower: &mut Option<Follower>,
-    rebootstrap: Option<Lsn>,
+    rebootstrap: Option<Need>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Ended, ScaleoutError> {
     let client = connect(&cfg.nats).await?;
@@ -131,12 +140,34 @@ async fn session(
             layout.bucket
         ))
     })?;
+    let last = crate::publish::last_message(&mut s).await?;
+    // A leader on a data directory from before online mapping changes publishes the older
+    // hash of the same mapping.
+    let mut opts = cfg.opts.clone();
+    opts.legacy_hash = last
+        .as_ref()
+        .is_some_and(|(_, _, m)| m.hash == opts.config.legacy_hash() && m.hash != opts.config.mapping_hash());
+    let cfg = &FollowConfig {
+        nats: cfg.nats.clone(),
+        opts,
+        take_over: cfg.take_over.clone(),
+    };
     let hash = cfg.opts.hash();
     if follower.is_none() && rebootstrap.is_none() {
-        *follower = tokio::task::block_in_place(|| Follower::open(cfg.opts.clone(), status.clone()))?;
+        match tokio::task::block_in_place(|| Follower::open(cfg.opts.clone(), status.clone())) {
+            Ok(f) => *follower = f,
+            // The data directory cannot be resumed (damaged, another mapping): load a snapshot.
+            Err(e @ (SyncError::Replay(_) | SyncError::Checkpoint(_) | SyncError::Log(_))) => {
+                return Ok(Ended::Rebootstrap(
+                    format!("the data directory cannot be resumed: {e}"),
+                    Need::default(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     if follower.is_none() {
-        let need = rebootstrap.unwrap_or(Lsn(0));
+        let need = rebootstrap.unwrap_or_default();
         let Some(lsn) = bootstrap(&bucket, cfg, status, need, shutdown).await? else {
             return Ok(Ended::Shutdown);
         };
@@ -147,9 +178,36 @@ async fn session(
         return Err(ScaleoutError::Stream("the installed snapshot did not load".into()));
     };
     let applied = f.applied();
-    let start = match find_start(&mut s, applied, hash).await? {
+    // Records apply only to a graph of the stream's lineage.
+    let mine = crate::lineage::read(&cfg.opts.data_dir)?;
+    if let Some((_, _, last)) = last {
+        check_hash(&last, hash)?;
+        if Some(last.lineage) != mine {
+            return Ok(Ended::Rebootstrap(
+                format!(
+                    "the stream holds the records of graph lineage {:016x}, this data directory's graph is {}",
+                    last.lineage,
+                    mine.map_or("of no known lineage".to_string(), |m| format!("{m:016x}"))
+                ),
+                Need {
+                    lsn: Lsn(0),
+                    lineage: Some(last.lineage),
+                },
+            ));
+        }
+    }
+    let mine = mine.unwrap_or_default();
+    let start = match find_start(&mut s, applied, mine).await? {
         Ok(seq) => seq,
-        Err((why, need)) => return Ok(Ended::Rebootstrap(why, need)),
+        Err((why, lsn)) => {
+            return Ok(Ended::Rebootstrap(
+                why,
+                Need {
+                    lsn,
+                    lineage: Some(mine),
+                },
+            ))
+        }
     };
     let consumer = s
         .create_consumer(OrderedConfig {
@@ -169,12 +227,12 @@ async fn session(
     let mut next_leader = Instant::now();
     // The stream sequence of the last message taken, and (taking over) the last one to take.
     let mut consumed = start.saturating_sub(1);
-    let mut drain: Option<(u64, String)> = None;
+    let mut drain: Option<u64> = None;
     let mut take_over = cfg.take_over.clone();
     loop {
-        if let Some((target, last_id)) = &drain {
-            if consumed >= *target {
-                if fence(&js, &layout, hash, f.applied(), last_id).await? {
+        if let Some(target) = drain {
+            if consumed >= target {
+                if fence(&js, &layout, (hash, mine), f.applied(), target).await? {
                     tracing::info!(applied = %f.applied(), "consumed the whole stream and fenced it; taking over the slot");
                     return Ok(Ended::TookOver);
                 }
@@ -183,14 +241,14 @@ async fn session(
         }
         if drain.is_none() && take_over.as_ref().is_some_and(|t| *t.borrow()) {
             // The leader is gone: take everything it published, then fence.
-            drain = Some(match crate::publish::last_message(&mut s).await? {
-                Some((seq, id, _)) => (seq, id),
-                None => (0, String::new()),
-            });
+            drain = Some(crate::publish::stream_state(&mut s).await?.last_sequence);
             continue;
         }
         let first = tokio::select! {
-            m = msgs.next() => m,
+            m = msgs.next() => match m {
+                Some(m) => Some(m),
+                None => return Err(ScaleoutError::js("consuming")("the consumer ended".into())),
+            },
             _ = tokio::time::sleep(Duration::from_millis(200)) => None,
             _ = shutdown.changed() => return Ok(Ended::Shutdown),
             _ = slot_free(&mut take_over), if drain.is_none() => continue,
@@ -207,6 +265,18 @@ async fn session(
             let meta = Meta::parse(&headers)
                 .map_err(|e| ScaleoutError::Stream(format!("a stream message is not graphsync's: {e}")))?;
             check_hash(&meta, hash)?;
+            if meta.lineage != mine {
+                return Ok(Ended::Rebootstrap(
+                    format!(
+                        "record {} is of another graph lineage ({:016x})",
+                        meta.lsn, meta.lineage
+                    ),
+                    Need {
+                        lsn: Lsn(0),
+                        lineage: Some(meta.lineage),
+                    },
+                ));
+            }
             if let Some((meta, payload)) = parts.push(meta, &m.payload) {
                 if meta.lsn > at {
                     if meta.prev != at {
@@ -215,7 +285,10 @@ async fn session(
                                 "record {} follows {}, but what is applied ends at {at}",
                                 meta.lsn, meta.prev
                             ),
-                            meta.prev,
+                            Need {
+                                lsn: if meta.prev > at { meta.prev } else { meta.lsn },
+                                lineage: Some(mine),
+                            },
                         ));
                     }
                     batch.push((meta.lsn, payload));
@@ -234,13 +307,27 @@ async fn session(
         if !batch.is_empty() {
             match tokio::task::block_in_place(|| f.apply(&batch)) {
                 Ok(_) => {}
-                Err(SyncError::Replay(e)) => return Ok(Ended::Rebootstrap(e.to_string(), at)),
-                Err(e) => return Err(e.into()),
+                Err(SyncError::Replay(e)) => {
+                    return Ok(Ended::Rebootstrap(
+                        e.to_string(),
+                        Need {
+                            lsn: at,
+                            lineage: Some(mine),
+                        },
+                    ))
+                }
+                Err(e) => {
+                    // What the graph holds may be ahead of the log: reopen from disk.
+                    if let Some(f) = follower.take() {
+                        f.close().await;
+                    }
+                    return Err(e.into());
+                }
             }
         }
         f.chores().await?;
         if Instant::now() >= next_leader {
-            next_leader = Instant::now() + Duration::from_millis(500);
+            next_leader = Instant::now() + Duration::from_secs(1);
             if let Some((_, _, meta)) = crate::publish::last_message(&mut s).await? {
                 f.set_leader_position(meta.lsn);
             }
@@ -260,15 +347,15 @@ async fn slot_free(t: &mut Option<watch::Receiver<bool>>) {
     }
 }
 
-/// Publishes the take-over marker after the message `last_id` (a position at `at`, what is
-/// applied): a publisher that still expects an older end is refused from now on. `false` when
-/// the stream moved on meanwhile (take what came, then try again).
+/// Publishes the take-over marker after stream sequence `last_seq` (a position at `at`, what
+/// is applied): a publisher that still expects an older end is refused from now on. `false`
+/// when the stream moved on meanwhile (take what came, then try again).
 async fn fence(
     js: &jetstream::Context,
     layout: &Layout,
-    hash: u64,
+    (hash, lineage): (u64, u64),
     at: Lsn,
-    last_id: &str,
+    last_seq: u64,
 ) -> Result<bool, ScaleoutError> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -278,21 +365,20 @@ async fn fence(
         lsn: at,
         prev: at,
         hash,
+        lineage,
         part: (0, 1),
     };
-    let mut msg = async_nats::jetstream::message::PublishMessage::build()
+    let msg = async_nats::jetstream::message::PublishMessage::build()
         .payload(sync::changelog::record::encode_position().into())
-        .headers(meta.headers(&id));
-    if !last_id.is_empty() {
-        msg = msg.expected_last_message_id(last_id);
-    }
+        .headers(meta.headers(&id))
+        .expected_last_sequence(last_seq);
     let ack = js
         .send_publish(layout.subject.clone(), msg)
         .await
         .map_err(|e| ScaleoutError::js("fence")(e.to_string()))?;
     match ack.await {
         Ok(_) => Ok(true),
-        Err(e) if e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastMessageId => Ok(false),
+        Err(e) if e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence => Ok(false),
         Err(e) => Err(ScaleoutError::js("fence acknowledgement")(e.to_string())),
     }
 }
@@ -313,7 +399,7 @@ async fn bootstrap(
     bucket: &jetstream::object_store::ObjectStore,
     cfg: &FollowConfig,
     status: &ReplicaStatus,
-    need: Lsn,
+    need: Need,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<Lsn>, ScaleoutError> {
     status.report(Phase::Starting, None);
@@ -321,10 +407,10 @@ async fn bootstrap(
     let latest = loop {
         let l = snapshots::latest(bucket).await?;
         match &l {
-            Some(l) if l.lsn >= need => break l.clone(),
+            Some(l) if l.lsn >= need.lsn && need.lineage.is_none_or(|n| n == l.lineage) => break l.clone(),
             _ if said => {}
             Some(l) => {
-                tracing::info!(newest = %l.lsn, need = %need, "waiting for the leader to publish a newer snapshot (the stream no longer holds the records after the newest one)");
+                tracing::info!(newest = %l.lsn, need = %need.lsn, "waiting for the leader to publish a newer snapshot (of the stream's graph, and one the stream holds the records after)");
                 said = true;
             }
             None => {
@@ -347,23 +433,21 @@ async fn bootstrap(
     let started = Instant::now();
     let bytes = snapshots::download(bucket, &cfg.opts.data_dir, latest.lsn).await?;
     tokio::task::block_in_place(|| Follower::install(&cfg.opts.data_dir, latest.lsn, latest.mapping_hash))?;
+    crate::lineage::write(&cfg.opts.data_dir, latest.lineage)?;
     tracing::info!(lsn = %latest.lsn, bytes, ms = started.elapsed().as_millis() as u64, "downloaded the leader's snapshot");
     Ok(Some(latest.lsn))
 }
 
 /// The stream sequence to consume from: the first message of the first record after
-/// `applied`. `Ok(Err(why))` when the stream no longer holds the record right after it.
+/// `applied`, among the messages of the stream's current graph lineage (`lineage`, a suffix
+/// of the stream). `Ok(Err((why, need)))` when the stream no longer holds the record right
+/// after it: a snapshot at or after `need` is.
 async fn find_start(
     s: &mut stream::Stream,
     applied: Lsn,
-    hash: u64,
+    lineage: u64,
 ) -> Result<Result<u64, (String, Lsn)>, ScaleoutError> {
-    let state = s
-        .info()
-        .await
-        .map_err(|e| ScaleoutError::js("stream info")(e.to_string()))?
-        .state
-        .clone();
+    let state = crate::publish::stream_state(s).await?;
     if state.messages == 0 {
         return Ok(Ok(state.last_sequence + 1));
     }
@@ -374,14 +458,23 @@ async fn find_start(
                 .get_raw_message(seq)
                 .await
                 .map_err(|e| ScaleoutError::js("reading a stream message")(format!("sequence {seq}: {e}")))?;
-            let meta = Meta::parse(&m.headers)
-                .map_err(|e| ScaleoutError::Stream(format!("stream message {seq} is not graphsync's: {e}")))?;
-            check_hash(&meta, hash)?;
-            Ok::<Meta, ScaleoutError>(meta)
+            Meta::parse(&m.headers)
+                .map_err(|e| ScaleoutError::Stream(format!("stream message {seq} is not graphsync's: {e}")))
         }
     };
-    // The first sequence whose record is after `applied` (records' LSNs increase with it).
-    let (mut lo, mut hi) = (state.first_sequence, state.last_sequence + 1);
+    // Where the current lineage's messages begin.
+    let (mut lo, mut hi) = (state.first_sequence, state.last_sequence);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if meta_at(mid).await?.lineage == lineage {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let first = lo;
+    // The first sequence whose record is after `applied` (LSNs increase within a lineage).
+    let (mut lo, mut hi) = (first, state.last_sequence + 1);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         if meta_at(mid).await?.lsn > applied {
@@ -395,14 +488,17 @@ async fn find_start(
     }
     let meta = meta_at(lo).await?;
     // Back to the record's first part.
-    let start = lo.saturating_sub(meta.part.0 as u64).max(state.first_sequence);
-    if meta.prev != applied || (meta.part.0 > 0 && start == state.first_sequence) {
+    let start = lo.saturating_sub(meta.part.0 as u64).max(first);
+    if meta.prev != applied || (meta.part.0 > 0 && start == first) {
+        // A gap: a snapshot at the oldest record's predecessor. A record straddling what is
+        // applied, or cut at the front: one at or after that record.
+        let need = if meta.prev > applied { meta.prev } else { meta.lsn };
         return Ok(Err((
             format!(
                 "the stream no longer holds the records after {applied} (its oldest kept record follows {})",
                 meta.prev
             ),
-            meta.prev,
+            need,
         )));
     }
     Ok(Ok(start))

@@ -21,14 +21,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod follow;
+mod lineage;
 pub mod publish;
 mod snapshots;
 mod wire;
 
 pub use wire::{default_stream_name, Layout};
 
-/// How to reach NATS.
-#[derive(Debug, Clone)]
+/// How to reach NATS. (`Debug` hides credentials in the URL.)
+#[derive(Clone)]
 pub struct NatsOptions {
     /// Server URLs, comma-separated (`nats://host:4222`, `tls://…`; `user:pass@` as NATS
     /// clients accept).
@@ -45,6 +46,20 @@ pub struct NatsOptions {
     pub max_bytes: i64,
     /// Stream retention by age when it is created (zero: unlimited).
     pub max_age: Duration,
+}
+
+impl std::fmt::Debug for NatsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsOptions")
+            .field("url", &redact(&self.url))
+            .field("stream", &self.stream)
+            .field("creds_file", &self.creds_file)
+            .field("ca_file", &self.ca_file)
+            .field("replicas", &self.replicas)
+            .field("max_bytes", &self.max_bytes)
+            .field("max_age", &self.max_age)
+            .finish()
+    }
 }
 
 /// Why talking to NATS failed (each is retried by the loops; the text names what to check).

@@ -93,15 +93,12 @@ pub(crate) async fn stream(js: &jetstream::Context, nats: &NatsOptions) -> Resul
 
 /// The stream's last message: its sequence, its id and what it says.
 pub(crate) async fn last_message(s: &mut stream::Stream) -> Result<Option<(u64, String, Meta)>, ScaleoutError> {
-    let last = s
-        .info()
-        .await
-        .map_err(|e| ScaleoutError::js("stream info")(e.to_string()))?
-        .state
-        .last_sequence;
-    if last == 0 {
+    let state = stream_state(s).await?;
+    // Empty, or emptied by retention (the last sequence stays).
+    if state.messages == 0 {
         return Ok(None);
     }
+    let last = state.last_sequence;
     let m = s
         .get_raw_message(last)
         .await
@@ -119,6 +116,89 @@ pub(crate) async fn last_message(s: &mut stream::Stream) -> Result<Option<(u64, 
     Ok(Some((last, id, meta)))
 }
 
+/// Messages sent before their acknowledgements are awaited (each holds one of the client's
+/// in-flight permits, 5,000 by default).
+const WINDOW: usize = 1_000;
+
+/// The stream's end as this publisher knows it. Every message expects the stream's last
+/// sequence to be exactly what this publisher last wrote: another publisher's message (a
+/// deposed or second leader) makes the next one fail instead of interleaving. (Sequences, not
+/// message ids: a restarted server forgets the last id once it is older than the duplicate
+/// window, never the last sequence.)
+struct Chain<'a> {
+    js: &'a jetstream::Context,
+    subject: String,
+    stream: String,
+    last_seq: u64,
+    prev: Lsn,
+    hash: u64,
+    lineage: u64,
+    max_part: usize,
+    acks: Vec<(Lsn, jetstream::context::PublishAckFuture)>,
+}
+
+impl Chain<'_> {
+    /// Sends the record (or position) at `lsn`, in parts if it is large.
+    async fn send(&mut self, lsn: Lsn, prev: Lsn, id_suffix: &str, payload: bytes::Bytes) -> Result<(), ScaleoutError> {
+        let parts = payload.len().div_ceil(self.max_part).max(1);
+        for i in 0..parts {
+            let chunk = payload.slice(i * self.max_part..((i + 1) * self.max_part).min(payload.len()));
+            let id = format!("{}{id_suffix}", message_id(lsn, i));
+            let meta = Meta {
+                lsn,
+                prev,
+                hash: self.hash,
+                lineage: self.lineage,
+                part: (i, parts),
+            };
+            let msg = PublishMessage::build()
+                .payload(chunk)
+                .headers(meta.headers(&id))
+                .expected_last_sequence(self.last_seq);
+            let ack = self
+                .js
+                .send_publish(self.subject.clone(), msg)
+                .await
+                .map_err(|e| ScaleoutError::js("publish")(e.to_string()))?;
+            self.last_seq += 1;
+            self.acks.push((lsn, ack));
+            if self.acks.len() >= WINDOW {
+                self.settle().await?;
+            }
+        }
+        self.prev = lsn;
+        Ok(())
+    }
+
+    /// Awaits every acknowledgement outstanding; the LSN of the last.
+    async fn settle(&mut self) -> Result<Option<Lsn>, ScaleoutError> {
+        let mut acked = None;
+        for (lsn, ack) in self.acks.drain(..) {
+            match ack.await {
+                Ok(_) => acked = Some(lsn),
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    return Err(ScaleoutError::Stream(format!(
+                        "another publisher wrote to stream {} (a second leader on the same stream, or a standby that took over): this one stops publishing record {lsn}; it stands by once it loses the slot",
+                        self.stream
+                    )))
+                }
+                Err(e) => return Err(ScaleoutError::js("publish acknowledgement")(format!("record {lsn}: {e}"))),
+            }
+        }
+        Ok(acked)
+    }
+}
+
+/// Aborts a task when dropped (a snapshot upload must not outlive its session: it could move
+/// `latest` after a newer session's upload).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn session(
     cfg: &PublishConfig,
     status: &ReplicaStatus,
@@ -131,15 +211,16 @@ async fn session(
     let mut s = stream(&js, &cfg.nats).await?;
     let bucket = snapshots::bucket(&js, &layout, cfg.nats.replicas).await?;
     let mut durable = status.watch_durable();
-    // The replicator restores or copies first: its log and first snapshot exist after that.
-    let state_dir = sync::generation::state_dir(&cfg.data_dir);
-    let store = CheckpointStore::open(&state_dir).map_err(sync::replicator::SyncError::from)?;
-    let manifest = loop {
+    // The replicator restores or copies first (and a rebuild may switch generations
+    // meanwhile): its log and first snapshot exist after that.
+    let (state_dir, store, manifest) = loop {
         if *shutdown.borrow() {
             return Ok(());
         }
+        let dir = sync::generation::state_dir(&cfg.data_dir);
+        let store = CheckpointStore::open(&dir).map_err(sync::replicator::SyncError::from)?;
         match store.manifest() {
-            Some(m) if *durable.borrow() > Lsn(0) => break m,
+            Some(m) if *durable.borrow() > Lsn(0) => break (dir, store, m),
             _ => {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -150,40 +231,75 @@ async fn session(
     };
     // The log's mapping is the one its snapshots carry.
     let hash = manifest.mapping_hash;
-    let (mut last_id, after) = match last_message(&mut s).await? {
-        Some((_, id, meta)) => {
+    let lineage = crate::lineage::get_or_create(&state_dir)?;
+    let last_seq = stream_state(&mut s).await?.last_sequence;
+    let (continues, after) = match last_message(&mut s).await? {
+        Some((_, _, meta)) if meta.lineage == lineage => {
             if meta.hash != hash {
                 return Err(ScaleoutError::Stream(format!(
-                    "stream {} holds records of mapping {:016x}, this replica's mapping is {:016x}; publish to another stream (--stream) or delete this one (followers then re-bootstrap)",
-                    layout.stream, meta.hash, hash
+                    "stream {} holds records of mapping {:016x}, this replica's mapping is {hash:016x}, for the same graph; this is a bug — publish to another stream (--stream)",
+                    layout.stream, meta.hash
                 )));
             }
             // A record cut short (a crash between its parts) is published again whole.
             let complete = meta.part.0 + 1 == meta.part.1;
-            (Some(id), if complete { meta.lsn } else { meta.prev })
+            (true, if complete { meta.lsn } else { meta.prev })
         }
-        None => (None, manifest.lsn),
+        Some((_, _, meta)) => {
+            tracing::warn!(
+                stream = %layout.stream,
+                theirs = %format!("{:016x}", meta.lineage),
+                ours = %format!("{lineage:016x}"),
+                from = %manifest.lsn,
+                "the stream holds another graph's records (this replica's graph was rebuilt, or its data directory replaced): starting a new chain from this replica's newest snapshot; followers re-bootstrap from it"
+            );
+            (false, manifest.lsn)
+        }
+        None => (false, manifest.lsn),
     };
     let here = *durable.borrow();
     if after > here {
         return Err(ScaleoutError::Stream(format!(
-            "stream {} is ahead of this replica: it holds records up to {after}, this replica's change log is durable up to {here}. Another leader published to it, or this data directory was rebuilt; publish to a new stream (--stream) or delete this one (followers then re-bootstrap)",
+            "stream {} is ahead of this replica: it holds records up to {after}, this replica's change log is durable up to {here}. Another leader published to it, or this data directory was restored from an older backup; publish to a new stream (--stream) or delete this one (followers then re-bootstrap)",
             layout.stream
         )));
     }
-    let mut uploaded = snapshots::latest(&bucket).await?.map(|l| l.lsn);
-    if uploaded.is_none_or(|u| u < manifest.lsn) {
-        let bytes = snapshots::upload(&bucket, &state_dir, manifest.lsn, hash, None).await?;
-        tracing::info!(lsn = %manifest.lsn, bytes, bucket = %layout.bucket, "published a snapshot");
-        uploaded = Some(manifest.lsn);
-    }
+    let mut uploaded = snapshots::latest(&bucket)
+        .await?
+        .filter(|l| l.lineage == lineage)
+        .map(|l| l.lsn);
     let log = LogDir::open(&state_dir.join("log")).map_err(sync::replicator::SyncError::from)?;
     let mut tail = LogTail::new(log, hash, after);
-    let max_part = client.server_info().max_payload.saturating_sub(4096).max(1024);
-    let mut prev = after;
-    publish_through(published, status, after);
+    let mut max_part = client.server_info().max_payload.saturating_sub(4096).max(1024);
+    if cfg.nats.max_bytes > 0 {
+        max_part = max_part.min((cfg.nats.max_bytes as usize / 16).max(1024));
+    }
+    let mut chain = Chain {
+        js: &js,
+        subject: layout.subject.clone(),
+        stream: layout.stream.clone(),
+        last_seq,
+        prev: after,
+        hash,
+        lineage,
+        max_part,
+        acks: Vec::new(),
+    };
+    if !continues {
+        // The chain starts at the snapshot followers bootstrap from: a marker (a position at
+        // it) so the next record has a predecessor in the stream.
+        let suffix = format!("-lineage-{lineage:016x}");
+        chain
+            .send(after, after, &suffix, sync::changelog::record::encode_position().into())
+            .await?;
+        chain.settle().await?;
+    }
+    // Where publishing resumes: confirms may go back to it (a new chain), and log segments
+    // after it are kept.
+    published.send_replace(after);
+    status.set_published(after, None);
     tracing::info!(stream = %layout.stream, after = %after, "publishing change-log records to JetStream");
-    let mut upload: Option<tokio::task::JoinHandle<Result<Lsn, ScaleoutError>>> = None;
+    let mut upload: Option<AbortOnDrop<Result<Lsn, ScaleoutError>>> = None;
     let mut next_check = Instant::now();
     let mut last_position = Instant::now();
     loop {
@@ -192,9 +308,9 @@ async fn session(
         }
         if Instant::now() >= next_check {
             next_check = Instant::now() + Duration::from_secs(1);
-            if upload.as_ref().is_some_and(|u| u.is_finished()) {
-                if let Some(u) = upload.take() {
-                    match u.await {
+            if upload.as_ref().is_some_and(|u| u.0.is_finished()) {
+                if let Some(mut u) = upload.take() {
+                    match (&mut u.0).await {
                         Ok(Ok(lsn)) => uploaded = Some(lsn),
                         Ok(Err(e)) => {
                             tracing::warn!(error = %e, "a snapshot upload failed; trying again with the next snapshot")
@@ -205,42 +321,35 @@ async fn session(
             }
             if let Some(m) = store.manifest().filter(|m| uploaded.is_none_or(|u| m.lsn > u)) {
                 if upload.is_none() {
-                    let (b, dir, hash) = (bucket.clone(), state_dir.clone(), hash);
+                    let (b, dir) = (bucket.clone(), state_dir.clone());
                     let keep = m.previous.as_ref().map(|p| p.lsn);
-                    upload = Some(tokio::spawn(async move {
-                        let bytes = snapshots::upload(&b, &dir, m.lsn, hash, keep).await?;
+                    upload = Some(AbortOnDrop(tokio::spawn(async move {
+                        let bytes = snapshots::upload(&b, &dir, m.lsn, hash, lineage, keep).await?;
                         tracing::info!(lsn = %m.lsn, bytes, "published a snapshot");
                         Ok(m.lsn)
-                    }));
+                    })));
                 }
             }
         }
         let until = *durable.borrow_and_update();
+        // Read after `until`: a rebuilt graph's positions come only after its generation is
+        // committed, so an unchanged generation here means `until` is this log's.
+        if sync::generation::state_dir(&cfg.data_dir) != state_dir {
+            return Err(ScaleoutError::Stream(format!(
+                "this replica's graph was rebuilt (a new generation in {}): publishing starts over from its snapshot",
+                cfg.data_dir.display()
+            )));
+        }
         let recs = tokio::task::block_in_place(|| tail.read(until, ROUND_BYTES))?;
         if recs.is_empty() {
             // Nothing mapped changed up to `until`: followers' positions follow (so a reader's
             // `min_lsn` taken from the primary is reached there too), at most every 200 ms.
-            if until > prev && last_position.elapsed() >= POSITION_EVERY {
-                let id = message_id(until, 0);
-                let meta = Meta {
-                    lsn: until,
-                    prev,
-                    hash,
-                    part: (0, 1),
-                };
-                let mut msg = PublishMessage::build()
-                    .payload(sync::changelog::record::encode_position().into())
-                    .headers(meta.headers(&id));
-                if let Some(l) = &last_id {
-                    msg = msg.expected_last_message_id(l);
-                }
-                js.send_publish(layout.subject.clone(), msg)
-                    .await
-                    .map_err(|e| ScaleoutError::js("publish")(e.to_string()))?
-                    .await
-                    .map_err(|e| ScaleoutError::js("publish acknowledgement")(format!("position {until}: {e}")))?;
-                last_id = Some(id);
-                prev = until;
+            if until > chain.prev && last_position.elapsed() >= POSITION_EVERY {
+                let prev = chain.prev;
+                chain
+                    .send(until, prev, "", sync::changelog::record::encode_position().into())
+                    .await?;
+                chain.settle().await?;
                 tail.skip_to(until);
                 last_position = Instant::now();
             }
@@ -253,42 +362,23 @@ async fn session(
             }
             continue;
         }
-        let mut acks = Vec::with_capacity(recs.len());
         for (lsn, payload) in recs {
-            let payload = bytes::Bytes::from(payload);
-            let parts = payload.len().div_ceil(max_part).max(1);
-            for i in 0..parts {
-                let chunk = payload.slice(i * max_part..((i + 1) * max_part).min(payload.len()));
-                let id = message_id(lsn, i);
-                let meta = Meta {
-                    lsn,
-                    prev,
-                    hash,
-                    part: (i, parts),
-                };
-                let mut msg = PublishMessage::build().payload(chunk).headers(meta.headers(&id));
-                if let Some(l) = &last_id {
-                    msg = msg.expected_last_message_id(l);
-                }
-                let ack = js
-                    .send_publish(layout.subject.clone(), msg)
-                    .await
-                    .map_err(|e| ScaleoutError::js("publish")(e.to_string()))?;
-                acks.push((lsn, ack));
-                last_id = Some(id);
-            }
-            prev = lsn;
+            let prev = chain.prev;
+            chain.send(lsn, prev, "", payload.into()).await?;
         }
-        let mut acked = None;
-        for (lsn, ack) in acks {
-            ack.await
-                .map_err(|e| ScaleoutError::js("publish acknowledgement")(format!("record {lsn}: {e}")))?;
-            acked = Some(lsn);
-        }
-        if let Some(lsn) = acked {
+        if let Some(lsn) = chain.settle().await? {
             publish_through(published, status, lsn);
         }
     }
+}
+
+/// The stream's state (message count, first and last sequence).
+pub(crate) async fn stream_state(s: &mut stream::Stream) -> Result<stream::State, ScaleoutError> {
+    Ok(s.info()
+        .await
+        .map_err(|e| ScaleoutError::js("stream info")(e.to_string()))?
+        .state
+        .clone())
 }
 
 /// Every record through `lsn` is acknowledged: confirms may go that far.

@@ -17,6 +17,7 @@ const LATEST: &str = "latest";
 pub(crate) struct Latest {
     pub(crate) lsn: Lsn,
     pub(crate) mapping_hash: u64,
+    pub(crate) lineage: u64,
 }
 
 fn names(lsn: Lsn) -> (String, String) {
@@ -67,7 +68,15 @@ pub(crate) async fn latest(b: &ObjectStore) -> Result<Option<Latest>, ScaleoutEr
         .as_str()
         .and_then(|s| u64::from_str_radix(s, 16).ok())
         .ok_or_else(|| ScaleoutError::Stream("the snapshot pointer has no mapping_hash".into()))?;
-    Ok(Some(Latest { lsn, mapping_hash }))
+    let lineage = v["lineage"]
+        .as_str()
+        .and_then(|s| u64::from_str_radix(s, 16).ok())
+        .ok_or_else(|| ScaleoutError::Stream("the snapshot pointer has no lineage".into()))?;
+    Ok(Some(Latest {
+        lsn,
+        mapping_hash,
+        lineage,
+    }))
 }
 
 /// Uploads the snapshot at `lsn` from `dir` and points `latest` at it; removes snapshots older
@@ -77,6 +86,7 @@ pub(crate) async fn upload(
     dir: &Path,
     lsn: Lsn,
     mapping_hash: u64,
+    lineage: u64,
     keep_after: Option<Lsn>,
 ) -> Result<u64, ScaleoutError> {
     let (snap, rows) = names(lsn);
@@ -91,9 +101,14 @@ pub(crate) async fn upload(
             .map_err(|e| ScaleoutError::js("snapshot upload")(e.to_string()))?;
         bytes += info.size as u64;
     }
+    // Never back: a newer snapshot of this graph may already be the one named.
+    if latest(b).await?.is_some_and(|l| l.lineage == lineage && l.lsn > lsn) {
+        return Ok(bytes);
+    }
     let pointer = serde_json::json!({
         "lsn": lsn.to_string(),
         "mapping_hash": format!("{mapping_hash:016x}"),
+        "lineage": format!("{lineage:016x}"),
         "snapshot": snap,
         "rows": rows,
     })

@@ -12,6 +12,8 @@
 //! - `Graphsync-Lsn`, `Graphsync-Prev-Lsn`: the record's LSN and the previous record's (a
 //!   follower at the previous one applies it; anything else is a gap).
 //! - `Graphsync-Hash`: the mapping hash (16 hex digits): a follower of another mapping refuses.
+//! - `Graphsync-Lineage`: the graph's lineage (16 hex digits, see `lineage`): records apply
+//!   only to a graph of the same lineage.
 //! - `Graphsync-Part`: `i/n` when the record is split (parts are consecutive; a part 0 starts
 //!   the record over).
 
@@ -22,6 +24,7 @@ pub(crate) const H_LSN: &str = "Graphsync-Lsn";
 pub(crate) const H_PREV: &str = "Graphsync-Prev-Lsn";
 pub(crate) const H_HASH: &str = "Graphsync-Hash";
 pub(crate) const H_PART: &str = "Graphsync-Part";
+pub(crate) const H_LINEAGE: &str = "Graphsync-Lineage";
 pub(crate) const H_VERSION: &str = "Graphsync-Version";
 /// This layout's version.
 pub(crate) const VERSION: &str = "1";
@@ -79,6 +82,7 @@ pub(crate) struct Meta {
     pub(crate) lsn: Lsn,
     pub(crate) prev: Lsn,
     pub(crate) hash: u64,
+    pub(crate) lineage: u64,
     /// (part, parts)
     pub(crate) part: (usize, usize),
 }
@@ -90,6 +94,7 @@ impl Meta {
         h.insert(H_LSN, self.lsn.to_string().as_str());
         h.insert(H_PREV, self.prev.to_string().as_str());
         h.insert(H_HASH, format!("{:016x}", self.hash).as_str());
+        h.insert(H_LINEAGE, format!("{:016x}", self.lineage).as_str());
         if self.part.1 > 1 {
             h.insert(H_PART, format!("{}/{}", self.part.0, self.part.1).as_str());
         }
@@ -112,6 +117,7 @@ impl Meta {
         }
         let lsn = |k: &str| -> Result<Lsn, String> { get(k)?.parse().map_err(|_| format!("{k} is not an LSN")) };
         let hash = u64::from_str_radix(&get(H_HASH)?, 16).map_err(|_| format!("{H_HASH} is not hex"))?;
+        let lineage = u64::from_str_radix(&get(H_LINEAGE)?, 16).map_err(|_| format!("{H_LINEAGE} is not hex"))?;
         let part = match h.get(H_PART) {
             None => (0, 1),
             Some(v) => {
@@ -127,12 +133,14 @@ impl Meta {
             lsn: lsn(H_LSN)?,
             prev: lsn(H_PREV)?,
             hash,
+            lineage,
             part,
         })
     }
 }
 
-/// Joins the parts of split records as they arrive.
+/// Joins the parts of split records as they arrive: consecutive parts of one record, at most
+/// the largest record the change log holds.
 #[derive(Debug, Default)]
 pub(crate) struct Parts {
     at: Option<(Meta, Vec<u8>)>,
@@ -149,14 +157,26 @@ impl Parts {
             self.at = Some((m, payload.to_vec()));
         } else {
             match &mut self.at {
-                Some((first, buf)) if first.lsn == m.lsn && first.part.1 == m.part.1 => buf.extend_from_slice(payload),
-                // A part without its beginning (republished after a crash mid-record): wait
+                Some((last, buf))
+                    if last.lsn == m.lsn
+                        && last.part.1 == m.part.1
+                        && last.part.0 + 1 == m.part.0
+                        && buf.len() + payload.len() <= sync::changelog::MAX_PAYLOAD =>
+                {
+                    buf.extend_from_slice(payload);
+                    last.part = m.part;
+                }
+                // A part without its predecessor (republished after a crash mid-record): wait
                 // for the record to start over.
-                _ => return None,
+                _ => {
+                    self.at = None;
+                    return None;
+                }
             }
         }
         if m.part.0 + 1 == m.part.1 {
-            let (first, buf) = self.at.take()?;
+            let (mut first, buf) = self.at.take()?;
+            first.part = (0, m.part.1);
             return Some((first, buf.into()));
         }
         None
@@ -173,6 +193,7 @@ mod tests {
             lsn: Lsn(9),
             prev: Lsn(3),
             hash: 1,
+            lineage: 0xabc,
             part: (i, n),
         };
         let mut p = Parts::default();
@@ -183,6 +204,10 @@ mod tests {
         assert!(p.push(m(1, 3), b"CD").is_none());
         let (meta, whole) = p.push(m(2, 3), b"E").expect("whole");
         assert_eq!((meta.lsn, &whole[..]), (Lsn(9), &b"ABCDE"[..]));
+        // A part skipped: the record is dropped until it starts over.
+        assert!(p.push(m(0, 3), b"a").is_none());
+        assert!(p.push(m(2, 3), b"c").is_none());
+        assert!(p.push(m(1, 3), b"b").is_none());
         // A part without its beginning is not a record.
         assert!(p.push(m(2, 3), b"x").is_none());
         let h = m(1, 3).headers("id");

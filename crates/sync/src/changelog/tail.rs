@@ -91,6 +91,10 @@ impl LogTail {
                     let Some(next) = self.dir.segments()?.into_iter().find(|s| s.start > start) else {
                         break;
                     };
+                    if next.bytes < HEADER_LEN {
+                        // Being created: its header is not written yet.
+                        break;
+                    }
                     let file = open_checked(&next, self.mapping_hash)?;
                     self.at = Some((file, next.path, next.start, HEADER_LEN));
                 }
@@ -118,6 +122,10 @@ impl LogTail {
             .find(|&i| segs.get(i + 1).is_none_or(|next| next.start > self.last))
             .unwrap_or(segs.len() - 1);
         let seg = &segs[i];
+        if seg.bytes < HEADER_LEN {
+            // Being created: its header is not written yet.
+            return Ok(false);
+        }
         let file = open_checked(seg, self.mapping_hash)?;
         let mut off = HEADER_LEN;
         // Skip the records at or before `last`.

@@ -95,9 +95,10 @@ impl Follower {
     /// every other snapshot are removed. Checks that the snapshot loads before anything is
     /// removed.
     pub fn install(data_dir: &std::path::Path, lsn: Lsn, mapping_hash: u64) -> Result<(), SyncError> {
-        let store = CheckpointStore::open(data_dir)?;
-        store.adopt(lsn, mapping_hash)?;
+        // The log first: a crash in between leaves the previous snapshot with no log, a
+        // consistent (older) state, never the old log replayed onto the new snapshot.
         LogDir::open(&data_dir.join("log"))?.clear()?;
+        CheckpointStore::open(data_dir)?.adopt(lsn, mapping_hash)?;
         Ok(())
     }
 
@@ -112,7 +113,8 @@ impl Follower {
     }
 
     /// Applies `records` (LSN, payload; increasing LSNs) after what is applied — those at or
-    /// before it are skipped — publishes one view for them, and logs them.
+    /// before it are skipped — publishes one view for them, and logs them. After an error the
+    /// graph may hold records the log does not: drop the follower and open it again.
     pub fn apply(&mut self, records: &[(Lsn, bytes::Bytes)]) -> Result<usize, SyncError> {
         let records: Vec<&(Lsn, bytes::Bytes)> = records.iter().filter(|(l, _)| *l > self.st.safe).collect();
         let Some(&&(last, _)) = records.last() else {
@@ -156,11 +158,15 @@ impl Follower {
             index_ops.extend(i);
             txns.extend(ends);
         }
-        let mut t = self.st.graph.begin(last.0)?;
-        for m in mutations.iter().cloned() {
-            t.push(m)?;
+        // A mutation that does not apply means the records do not fit this graph.
+        let misfit = |e: graph::ApplyError| mismatch(last, e.to_string());
+        let mut t = self.st.graph.begin(last.0).map_err(misfit)?;
+        let changed = mutations.len() as u64;
+        for m in mutations {
+            t.push(m).map_err(misfit)?;
         }
-        t.commit()?;
+        t.commit().map_err(misfit)?;
+        self.st.safe = last;
         for op in index_ops {
             self.st.index.apply_op(op).map_err(|what| mismatch(last, what))?;
         }
@@ -169,8 +175,7 @@ impl Follower {
             self.st.log.append(*lsn, payload.to_vec())?;
         }
         self.st.logged = last;
-        self.st.safe = last;
-        self.st.since_snapshot += mutations.len() as u64;
+        self.st.since_snapshot += changed;
         let now_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
