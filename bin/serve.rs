@@ -121,7 +121,7 @@ impl StoreArgs {
 /// NATS settings of a leader (`--publish`) or a follower (`--nats`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct NatsArgs {
-    /// JetStream stream the change log goes to (default: GRAPHSYNC_<slot>).
+    /// JetStream stream the change log goes to (default: `GRAPHSYNC_<slot>`).
     #[arg(long, env = "GRAPHSYNC_STREAM")]
     pub stream: Option<String>,
     /// NATS credentials file (JWT and nkey seed).
