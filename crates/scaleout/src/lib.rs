@@ -139,3 +139,15 @@ pub async fn connect(opts: &NatsOptions) -> Result<async_nats::Client, ScaleoutE
         .map_err(|e| err(format!("not a NATS URL: {e}")))?;
     c.connect(addrs).await.map_err(|e| err(e.to_string()))
 }
+
+/// The LSN of the newest message in the stream (what followers can read up to), for tools and
+/// tests; `None` for an empty stream.
+pub async fn stream_end(opts: &NatsOptions) -> Result<Option<pgoutput::Lsn>, ScaleoutError> {
+    let client = connect(opts).await?;
+    let js = async_nats::jetstream::new(client);
+    let mut s = js
+        .get_stream(wire::Layout::new(&opts.stream).stream)
+        .await
+        .map_err(|e| ScaleoutError::js("stream lookup")(e.to_string()))?;
+    Ok(publish::last_message(&mut s).await?.map(|(_, _, m)| m.lsn))
+}

@@ -7,7 +7,11 @@ use crate::ScaleoutError;
 use async_nats::jetstream::{self, object_store::ObjectStore};
 use pgoutput::Lsn;
 use std::path::Path;
-use tokio::io::AsyncWriteExt;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A download or pointer read making no progress for this long fails (and is retried).
+const STALL: Duration = Duration::from_secs(20);
 
 /// The object naming the newest snapshot.
 const LATEST: &str = "latest";
@@ -55,8 +59,9 @@ pub(crate) async fn latest(b: &ObjectStore) -> Result<Option<Latest>, ScaleoutEr
         Err(e) => return Err(ScaleoutError::js("snapshot pointer read")(e.to_string())),
     };
     let mut buf = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut o, &mut buf)
+    tokio::time::timeout(STALL, o.read_to_end(&mut buf))
         .await
+        .map_err(|_| ScaleoutError::js("snapshot pointer read")("timed out".into()))?
         .map_err(|e| ScaleoutError::js("snapshot pointer read")(e.to_string()))?;
     let v: serde_json::Value = serde_json::from_slice(&buf)
         .map_err(|e| ScaleoutError::Stream(format!("the snapshot pointer is not JSON: {e}")))?;
@@ -95,6 +100,16 @@ pub(crate) async fn upload(
         let mut f = tokio::fs::File::open(dir.join(name))
             .await
             .map_err(|e| ScaleoutError::Stream(format!("cannot read {name} to upload it: {e}")))?;
+        // Already there (an earlier session's upload): replacing it would purge it under a
+        // follower reading it. Files of one name never change.
+        let len = f.metadata().await.map(|m| m.len()).unwrap_or(u64::MAX);
+        if b.info(name.as_str())
+            .await
+            .is_ok_and(|i| !i.deleted && i.size as u64 == len)
+        {
+            bytes += len;
+            continue;
+        }
         let info = b
             .put(name.as_str(), &mut f)
             .await
@@ -157,9 +172,24 @@ pub(crate) async fn download(b: &ObjectStore, dir: &Path, lsn: Lsn) -> Result<u6
             .map_err(|e| ScaleoutError::js("snapshot download")(format!("{name}: {e}")))?;
         let tmp = dir.join(format!(".{name}.download"));
         let mut f = tokio::fs::File::create(&tmp).await.map_err(io)?;
-        bytes += tokio::io::copy(&mut o, &mut f)
-            .await
-            .map_err(|e| ScaleoutError::js("snapshot download")(format!("{name}: {e}")))?;
+        // An object replaced while it is read (its chunks purged) never ends: no progress for
+        // STALL is an error, and the caller retries.
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match tokio::time::timeout(STALL, o.read(&mut buf)).await {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(ScaleoutError::js("snapshot download")(format!("{name}: {e}"))),
+                Err(_) => {
+                    return Err(ScaleoutError::js("snapshot download")(format!(
+                        "{name}: no data for {} s (replaced while it was read?)",
+                        STALL.as_secs()
+                    )))
+                }
+            };
+            f.write_all(&buf[..n]).await.map_err(io)?;
+            bytes += n as u64;
+        }
         f.flush().await.map_err(io)?;
         f.sync_all().await.map_err(io)?;
         drop(f);

