@@ -261,8 +261,12 @@ async fn session(
             if let Ok(info) = m.info() {
                 consumed = consumed.max(info.stream_sequence);
             }
-            let headers = m.headers.clone().unwrap_or_default();
-            let meta = Meta::parse(&headers)
+            let Some(headers) = m.headers.as_ref() else {
+                return Err(ScaleoutError::Stream(
+                    "a stream message without headers is not graphsync's".into(),
+                ));
+            };
+            let meta = Meta::parse(headers)
                 .map_err(|e| ScaleoutError::Stream(format!("a stream message is not graphsync's: {e}")))?;
             check_hash(&meta, hash)?;
             if meta.lineage != mine {

@@ -104,11 +104,7 @@ impl Meta {
 
     /// Reads the headers of a stream message; `Err` names what is missing or wrong.
     pub(crate) fn parse(h: &HeaderMap) -> Result<Meta, String> {
-        let get = |k: &str| {
-            h.get(k)
-                .map(|v| v.as_str().to_string())
-                .ok_or_else(|| format!("no {k} header"))
-        };
+        let get = |k: &str| h.get(k).map(|v| v.as_str()).ok_or_else(|| format!("no {k} header"));
         let version = get(H_VERSION)?;
         if version != VERSION {
             return Err(format!(
@@ -116,8 +112,8 @@ impl Meta {
             ));
         }
         let lsn = |k: &str| -> Result<Lsn, String> { get(k)?.parse().map_err(|_| format!("{k} is not an LSN")) };
-        let hash = u64::from_str_radix(&get(H_HASH)?, 16).map_err(|_| format!("{H_HASH} is not hex"))?;
-        let lineage = u64::from_str_radix(&get(H_LINEAGE)?, 16).map_err(|_| format!("{H_LINEAGE} is not hex"))?;
+        let hash = u64::from_str_radix(get(H_HASH)?, 16).map_err(|_| format!("{H_HASH} is not hex"))?;
+        let lineage = u64::from_str_radix(get(H_LINEAGE)?, 16).map_err(|_| format!("{H_LINEAGE} is not hex"))?;
         let part = match h.get(H_PART) {
             None => (0, 1),
             Some(v) => {
@@ -148,10 +144,10 @@ pub(crate) struct Parts {
 
 impl Parts {
     /// The whole record once its last part arrived.
-    pub(crate) fn push(&mut self, m: Meta, payload: &[u8]) -> Option<(Meta, bytes::Bytes)> {
+    pub(crate) fn push(&mut self, m: Meta, payload: &bytes::Bytes) -> Option<(Meta, bytes::Bytes)> {
         if m.part.1 == 1 {
             self.at = None;
-            return Some((m, bytes::Bytes::copy_from_slice(payload)));
+            return Some((m, payload.clone()));
         }
         if m.part.0 == 0 {
             self.at = Some((m, payload.to_vec()));
@@ -197,19 +193,19 @@ mod tests {
             part: (i, n),
         };
         let mut p = Parts::default();
-        assert!(p.push(m(0, 3), b"ab").is_none());
-        assert!(p.push(m(1, 3), b"cd").is_none());
+        assert!(p.push(m(0, 3), &bytes::Bytes::from_static(b"ab")).is_none());
+        assert!(p.push(m(1, 3), &bytes::Bytes::from_static(b"cd")).is_none());
         // Started over (a republish): the earlier parts are dropped.
-        assert!(p.push(m(0, 3), b"AB").is_none());
-        assert!(p.push(m(1, 3), b"CD").is_none());
-        let (meta, whole) = p.push(m(2, 3), b"E").expect("whole");
+        assert!(p.push(m(0, 3), &bytes::Bytes::from_static(b"AB")).is_none());
+        assert!(p.push(m(1, 3), &bytes::Bytes::from_static(b"CD")).is_none());
+        let (meta, whole) = p.push(m(2, 3), &bytes::Bytes::from_static(b"E")).expect("whole");
         assert_eq!((meta.lsn, &whole[..]), (Lsn(9), &b"ABCDE"[..]));
         // A part skipped: the record is dropped until it starts over.
-        assert!(p.push(m(0, 3), b"a").is_none());
-        assert!(p.push(m(2, 3), b"c").is_none());
-        assert!(p.push(m(1, 3), b"b").is_none());
+        assert!(p.push(m(0, 3), &bytes::Bytes::from_static(b"a")).is_none());
+        assert!(p.push(m(2, 3), &bytes::Bytes::from_static(b"c")).is_none());
+        assert!(p.push(m(1, 3), &bytes::Bytes::from_static(b"b")).is_none());
         // A part without its beginning is not a record.
-        assert!(p.push(m(2, 3), b"x").is_none());
+        assert!(p.push(m(2, 3), &bytes::Bytes::from_static(b"x")).is_none());
         let h = m(1, 3).headers("id");
         assert_eq!(Meta::parse(&h), Ok(m(1, 3)));
     }

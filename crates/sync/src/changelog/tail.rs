@@ -21,7 +21,12 @@ pub struct LogTail {
     at: Option<(File, PathBuf, Lsn, u64)>,
     /// The LSN of the last record returned (or the position the tail started after).
     last: Lsn,
+    /// Read buffer.
+    buf: Vec<u8>,
 }
+
+/// Bytes read from a segment at a time.
+const READ_CHUNK: usize = 1 << 20;
 
 /// Why the tail cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +54,7 @@ impl LogTail {
             mapping_hash,
             at: None,
             last: after,
+            buf: Vec::new(),
         }
     }
 
@@ -65,40 +71,86 @@ impl LogTail {
 
     /// The next records with lsn ≤ `until` (every one of them must be completely written:
     /// the writer's durable position), at most `max_bytes` of payload (at least one record
-    /// when any is due). An empty result: nothing new up to `until`.
+    /// when any is due). An empty result: nothing new up to `until`. Reads the segment in
+    /// large chunks (one system call for many small records).
     pub fn read(&mut self, until: Lsn, max_bytes: usize) -> Result<Vec<(Lsn, Vec<u8>)>, TailError> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        while self.last < until && (out.is_empty() || bytes < max_bytes) {
+        'segments: while self.last < until && (out.is_empty() || bytes < max_bytes) {
             if self.at.is_none() && !self.open_segment()? {
                 break;
             }
-            let Some((file, path, _, off)) = self.at.as_mut() else {
+            let Some((file, path, start, off)) = self.at.as_mut() else {
                 break;
             };
-            match read_frame(file, path, *off, self.last, until)? {
-                Frame::Past => break,
-                Frame::Record(lsn, payload) => {
-                    *off += (FRAME_OVERHEAD + payload.len()) as u64;
-                    self.last = lsn;
-                    bytes += payload.len();
-                    out.push((lsn, payload));
+            let n = fill(file, path, *off, &mut self.buf)?;
+            let mut pos = 0usize;
+            let mut progressed = false;
+            while pos + FRAME_OVERHEAD <= n {
+                let h = &self.buf[pos..pos + FRAME_OVERHEAD];
+                let len = le_u32(&h[0..4]) as usize;
+                let lsn = Lsn(le_u64(&h[4..12]));
+                let sum = le_u64(&h[12..20]);
+                if len == 0 && lsn == Lsn(0) {
+                    break;
                 }
-                // The end of this segment: the next one, once the writer started it (it
-                // finishes a segment before starting the next).
-                Frame::End => {
-                    let start = self.at.as_ref().map_or(Lsn(0), |a| a.2);
-                    let Some(next) = self.dir.segments()?.into_iter().find(|s| s.start > start) else {
-                        break;
-                    };
-                    if next.bytes < HEADER_LEN {
-                        // Being created: its header is not written yet.
-                        break;
-                    }
-                    let file = open_checked(&next, self.mapping_hash)?;
-                    self.at = Some((file, next.path, next.start, HEADER_LEN));
+                if lsn > until {
+                    break 'segments;
+                }
+                let corrupt = |what: String| LogError::Corrupt {
+                    file: path.clone(),
+                    offset: *off,
+                    what,
+                };
+                if lsn <= self.last {
+                    return Err(corrupt(format!("record LSN {lsn} is not after {}", self.last)).into());
+                }
+                if len > MAX_PAYLOAD {
+                    return Err(corrupt(format!("the record's length {len} exceeds the maximum {MAX_PAYLOAD}")).into());
+                }
+                let total = FRAME_OVERHEAD + len;
+                let payload = if pos + total <= n {
+                    self.buf[pos + FRAME_OVERHEAD..pos + total].to_vec()
+                } else if pos == 0 {
+                    // Larger than the buffer: read it whole.
+                    let mut p = vec![0u8; len];
+                    file.read_exact_at(&mut p, *off + FRAME_OVERHEAD as u64)
+                        .map_err(|e| corrupt(format!("the record runs past the end of the file ({e})")))?;
+                    p
+                } else {
+                    // Continues past this chunk: read on from it.
+                    break;
+                };
+                let mut head = [0u8; 12];
+                head.copy_from_slice(&self.buf[pos..pos + 12]);
+                if frame_checksum(&head, &payload) != sum {
+                    return Err(corrupt(format!("checksum mismatch in the record (its header says LSN {lsn})")).into());
+                }
+                *off += total as u64;
+                pos += total;
+                progressed = true;
+                self.last = lsn;
+                bytes += len;
+                out.push((lsn, payload));
+                if bytes >= max_bytes {
+                    break 'segments;
                 }
             }
+            if progressed {
+                continue;
+            }
+            // The end of what this segment holds: the next one, once the writer started it
+            // (it finishes a segment before starting the next).
+            let start = *start;
+            let Some(next) = self.dir.segments()?.into_iter().find(|s| s.start > start) else {
+                break;
+            };
+            if next.bytes < HEADER_LEN {
+                // Being created: its header is not written yet.
+                break;
+            }
+            let file = open_checked(&next, self.mapping_hash)?;
+            self.at = Some((file, next.path, next.start, HEADER_LEN));
         }
         Ok(out)
     }
@@ -156,46 +208,20 @@ fn frame_head(file: &File, path: &std::path::Path, off: u64) -> Result<Option<(L
     Ok(Some((Lsn(le_u64(&h[4..12])), len)))
 }
 
-/// What is at an offset of a segment.
-enum Frame {
-    /// Nothing written yet (or the end of a finished segment).
-    End,
-    /// A record past the bound asked for (possibly still being written).
-    Past,
-    /// A checked record.
-    Record(Lsn, Vec<u8>),
-}
-
-/// The checked frame at `off` (its lsn after `floor`), unless its lsn is past `until`.
-fn read_frame(file: &File, path: &std::path::Path, off: u64, floor: Lsn, until: Lsn) -> Result<Frame, LogError> {
-    let Some((lsn, len)) = frame_head(file, path, off)? else {
-        return Ok(Frame::End);
-    };
-    if lsn > until {
-        return Ok(Frame::Past);
+/// Reads from `off` into `buf` (its whole capacity, or up to the end of the file); returns
+/// how many bytes were read.
+fn fill(file: &File, path: &std::path::Path, off: u64, buf: &mut Vec<u8>) -> Result<usize, LogError> {
+    if buf.len() < READ_CHUNK {
+        buf.resize(READ_CHUNK, 0);
     }
-    let corrupt = |what: String| LogError::Corrupt {
-        file: path.to_path_buf(),
-        offset: off,
-        what,
-    };
-    if lsn <= floor {
-        return Err(corrupt(format!("record LSN {lsn} is not after {floor}")));
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], off + n as u64) {
+            Ok(0) => break,
+            Ok(r) => n += r,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(LogError::io(path)(e)),
+        }
     }
-    if len > MAX_PAYLOAD {
-        return Err(corrupt(format!(
-            "the record's length {len} exceeds the maximum {MAX_PAYLOAD}"
-        )));
-    }
-    let mut h = [0u8; FRAME_OVERHEAD];
-    file.read_exact_at(&mut h, off).map_err(LogError::io(path))?;
-    let mut payload = vec![0u8; len];
-    file.read_exact_at(&mut payload, off + FRAME_OVERHEAD as u64)
-        .map_err(|e| corrupt(format!("the record runs past the end of the file ({e})")))?;
-    if frame_checksum(&h[0..12], &payload) != le_u64(&h[12..20]) {
-        return Err(corrupt(format!(
-            "checksum mismatch in the record (its header says LSN {lsn})"
-        )));
-    }
-    Ok(Frame::Record(lsn, payload))
+    Ok(n)
 }
