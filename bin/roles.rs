@@ -96,7 +96,8 @@ async fn roles(
         o.yield_slot = true;
         let result = replicator::run_with_reloads(o, status.clone(), shutdown.clone(), rx).await;
         *lead.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        // Let the publisher send what the log made durable, then stop it.
+        // Stop the publisher (a leader started again publishes what its log holds beyond the
+        // stream first).
         let _ = stop_tx.send(true);
         forward.abort();
         let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
