@@ -92,6 +92,7 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     let publish = args.publish.as_ref().map(|url| crate::serve::PublishPlan {
         nats: args.nats.options(url, &opts.slot),
         data_dir: opts.data_dir.clone(),
+        base_slot: opts.slot.clone(),
     });
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);

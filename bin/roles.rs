@@ -1,10 +1,12 @@
 //! A publishing replica's roles (`replicate --publish`): it leads while it holds the
 //! replication slot, and stands by — following the stream as `graphsync follow` does, serving
 //! the same API — while another process holds it. PostgreSQL lets one process stream from a
-//! slot at a time: that is the fence, no consensus of our own. When the slot frees, the standby
-//! takes everything published, fences the stream (a marker that makes a stale publisher's next
-//! message fail its expected-last-id check) and leads from exactly there; a leader that finds
-//! the slot taken (it was cut off and replaced) stands by in turn.
+//! slot at a time: that is the fence, no consensus of our own. "The slot" is the configured
+//! one or any of its generations (`<slot>_g<N>`, from background rebuilds): the leader names
+//! the one it streams from in every message. When none is in use, the standby takes
+//! everything published, fences the stream (a marker one term higher: a stale publisher's
+//! next message is refused and it stops for good), adopts the leader's slot and leads from
+//! exactly there; a leader that finds the slot taken or its stream fenced stands by in turn.
 //!
 //! Not for: how records are published or followed (`scaleout`), or replication itself.
 
@@ -75,6 +77,7 @@ async fn roles(
             Err(e) => tracing::warn!(error = %e, "cannot read the slot's state; trying to lead"),
         }
         status.lead();
+        // Stops the replicator and the publisher: shutdown, or the stream fenced.
         let (stop_tx, stop_rx) = watch::channel(false);
         let forward = {
             let mut shutdown = shutdown.clone();
@@ -88,20 +91,44 @@ async fn roles(
         let publisher = crate::serve::PublishPlan {
             nats: nats.clone(),
             data_dir: root.clone(),
+            base_slot: opts.slot.clone(),
         }
-        .spawn(status, stop_rx);
+        .spawn(status, stop_rx.clone());
+        let publisher_abort = publisher.abort_handle();
+        let publisher = {
+            let stop_tx = stop_tx.clone();
+            tokio::spawn(async move {
+                let r = publisher.await;
+                if let Ok(scaleout::publish::Published::Fenced(why)) = &r {
+                    tracing::warn!(why = %why, "another replica took over the stream: this one stops leading (it releases the slot and stands by)");
+                    let _ = stop_tx.send(true);
+                }
+                r
+            })
+        };
         let (tx, rx) = replicator::reload_channel();
         *lead.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
         let mut o = opts.clone();
         o.yield_slot = true;
-        let result = replicator::run_with_reloads(o, status.clone(), shutdown.clone(), rx).await;
+        let result = replicator::run_with_reloads(o, status.clone(), stop_rx, rx).await;
         *lead.lock().unwrap_or_else(|e| e.into_inner()) = None;
         // Stop the publisher (a leader started again publishes what its log holds beyond the
-        // stream first).
+        // stream first); it never outlives this leading period.
         let _ = stop_tx.send(true);
         forward.abort();
-        let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
+        let fenced = match tokio::time::timeout(Duration::from_secs(10), publisher).await {
+            Ok(Ok(Ok(p))) => p != scaleout::publish::Published::Stopped,
+            _ => {
+                publisher_abort.abort();
+                false
+            }
+        };
+        status.stop_publishing();
+        if *shutdown.borrow() {
+            return result;
+        }
         match result {
+            Ok(()) if fenced => {}
             Err(e) if e.is_slot_in_use() => {
                 tracing::warn!("another process took the slot: standing by");
             }
@@ -129,34 +156,56 @@ async fn standby(
     };
     let r = scaleout::follow::run(cfg, status.clone(), shutdown.clone()).await;
     watcher.abort();
-    r.map_err(|e| SyncError::Io(e.to_string()))
+    let r = r.map_err(|e| SyncError::Io(e.to_string()))?;
+    if let scaleout::follow::Followed::TookOver { slot: Some(slot) } = &r {
+        if !sync::catalog::is_generation_slot(&opts.slot, slot) {
+            tracing::warn!(theirs = %slot, ours = %opts.slot, "the last leader streamed from a slot not named after this replica's; leading from this replica's own (configure the same --slot on every replica of a stream)");
+        } else if sync::generation::adopt_slot(&opts.data_dir, &opts.slot, slot)
+            .map_err(|e| SyncError::Io(e.to_string()))?
+        {
+            tracing::info!(slot = %slot, "taking over the slot the last leader streamed from (one of a background rebuild's)");
+        }
+    }
+    Ok(r)
 }
 
-/// The slot's holder: `None` when there is no slot, `Some(None)` when it is free.
+/// Who holds the configured slot or one of its generations' (`<slot>_g<N>`: a leader that
+/// rebuilt in the background streams from one of those): `None` when there is no such slot,
+/// `Some(None)` when none is in use, else a holder's process id.
 async fn slot_holder(opts: &Options) -> Result<Option<Option<u32>>, String> {
     let mut c = pgrepl::ReplicationClient::connect_sql(&opts.conn)
         .await
         .map_err(|e| e.to_string())?;
-    let s = sync::catalog::slot_state(&mut c, &opts.slot)
+    let s = sync::catalog::slot_family(&mut c, &opts.slot)
         .await
         .map_err(|e| e.to_string());
     c.close().await;
-    Ok(s?.map(|s| s.active_pid))
+    let slots = s?;
+    if slots.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(slots.into_iter().find_map(|(_, pid)| pid)))
 }
 
-/// Turns `free` true once the slot has been free (or gone) for two polls in a row.
+/// Turns `free` true once no slot of the family has been in use for two polls in a row.
 async fn watch_slot(opts: Options, free: watch::Sender<bool>) {
     let mut free_polls = 0;
+    let mut failing = false;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         match slot_holder(&opts).await {
             Ok(Some(Some(_))) => free_polls = 0,
             Ok(_) => free_polls += 1,
             Err(e) => {
-                tracing::debug!(error = %e, "cannot read the slot's state");
+                if !failing {
+                    tracing::warn!(error = %e, "cannot read the slot's state from PostgreSQL; standing by until it can (no take-over meanwhile)");
+                }
+                failing = true;
                 free_polls = 0;
+                continue;
             }
         }
+        failing = false;
         if free_polls >= 2 {
             tracing::info!(slot = %opts.slot, "the slot is free: taking over once everything published is applied");
             let _ = free.send(true);

@@ -165,6 +165,8 @@ impl NatsArgs {
 pub struct PublishPlan {
     pub nats: scaleout::NatsOptions,
     pub data_dir: PathBuf,
+    /// The configured slot name.
+    pub base_slot: String,
 }
 
 impl PublishPlan {
@@ -173,13 +175,14 @@ impl PublishPlan {
         self,
         status: &Arc<ReplicaStatus>,
         shutdown: tokio::sync::watch::Receiver<bool>,
-    ) -> tokio::task::JoinHandle<()> {
+    ) -> tokio::task::JoinHandle<scaleout::publish::Published> {
         let (tx, rx) = tokio::sync::watch::channel(pgoutput::Lsn(0));
         status.gate_confirms(rx);
         tracing::info!(nats = %scaleout::redact(&self.nats.url), stream = %self.nats.stream, "publishing to NATS JetStream");
         let cfg = scaleout::publish::PublishConfig {
             nats: self.nats,
             data_dir: self.data_dir,
+            base_slot: self.base_slot,
         };
         tokio::spawn(scaleout::publish::run(cfg, status.clone(), tx, shutdown))
     }

@@ -377,6 +377,142 @@ fn the_standby_takes_over_when_the_leader_is_killed() {
     follower.stop();
 }
 
+/// Sends `signal` (`STOP`, `CONT`) to a replica's process.
+fn signal(r: &replica::Replicator, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &r.child.id().to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "kill -{signal} failed");
+}
+
+/// The process streaming from `slot`, if any.
+fn slot_holder(cluster: &Cluster, db: &str, slot: &str) -> Option<u32> {
+    cluster
+        .psql(
+            db,
+            &format!("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+        )
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The leader frozen (SIGSTOP) and its walsender terminated, as a network cut would leave it,
+/// twice, under load: the standby takes over and fences the stream; the old leader, resumed
+/// with records in its log the stream never got, is refused, finds the stream fenced, releases
+/// the slot and stands by (no publishing trouble reported) instead of publishing after the
+/// fence. One process leads at the end; both and a follower equal SQL, the follower's chain
+/// never broke (nothing published twice or out of order), and the slot never confirmed past
+/// the stream's end.
+#[test]
+fn a_leader_cut_off_from_its_slot_is_fenced_and_stands_by() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("scaleout_cutoff");
+    cluster.psql(&db, workload::SCHEMA);
+    let mut w = Workload::new(0xc07);
+    cluster.psql(&db, &w.seed(120));
+    let dir = tempfile::tempdir().unwrap();
+    let config = workload::write_config(dir.path(), &db);
+    let nats = Nats::start();
+    let publish = ["--publish", &nats.url()];
+    let slot = format!("gs_{db}");
+    let mut a = replica::spawn(cluster, &db, &config, &dir.path().join("a"), &publish);
+    let aaddr = a.addr();
+    wait_for("publishing", &mut a, Duration::from_secs(60), || {
+        health(&aaddr)["published_lsn"].is_string()
+    });
+    let mut b = replica::spawn(cluster, &db, &config, &dir.path().join("b"), &publish);
+    let baddr = b.addr();
+    wait_for("the standby following", &mut b, Duration::from_secs(60), || {
+        let h = health(&baddr);
+        h["role"] == "follower" && h["status"] == "streaming"
+    });
+    let mut follower = replica::spawn_follower(&nats.url(), &config, &dir.path().join("follower"), &[]);
+    let faddr = follower.addr();
+    let (mut leader, mut standby) = ((&mut a, aaddr.clone()), (&mut b, baddr.clone()));
+    for round in 0..2 {
+        // The writer runs through the cut.
+        let scripts: Vec<String> = (0..30).map(|_| w.script(10, None, None, None)).collect();
+        let writer = {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for s in scripts {
+                    cluster.psql(&db, &s);
+                }
+            })
+        };
+        let pid = {
+            let mut pid = None;
+            wait_for("the leader streaming", leader.0, Duration::from_secs(60), || {
+                pid = slot_holder(cluster, &db, &slot);
+                pid.is_some() && health(&leader.1)["role"] == "leader"
+            });
+            pid.unwrap()
+        };
+        signal(leader.0, "STOP");
+        cluster.psql(&db, &format!("SELECT pg_terminate_backend({pid})"));
+        wait_for(
+            &format!("the standby leading (round {round})"),
+            standby.0,
+            Duration::from_secs(60),
+            || {
+                let h = health(&standby.1);
+                h["role"] == "leader" && h["status"] == "streaming"
+            },
+        );
+        signal(leader.0, "CONT");
+        wait_for(
+            &format!("the old leader standing by (round {round})"),
+            leader.0,
+            Duration::from_secs(60),
+            || {
+                let h = health(&leader.1);
+                h["role"] == "follower" && h["status"] == "streaming"
+            },
+        );
+        writer.join().unwrap();
+        let last = current_lsn(cluster, &db);
+        let expected = workload::expected(cluster, &db);
+        for addr in [&standby.1, &leader.1, &faddr] {
+            compare_over_http(addr, &expected, last);
+        }
+        // The one standing by reports no publishing of its own.
+        let h = health(&leader.1);
+        assert!(
+            h["published_lsn"].is_null() && h["status"] != "publish_stalled",
+            "round {round}: {h}\n{}",
+            leader.0.log()
+        );
+        let llog = leader.0.log();
+        assert!(
+            llog.contains("took over the stream") || llog.contains("another process took the slot"),
+            "round {round}: {llog}"
+        );
+        std::mem::swap(&mut leader, &mut standby);
+    }
+    // The leader (a again) publishes and confirms what was written, never past the stream.
+    cluster.psql(&db, &w.script(20, None, None, None));
+    let last = current_lsn(cluster, &db);
+    wait_for("confirmed past the cuts", leader.0, Duration::from_secs(60), || {
+        confirmed_flush(cluster, &db, &slot).is_some_and(|c| c >= last)
+    });
+    let end = stream_end(&nats.url(), &db);
+    let confirmed = confirmed_flush(cluster, &db, &slot).unwrap_or(Lsn(0));
+    assert!(confirmed <= end, "confirmed {confirmed} past the stream's end {end}");
+    compare_over_http(&faddr, &workload::expected(cluster, &db), last);
+    let (_, metrics) = replica::http_get(&faddr, "/metrics", None);
+    assert!(
+        metrics.contains("graphsync_follower_rebootstraps_total 0"),
+        "the follower's chain broke:\n{metrics}\n{}",
+        follower.log()
+    );
+    follower.stop();
+    a.stop();
+    b.stop();
+}
+
 /// A three-node NATS cluster with the stream replicated three times; the node the clients
 /// talk to first is killed mid-load: publishing goes on through the others, nothing is lost
 /// (the follower equals SQL, its chain unbroken), and confirms pass the outage.
@@ -444,7 +580,8 @@ fn one_nats_node_of_three_killed_loses_nothing() {
 /// A leader whose graph is rebuilt (`--rebuild` with a usable data directory: a new
 /// generation, other node ids) does not continue the old chain with records that do not fit:
 /// it starts a new one from its new snapshot, the follower re-bootstraps from that snapshot
-/// (it says so) and equals SQL again; confirms never pass what is published.
+/// (it says so) and equals SQL again; confirms never pass what is published. A standby then
+/// started takes over the rebuild's slot when the leader is killed.
 #[test]
 fn a_rebuilt_leader_starts_a_new_chain_and_followers_rebootstrap() {
     let cluster = Cluster::shared();
@@ -496,13 +633,48 @@ fn a_rebuilt_leader_starts_a_new_chain_and_followers_rebootstrap() {
     let llog = leader.log();
     assert!(llog.contains("starting a new chain"), "{llog}");
     let published = lsn_of(&health(&laddr), "published_lsn");
-    let confirmed = confirmed_flush(cluster, &db, &format!("gs_{db}_g1")).unwrap_or(Lsn(0));
+    let g1 = format!("gs_{db}_g1");
+    let confirmed = confirmed_flush(cluster, &db, &g1).unwrap_or(Lsn(0));
     assert!(
         confirmed <= published,
         "confirmed {confirmed} past published {published}"
     );
+    // A standby watches the slot the leader streams from (its rebuild's, the configured one
+    // is gone) and, the leader killed, takes over that one.
+    let mut standby = replica::spawn(
+        cluster,
+        &db,
+        &config,
+        &dir.path().join("standby"),
+        &["--publish", &nats.url()],
+    );
+    let saddr = standby.addr();
+    wait_for("the standby following", &mut standby, Duration::from_secs(60), || {
+        let h = health(&saddr);
+        h["role"] == "follower" && h["status"] == "streaming"
+    });
+    let llog = leader.kill();
+    wait_for("the standby leading", &mut standby, Duration::from_secs(60), || {
+        let h = health(&saddr);
+        h["role"] == "leader" && h["status"] == "streaming"
+    });
+    cluster.psql(&db, &w.script(20, None, None, None));
+    let last = current_lsn(cluster, &db);
+    wait_for(
+        "confirmed by the new leader",
+        &mut standby,
+        Duration::from_secs(60),
+        || confirmed_flush(cluster, &db, &g1).is_some_and(|c| c >= last),
+    );
+    compare_over_http(&saddr, &workload::expected(cluster, &db), last);
+    compare_over_http(&faddr, &workload::expected(cluster, &db), last);
+    let slog = standby.log();
+    assert!(
+        slog.contains("taking over the slot the last leader streamed from"),
+        "standby log:\n{slog}\nleader log:\n{llog}"
+    );
     follower.stop();
-    leader.stop();
+    standby.stop();
 }
 
 /// The leader SIGKILLed mid-load and started again on its data directory (no standby): it

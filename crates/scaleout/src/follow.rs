@@ -25,18 +25,22 @@ pub struct FollowConfig {
     /// are unused).
     pub opts: Options,
     /// A standby's signal that the slot is free: then consume to the end of the stream,
-    /// fence it (a marker that makes any older publisher's next message fail its
-    /// expected-last-id check) and return [`Followed::TookOver`].
+    /// fence it (a marker one term higher: any older publisher's next message fails its
+    /// expected-end check, and it stops for good) and return [`Followed::TookOver`].
     pub take_over: Option<watch::Receiver<bool>>,
 }
 
 /// How following ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Followed {
     /// Shutdown was asked.
     Stopped,
     /// Everything published is applied and the stream fenced: replicate from the slot now.
-    TookOver,
+    TookOver {
+        /// The slot the last leader streamed from (a background rebuild on the leader gives
+        /// it another name than the configured one); `None` when the stream does not say.
+        slot: Option<String>,
+    },
 }
 
 /// Most records applied as one published view.
@@ -45,7 +49,7 @@ const BATCH_RECORDS: usize = 1024;
 /// How a session ended.
 enum Ended {
     Shutdown,
-    TookOver,
+    TookOver(Option<String>),
     /// The stream does not hold what comes after the graph: load a snapshot at or after the
     /// position given (the oldest record the stream holds follows it), of the lineage given.
     Rebootstrap(String, Need),
@@ -74,13 +78,13 @@ pub async fn run(
             break;
         }
         let started = Instant::now();
-        match session(&cfg, &status, &mut follower, rebootstrap, &mut shutdown).await {
+        match session(&cfg, &status, &mut follower, &mut rebootstrap, &mut shutdown).await {
             Ok(Ended::Shutdown) => break,
-            Ok(Ended::TookOver) => {
+            Ok(Ended::TookOver(slot)) => {
                 if let Some(f) = follower.take() {
                     f.close().await;
                 }
-                return Ok(Followed::TookOver);
+                return Ok(Followed::TookOver { slot });
             }
             Ok(Ended::Rebootstrap(why, need)) => {
                 tracing::warn!(why = %why, "re-bootstrapping from the newest published snapshot");
@@ -122,7 +126,7 @@ async fn session(
     cfg: &FollowConfig,
     status: &Arc<ReplicaStatus>,
     follower: &mut Option<Follower>,
-    rebootstrap: Option<Need>,
+    rebootstrap: &mut Option<Need>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Ended, ScaleoutError> {
     let client = connect(&cfg.nats).await?;
@@ -146,7 +150,7 @@ async fn session(
     let mut opts = cfg.opts.clone();
     opts.legacy_hash = last
         .as_ref()
-        .is_some_and(|(_, _, m)| m.hash == opts.config.legacy_hash() && m.hash != opts.config.mapping_hash());
+        .is_some_and(|l| l.meta.hash == opts.config.legacy_hash() && l.meta.hash != opts.config.mapping_hash());
     let cfg = &FollowConfig {
         nats: cfg.nats.clone(),
         opts,
@@ -171,6 +175,8 @@ async fn session(
         let Some(lsn) = bootstrap(&bucket, cfg, status, need, shutdown).await? else {
             return Ok(Ended::Shutdown);
         };
+        // Loaded: a later session resumes from this data directory.
+        *rebootstrap = None;
         *follower = tokio::task::block_in_place(|| Follower::open(cfg.opts.clone(), status.clone()))?;
         tracing::info!(lsn = %lsn, "bootstrapped from the leader's snapshot");
     }
@@ -180,7 +186,7 @@ async fn session(
     let applied = f.applied();
     // Records apply only to a graph of the stream's lineage.
     let mine = crate::lineage::read(&cfg.opts.data_dir)?;
-    if let Some((_, _, last)) = last {
+    if let Some(last) = last.map(|l| l.meta) {
         check_hash(&last, hash)?;
         if Some(last.lineage) != mine {
             return Ok(Ended::Rebootstrap(
@@ -227,21 +233,33 @@ async fn session(
     let mut next_leader = Instant::now();
     // The stream sequence of the last message taken, and (taking over) the last one to take.
     let mut consumed = start.saturating_sub(1);
-    let mut drain: Option<u64> = None;
+    let mut drain: Option<Drain> = None;
     let mut take_over = cfg.take_over.clone();
     loop {
-        if let Some(target) = drain {
-            if consumed >= target {
-                if fence(&js, &layout, (hash, mine), f.applied(), target).await? {
-                    tracing::info!(applied = %f.applied(), "consumed the whole stream and fenced it; taking over the slot");
-                    return Ok(Ended::TookOver);
+        if let Some(d) = &drain {
+            if consumed >= d.seq {
+                if fence(&js, &layout, (hash, mine), f.applied(), d).await? {
+                    tracing::info!(applied = %f.applied(), term = d.term + 1, "consumed the whole stream and fenced it; taking over the slot");
+                    return Ok(Ended::TookOver(d.slot.clone()));
                 }
+                tracing::info!("the stream moved on while taking over (the last leader still publishes what it logged): consuming that first");
                 drain = None;
             }
         }
         if drain.is_none() && take_over.as_ref().is_some_and(|t| *t.borrow()) {
             // The leader is gone: take everything it published, then fence.
-            drain = Some(crate::publish::stream_state(&mut s).await?.last_sequence);
+            drain = Some(match crate::publish::last_message(&mut s).await? {
+                Some(l) => Drain {
+                    seq: l.seq,
+                    term: l.meta.term,
+                    slot: l.slot,
+                },
+                None => Drain {
+                    seq: crate::publish::stream_state(&mut s).await?.last_sequence,
+                    term: 0,
+                    slot: None,
+                },
+            });
             continue;
         }
         let first = tokio::select! {
@@ -332,8 +350,8 @@ async fn session(
         f.chores().await?;
         if Instant::now() >= next_leader {
             next_leader = Instant::now() + Duration::from_secs(1);
-            if let Some((_, _, meta)) = crate::publish::last_message(&mut s).await? {
-                f.set_leader_position(meta.lsn);
+            if let Some(l) = crate::publish::last_message(&mut s).await? {
+                f.set_leader_position(l.meta.lsn);
             }
         }
     }
@@ -351,36 +369,54 @@ async fn slot_free(t: &mut Option<watch::Receiver<bool>>) {
     }
 }
 
-/// Publishes the take-over marker after stream sequence `last_seq` (a position at `at`, what
-/// is applied): a publisher that still expects an older end is refused from now on. `false`
-/// when the stream moved on meanwhile (take what came, then try again).
+/// The stream's end when a take-over began: the last message to consume before fencing.
+struct Drain {
+    /// Its stream sequence.
+    seq: u64,
+    /// Its term.
+    term: u64,
+    /// The slot its publisher streamed from.
+    slot: Option<String>,
+}
+
+/// Publishes the take-over marker right after `end` (a position at `at`, what is applied, one
+/// term higher): a publisher that still expects an older end is refused from now on, and one
+/// that reads the stream again finds the higher term and stops. `false` when the stream moved
+/// on meanwhile (take what came, then try again).
 async fn fence(
     js: &jetstream::Context,
     layout: &Layout,
     (hash, lineage): (u64, u64),
     at: Lsn,
-    last_seq: u64,
+    end: &Drain,
 ) -> Result<bool, ScaleoutError> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let id = format!("{:016X}-takeover-{nanos}", at.0);
+    let term = end.term + 1;
+    let id = format!("{}-fence-{term}", crate::wire::message_id(lineage, at, 0));
     let meta = Meta {
         lsn: at,
         prev: at,
         hash,
         lineage,
         part: (0, 1),
+        term,
     };
+    let mut headers = meta.headers(&id);
+    if let Some(slot) = &end.slot {
+        headers.insert(crate::wire::H_SLOT, slot.as_str());
+    }
     let msg = async_nats::jetstream::message::PublishMessage::build()
         .payload(sync::changelog::record::encode_position().into())
-        .headers(meta.headers(&id))
-        .expected_last_sequence(last_seq);
+        .headers(headers)
+        .expected_last_sequence(end.seq);
     let ack = js
         .send_publish(layout.subject.clone(), msg)
         .await
         .map_err(|e| ScaleoutError::js("fence")(e.to_string()))?;
     match ack.await {
+        Ok(a) if a.duplicate => Err(ScaleoutError::Stream(format!(
+            "the fence marker {id} is in the stream already (sequence {}); taking over again",
+            a.sequence
+        ))),
         Ok(_) => Ok(true),
         Err(e) if e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence => Ok(false),
         Err(e) => Err(ScaleoutError::js("fence acknowledgement")(e.to_string())),

@@ -3,10 +3,12 @@
 //! (`graphsync follow`) bootstrap from a snapshot and apply the records, serving the same API.
 //!
 //! - [`publish`]: the leader's publisher: tails the durable change log, publishes each record
-//!   in LSN order with a message id from its LSN and an expected-last-message-id chain (a
-//!   deposed leader cannot interleave), reports what JetStream acknowledged (confirms to
-//!   PostgreSQL wait for it), and uploads snapshots to the object store.
-//! - [`follow`]: the follower's loop: bootstrap, consume, apply, re-bootstrap on a gap.
+//!   in LSN order, each expecting the stream's end as the publisher left it (a deposed leader
+//!   cannot interleave), stops for good when a standby's fence raised the term, reports what
+//!   JetStream acknowledged (confirms to PostgreSQL wait for it), and uploads snapshots to the
+//!   object store.
+//! - [`follow`]: the follower's loop: bootstrap, consume, apply, re-bootstrap on a gap; a
+//!   standby's take-over (drain, fence one term higher, name the leader's slot).
 //! - `wire`: the stream's layout (names, subjects, headers, parts of large records).
 //!
 //! JetStream does the replication, storage and clustering; nothing here is a consensus or a
@@ -149,5 +151,5 @@ pub async fn stream_end(opts: &NatsOptions) -> Result<Option<pgoutput::Lsn>, Sca
         .get_stream(wire::Layout::new(&opts.stream).stream)
         .await
         .map_err(|e| ScaleoutError::js("stream lookup")(e.to_string()))?;
-    Ok(publish::last_message(&mut s).await?.map(|(_, _, m)| m.lsn))
+    Ok(publish::last_message(&mut s).await?.map(|l| l.meta.lsn))
 }

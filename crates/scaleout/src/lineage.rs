@@ -2,13 +2,14 @@
 //! carried by every message and snapshot of the stream, and taken over by the followers and
 //! standbys that bootstrap from it. Records apply only to a graph of the same lineage (they
 //! name node ids): a leader whose graph was rebuilt (a new generation), or whose data
-//! directory was replaced, has another lineage and is refused by the stream instead of
-//! continuing it with records that do not fit.
+//! directory was replaced, or that copied its graph afresh in place (`--rebuild`: clearing the
+//! checkpoints deletes the lineage), has another lineage and is refused by the stream instead
+//! of continuing it with records that do not fit.
 
 use crate::ScaleoutError;
 use std::path::Path;
 
-const FILE: &str = "lineage";
+const FILE: &str = sync::checkpoint::LINEAGE_FILE;
 
 /// The lineage in `dir`, if it has one.
 pub(crate) fn read(dir: &Path) -> Result<Option<u64>, ScaleoutError> {

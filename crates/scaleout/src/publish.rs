@@ -6,15 +6,19 @@
 //!   stream that the leader's log lost);
 //! - `published` (which gates what is confirmed to PostgreSQL) only moves to a position
 //!   through which every record is acknowledged by JetStream;
-//! - each message expects the id of the one before it: a publisher with a stale view of the
-//!   stream (a deposed leader) is refused, never interleaved.
+//! - each message expects the stream's end as this publisher left it (the first of a session
+//!   its sequence, every later one the id of the message before): a publisher with a stale
+//!   view of the stream (a deposed leader) is refused, never interleaved;
+//! - publishing starts only once this process streams from the slot, and stops for good when
+//!   the stream holds a higher term than the one it started with (a standby fenced it):
+//!   [`Published::Fenced`] tells the caller to stop leading.
 //!
 //! While NATS is unreachable the replicator keeps applying and logging; this loop reports why
 //! in the status (`/health`), retries with backoff, and publishes the backlog from the log on
 //! disk when NATS returns (the log keeps every record not yet published).
 
 use crate::snapshots;
-use crate::wire::{message_id, Layout, Meta};
+use crate::wire::{message_id, Layout, Meta, H_SLOT};
 use crate::{connect, NatsOptions, ScaleoutError};
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use pgoutput::Lsn;
@@ -33,6 +37,18 @@ pub struct PublishConfig {
     pub nats: NatsOptions,
     /// The replicator's data directory.
     pub data_dir: PathBuf,
+    /// The configured slot name (the generation in force names the slot streamed from).
+    pub base_slot: String,
+}
+
+/// How publishing ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Shutdown was asked.
+    Stopped,
+    /// Another process took over the stream (it holds a higher term): this one must stop
+    /// leading. Says what was found.
+    Fenced(String),
 }
 
 /// At most one position message per this (while only unmapped tables change).
@@ -41,22 +57,30 @@ const POSITION_EVERY: Duration = Duration::from_millis(200);
 /// Most payload bytes read from the log per publish round.
 const ROUND_BYTES: usize = 8 << 20;
 
-/// Runs until `shutdown` turns true. `published` is what confirms wait for
-/// ([`ReplicaStatus::gate_confirms`]).
+/// Runs until `shutdown` turns true or the stream is fenced. `published` is what confirms wait
+/// for ([`ReplicaStatus::gate_confirms`]).
 pub async fn run(
     cfg: PublishConfig,
     status: Arc<ReplicaStatus>,
     published: watch::Sender<Lsn>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> Published {
+    // Only the slot's holder publishes (a process that lost the slot, or never got it, must
+    // not write what its log holds beyond the stream).
+    let mut held = status.watch_slot_held();
+    tokio::select! {
+        r = held.wait_for(|h| *h) => if r.is_err() { return Published::Stopped },
+        _ = shutdown.wait_for(|s| *s) => return Published::Stopped,
+    }
+    let mut term = None;
     let mut backoff = Duration::from_millis(200);
     loop {
         if *shutdown.borrow() {
-            return;
+            return Published::Stopped;
         }
         let started = Instant::now();
-        match session(&cfg, &status, &published, &mut shutdown).await {
-            Ok(()) => return,
+        match session(&cfg, &status, &published, &mut shutdown, &mut term).await {
+            Ok(p) => return p,
             Err(e) => {
                 tracing::warn!(error = %e, "publishing to JetStream stopped; retrying. Nothing after what JetStream acknowledged is confirmed to PostgreSQL meanwhile (the server keeps that WAL)");
                 status.set_published(*published.borrow(), Some(e.to_string()));
@@ -91,8 +115,20 @@ pub(crate) async fn stream(js: &jetstream::Context, nats: &NatsOptions) -> Resul
     .map_err(|e| ScaleoutError::js("stream creation")(e.to_string()))
 }
 
-/// The stream's last message: its sequence, its id and what it says.
-pub(crate) async fn last_message(s: &mut stream::Stream) -> Result<Option<(u64, String, Meta)>, ScaleoutError> {
+/// The stream's last message.
+pub(crate) struct Last {
+    /// Its stream sequence.
+    pub(crate) seq: u64,
+    /// Its message id.
+    pub(crate) id: String,
+    /// What it says.
+    pub(crate) meta: Meta,
+    /// The slot its publisher streamed from (absent in markers of older versions).
+    pub(crate) slot: Option<String>,
+}
+
+/// The stream's last message.
+pub(crate) async fn last_message(s: &mut stream::Stream) -> Result<Option<Last>, ScaleoutError> {
     let state = stream_state(s).await?;
     // Empty, or emptied by retention (the last sequence stays).
     if state.messages == 0 {
@@ -113,26 +149,34 @@ pub(crate) async fn last_message(s: &mut stream::Stream) -> Result<Option<(u64, 
         .get(async_nats::header::NATS_MESSAGE_ID)
         .map(|v| v.as_str().to_string())
         .unwrap_or_default();
-    Ok(Some((last, id, meta)))
+    Ok(Some(Last {
+        seq: last,
+        id,
+        meta,
+        slot: m.headers.get(H_SLOT).map(|v| v.as_str().to_string()),
+    }))
 }
 
 /// Messages sent before their acknowledgements are awaited (each holds one of the client's
 /// in-flight permits, 5,000 by default).
 const WINDOW: usize = 1_000;
 
-/// The stream's end as this publisher knows it. Every message expects the stream's last
-/// sequence to be exactly what this publisher last wrote: another publisher's message (a
-/// deposed or second leader) makes the next one fail instead of interleaving. (Sequences, not
-/// message ids: a restarted server forgets the last id once it is older than the duplicate
-/// window, never the last sequence.)
+/// The stream's end as this publisher knows it. A session's first message expects the
+/// stream's last sequence (a restarted server forgets the last id, never the last sequence);
+/// every later one expects the id of the message before it, so a message of another
+/// publisher (a deposed or second leader, a standby's fence) between two pipelined ones makes
+/// every later one fail too, instead of leaving a hole.
 struct Chain<'a> {
     js: &'a jetstream::Context,
     subject: String,
     stream: String,
     last_seq: u64,
+    last_id: Option<String>,
     prev: Lsn,
     hash: u64,
     lineage: u64,
+    term: u64,
+    slot: String,
     max_part: usize,
     acks: Vec<(Lsn, jetstream::context::PublishAckFuture)>,
 }
@@ -143,18 +187,22 @@ impl Chain<'_> {
         let parts = payload.len().div_ceil(self.max_part).max(1);
         for i in 0..parts {
             let chunk = payload.slice(i * self.max_part..((i + 1) * self.max_part).min(payload.len()));
-            let id = format!("{}{id_suffix}", message_id(lsn, i));
+            let id = format!("{}{id_suffix}", message_id(self.lineage, lsn, i));
             let meta = Meta {
                 lsn,
                 prev,
                 hash: self.hash,
                 lineage: self.lineage,
                 part: (i, parts),
+                term: self.term,
             };
-            let msg = PublishMessage::build()
-                .payload(chunk)
-                .headers(meta.headers(&id))
-                .expected_last_sequence(self.last_seq);
+            let mut headers = meta.headers(&id);
+            headers.insert(H_SLOT, self.slot.as_str());
+            let msg = PublishMessage::build().payload(chunk).headers(headers);
+            let msg = match self.last_id.replace(id) {
+                Some(last) => msg.expected_last_message_id(last),
+                None => msg.expected_last_sequence(self.last_seq),
+            };
             let ack = self
                 .js
                 .send_publish(self.subject.clone(), msg)
@@ -175,10 +223,22 @@ impl Chain<'_> {
         let mut acked = None;
         for (lsn, ack) in self.acks.drain(..) {
             match ack.await {
-                Ok(_) => acked = Some(lsn),
-                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                Ok(a) if a.duplicate => {
                     return Err(ScaleoutError::Stream(format!(
-                        "another publisher wrote to stream {} (a second leader on the same stream, or a standby that took over): this one stops publishing record {lsn}; it stands by once it loses the slot",
+                        "JetStream took record {lsn} for a duplicate (sequence {}): the stream holds a message with its id already; publishing starts over from the stream's end",
+                        a.sequence
+                    )))
+                }
+                Ok(_) => acked = Some(lsn),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        jetstream::context::PublishErrorKind::WrongLastSequence
+                            | jetstream::context::PublishErrorKind::WrongLastMessageId
+                    ) =>
+                {
+                    return Err(ScaleoutError::Stream(format!(
+                        "another publisher wrote to stream {} (a standby that took over, or a second leader on the same stream): record {lsn} was refused",
                         self.stream
                     )))
                 }
@@ -204,7 +264,8 @@ async fn session(
     status: &ReplicaStatus,
     published: &watch::Sender<Lsn>,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), ScaleoutError> {
+    term: &mut Option<u64>,
+) -> Result<Published, ScaleoutError> {
     let client = connect(&cfg.nats).await?;
     let js = jetstream::new(client.clone());
     let layout = Layout::new(&cfg.nats.stream);
@@ -215,7 +276,7 @@ async fn session(
     // meanwhile): its log and first snapshot exist after that.
     let (state_dir, store, manifest) = loop {
         if *shutdown.borrow() {
-            return Ok(());
+            return Ok(Published::Stopped);
         }
         let dir = sync::generation::state_dir(&cfg.data_dir);
         let store = CheckpointStore::open(&dir).map_err(sync::replicator::SyncError::from)?;
@@ -232,9 +293,27 @@ async fn session(
     // The log's mapping is the one its snapshots carry.
     let hash = manifest.mapping_hash;
     let lineage = crate::lineage::get_or_create(&state_dir)?;
+    let slot = sync::generation::current(&cfg.data_dir, &cfg.base_slot)
+        .map_err(|e| ScaleoutError::Stream(e.to_string()))?
+        .slot;
     let last_seq = stream_state(&mut s).await?.last_sequence;
-    let (continues, after) = match last_message(&mut s).await? {
-        Some((_, _, meta)) if meta.lineage == lineage => {
+    let last = last_message(&mut s).await?;
+    // The term this process leads in: the stream's when it started publishing; a higher one
+    // later is a standby's fence.
+    let stream_term = last.as_ref().map_or(0, |l| l.meta.term);
+    match *term {
+        None => *term = Some(stream_term),
+        Some(t) if stream_term > t => {
+            return Ok(Published::Fenced(format!(
+                "stream {} was taken over (term {stream_term}, this leader's is {t}: message {})",
+                layout.stream,
+                last.as_ref().map_or("", |l| l.id.as_str())
+            )))
+        }
+        Some(_) => {}
+    }
+    let (continues, after) = match last.map(|l| l.meta) {
+        Some(meta) if meta.lineage == lineage => {
             if meta.hash != hash {
                 return Err(ScaleoutError::Stream(format!(
                     "stream {} holds records of mapping {:016x}, this replica's mapping is {hash:016x}, for the same graph; this is a bug — publish to another stream (--stream)",
@@ -245,7 +324,7 @@ async fn session(
             let complete = meta.part.0 + 1 == meta.part.1;
             (true, if complete { meta.lsn } else { meta.prev })
         }
-        Some((_, _, meta)) => {
+        Some(meta) => {
             tracing::warn!(
                 stream = %layout.stream,
                 theirs = %format!("{:016x}", meta.lineage),
@@ -279,18 +358,20 @@ async fn session(
         subject: layout.subject.clone(),
         stream: layout.stream.clone(),
         last_seq,
+        last_id: None,
         prev: after,
         hash,
         lineage,
+        term: term.unwrap_or_default(),
+        slot,
         max_part,
         acks: Vec::new(),
     };
     if !continues {
         // The chain starts at the snapshot followers bootstrap from: a marker (a position at
         // it) so the next record has a predecessor in the stream.
-        let suffix = format!("-lineage-{lineage:016x}");
         chain
-            .send(after, after, &suffix, sync::changelog::record::encode_position().into())
+            .send(after, after, "", sync::changelog::record::encode_position().into())
             .await?;
         chain.settle().await?;
     }
@@ -304,7 +385,7 @@ async fn session(
     let mut last_position = Instant::now();
     loop {
         if *shutdown.borrow() {
-            return Ok(());
+            return Ok(Published::Stopped);
         }
         if Instant::now() >= next_check {
             next_check = Instant::now() + Duration::from_secs(1);
@@ -353,8 +434,9 @@ async fn session(
                 tail.skip_to(until);
                 last_position = Instant::now();
             }
-            // Every record through `until` is in the stream.
-            publish_through(published, status, until);
+            // Every record through `until` is in the stream; confirms go no further than the
+            // stream's end (a standby taking over starts from the slot's confirmed position).
+            publish_through(published, status, until.min(chain.prev));
             tokio::select! {
                 _ = durable.changed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}

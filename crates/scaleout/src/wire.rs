@@ -5,10 +5,17 @@
 //! One message per change-log record (its payload is the record's, byte for byte), or several
 //! parts of one record when it is larger than the server's max payload:
 //!
-//! - `Nats-Msg-Id`: the record's LSN as 16 hex digits (`-<part>` appended for parts after the
-//!   first): JetStream drops a republished duplicate.
-//! - `Nats-Expected-Last-Msg-Id`: the id of the message before it: a publisher whose idea of
-//!   the stream's end is stale (a deposed leader) is refused instead of interleaving.
+//! - `Nats-Msg-Id`: `<lineage>-<LSN>` in hex (`-<part>` appended for parts after the first;
+//!   fence markers end in `-fence-<term>`): unique across graphs and republishes.
+//! - `Nats-Expected-Last-Sequence` (a session's first message) and
+//!   `Nats-Expected-Last-Msg-Id` (every later one): the stream's end as the publisher last
+//!   saw it; a publisher whose idea of the end is stale (a deposed leader) is refused instead
+//!   of interleaving, pipelined messages included.
+//! - `Graphsync-Term`: the leadership term; a standby that takes over writes a fence marker
+//!   one term higher, and a publisher that finds a higher term than its own stops for good
+//!   (absent: 0).
+//! - `Graphsync-Slot`: the replication slot the leader streams from (a standby watches it and
+//!   takes it over; background rebuilds change it).
 //! - `Graphsync-Lsn`, `Graphsync-Prev-Lsn`: the record's LSN and the previous record's (a
 //!   follower at the previous one applies it; anything else is a gap).
 //! - `Graphsync-Hash`: the mapping hash (16 hex digits): a follower of another mapping refuses.
@@ -26,6 +33,8 @@ pub(crate) const H_HASH: &str = "Graphsync-Hash";
 pub(crate) const H_PART: &str = "Graphsync-Part";
 pub(crate) const H_LINEAGE: &str = "Graphsync-Lineage";
 pub(crate) const H_VERSION: &str = "Graphsync-Version";
+pub(crate) const H_TERM: &str = "Graphsync-Term";
+pub(crate) const H_SLOT: &str = "Graphsync-Slot";
 /// This layout's version.
 pub(crate) const VERSION: &str = "1";
 
@@ -67,12 +76,12 @@ pub fn default_stream_name(slot: &str) -> String {
     format!("GRAPHSYNC_{clean}")
 }
 
-/// A message id for part `part` of the record at `lsn`.
-pub(crate) fn message_id(lsn: Lsn, part: usize) -> String {
+/// The message id of part `part` of the record at `lsn` in graph lineage `lineage`.
+pub(crate) fn message_id(lineage: u64, lsn: Lsn, part: usize) -> String {
     if part == 0 {
-        format!("{:016X}", lsn.0)
+        format!("{lineage:016x}-{:016X}", lsn.0)
     } else {
-        format!("{:016X}-{part}", lsn.0)
+        format!("{lineage:016x}-{:016X}-{part}", lsn.0)
     }
 }
 
@@ -85,6 +94,8 @@ pub(crate) struct Meta {
     pub(crate) lineage: u64,
     /// (part, parts)
     pub(crate) part: (usize, usize),
+    /// The leadership term.
+    pub(crate) term: u64,
 }
 
 impl Meta {
@@ -95,6 +106,7 @@ impl Meta {
         h.insert(H_PREV, self.prev.to_string().as_str());
         h.insert(H_HASH, format!("{:016x}", self.hash).as_str());
         h.insert(H_LINEAGE, format!("{:016x}", self.lineage).as_str());
+        h.insert(H_TERM, self.term.to_string().as_str());
         if self.part.1 > 1 {
             h.insert(H_PART, format!("{}/{}", self.part.0, self.part.1).as_str());
         }
@@ -125,12 +137,17 @@ impl Meta {
                 (i, n)
             }
         };
+        let term = match h.get(H_TERM) {
+            None => 0,
+            Some(v) => v.as_str().parse().map_err(|_| format!("{H_TERM} is not a number"))?,
+        };
         Ok(Meta {
             lsn: lsn(H_LSN)?,
             prev: lsn(H_PREV)?,
             hash,
             lineage,
             part,
+            term,
         })
     }
 }
@@ -191,6 +208,7 @@ mod tests {
             hash: 1,
             lineage: 0xabc,
             part: (i, n),
+            term: 3,
         };
         let mut p = Parts::default();
         assert!(p.push(m(0, 3), &bytes::Bytes::from_static(b"ab")).is_none());
@@ -213,8 +231,8 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(default_stream_name("graph.sync slot"), "GRAPHSYNC_graph_sync_slot");
-        assert_eq!(message_id(Lsn(0x1A), 0), "000000000000001A");
-        assert_eq!(message_id(Lsn(0x1A), 2), "000000000000001A-2");
+        assert_eq!(message_id(0xab, Lsn(0x1A), 0), "00000000000000ab-000000000000001A");
+        assert_eq!(message_id(0xab, Lsn(0x1A), 2), "00000000000000ab-000000000000001A-2");
         assert_eq!(
             crate::redact("nats://u:p@h:4222,nats://h2:4222"),
             "nats://***@h:4222,nats://h2:4222"

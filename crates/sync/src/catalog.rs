@@ -464,6 +464,27 @@ pub struct SlotState {
     pub database: Option<String>,
 }
 
+/// Slot `base` and its generations' (`base_g<N>`) in this database, each with the process
+/// streaming from it, if any.
+pub async fn slot_family(
+    client: &mut ReplicationClient,
+    base: &str,
+) -> Result<Vec<(String, Option<u32>)>, CatalogError> {
+    let r = client
+        .simple_query(
+            "SELECT slot_name, active_pid FROM pg_catalog.pg_replication_slots WHERE database = current_database()",
+        )
+        .await?;
+    Ok(r.rows
+        .into_iter()
+        .filter_map(|row| {
+            let name = row.first().cloned().flatten()?;
+            let pid = row.get(1).cloned().flatten().and_then(|p| p.parse().ok());
+            is_generation_slot(base, &name).then_some((name, pid))
+        })
+        .collect())
+}
+
 /// The slot's state, or `None` if it does not exist.
 pub async fn slot_state(client: &mut ReplicationClient, slot: &str) -> Result<Option<SlotState>, CatalogError> {
     let r = client

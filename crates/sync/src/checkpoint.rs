@@ -196,6 +196,10 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CheckpointEr
 
 const MANIFEST: &str = "checkpoint.json";
 
+/// The file beside the checkpoints naming the graph's lineage when it is published (see
+/// `scaleout`'s `lineage`); [`CheckpointStore::clear`] deletes it with the graph.
+pub const LINEAGE_FILE: &str = "lineage";
+
 impl CheckpointStore {
     /// The store in `dir`, created if missing.
     pub fn open(dir: &Path) -> Result<Self, CheckpointError> {
@@ -458,9 +462,11 @@ impl CheckpointStore {
         })
     }
 
-    /// Deletes every checkpoint file (before a rebuild).
+    /// Deletes every checkpoint file (before a rebuild), and the graph's scale-out lineage: a
+    /// graph built afresh is another graph to followers.
     pub fn clear(&self) -> Result<(), CheckpointError> {
         let _ = std::fs::remove_file(self.dir.join(MANIFEST));
+        let _ = std::fs::remove_file(self.dir.join(LINEAGE_FILE));
         for (lsn, name) in self.snapshots() {
             let _ = std::fs::remove_file(self.dir.join(&name));
             let _ = std::fs::remove_file(self.dir.join(format!("rows-{lsn:016X}.idx")));

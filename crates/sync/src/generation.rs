@@ -6,7 +6,8 @@
 //! file (`{"generation": N, "dir": "gen-N", "slot": "…"}`), so a restart finds either the old
 //! state and slot or the new ones, never a mix. Without the file (every data directory before
 //! the first background rebuild) the state is the directory itself and the slot the
-//! configured one.
+//! configured one; `"dir": ""` names the directory itself too (a standby that took over the
+//! slot of a leader's later generation: [`adopt_slot`]).
 //!
 //! Not for what is inside a generation (checkpoints, the change log).
 
@@ -75,7 +76,11 @@ pub fn current(root: &Path, slot: &str) -> Result<Generation, GenerationError> {
     }
     Ok(Generation {
         number,
-        dir: root.join(dir),
+        dir: if dir.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(dir)
+        },
         slot: slot.to_string(),
     })
 }
@@ -99,14 +104,29 @@ pub fn next(root: &Path, g: &Generation, base_slot: &str) -> std::io::Result<Gen
 
 /// Makes `g` the generation in force (one atomic write).
 pub fn commit(root: &Path, g: &Generation) -> Result<(), GenerationError> {
-    let dir = g
-        .dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let dir = if g.dir == root {
+        String::new()
+    } else {
+        g.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     let text = serde_json::json!({"generation": g.number, "dir": dir, "slot": g.slot}).to_string();
     graph::fsio::atomic_write(&root.join(POINTER), &[text.as_bytes()])?;
     Ok(())
+}
+
+/// Makes the generation in force stream from `slot` (a standby taking over from a leader that
+/// streamed from another of the configured slot's generations); `false` when it did already.
+pub fn adopt_slot(root: &Path, base_slot: &str, slot: &str) -> Result<bool, GenerationError> {
+    let mut g = current(root, base_slot)?;
+    if g.slot == slot {
+        return Ok(false);
+    }
+    g.slot = slot.to_string();
+    commit(root, &g)?;
+    Ok(true)
 }
 
 /// Deletes what generation `old` left in `root` once another is in force: its directory, or
@@ -172,5 +192,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("plain name"));
+    }
+
+    #[test]
+    fn a_taken_over_slot_is_adopted_in_place() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(!adopt_slot(root.path(), "gs", "gs").unwrap());
+        assert!(adopt_slot(root.path(), "gs", "gs_g4").unwrap());
+        let g = current(root.path(), "gs").unwrap();
+        assert_eq!((g.number, g.dir.as_path(), g.slot.as_str()), (0, root.path(), "gs_g4"));
+        assert_eq!(state_dir(root.path()), root.path());
+        // The next rebuild still builds beside it.
+        let g1 = next(root.path(), &g, "gs").unwrap();
+        commit(root.path(), &g1).unwrap();
+        assert_eq!(current(root.path(), "gs").unwrap(), g1);
+        assert!(adopt_slot(root.path(), "gs", "gs_g7").unwrap());
+        assert_eq!(current(root.path(), "gs").unwrap().dir, g1.dir);
     }
 }

@@ -91,6 +91,17 @@ pub enum SyncError {
         /// The walsender's PID.
         pid: u32,
     },
+    /// (Standing by possible) another process advanced the slot past what this one holds: it
+    /// led meanwhile (a standby that took over).
+    #[error("replication slot {slot:?} was confirmed to {confirmed} by another process, this replica holds only {ours}: another replica leads (or led); standing by")]
+    SlotTakenOver {
+        /// Slot.
+        slot: String,
+        /// Slot's confirmed_flush_lsn.
+        confirmed: Lsn,
+        /// Our position.
+        ours: Lsn,
+    },
     /// The server ended the stream.
     #[error("the server ended the replication stream")]
     StreamEnded,
@@ -157,7 +168,7 @@ impl SyncError {
     pub fn is_slot_in_use(&self) -> bool {
         match self {
             SyncError::Repl(e) => e.is_slot_in_use(),
-            SyncError::SlotInUse { .. } => true,
+            SyncError::SlotInUse { .. } | SyncError::SlotTakenOver { .. } => true,
             _ => false,
         }
     }

@@ -96,7 +96,17 @@ impl Follower {
     /// removed.
     pub fn install(data_dir: &std::path::Path, lsn: Lsn, mapping_hash: u64) -> Result<(), SyncError> {
         // The log first: a crash in between leaves the previous snapshot with no log, a
-        // consistent (older) state, never the old log replayed onto the new snapshot.
+        // consistent (older) state, never the old log replayed onto the new snapshot. The
+        // lineage before both: the caller records the new graph's once it is installed.
+        match std::fs::remove_file(data_dir.join(crate::checkpoint::LINEAGE_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(SyncError::Io(format!(
+                    "cannot replace the lineage in {}: {e}",
+                    data_dir.display()
+                )))
+            }
+            _ => {}
+        }
         LogDir::open(&data_dir.join("log"))?.clear()?;
         CheckpointStore::open(data_dir)?.adopt(lsn, mapping_hash)?;
         Ok(())

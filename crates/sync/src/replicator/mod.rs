@@ -109,7 +109,8 @@ pub struct Options {
     /// files in the data directory.
     pub spill_threshold: usize,
     /// Return [`SyncError::SlotInUse`] instead of retrying when another process streams from
-    /// the slot (a publishing leader then stands by as a follower).
+    /// the slot, and [`SyncError::SlotTakenOver`] when another process confirmed it past this
+    /// replica's state (a publishing leader then stands by as a follower).
     pub yield_slot: bool,
 }
 
@@ -304,17 +305,17 @@ pub async fn run_with_reloads(
                     tracing::error!(%why, "cannot rebuild in the background; the restored graph keeps serving");
                 }
             }
+            Err(e) if r.opts.yield_slot && e.is_slot_in_use() => {
+                tracing::warn!(error = %e, "another process streams from the slot, or led from it meanwhile; standing by");
+                r.stop_unconnected().await;
+                return Err(e);
+            }
             Err(e) if r.rebuild_after_restore && r.state.is_none() && !e.is_transient() => {
                 // Nothing usable to serve: rebuild in place.
                 tracing::warn!(error = %e, "the data directory cannot be resumed; rebuilding in place");
                 r.rebuild_after_restore = false;
                 r.rebuild = true;
                 r.restoring = None;
-            }
-            Err(e) if r.opts.yield_slot && e.is_slot_in_use() => {
-                tracing::warn!(error = %e, "another process streams from the slot; standing by");
-                r.stop_unconnected().await;
-                return Err(e);
             }
             Err(e) if e.is_transient() => {
                 let wait = backoff.next();

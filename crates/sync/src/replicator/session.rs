@@ -60,6 +60,20 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
     let view = state.as_ref().map(|st| st.graph.view());
     status.set_schema(schema(opts, mapper, &tables, view.as_deref(), hash));
     let slot = catalog::slot_state(&mut client, &opts.slot).await?;
+    if opts.yield_slot {
+        // Another leader says more than what this replica lacks.
+        if let Some(s) = &slot {
+            if let Some(pid) = s.active_pid {
+                return Err(SyncError::SlotInUse {
+                    slot: opts.slot.clone(),
+                    pid,
+                });
+            }
+            if let Some(st) = state.as_ref().filter(|st| s.confirmed_flush > st.safe) {
+                return Err(taken_over(opts, s.confirmed_flush, st.safe));
+            }
+        }
+    }
     if !*nested && rebuilding.is_none() {
         super::rebuild::cleanup_leftovers(&mut client, root, base_slot, generation).await;
     }
@@ -105,6 +119,9 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
                         confirmed: s.confirmed_flush,
                         position,
                     });
+                }
+                if s.confirmed_flush > position && opts.yield_slot {
+                    return Err(taken_over(opts, s.confirmed_flush, position));
                 }
                 if s.confirmed_flush > position {
                     return Err(SyncError::Gap {
@@ -373,4 +390,13 @@ pub(super) fn open_feed(
         }
     });
     Ok(feed)
+}
+
+/// The slot was advanced past `ours` by another process (standing by is possible).
+fn taken_over(opts: &Options, confirmed: Lsn, ours: Lsn) -> SyncError {
+    SyncError::SlotTakenOver {
+        slot: opts.slot.clone(),
+        confirmed,
+        ours,
+    }
 }

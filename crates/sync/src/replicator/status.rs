@@ -186,6 +186,8 @@ pub struct ReplicaStatus {
     durable: watch::Sender<Lsn>,
     /// Set when publishing: confirms wait for it (everything through it is published).
     confirm_gate: Mutex<Option<watch::Receiver<Lsn>>>,
+    /// Whether the replicator has streamed from its slot since this process began leading.
+    slot_held: watch::Sender<bool>,
 }
 
 /// A background rebuild in progress: the graph in force keeps serving meanwhile.
@@ -214,6 +216,7 @@ impl ReplicaStatus {
             rebuild: Mutex::default(),
             durable: watch::channel(Lsn(0)).0,
             confirm_gate: Mutex::default(),
+            slot_held: watch::channel(false).0,
         })
     }
 
@@ -331,9 +334,31 @@ impl ReplicaStatus {
         });
     }
 
-    /// This process leads now (a standby took over the slot): no longer a follower.
+    /// This process leads now (a standby took over the slot): no longer a follower; it has
+    /// not streamed from the slot yet.
     pub fn lead(&self) {
+        self.slot_held.send_replace(false);
         self.update(|s| s.follower = false);
+    }
+
+    /// Leading ended: confirms are no longer gated and nothing is published.
+    pub fn stop_publishing(&self) {
+        *self.confirm_gate.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.slot_held.send_replace(false);
+        self.update(|s| {
+            s.published_lsn = None;
+            s.publish_error = None;
+        });
+    }
+
+    /// Turns true once the replicator streams from its slot (after [`ReplicaStatus::lead`]):
+    /// a publisher publishes only then.
+    pub fn watch_slot_held(&self) -> watch::Receiver<bool> {
+        self.slot_held.subscribe()
+    }
+
+    pub(super) fn note_slot_held(&self) {
+        self.slot_held.send_if_modified(|h| !std::mem::replace(h, true));
     }
 
     /// A follower loaded a newer snapshot because the stream did not hold what came next.

@@ -54,6 +54,7 @@ pub(super) async fn stream(
     let mut stream = client.start_replication(&opts.slot, durable, &start).await?;
     tracing::info!(slot = %opts.slot, from = %durable, proto = stream.proto_version(), "streaming");
     let proto = stream.proto_version();
+    status.note_slot_held();
     status.update(|s| {
         s.phase = Phase::Streaming;
         s.last_error = None;
