@@ -51,6 +51,9 @@ async fn roles(
     lead: &LeadReloads,
 ) -> Result<(), SyncError> {
     let root = opts.data_dir.clone();
+    // Set when leading ended because another replica leads or led (the slot taken or
+    // confirmed past this replica's state, the stream fenced): follow before leading again.
+    let mut deposed = false;
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -58,23 +61,33 @@ async fn roles(
         let has_state = sync::checkpoint::CheckpointStore::open(&sync::generation::state_dir(&root))
             .map(|s| s.manifest().is_some())
             .unwrap_or(false);
-        match slot_holder(opts).await {
+        let mut term = None;
+        let follow_first = match slot_holder(opts).await {
+            _ if deposed => {
+                tracing::info!(slot = %opts.slot, "another replica leads or led: standing by, following the stream");
+                true
+            }
             // Taken, or free but this process has nothing to lead from yet: follow first.
             Ok(Some(Some(pid))) => {
                 tracing::info!(slot = %opts.slot, pid, "the slot is in use by another process: standing by, following the stream");
-                if standby(opts, nats, status, shutdown).await? == scaleout::follow::Followed::Stopped {
-                    return Ok(());
-                }
+                true
             }
             Ok(Some(None)) if !has_state && !opts.rebuild => {
                 tracing::info!(slot = %opts.slot, "the slot exists and this data directory is empty: bootstrapping from the stream before leading");
-                if standby(opts, nats, status, shutdown).await? == scaleout::follow::Followed::Stopped {
-                    return Ok(());
-                }
+                true
             }
-            Ok(_) => {}
+            Ok(_) => false,
             // The replicator reports connection trouble itself.
-            Err(e) => tracing::warn!(error = %e, "cannot read the slot's state; trying to lead"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the slot's state; trying to lead");
+                false
+            }
+        };
+        if follow_first {
+            match standby(opts, nats, status, shutdown).await? {
+                scaleout::follow::Followed::Stopped => return Ok(()),
+                scaleout::follow::Followed::TookOver { term: t, .. } => term = Some(t),
+            }
         }
         status.lead();
         // Stops the replicator and the publisher: shutdown, or the stream fenced.
@@ -93,7 +106,7 @@ async fn roles(
             data_dir: root.clone(),
             base_slot: opts.slot.clone(),
         }
-        .spawn(status, stop_rx.clone());
+        .spawn(status, stop_rx.clone(), term);
         let publisher_abort = publisher.abort_handle();
         let publisher = {
             let stop_tx = stop_tx.clone();
@@ -128,9 +141,10 @@ async fn roles(
             return result;
         }
         match result {
-            Ok(()) if fenced => {}
+            Ok(()) if fenced => deposed = true,
             Err(e) if e.is_slot_in_use() => {
                 tracing::warn!("another process took the slot: standing by");
+                deposed = true;
             }
             other => return other,
         }
@@ -157,7 +171,7 @@ async fn standby(
     let r = scaleout::follow::run(cfg, status.clone(), shutdown.clone()).await;
     watcher.abort();
     let r = r.map_err(|e| SyncError::Io(e.to_string()))?;
-    if let scaleout::follow::Followed::TookOver { slot: Some(slot) } = &r {
+    if let scaleout::follow::Followed::TookOver { slot: Some(slot), .. } = &r {
         if !sync::catalog::is_generation_slot(&opts.slot, slot) {
             tracing::warn!(theirs = %slot, ours = %opts.slot, "the last leader streamed from a slot not named after this replica's; leading from this replica's own (configure the same --slot on every replica of a stream)");
         } else if sync::generation::adopt_slot(&opts.data_dir, &opts.slot, slot)
@@ -187,7 +201,8 @@ async fn slot_holder(opts: &Options) -> Result<Option<Option<u32>>, String> {
     Ok(Some(slots.into_iter().find_map(|(_, pid)| pid)))
 }
 
-/// Turns `free` true once no slot of the family has been in use for two polls in a row.
+/// Turns `free` true once no slot of the family has been in use for two polls in a row, and
+/// false again when one is (the leader reconnected before the take-over fenced the stream).
 async fn watch_slot(opts: Options, free: watch::Sender<bool>) {
     let mut free_polls = 0;
     let mut failing = false;
@@ -206,10 +221,16 @@ async fn watch_slot(opts: Options, free: watch::Sender<bool>) {
             }
         }
         failing = false;
-        if free_polls >= 2 {
-            tracing::info!(slot = %opts.slot, "the slot is free: taking over once everything published is applied");
-            let _ = free.send(true);
-            return;
+        let now_free = free_polls >= 2;
+        if now_free != *free.borrow() {
+            if now_free {
+                tracing::info!(slot = %opts.slot, "the slot is free: taking over once everything published is applied");
+            } else {
+                tracing::info!(slot = %opts.slot, "the slot is in use again: not taking over");
+            }
+            if free.send(now_free).is_err() {
+                return;
+            }
         }
     }
 }

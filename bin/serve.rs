@@ -170,11 +170,13 @@ pub struct PublishPlan {
 }
 
 impl PublishPlan {
-    /// Gates the replicator's confirms on what JetStream acknowledged and starts publishing.
+    /// Gates the replicator's confirms on what JetStream acknowledged and starts publishing,
+    /// in `term` when this process took over the stream at it.
     pub fn spawn(
         self,
         status: &Arc<ReplicaStatus>,
         shutdown: tokio::sync::watch::Receiver<bool>,
+        term: Option<u64>,
     ) -> tokio::task::JoinHandle<scaleout::publish::Published> {
         let (tx, rx) = tokio::sync::watch::channel(pgoutput::Lsn(0));
         status.gate_confirms(rx);
@@ -184,6 +186,6 @@ impl PublishPlan {
             data_dir: self.data_dir,
             base_slot: self.base_slot,
         };
-        tokio::spawn(scaleout::publish::run(cfg, status.clone(), tx, shutdown))
+        tokio::spawn(scaleout::publish::run(cfg, status.clone(), tx, shutdown, term))
     }
 }

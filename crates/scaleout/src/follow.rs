@@ -40,6 +40,8 @@ pub enum Followed {
         /// The slot the last leader streamed from (a background rebuild on the leader gives
         /// it another name than the configured one); `None` when the stream does not say.
         slot: Option<String>,
+        /// The term of the fence: this process leads in it.
+        term: u64,
     },
 }
 
@@ -49,7 +51,7 @@ const BATCH_RECORDS: usize = 1024;
 /// How a session ended.
 enum Ended {
     Shutdown,
-    TookOver(Option<String>),
+    TookOver(Option<String>, u64),
     /// The stream does not hold what comes after the graph: load a snapshot at or after the
     /// position given (the oldest record the stream holds follows it), of the lineage given.
     Rebootstrap(String, Need),
@@ -80,11 +82,11 @@ pub async fn run(
         let started = Instant::now();
         match session(&cfg, &status, &mut follower, &mut rebootstrap, &mut shutdown).await {
             Ok(Ended::Shutdown) => break,
-            Ok(Ended::TookOver(slot)) => {
+            Ok(Ended::TookOver(slot, term)) => {
                 if let Some(f) = follower.take() {
                     f.close().await;
                 }
-                return Ok(Followed::TookOver { slot });
+                return Ok(Followed::TookOver { slot, term });
             }
             Ok(Ended::Rebootstrap(why, need)) => {
                 tracing::warn!(why = %why, "re-bootstrapping from the newest published snapshot");
@@ -237,10 +239,16 @@ async fn session(
     let mut take_over = cfg.take_over.clone();
     loop {
         if let Some(d) = &drain {
+            if take_over.as_ref().is_some_and(|t| !*t.borrow()) {
+                // The leader reconnected before the fence: it leads on.
+                tracing::info!("the slot is in use again: not taking over, following on");
+                drain = None;
+                continue;
+            }
             if consumed >= d.seq {
                 if fence(&js, &layout, (hash, mine), f.applied(), d).await? {
                     tracing::info!(applied = %f.applied(), term = d.term + 1, "consumed the whole stream and fenced it; taking over the slot");
-                    return Ok(Ended::TookOver(d.slot.clone()));
+                    return Ok(Ended::TookOver(d.slot.clone(), d.term + 1));
                 }
                 tracing::info!("the stream moved on while taking over (the last leader still publishes what it logged): consuming that first");
                 drain = None;

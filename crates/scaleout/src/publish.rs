@@ -9,9 +9,10 @@
 //! - each message expects the stream's end as this publisher left it (the first of a session
 //!   its sequence, every later one the id of the message before): a publisher with a stale
 //!   view of the stream (a deposed leader) is refused, never interleaved;
-//! - publishing starts only once this process streams from the slot, and stops for good when
-//!   the stream holds a higher term than the one it started with (a standby fenced it):
-//!   [`Published::Fenced`] tells the caller to stop leading.
+//! - publishing happens only while this process streams from the slot (it pauses while the
+//!   replicator reconnects), and stops for good when the stream holds a higher term than the
+//!   one it leads in (a standby fenced it): [`Published::Fenced`] tells the caller to stop
+//!   leading.
 //!
 //! While NATS is unreachable the replicator keeps applying and logging; this loop reports why
 //! in the status (`/health`), retries with backoff, and publishes the backlog from the log on
@@ -57,30 +58,43 @@ const POSITION_EVERY: Duration = Duration::from_millis(200);
 /// Most payload bytes read from the log per publish round.
 const ROUND_BYTES: usize = 8 << 20;
 
+/// How a session ended.
+enum Ended {
+    Done(Published),
+    /// The replicator stopped streaming from the slot: wait until it does again.
+    SlotReleased,
+}
+
 /// Runs until `shutdown` turns true or the stream is fenced. `published` is what confirms wait
-/// for ([`ReplicaStatus::gate_confirms`]).
+/// for ([`ReplicaStatus::gate_confirms`]). `term`: the term this process leads in when it
+/// knows it (it fenced the stream at that term taking over); else the stream's, read when
+/// publishing first starts.
 pub async fn run(
     cfg: PublishConfig,
     status: Arc<ReplicaStatus>,
     published: watch::Sender<Lsn>,
     mut shutdown: watch::Receiver<bool>,
+    mut term: Option<u64>,
 ) -> Published {
-    // Only the slot's holder publishes (a process that lost the slot, or never got it, must
-    // not write what its log holds beyond the stream).
     let mut held = status.watch_slot_held();
-    tokio::select! {
-        r = held.wait_for(|h| *h) => if r.is_err() { return Published::Stopped },
-        _ = shutdown.wait_for(|s| *s) => return Published::Stopped,
-    }
-    let mut term = None;
     let mut backoff = Duration::from_millis(200);
     loop {
+        // Only the slot's holder publishes (a process that lost the slot, or never got it,
+        // must not write what its log holds beyond the stream).
+        tokio::select! {
+            r = held.wait_for(|h| *h) => if r.is_err() { return Published::Stopped },
+            _ = shutdown.wait_for(|s| *s) => return Published::Stopped,
+        }
         if *shutdown.borrow() {
             return Published::Stopped;
         }
         let started = Instant::now();
-        match session(&cfg, &status, &published, &mut shutdown, &mut term).await {
-            Ok(p) => return p,
+        match session(&cfg, &status, &published, (&mut shutdown, &mut held), &mut term).await {
+            Ok(Ended::Done(p)) => return p,
+            Ok(Ended::SlotReleased) => {
+                tracing::info!("the replicator is not streaming from the slot: publishing waits until it is again");
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "publishing to JetStream stopped; retrying. Nothing after what JetStream acknowledged is confirmed to PostgreSQL meanwhile (the server keeps that WAL)");
                 status.set_published(*published.borrow(), Some(e.to_string()));
@@ -172,6 +186,10 @@ struct Chain<'a> {
     stream: String,
     last_seq: u64,
     last_id: Option<String>,
+    /// Makes this session's message ids its own (a message refused in a replicated stream
+    /// keeps its id in the duplicate window; the same record sent again in a later session, or
+    /// by another leader, must not be taken for it).
+    nonce: u32,
     prev: Lsn,
     hash: u64,
     lineage: u64,
@@ -187,7 +205,7 @@ impl Chain<'_> {
         let parts = payload.len().div_ceil(self.max_part).max(1);
         for i in 0..parts {
             let chunk = payload.slice(i * self.max_part..((i + 1) * self.max_part).min(payload.len()));
-            let id = format!("{}{id_suffix}", message_id(self.lineage, lsn, i));
+            let id = format!("{}-{:08x}{id_suffix}", message_id(self.lineage, lsn, i), self.nonce);
             let meta = Meta {
                 lsn,
                 prev,
@@ -263,9 +281,9 @@ async fn session(
     cfg: &PublishConfig,
     status: &ReplicaStatus,
     published: &watch::Sender<Lsn>,
-    shutdown: &mut watch::Receiver<bool>,
+    (shutdown, held): (&mut watch::Receiver<bool>, &mut watch::Receiver<bool>),
     term: &mut Option<u64>,
-) -> Result<Published, ScaleoutError> {
+) -> Result<Ended, ScaleoutError> {
     let client = connect(&cfg.nats).await?;
     let js = jetstream::new(client.clone());
     let layout = Layout::new(&cfg.nats.stream);
@@ -276,7 +294,7 @@ async fn session(
     // meanwhile): its log and first snapshot exist after that.
     let (state_dir, store, manifest) = loop {
         if *shutdown.borrow() {
-            return Ok(Published::Stopped);
+            return Ok(Ended::Done(Published::Stopped));
         }
         let dir = sync::generation::state_dir(&cfg.data_dir);
         let store = CheckpointStore::open(&dir).map_err(sync::replicator::SyncError::from)?;
@@ -304,11 +322,11 @@ async fn session(
     match *term {
         None => *term = Some(stream_term),
         Some(t) if stream_term > t => {
-            return Ok(Published::Fenced(format!(
+            return Ok(Ended::Done(Published::Fenced(format!(
                 "stream {} was taken over (term {stream_term}, this leader's is {t}: message {})",
                 layout.stream,
                 last.as_ref().map_or("", |l| l.id.as_str())
-            )))
+            ))))
         }
         Some(_) => {}
     }
@@ -359,6 +377,7 @@ async fn session(
         stream: layout.stream.clone(),
         last_seq,
         last_id: None,
+        nonce: fastrand::u32(..),
         prev: after,
         hash,
         lineage,
@@ -368,8 +387,15 @@ async fn session(
         acks: Vec::new(),
     };
     if !continues {
-        // The chain starts at the snapshot followers bootstrap from: a marker (a position at
-        // it) so the next record has a predecessor in the stream.
+        // The chain starts at the snapshot followers bootstrap from: uploaded first (a
+        // follower or standby that sees the new chain finds its snapshot), then a marker (a
+        // position at it) so the next record has a predecessor in the stream.
+        if uploaded.is_none_or(|u| u < after) {
+            let keep = manifest.previous.as_ref().map(|p| p.lsn);
+            let bytes = snapshots::upload(&bucket, &state_dir, after, hash, lineage, keep).await?;
+            tracing::info!(lsn = %after, bytes, "published the new chain's snapshot");
+            uploaded = Some(after);
+        }
         chain
             .send(after, after, "", sync::changelog::record::encode_position().into())
             .await?;
@@ -385,7 +411,10 @@ async fn session(
     let mut last_position = Instant::now();
     loop {
         if *shutdown.borrow() {
-            return Ok(Published::Stopped);
+            return Ok(Ended::Done(Published::Stopped));
+        }
+        if !*held.borrow_and_update() {
+            return Ok(Ended::SlotReleased);
         }
         if Instant::now() >= next_check {
             next_check = Instant::now() + Duration::from_secs(1);
@@ -441,6 +470,7 @@ async fn session(
                 _ = durable.changed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 _ = shutdown.changed() => {}
+                _ = held.changed() => {}
             }
             continue;
         }

@@ -5,8 +5,10 @@
 //! One message per change-log record (its payload is the record's, byte for byte), or several
 //! parts of one record when it is larger than the server's max payload:
 //!
-//! - `Nats-Msg-Id`: `<lineage>-<LSN>` in hex (`-<part>` appended for parts after the first;
-//!   fence markers end in `-fence-<term>`): unique across graphs and republishes.
+//! - `Nats-Msg-Id`: `<lineage>-<LSN>` in hex (`-<part>` appended for parts after the first),
+//!   then the publishing session's nonce; fence markers end in `-fence-<term>`: unique across
+//!   graphs, sessions and leaders (a replicated stream keeps a refused message's id in its
+//!   duplicate window).
 //! - `Nats-Expected-Last-Sequence` (a session's first message) and
 //!   `Nats-Expected-Last-Msg-Id` (every later one): the stream's end as the publisher last
 //!   saw it; a publisher whose idea of the end is stale (a deposed leader) is refused instead

@@ -74,6 +74,11 @@ pub fn current(root: &Path, slot: &str) -> Result<Generation, GenerationError> {
     if dir.contains('/') || dir.starts_with('.') {
         return Err(corrupt("dir must be a plain name inside the data directory"));
     }
+    if dir.is_empty() != (number == 0) {
+        return Err(corrupt(
+            "the data directory itself (dir \"\") is generation 0, and only it",
+        ));
+    }
     Ok(Generation {
         number,
         dir: if dir.is_empty() {
@@ -88,7 +93,15 @@ pub fn current(root: &Path, slot: &str) -> Result<Generation, GenerationError> {
 /// The generation after `g` (`base_slot` is the configured slot name), its directory created
 /// empty.
 pub fn next(root: &Path, g: &Generation, base_slot: &str) -> std::io::Result<Generation> {
-    let number = g.number + 1;
+    // Past the slot in force too (one adopted from another replica may be `<slot>_g<N>`
+    // with a lower generation number here).
+    let adopted = g
+        .slot
+        .strip_prefix(base_slot)
+        .and_then(|r| r.strip_prefix("_g"))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    let number = g.number.max(adopted) + 1;
     let dir = root.join(format!("gen-{number}"));
     if dir.exists() {
         // Left by a rebuild that did not finish: start it over.
@@ -133,7 +146,10 @@ pub fn adopt_slot(root: &Path, base_slot: &str, slot: &str) -> Result<bool, Gene
 /// for generation 0 the state files in `root` itself.
 pub fn remove(root: &Path, old: &Generation) {
     if old.number > 0 {
-        let _ = std::fs::remove_dir_all(&old.dir);
+        // Never the data directory itself (its state files are removed one by one below).
+        if old.dir != root {
+            let _ = std::fs::remove_dir_all(&old.dir);
+        }
         return;
     }
     let Ok(entries) = std::fs::read_dir(root) else { return };
@@ -202,8 +218,9 @@ mod tests {
         let g = current(root.path(), "gs").unwrap();
         assert_eq!((g.number, g.dir.as_path(), g.slot.as_str()), (0, root.path(), "gs_g4"));
         assert_eq!(state_dir(root.path()), root.path());
-        // The next rebuild still builds beside it.
+        // The next rebuild builds beside it, past the adopted slot's number.
         let g1 = next(root.path(), &g, "gs").unwrap();
+        assert_eq!(g1.slot, "gs_g5");
         commit(root.path(), &g1).unwrap();
         assert_eq!(current(root.path(), "gs").unwrap(), g1);
         assert!(adopt_slot(root.path(), "gs", "gs_g7").unwrap());

@@ -112,7 +112,18 @@ impl LogTail {
                 let payload = if pos + total <= n {
                     self.buf[pos + FRAME_OVERHEAD..pos + total].to_vec()
                 } else if pos == 0 {
-                    // Larger than the buffer: read it whole.
+                    // Larger than the buffer: read it whole, once its length is known to fit
+                    // the file (a damaged length never allocates gigabytes).
+                    let size = file
+                        .metadata()
+                        .map_err(|e| corrupt(format!("cannot read its size ({e})")))?
+                        .len();
+                    if *off + total as u64 > size {
+                        return Err(corrupt(format!(
+                            "the record's length {len} runs past the end of the file ({size} bytes)"
+                        ))
+                        .into());
+                    }
                     let mut p = vec![0u8; len];
                     file.read_exact_at(&mut p, *off + FRAME_OVERHEAD as u64)
                         .map_err(|e| corrupt(format!("the record runs past the end of the file ({e})")))?;

@@ -123,6 +123,12 @@ impl Replicator {
         let store = CheckpointStore::open(&next.dir).map_err(|e| e.to_string())?;
         let log = LogDir::open(&next.dir.join("log")).map_err(|e| e.to_string())?;
         let status = ReplicaStatus::new();
+        if self.status.publish_floor().is_some() {
+            // Publishing: nothing of the new generation is in the stream before the swap, so
+            // its slot confirms nothing until then (a standby taking over the slot after a swap
+            // finds the server resending from what the stream holds).
+            status.gate_confirms(watch::channel(pgoutput::Lsn(0)).1);
+        }
         let (stop, stopped) = watch::channel(false);
         let nested = Replicator {
             mapper: Mapper::new(config),
@@ -326,12 +332,14 @@ impl Replicator {
 
 /// Drops what an earlier generation or an unfinished rebuild left: inactive slots named after
 /// the configured one (other than the generation's own) and `gen-*` directories other than its
-/// own. Only between rebuilds.
+/// own. Only between rebuilds. With `yield_slot` (replicas sharing a stream) other slots of the
+/// family are left, with a warning: one may be another replica's.
 pub(super) async fn cleanup_leftovers(
     client: &mut ReplicationClient,
     root: &std::path::Path,
     base_slot: &str,
     g: &Generation,
+    yield_slot: bool,
 ) {
     let pattern = format!(
         "{}\\_g%",
@@ -345,6 +353,12 @@ pub(super) async fn cleanup_leftovers(
     );
     if let Ok(r) = client.simple_query(&q).await {
         for name in r.rows.into_iter().filter_map(|r| r.into_iter().next().flatten()) {
+            if yield_slot && name != g.slot && catalog::is_generation_slot(base_slot, &name) {
+                // Replicas sharing a stream share the slot family: an inactive one may be the
+                // slot another replica leads from (between reconnects, or being taken over).
+                tracing::warn!(slot = %name, "an inactive replication slot of this slot's family is not this replica's; if no replica of the stream uses it, drop it (it holds WAL): SELECT pg_drop_replication_slot('{name}')");
+                continue;
+            }
             if name != g.slot && catalog::is_generation_slot(base_slot, &name) {
                 match client.drop_slot(&name, false).await {
                     Ok(()) => {

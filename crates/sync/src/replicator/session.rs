@@ -75,7 +75,7 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
         }
     }
     if !*nested && rebuilding.is_none() {
-        super::rebuild::cleanup_leftovers(&mut client, root, base_slot, generation).await;
+        super::rebuild::cleanup_leftovers(&mut client, root, base_slot, generation, opts.yield_slot).await;
     }
 
     if state.is_none() {
@@ -290,7 +290,10 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
                 .collect()
         },
     };
-    super::stream::stream(ctx, mapper, st, client).await
+    let r = super::stream::stream(ctx, mapper, st, client).await;
+    // Streaming ended (shutdown, a reconnect, the slot lost): the slot is not held now.
+    status.note_slot_released();
+    r
 }
 
 /// Label names and key kinds: each label's key kinds as the graph holds them (a node of it in

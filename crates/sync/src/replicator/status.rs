@@ -186,7 +186,7 @@ pub struct ReplicaStatus {
     durable: watch::Sender<Lsn>,
     /// Set when publishing: confirms wait for it (everything through it is published).
     confirm_gate: Mutex<Option<watch::Receiver<Lsn>>>,
-    /// Whether the replicator has streamed from its slot since this process began leading.
+    /// Whether the replicator streams from its slot now (since this process began leading).
     slot_held: watch::Sender<bool>,
 }
 
@@ -351,14 +351,19 @@ impl ReplicaStatus {
         });
     }
 
-    /// Turns true once the replicator streams from its slot (after [`ReplicaStatus::lead`]):
-    /// a publisher publishes only then.
+    /// True while the replicator streams from its slot (after [`ReplicaStatus::lead`]): a
+    /// publisher publishes only then, so a process that lost the slot (cut off, frozen,
+    /// reconnecting) never writes to the stream while another may lead.
     pub fn watch_slot_held(&self) -> watch::Receiver<bool> {
         self.slot_held.subscribe()
     }
 
     pub(super) fn note_slot_held(&self) {
         self.slot_held.send_if_modified(|h| !std::mem::replace(h, true));
+    }
+
+    pub(super) fn note_slot_released(&self) {
+        self.slot_held.send_if_modified(|h| std::mem::replace(h, false));
     }
 
     /// A follower loaded a newer snapshot because the stream did not hold what came next.
