@@ -76,6 +76,12 @@ async fn roles(
                 tracing::info!(slot = %opts.slot, "the slot exists and this data directory is empty: bootstrapping from the stream before leading");
                 true
             }
+            // This replica's slot is gone but others of the family are there (another
+            // replica rebuilt and swapped slots): take over the one the stream names.
+            Ok(Some(None)) if !own_slot_exists(opts).await => {
+                tracing::info!(slot = %opts.slot, "this replica's slot is gone and another of its family is there: following the stream, then taking over the slot it names");
+                true
+            }
             Ok(_) => false,
             // The replicator reports connection trouble itself.
             Err(e) => {
@@ -199,6 +205,19 @@ async fn slot_holder(opts: &Options) -> Result<Option<Option<u32>>, String> {
         return Ok(None);
     }
     Ok(Some(slots.into_iter().find_map(|(_, pid)| pid)))
+}
+
+/// Whether the slot the generation in force streams from exists (`true` when unknown).
+async fn own_slot_exists(opts: &Options) -> bool {
+    let Ok(g) = sync::generation::current(&opts.data_dir, &opts.slot) else {
+        return true;
+    };
+    let Ok(mut c) = pgrepl::ReplicationClient::connect_sql(&opts.conn).await else {
+        return true;
+    };
+    let family = sync::catalog::slot_family(&mut c, &opts.slot).await;
+    c.close().await;
+    family.map_or(true, |f| f.iter().any(|(name, _)| *name == g.slot))
 }
 
 /// Turns `free` true once no slot of the family has been in use for two polls in a row, and

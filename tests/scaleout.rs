@@ -286,10 +286,11 @@ fn a_follower_the_stream_left_behind_rebootstraps() {
     leader.stop();
 }
 
-/// A leader, a standby (`replicate --publish` on the same slot, its own data directory) and a
-/// follower under a writer; the leader SIGKILLed mid-load: the standby takes over the slot and
-/// the stream's chain, the follower equals SQL with no record lost or applied twice (either
-/// would break the chain: it never re-bootstraps), and the old leader started again stands by.
+/// A leader, two standbys (`replicate --publish` on the same slot, each its own data
+/// directory) and a follower under a writer; the leader SIGKILLed mid-load: one standby takes
+/// over the slot and the stream's chain while the other keeps following, the follower equals
+/// SQL with no record lost or applied twice (either would break the chain: it never
+/// re-bootstraps), and the old leader started again stands by.
 #[test]
 fn the_standby_takes_over_when_the_leader_is_killed() {
     let cluster = Cluster::shared();
@@ -306,12 +307,19 @@ fn the_standby_takes_over_when_the_leader_is_killed() {
     wait_for("publishing", &mut leader, Duration::from_secs(60), || {
         health(&laddr)["published_lsn"].is_string()
     });
-    let mut standby = replica::spawn(cluster, &db, &config, &dir.path().join("standby"), &publish);
-    let saddr = standby.addr();
-    wait_for("the standby following", &mut standby, Duration::from_secs(60), || {
-        let h = health(&saddr);
-        h["role"] == "follower" && h["status"] == "streaming"
-    });
+    // Two standbys: one takes over, the other keeps following it.
+    let mut standbys: Vec<(replica::Replicator, String)> = ["standby1", "standby2"]
+        .iter()
+        .map(|name| {
+            let mut s = replica::spawn(cluster, &db, &config, &dir.path().join(name), &publish);
+            let addr = s.addr();
+            wait_for("a standby following", &mut s, Duration::from_secs(60), || {
+                let h = health(&addr);
+                h["role"] == "follower" && h["status"] == "streaming"
+            });
+            (s, addr)
+        })
+        .collect();
     let mut follower = replica::spawn_follower(&nats.url(), &config, &dir.path().join("follower"), &[]);
     let faddr = follower.addr();
     // The writer runs through the kill.
@@ -334,27 +342,60 @@ fn the_standby_takes_over_when_the_leader_is_killed() {
         done.load(std::sync::atomic::Ordering::SeqCst) < 60,
         "the writer finished before the kill"
     );
-    wait_for("the standby leading", &mut standby, Duration::from_secs(60), || {
-        let h = health(&saddr);
-        h["role"] == "leader" && h["status"] == "streaming"
-    });
+    let roles = |standbys: &[(replica::Replicator, String)]| -> Vec<String> {
+        standbys
+            .iter()
+            .map(|(_, a)| {
+                let h = health(a);
+                format!(
+                    "{}/{}",
+                    h["role"].as_str().unwrap_or("?"),
+                    h["status"].as_str().unwrap_or("?")
+                )
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let winner = loop {
+        let r = roles(&standbys);
+        if let Some(i) = r.iter().position(|r| r == "leader/streaming") {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no standby leads: {r:?}\n{}\n{}",
+            standbys[0].0.log(),
+            standbys[1].0.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     writer.join().unwrap();
     let last = current_lsn(cluster, &db);
     let expected = workload::expected(cluster, &db);
-    compare_over_http(&saddr, &expected, last);
+    for (_, addr) in &standbys {
+        compare_over_http(addr, &expected, last);
+    }
     compare_over_http(&faddr, &expected, last);
-    // The new leader publishes and confirms past the kill.
-    wait_for(
-        "confirmed by the new leader",
-        &mut standby,
-        Duration::from_secs(60),
-        || confirmed_flush(cluster, &db, &format!("gs_{db}")).is_some_and(|c| c >= last),
+    // One leader: the other standby still follows.
+    let r = roles(&standbys);
+    assert_eq!(
+        r.iter().filter(|r| r.starts_with("leader")).count(),
+        1,
+        "{r:?}\n{}\n{}",
+        standbys[0].0.log(),
+        standbys[1].0.log()
     );
+    // The new leader publishes and confirms past the kill.
+    let (standby, saddr) = &mut standbys[winner];
+    wait_for("confirmed by the new leader", standby, Duration::from_secs(60), || {
+        confirmed_flush(cluster, &db, &format!("gs_{db}")).is_some_and(|c| c >= last)
+    });
     let slog = standby.log();
     assert!(
         slog.contains("taking over the slot"),
         "standby log:\n{slog}\nleader log:\n{log}"
     );
+    let saddr = saddr.clone();
     let (_, metrics) = replica::http_get(&faddr, "/metrics", None);
     assert!(
         metrics.contains("graphsync_follower_rebootstraps_total 0"),
@@ -371,8 +412,11 @@ fn the_standby_takes_over_when_the_leader_is_killed() {
     let last = current_lsn(cluster, &db);
     let expected = workload::expected(cluster, &db);
     compare_over_http(&faddr, &expected, last);
-    let (status, log) = standby.stop();
-    assert!(status.success(), "{log}");
+    compare_over_http(&saddr, &expected, last);
+    for (s, _) in standbys {
+        let (status, log) = s.stop();
+        assert!(status.success(), "{log}");
+    }
     old.kill();
     follower.stop();
 }

@@ -237,12 +237,16 @@ async fn session(
     let mut consumed = start.saturating_sub(1);
     let mut drain: Option<Drain> = None;
     let mut take_over = cfg.take_over.clone();
+    // Taking over: the term when it began, and (another standby fenced first) until when to
+    // leave the slot to that one.
+    let mut began_at_term: Option<u64> = None;
+    let mut defer_until: Option<Instant> = None;
     loop {
         if let Some(d) = &drain {
             if take_over.as_ref().is_some_and(|t| !*t.borrow()) {
                 // The leader reconnected before the fence: it leads on.
                 tracing::info!("the slot is in use again: not taking over, following on");
-                drain = None;
+                (drain, began_at_term) = (None, None);
                 continue;
             }
             if consumed >= d.seq {
@@ -254,7 +258,11 @@ async fn session(
                 drain = None;
             }
         }
-        if drain.is_none() && take_over.as_ref().is_some_and(|t| *t.borrow()) {
+        if take_over.as_ref().is_some_and(|t| !*t.borrow()) {
+            (began_at_term, defer_until) = (None, None);
+        }
+        let deferred = defer_until.is_some_and(|d| Instant::now() < d);
+        if drain.is_none() && !deferred && take_over.as_ref().is_some_and(|t| *t.borrow()) {
             // The leader is gone: take everything it published, then fence.
             drain = Some(match crate::publish::last_message(&mut s).await? {
                 Some(l) => Drain {
@@ -268,6 +276,17 @@ async fn session(
                     slot: None,
                 },
             });
+            let t = drain.as_ref().map_or(0, |d| d.term);
+            match began_at_term {
+                Some(b) if t > b => {
+                    // Another standby fenced first: it takes the slot; leave it that long.
+                    tracing::info!(term = t, "another standby took over the stream first: following it");
+                    drain = None;
+                    defer_until = Some(Instant::now() + Duration::from_secs(10));
+                }
+                _ => {}
+            }
+            began_at_term = Some(t);
             continue;
         }
         let first = tokio::select! {
@@ -277,7 +296,7 @@ async fn session(
             },
             _ = tokio::time::sleep(Duration::from_millis(200)) => None,
             _ = shutdown.changed() => return Ok(Ended::Shutdown),
-            _ = slot_free(&mut take_over), if drain.is_none() => continue,
+            _ = slot_free(&mut take_over), if drain.is_none() && !deferred => continue,
         };
         let mut batch: Vec<(Lsn, bytes::Bytes)> = Vec::new();
         let mut pending = first;
