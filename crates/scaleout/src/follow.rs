@@ -250,8 +250,11 @@ async fn session(
                 continue;
             }
             if consumed >= d.seq {
-                if fence(&js, &layout, (hash, mine), f.applied(), d).await? {
-                    tracing::info!(applied = %f.applied(), term = d.term + 1, "consumed the whole stream and fenced it; taking over the slot");
+                // At the stream's end: this replica may hold more (records it applied from the
+                // slot while it led, never published); its publisher publishes those after it.
+                let at = d.lsn.unwrap_or_else(|| f.applied());
+                if fence(&js, &layout, (hash, mine), at, d).await? {
+                    tracing::info!(at = %at, applied = %f.applied(), term = d.term + 1, "consumed the whole stream and fenced it; taking over the slot");
                     return Ok(Ended::TookOver(d.slot.clone(), d.term + 1));
                 }
                 tracing::info!("the stream moved on while taking over (the last leader still publishes what it logged): consuming that first");
@@ -267,11 +270,18 @@ async fn session(
             drain = Some(match crate::publish::last_message(&mut s).await? {
                 Some(l) => Drain {
                     seq: l.seq,
+                    // A record cut short (its last parts never sent) ends at its predecessor.
+                    lsn: Some(if l.meta.part.0 + 1 == l.meta.part.1 {
+                        l.meta.lsn
+                    } else {
+                        l.meta.prev
+                    }),
                     term: l.meta.term,
                     slot: l.slot,
                 },
                 None => Drain {
                     seq: crate::publish::stream_state(&mut s).await?.last_sequence,
+                    lsn: None,
                     term: 0,
                     slot: None,
                 },
@@ -400,13 +410,15 @@ async fn slot_free(t: &mut Option<watch::Receiver<bool>>) {
 struct Drain {
     /// Its stream sequence.
     seq: u64,
+    /// Where the stream's chain ends there (the last whole record's LSN; `None`: empty).
+    lsn: Option<Lsn>,
     /// Its term.
     term: u64,
     /// The slot its publisher streamed from.
     slot: Option<String>,
 }
 
-/// Publishes the take-over marker right after `end` (a position at `at`, what is applied, one
+/// Publishes the take-over marker right after `end` (a position at `at`, the stream's end, one
 /// term higher): a publisher that still expects an older end is refused from now on, and one
 /// that reads the stream again finds the higher term and stops. `false` when the stream moved
 /// on meanwhile (take what came, then try again).

@@ -354,6 +354,27 @@ async fn session(
         }
         None => (false, manifest.lsn),
     };
+    let log = LogDir::open(&state_dir.join("log")).map_err(sync::replicator::SyncError::from)?;
+    // The log holds every record after its first segment's start (after the snapshot when it
+    // has none): a stream that ends before that cannot be continued from it (this replica
+    // loaded a snapshot the stream never reached): a new chain from the newest snapshot.
+    let floor = log
+        .segments()
+        .map_err(sync::replicator::SyncError::from)?
+        .first()
+        .map_or(manifest.lsn, |s| s.start);
+    let (continues, after) = if continues && after < floor {
+        tracing::warn!(
+            stream = %layout.stream,
+            end = %after,
+            log_from = %floor,
+            from = %manifest.lsn,
+            "the stream ends before what this replica's change log holds: starting the chain again from this replica's newest snapshot; followers re-bootstrap from it"
+        );
+        (false, manifest.lsn)
+    } else {
+        (continues, after)
+    };
     let here = *durable.borrow();
     if after > here {
         return Err(ScaleoutError::Stream(format!(
@@ -365,7 +386,6 @@ async fn session(
         .await?
         .filter(|l| l.lineage == lineage)
         .map(|l| l.lsn);
-    let log = LogDir::open(&state_dir.join("log")).map_err(sync::replicator::SyncError::from)?;
     let mut tail = LogTail::new(log, hash, after);
     let mut max_part = client.server_info().max_payload.saturating_sub(4096).max(1024);
     if cfg.nats.max_bytes > 0 {
@@ -429,7 +449,13 @@ async fn session(
                     }
                 }
             }
-            if let Some(m) = store.manifest().filter(|m| uploaded.is_none_or(|u| m.lsn > u)) {
+            // Only snapshots the stream reaches (a follower bootstrapping from one finds the
+            // records after it).
+            let reached = *published.borrow();
+            if let Some(m) = store
+                .manifest()
+                .filter(|m| uploaded.is_none_or(|u| m.lsn > u) && m.lsn <= reached)
+            {
                 if upload.is_none() {
                     let (b, dir) = (bucket.clone(), state_dir.clone());
                     let keep = m.previous.as_ref().map(|p| p.lsn);
