@@ -492,3 +492,57 @@ proptest! {
         check(&bulk.view(), &fresh, &model)?;
     }
 }
+
+/// A column an online reload renamed (`w` → `weight`) is still read under its old name from a
+/// relation sent for changes made before the `ALTER TABLE … RENAME COLUMN`; without the rename
+/// known, the same change is refused naming the column.
+#[test]
+fn a_renamed_column_is_read_under_its_old_name_from_earlier_relations() {
+    let renamed = CONFIG.replace("weight = \"w\"", "weight = \"weight\"");
+    let config = Arc::new(MappingConfig::parse(&renamed, Path::new("t.toml")).unwrap());
+    let r = rels();
+    let txn = |changes: Vec<RowChange>| CommittedTxn {
+        xid: 7,
+        commit_lsn: Lsn(19),
+        end_lsn: Lsn(20),
+        commit_time: PgTimestamp(0),
+        changes,
+        spilled: None,
+    };
+    let changes = || {
+        vec![
+            RowChange::Insert {
+                rel: r.users.clone(),
+                new: tuple(&[v(1), v(1), v("a")]),
+            },
+            RowChange::Insert {
+                rel: r.users.clone(),
+                new: tuple(&[v(2), v(1), v("b")]),
+            },
+            // `follows` as it was before the rename: its weight column is still `w`.
+            RowChange::Insert {
+                rel: r.follows.clone(),
+                new: tuple(&[v(1), v(2), v(3.5)]),
+            },
+        ]
+    };
+    let model = Model::default();
+    let mut plain = Mapper::new(config.clone());
+    let mut graph = bulk_of(&model, &r, &mut plain, 1, false);
+    let mut idx = index(&plain, false);
+    let err = plain
+        .apply_logged(&mut graph, &mut idx, &[txn(changes())])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no column \"weight\""), "{err}");
+    let mut mapper =
+        Mapper::new(config).with_renamed([("public.follows".to_string(), "w".to_string(), "weight".to_string())]);
+    let mut graph = bulk_of(&model, &r, &mut mapper, 1, false);
+    let mut idx = index(&mapper, false);
+    mapper.apply_logged(&mut graph, &mut idx, &[txn(changes())]).unwrap();
+    let mut want = Model::default();
+    want.users.insert(1, (Some(1), "a".into()));
+    want.users.insert(2, (Some(1), "b".into()));
+    want.follows.insert((1, 2), 3.5);
+    check(&graph.view(), &mapper, &want).unwrap();
+}

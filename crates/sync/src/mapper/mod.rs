@@ -198,6 +198,9 @@ pub struct Mapper {
     /// copy's relation lists columns in another order than the stream's): the row index is
     /// keyed by it.
     identities: HashMap<String, Vec<u32>>,
+    /// Columns an online reload renamed, (table, new name) → old name: changes committed
+    /// before the `ALTER TABLE … RENAME COLUMN` still arrive under the old name.
+    renamed: HashMap<(String, String), String>,
 }
 
 /// The key of one visible node of each of the first `labels` labels (`None` for a label with
@@ -265,13 +268,24 @@ impl Mapper {
             key_classes: HashMap::new(),
             table_oids: HashMap::new(),
             identities: HashMap::new(),
+            renamed: HashMap::new(),
         }
+    }
+
+    /// This mapper, reading each `(table, old, new)` column under its old name too, in
+    /// relations that lack the new one (changes from before the rename).
+    pub fn with_renamed(mut self, renamed: impl IntoIterator<Item = (String, String, String)>) -> Self {
+        for (table, old, new) in renamed {
+            self.renamed.insert((table, new), old);
+        }
+        self
     }
 
     /// This mapper, knowing the key and endpoint column type classes `other` has seen (a
     /// reload keeps knowing what the graph's keys are).
     pub fn inheriting(mut self, other: &Mapper) -> Self {
         self.key_classes = other.key_classes.clone();
+        self.renamed = other.renamed.clone();
         self
     }
 
@@ -452,28 +466,45 @@ impl Mapper {
             return Ok(None);
         };
         self.table_oids.insert(rel.id, name.clone());
-        let cols = |names: Vec<&str>| -> Result<Vec<usize>, RowError> {
-            names.into_iter().map(|c| rows::column_index(rel, c)).collect()
+        let renamed = &self.renamed;
+        // A column by name; one an online reload renamed also under its earlier names (a
+        // relation sent for changes from before the rename).
+        let column = |c: &str| -> Result<usize, RowError> {
+            let first = rows::column_index(rel, c);
+            let mut at = c;
+            let mut hops = 0;
+            while first.is_err() && hops < renamed.len() {
+                let Some(old) = renamed.get(&(name.clone(), at.to_string())) else {
+                    break;
+                };
+                if let Ok(i) = rows::column_index(rel, old) {
+                    return Ok(i);
+                }
+                at = old;
+                hops += 1;
+            }
+            first
         };
+        let cols = |names: Vec<&str>| -> Result<Vec<usize>, RowError> { names.into_iter().map(column).collect() };
         let node = match node {
             Some(i) => {
                 let n = &self.config.nodes[*i];
                 Some(NodePlan {
                     label: NodeLabel(*i as u16),
                     key: cols(n.key.names())?,
-                    tenant: n.tenant.as_deref().map(|t| rows::column_index(rel, t)).transpose()?,
+                    tenant: n.tenant.as_deref().map(column).transpose()?,
                     filters: n
                         .filters
                         .iter()
                         .map(|f| {
                             let id = self.filter_names.iter().position(|x| x == f.name()).unwrap_or(0);
-                            Ok((FilterId(id as u16), rows::column_index(rel, f.column())?))
+                            Ok((FilterId(id as u16), column(f.column())?))
                         })
                         .collect::<Result<_, RowError>>()?,
                     props: n
                         .properties
                         .iter()
-                        .map(|p| Ok((Arc::from(p.name()), rows::column_index(rel, p.column())?)))
+                        .map(|p| Ok((Arc::from(p.name()), column(p.column())?)))
                         .collect::<Result<_, RowError>>()?,
                 })
             }
@@ -488,7 +519,7 @@ impl Mapper {
                 label: EdgeLabel(self.edge_labels.iter().position(|l| *l == e.label).unwrap_or(0) as u8),
                 source: (label_of(&e.source.node), cols(e.source.column.names())?),
                 target: (label_of(&e.target.node), cols(e.target.column.names())?),
-                weight: e.weight.as_deref().map(|w| rows::column_index(rel, w)).transpose()?,
+                weight: e.weight.as_deref().map(column).transpose()?,
             });
         }
         let identity: Vec<usize> = rel

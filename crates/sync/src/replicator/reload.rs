@@ -167,7 +167,10 @@ impl Replicator {
         let MappingChange::Compatible(changes) = change else {
             return ReloadOutcome::Unchanged;
         };
-        self.mapper = Mapper::new(config.clone()).inheriting(&self.mapper);
+        let renamed = crate::mapping_change::changed_columns(&self.opts.config, &config);
+        self.mapper = Mapper::new(config.clone())
+            .inheriting(&self.mapper)
+            .with_renamed(renamed);
         self.opts.config = config;
         self.tables = tables;
         ReloadOutcome::Applied(changes)
