@@ -62,7 +62,8 @@ async fn roles(
             .map(|s| s.manifest().is_some())
             .unwrap_or(false);
         let mut term = None;
-        let follow_first = match slot_holder(opts).await {
+        let family = slot_family(opts).await;
+        let follow_first = match family.as_deref().map(holder) {
             _ if deposed => {
                 tracing::info!(slot = %opts.slot, "another replica leads or led: standing by, following the stream");
                 true
@@ -78,7 +79,7 @@ async fn roles(
             }
             // This replica's slot is gone but others of the family are there (another
             // replica rebuilt and swapped slots): take over the one the stream names.
-            Ok(Some(None)) if !own_slot_exists(opts).await => {
+            Ok(Some(None)) if family.as_deref().is_ok_and(|f| !own_slot_in(opts, f)) => {
                 tracing::info!(slot = %opts.slot, "this replica's slot is gone and another of its family is there: following the stream, then taking over the slot it names");
                 true
             }
@@ -189,10 +190,9 @@ async fn standby(
     Ok(r)
 }
 
-/// Who holds the configured slot or one of its generations' (`<slot>_g<N>`: a leader that
-/// rebuilt in the background streams from one of those): `None` when there is no such slot,
-/// `Some(None)` when none is in use, else a holder's process id.
-async fn slot_holder(opts: &Options) -> Result<Option<Option<u32>>, String> {
+/// The configured slot and its generations' (`<slot>_g<N>`: a leader that rebuilt in the
+/// background streams from one of those), each with the process streaming from it, if any.
+async fn slot_family(opts: &Options) -> Result<Vec<(String, Option<u32>)>, String> {
     let mut c = pgrepl::ReplicationClient::connect_sql(&opts.conn)
         .await
         .map_err(|e| e.to_string())?;
@@ -200,24 +200,20 @@ async fn slot_holder(opts: &Options) -> Result<Option<Option<u32>>, String> {
         .await
         .map_err(|e| e.to_string());
     c.close().await;
-    let slots = s?;
-    if slots.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(slots.into_iter().find_map(|(_, pid)| pid)))
+    s
 }
 
-/// Whether the slot the generation in force streams from exists (`true` when unknown).
-async fn own_slot_exists(opts: &Options) -> bool {
-    let Ok(g) = sync::generation::current(&opts.data_dir, &opts.slot) else {
-        return true;
-    };
-    let Ok(mut c) = pgrepl::ReplicationClient::connect_sql(&opts.conn).await else {
-        return true;
-    };
-    let family = sync::catalog::slot_family(&mut c, &opts.slot).await;
-    c.close().await;
-    family.map_or(true, |f| f.iter().any(|(name, _)| *name == g.slot))
+/// Who holds a slot of `family`: `None` when there is none, `Some(None)` when none is in use,
+/// else a holder's process id.
+fn holder(family: &[(String, Option<u32>)]) -> Option<Option<u32>> {
+    (!family.is_empty()).then(|| family.iter().find_map(|(_, pid)| *pid))
+}
+
+/// Whether `family` holds the slot this replica's generation in force streams from (`true`
+/// when that is unknown).
+fn own_slot_in(opts: &Options, family: &[(String, Option<u32>)]) -> bool {
+    sync::generation::current(&opts.data_dir, &opts.slot)
+        .map_or(true, |g| family.iter().any(|(name, _)| *name == g.slot))
 }
 
 /// Turns `free` true once no slot of the family has been in use for two polls in a row, and
@@ -227,7 +223,7 @@ async fn watch_slot(opts: Options, free: watch::Sender<bool>) {
     let mut failing = false;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        match slot_holder(&opts).await {
+        match slot_family(&opts).await.as_deref().map(holder) {
             Ok(Some(Some(_))) => free_polls = 0,
             Ok(_) => free_polls += 1,
             Err(e) => {

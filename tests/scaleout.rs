@@ -14,6 +14,33 @@ use pgoutput::Lsn;
 use pgtest::Cluster;
 use std::time::{Duration, Instant};
 
+/// A database of its own with the workload's schema and `rows` seeded, and a data directory
+/// holding the mapping for it.
+struct Setup {
+    cluster: &'static Cluster,
+    db: String,
+    w: Workload,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+fn setup(name: &str, seed: u64, rows: usize) -> Setup {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database(name);
+    cluster.psql(&db, workload::SCHEMA);
+    let mut w = Workload::new(seed);
+    cluster.psql(&db, &w.seed(rows));
+    let dir = tempfile::tempdir().unwrap();
+    let config = workload::write_config(dir.path(), &db);
+    Setup {
+        cluster,
+        db,
+        w,
+        dir,
+        config,
+    }
+}
+
 fn wait_for(what: &str, r: &mut replica::Replicator, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
@@ -63,13 +90,13 @@ fn lsn_of(j: &serde_json::Value, key: &str) -> Lsn {
 /// SIGKILLed resumes from its own data directory (no new download) and equals SQL again.
 #[test]
 fn followers_equal_sql_and_a_killed_follower_resumes() {
-    let cluster = Cluster::shared();
-    let db = cluster.create_database("scaleout_sql");
-    cluster.psql(&db, workload::SCHEMA);
-    let mut w = Workload::new(0x5ca1e);
-    cluster.psql(&db, &w.seed(200));
-    let dir = tempfile::tempdir().unwrap();
-    let config = workload::write_config(dir.path(), &db);
+    let Setup {
+        cluster,
+        db,
+        mut w,
+        dir,
+        config,
+    } = setup("scaleout_sql", 0x5ca1e, 200);
     let nats = Nats::start();
     let mut leader = replica::spawn(
         cluster,
@@ -156,13 +183,13 @@ fn followers_equal_sql_and_a_killed_follower_resumes() {
 /// NATS returns the backlog is published and a follower equals SQL.
 #[test]
 fn nats_away_holds_confirms_and_the_backlog_follows_when_it_returns() {
-    let cluster = Cluster::shared();
-    let db = cluster.create_database("scaleout_away");
-    cluster.psql(&db, workload::SCHEMA);
-    let mut w = Workload::new(0xa11a);
-    cluster.psql(&db, &w.seed(100));
-    let dir = tempfile::tempdir().unwrap();
-    let config = workload::write_config(dir.path(), &db);
+    let Setup {
+        cluster,
+        db,
+        mut w,
+        dir,
+        config,
+    } = setup("scaleout_away", 0xa11a, 100);
     let mut nats = Nats::start();
     let mut leader = replica::spawn(
         cluster,
@@ -226,13 +253,13 @@ fn nats_away_holds_confirms_and_the_backlog_follows_when_it_returns() {
 /// started again, it says it re-bootstraps, loads the newest snapshot and equals SQL.
 #[test]
 fn a_follower_the_stream_left_behind_rebootstraps() {
-    let cluster = Cluster::shared();
-    let db = cluster.create_database("scaleout_behind");
-    cluster.psql(&db, workload::SCHEMA);
-    let mut w = Workload::new(0xbe1d);
-    cluster.psql(&db, &w.seed(100));
-    let dir = tempfile::tempdir().unwrap();
-    let config = workload::write_config(dir.path(), &db);
+    let Setup {
+        cluster,
+        db,
+        mut w,
+        dir,
+        config,
+    } = setup("scaleout_behind", 0xbe1d, 100);
     let nats = Nats::start();
     let mut leader = replica::spawn(
         cluster,
@@ -293,13 +320,13 @@ fn a_follower_the_stream_left_behind_rebootstraps() {
 /// re-bootstraps), and the old leader started again stands by.
 #[test]
 fn the_standby_takes_over_when_the_leader_is_killed() {
-    let cluster = Cluster::shared();
-    let db = cluster.create_database("scaleout_failover");
-    cluster.psql(&db, workload::SCHEMA);
-    let mut w = Workload::new(0xfa11);
-    cluster.psql(&db, &w.seed(150));
-    let dir = tempfile::tempdir().unwrap();
-    let config = workload::write_config(dir.path(), &db);
+    let Setup {
+        cluster,
+        db,
+        mut w,
+        dir,
+        config,
+    } = setup("scaleout_failover", 0xfa11, 150);
     let nats = Nats::start();
     let publish = ["--publish", &nats.url()];
     let mut leader = replica::spawn(cluster, &db, &config, &dir.path().join("leader"), &publish);
@@ -452,13 +479,13 @@ fn slot_holder(cluster: &Cluster, db: &str, slot: &str) -> Option<u32> {
 /// the stream's end.
 #[test]
 fn a_leader_cut_off_from_its_slot_is_fenced_and_stands_by() {
-    let cluster = Cluster::shared();
-    let db = cluster.create_database("scaleout_cutoff");
-    cluster.psql(&db, workload::SCHEMA);
-    let mut w = Workload::new(0xc07);
-    cluster.psql(&db, &w.seed(120));
-    let dir = tempfile::tempdir().unwrap();
-    let config = workload::write_config(dir.path(), &db);
+    let Setup {
+        cluster,
+        db,
+        mut w,
+        dir,
+        config,
+    } = setup("scaleout_cutoff", 0xc07, 120);
     let nats = Nats::start();
     let publish = ["--publish", &nats.url()];
     let slot = format!("gs_{db}");
@@ -562,13 +589,13 @@ fn a_leader_cut_off_from_its_slot_is_fenced_and_stands_by() {
 /// (the follower equals SQL, its chain unbroken), and confirms pass the outage.
 #[test]
 fn one_nats_node_of_three_killed_loses_nothing() {
-    let cluster = Cluster::shared();
-    let db = cluster.create_database("scaleout_r3");
-    cluster.psql(&db, workload::SCHEMA);
-    let mut w = Workload::new(0x3333);
-    cluster.psql(&db, &w.seed(100));
-    let dir = tempfile::tempdir().unwrap();
-    let config = workload::write_config(dir.path(), &db);
+    let Setup {
+        cluster,
+        db,
+        mut w,
+        dir,
+        config,
+    } = setup("scaleout_r3", 0x3333, 100);
     let mut nodes = Nats::cluster(3);
     let urls = Nats::urls(&nodes);
     let mut leader = replica::spawn(
@@ -628,13 +655,13 @@ fn one_nats_node_of_three_killed_loses_nothing() {
 /// started takes over the rebuild's slot when the leader is killed.
 #[test]
 fn a_rebuilt_leader_starts_a_new_chain_and_followers_rebootstrap() {
-    let cluster = Cluster::shared();
-    let db = cluster.create_database("scaleout_rebuilt");
-    cluster.psql(&db, workload::SCHEMA);
-    let mut w = Workload::new(0x4eb);
-    cluster.psql(&db, &w.seed(100));
-    let dir = tempfile::tempdir().unwrap();
-    let config = workload::write_config(dir.path(), &db);
+    let Setup {
+        cluster,
+        db,
+        mut w,
+        dir,
+        config,
+    } = setup("scaleout_rebuilt", 0x4eb, 100);
     let nats = Nats::start();
     let ldir = dir.path().join("leader");
     let leader = replica::spawn(cluster, &db, &config, &ldir, &["--publish", &nats.url()]);
@@ -726,13 +753,13 @@ fn a_rebuilt_leader_starts_a_new_chain_and_followers_rebootstrap() {
 /// equal SQL without re-bootstrapping, and the slot never confirmed past the stream's end.
 #[test]
 fn a_leader_killed_and_restarted_continues_the_chain() {
-    let cluster = Cluster::shared();
-    let db = cluster.create_database("scaleout_restart");
-    cluster.psql(&db, workload::SCHEMA);
-    let mut w = Workload::new(0x7e57);
-    cluster.psql(&db, &w.seed(150));
-    let dir = tempfile::tempdir().unwrap();
-    let config = workload::write_config(dir.path(), &db);
+    let Setup {
+        cluster,
+        db,
+        mut w,
+        dir,
+        config,
+    } = setup("scaleout_restart", 0x7e57, 150);
     let nats = Nats::start();
     let ldir = dir.path().join("leader");
     let mut leader = replica::spawn(cluster, &db, &config, &ldir, &["--publish", &nats.url()]);

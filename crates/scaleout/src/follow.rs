@@ -73,7 +73,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Followed, ScaleoutError> {
     let mut follower: Option<Follower> = None;
-    let mut backoff = Duration::from_millis(200);
+    let mut retry = crate::Retry::new();
     let mut rebootstrap: Option<Need> = None;
     loop {
         if *shutdown.borrow() {
@@ -109,14 +109,7 @@ pub async fn run(
                 status.report(Phase::Disconnected, Some(e.to_string()));
             }
         }
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_millis(200);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.changed() => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        retry.wait(started, &mut shutdown).await;
     }
     if let Some(f) = follower.take() {
         f.close().await;
@@ -270,12 +263,7 @@ async fn session(
             drain = Some(match crate::publish::last_message(&mut s).await? {
                 Some(l) => Drain {
                     seq: l.seq,
-                    // A record cut short (its last parts never sent) ends at its predecessor.
-                    lsn: Some(if l.meta.part.0 + 1 == l.meta.part.1 {
-                        l.meta.lsn
-                    } else {
-                        l.meta.prev
-                    }),
+                    lsn: Some(l.meta.chain_end()),
                     term: l.meta.term,
                     slot: l.slot,
                 },

@@ -153,3 +153,34 @@ pub async fn stream_end(opts: &NatsOptions) -> Result<Option<pgoutput::Lsn>, Sca
         .map_err(|e| ScaleoutError::js("stream lookup")(e.to_string()))?;
     Ok(publish::last_message(&mut s).await?.map(|l| l.meta.lsn))
 }
+
+/// The wait between two tries of a session: 200 ms, doubling up to 5 s, and 200 ms again
+/// after a session that ran for 30 s.
+pub(crate) struct Retry {
+    wait: std::time::Duration,
+}
+
+impl Retry {
+    pub(crate) fn new() -> Retry {
+        Retry {
+            wait: std::time::Duration::from_millis(200),
+        }
+    }
+
+    /// Waits before the next try of a session that started at `started` (or until shutdown).
+    pub(crate) async fn wait(
+        &mut self,
+        started: std::time::Instant,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) {
+        use std::time::Duration;
+        if started.elapsed() > Duration::from_secs(30) {
+            self.wait = Duration::from_millis(200);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(self.wait) => {}
+            _ = shutdown.changed() => {}
+        }
+        self.wait = (self.wait * 2).min(Duration::from_secs(5));
+    }
+}

@@ -77,7 +77,7 @@ pub async fn run(
     mut term: Option<u64>,
 ) -> Published {
     let mut held = status.watch_slot_held();
-    let mut backoff = Duration::from_millis(200);
+    let mut retry = crate::Retry::new();
     loop {
         // Only the slot's holder publishes (a process that lost the slot, or never got it,
         // must not write what its log holds beyond the stream).
@@ -100,14 +100,7 @@ pub async fn run(
                 status.set_published(*published.borrow(), Some(e.to_string()));
             }
         }
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_millis(200);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.changed() => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        retry.wait(started, &mut shutdown).await;
     }
 }
 
@@ -339,8 +332,7 @@ async fn session(
                 )));
             }
             // A record cut short (a crash between its parts) is published again whole.
-            let complete = meta.part.0 + 1 == meta.part.1;
-            (true, if complete { meta.lsn } else { meta.prev })
+            (true, meta.chain_end())
         }
         Some(meta) => {
             tracing::warn!(

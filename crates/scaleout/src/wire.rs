@@ -116,6 +116,16 @@ impl Meta {
         h
     }
 
+    /// Where the stream's chain ends when this is its last message: its record, or (a record
+    /// cut short, its last parts never sent) the record before it.
+    pub(crate) fn chain_end(&self) -> Lsn {
+        if self.part.0 + 1 == self.part.1 {
+            self.lsn
+        } else {
+            self.prev
+        }
+    }
+
     /// Reads the headers of a stream message; `Err` names what is missing or wrong.
     pub(crate) fn parse(h: &HeaderMap) -> Result<Meta, String> {
         let get = |k: &str| h.get(k).map(|v| v.as_str()).ok_or_else(|| format!("no {k} header"));

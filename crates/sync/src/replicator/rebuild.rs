@@ -353,20 +353,21 @@ pub(super) async fn cleanup_leftovers(
     );
     if let Ok(r) = client.simple_query(&q).await {
         for name in r.rows.into_iter().filter_map(|r| r.into_iter().next().flatten()) {
-            if yield_slot && name != g.slot && catalog::is_generation_slot(base_slot, &name) {
+            if name == g.slot || !catalog::is_generation_slot(base_slot, &name) {
+                continue;
+            }
+            if yield_slot {
                 // Replicas sharing a stream share the slot family: an inactive one may be the
                 // slot another replica leads from (between reconnects, or being taken over).
                 tracing::warn!(slot = %name, "an inactive replication slot of this slot's family is not this replica's; if no replica of the stream uses it, drop it (it holds WAL): SELECT pg_drop_replication_slot('{name}')");
                 continue;
             }
-            if name != g.slot && catalog::is_generation_slot(base_slot, &name) {
-                match client.drop_slot(&name, false).await {
-                    Ok(()) => {
-                        tracing::info!(slot = %name, "dropped a replication slot an earlier generation or an unfinished rebuild left")
-                    }
-                    Err(e) => {
-                        tracing::warn!(slot = %name, error = %e, "cannot drop a replication slot left by an earlier generation")
-                    }
+            match client.drop_slot(&name, false).await {
+                Ok(()) => {
+                    tracing::info!(slot = %name, "dropped a replication slot an earlier generation or an unfinished rebuild left")
+                }
+                Err(e) => {
+                    tracing::warn!(slot = %name, error = %e, "cannot drop a replication slot left by an earlier generation")
                 }
             }
         }
