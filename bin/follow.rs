@@ -61,7 +61,10 @@ pub fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
             opts,
             take_over: None,
         };
-        let result = scaleout::follow::run(cfg, status, rx).await;
+        // On the workers, as `replicate` does: no wake-up of this thread per message.
+        let result = tokio::spawn(scaleout::follow::run(cfg, status, rx))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         server.abort();
         result?;
         Ok(ExitCode::SUCCESS)

@@ -108,20 +108,29 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         let api = args.http.api(status.clone(), jwt, Some(admin));
         let server = crate::http::spawn(listener, api, rx.clone());
         let notifier = tokio::spawn(notify_loop(status.clone(), rx.clone()));
-        let result = match publish {
-            // Leads while it holds the slot, stands by (following the stream) otherwise.
-            Some(p) => {
-                crate::roles::run(crate::roles::Roles {
-                    opts,
-                    nats: p.nats,
-                    status,
-                    shutdown: rx,
-                    reloads,
-                })
-                .await
+        // The replicator runs as a task on the runtime's workers, not in `block_on` on this
+        // thread: the worker that sees the socket readable then runs it directly, instead of
+        // waking this thread for every message (a context switch per received transaction).
+        let replicate = tokio::spawn(async move {
+            match publish {
+                // Leads while it holds the slot, stands by (following the stream) otherwise.
+                Some(p) => {
+                    crate::roles::run(crate::roles::Roles {
+                        opts,
+                        nats: p.nats,
+                        status,
+                        shutdown: rx,
+                        reloads,
+                    })
+                    .await
+                }
+                None => replicator::run_with_reloads(opts, status, rx, reloads).await,
             }
-            None => replicator::run_with_reloads(opts, status, rx, reloads).await,
-        };
+        });
+        // Never aborted: a join error is a panic, passed on as it was.
+        let result = replicate
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         notifier.abort();
         hup.abort();
         let n = crate::notify::Notifier::from_env();

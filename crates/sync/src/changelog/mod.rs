@@ -29,7 +29,7 @@ pub use dir::{Cut, LogDir, Problem, Recovery, SegmentReport};
 pub use replay::{replay, replay_until, ReplayError, Replayed};
 pub use segment::{SegmentInfo, MAX_PAYLOAD};
 pub use tail::{LogTail, TailError};
-pub use writer::{LogWriter, WriterOptions};
+pub use writer::{LogWriter, WriterOptions, DEFAULT_SYNC_INTERVAL};
 
 /// Why a change log operation failed.
 #[derive(Debug, thiserror::Error)]

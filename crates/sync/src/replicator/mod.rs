@@ -91,6 +91,9 @@ pub struct Options {
     pub snapshot_after_changes: u64,
     /// Change log segment size: a new segment file starts past it.
     pub log_segment_bytes: u64,
+    /// The change log's group-commit window: fdatasyncs at most this often (default 20 ms;
+    /// confirms to the server go out every 100 ms at most, so a shorter window buys little).
+    pub log_sync_interval: Duration,
     /// Memory for the change feed's recent records; older ones are read from disk.
     pub feed_memory_bytes: usize,
     /// The data directory was written before online mapping changes: its snapshots and log
@@ -127,6 +130,7 @@ impl Options {
             rebuild: false,
             snapshot_after_changes: 1_000_000,
             log_segment_bytes: 64 << 20,
+            log_sync_interval: crate::changelog::DEFAULT_SYNC_INTERVAL,
             feed_memory_bytes: crate::feed::DEFAULT_MEMORY_BYTES,
             legacy_hash: false,
             status_interval: Duration::from_secs(10),

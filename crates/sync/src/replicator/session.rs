@@ -362,6 +362,7 @@ pub(super) fn schema(
 pub(super) fn writer_options(opts: &Options) -> WriterOptions {
     WriterOptions {
         segment_bytes: opts.log_segment_bytes,
+        sync_interval: opts.log_sync_interval,
         ..WriterOptions::new(opts.hash())
     }
 }
