@@ -8,7 +8,7 @@ use super::txn::{ApplyError, Builder, Mutation, Txn};
 use super::GraphView;
 use crate::nodes::{NodeData, NodeKey, NodeLabel, NodeStore};
 use crate::{Csr, EdgeInput, NodeId};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Why a bulk build failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -53,12 +53,26 @@ impl Default for CompactionPolicy {
 pub struct CompactionJob {
     view: Arc<GraphView>,
     generation: u64,
+    /// The transactions the writer applied since `view`, which the job replays onto its
+    /// result (the writer appends, the job drains).
+    backlog: Backlog,
 }
 
+/// Transactions applied while a compaction runs: the writer appends each one it commits, the
+/// compaction's thread drains them in rounds, the writer replays what is left when it swaps
+/// the result in.
+type Backlog = Arc<Mutex<TxnLog>>;
+
+/// The compaction's thread stops catching up once a round replays fewer mutations than this:
+/// the writer replays the rest when it swaps the result in, which then costs it about one
+/// round's work, not all that was applied while the compaction ran.
+const CATCH_UP_LEFT: usize = 20_000;
+
 impl CompactionJob {
-    /// Folds the job's view (the expensive part; no locks held).
+    /// Folds the job's view (the expensive part; no locks held), then replays onto the result
+    /// what the writer applied meanwhile, in rounds, until little is left.
     pub fn build(self) -> Compacted {
-        let view = self.view.compact_edges().map_err(|e| e.to_string()).map(|csr| {
+        let folded = self.view.compact_edges().map_err(|e| e.to_string()).map(|csr| {
             let mut view = GraphView::new(csr, self.view.lsn);
             view.edge_count = self.view.edge_count;
             view.nodes = self.view.nodes.compacted(self.view.node_count);
@@ -68,8 +82,24 @@ impl CompactionJob {
             }
             view
         });
+        let mut index = EdgeIndex::default();
+        let caught_up = folded.clone().map_err(ApplyError::Compaction).and_then(|base| {
+            let claimed = base.table.claim(base.seq);
+            debug_assert!(claimed, "a fresh table is free");
+            let mut view = base;
+            loop {
+                let round = std::mem::take(&mut *lock(&self.backlog));
+                let replayed: usize = round.iter().map(|(_, m)| m.len()).sum();
+                view = Graph::build_all(&view, &round, &mut index)?;
+                if replayed < CATCH_UP_LEFT {
+                    return Ok(view);
+                }
+            }
+        });
         Compacted {
-            view,
+            base: folded,
+            caught_up,
+            index,
             generation: self.generation,
         }
     }
@@ -80,7 +110,11 @@ impl CompactionJob {
 pub struct Compacted {
     /// The fresh base at the compacted LSN (no overlay), or why it could not be built (an
     /// invariant broke).
-    view: Result<GraphView, String>,
+    base: Result<GraphView, String>,
+    /// The base with what was applied meanwhile replayed on it (most of it).
+    caught_up: Result<GraphView, ApplyError>,
+    /// Where edges sit in long lists of `caught_up`.
+    index: EdgeIndex,
     generation: u64,
 }
 
@@ -88,8 +122,12 @@ impl Compacted {
     /// The compacted view (at the LSN the compaction began), e.g. to write it as a snapshot
     /// before [`Graph::finish_compaction`]; `None` if the compaction failed.
     pub fn view(&self) -> Option<&GraphView> {
-        self.view.as_ref().ok()
+        self.base.as_ref().ok()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A cloneable, thread-safe handle to the latest published view of a [`Graph`]. Taking a view
@@ -113,11 +151,13 @@ pub struct Graph {
     current: GraphReader,
     policy: CompactionPolicy,
     /// Transactions applied since the running compaction's view, to replay on its result.
-    pub(super) since_compaction: Option<(u64, TxnLog)>,
+    pub(super) since_compaction: Option<Backlog>,
     /// Incremented by every [`Graph::begin_compaction`]; only the newest job may finish.
     generation: u64,
     /// Where edges sit in long lists (the writer's own; cleared when the base changes).
     pub(super) index: EdgeIndex,
+    /// The view the last compaction replaced, for the caller to free elsewhere.
+    retired: Option<Arc<GraphView>>,
 }
 
 impl Graph {
@@ -182,6 +222,7 @@ impl Graph {
             since_compaction: None,
             generation: 0,
             index: EdgeIndex::default(),
+            retired: None,
         }
     }
 
@@ -255,14 +296,14 @@ impl Graph {
         })
     }
 
-    fn build(
-        cur: &GraphView,
-        lsn: u64,
-        mutations: &[Mutation],
-        index: &mut EdgeIndex,
-    ) -> Result<GraphView, ApplyError> {
+    /// `txns` applied in order onto `cur` as one new view at the last one's LSN (`cur`
+    /// itself when there are none).
+    fn build_all(cur: &GraphView, txns: &TxnLog, index: &mut EdgeIndex) -> Result<GraphView, ApplyError> {
+        let Some(&(lsn, _)) = txns.last() else {
+            return Ok(cur.clone());
+        };
         let mut b = Builder::new(cur);
-        for m in mutations {
+        for m in txns.iter().flat_map(|(_, m)| m) {
             b.apply(m, index)?;
         }
         Ok(b.finish(lsn))
@@ -272,42 +313,57 @@ impl Graph {
     /// [`Graph::finish_compaction`]. Transactions applied meanwhile are kept and replayed.
     pub fn begin_compaction(&mut self) -> CompactionJob {
         let view = self.view();
-        self.since_compaction = Some((view.lsn, Vec::new()));
+        let backlog = Backlog::default();
+        self.since_compaction = Some(backlog.clone());
         self.generation += 1;
         CompactionJob {
             view,
             generation: self.generation,
+            backlog,
         }
     }
 
-    /// Swaps in a finished compaction: the fresh CSR plus every transaction applied since the
-    /// compaction began, replayed in order, published as one view at the current LSN.
+    /// Swaps in a finished compaction: the fresh CSR with every transaction applied since the
+    /// compaction began replayed in order (most by the compaction's thread, the rest here),
+    /// published as one view at the current LSN.
     pub fn finish_compaction(&mut self, done: Compacted) -> Result<Arc<GraphView>, ApplyError> {
-        if done.generation != self.generation || self.since_compaction.is_none() {
+        if done.generation != self.generation {
             return Err(ApplyError::StaleCompaction);
         }
-        let (_, log) = self.since_compaction.take().unwrap_or_default();
-        let mut view = done.view.map_err(ApplyError::Compaction)?;
-        let claimed = view.table.claim(view.seq);
-        debug_assert!(claimed, "a fresh table is free");
-        // Positions in the old base's rows mean nothing in the new one: a fresh index, kept
-        // only if the replay succeeds (the old view stays current otherwise).
-        let mut index = EdgeIndex::default();
-        for (lsn, txn) in &log {
-            view = Self::build(&view, *lsn, txn, &mut index)?;
-        }
+        let Some(backlog) = self.since_compaction.take() else {
+            return Err(ApplyError::StaleCompaction);
+        };
+        let Compacted {
+            caught_up, mut index, ..
+        } = done;
+        // Positions in the old base's rows mean nothing in the new one: the compaction's own
+        // index, kept only if the replay succeeds (the old view stays current otherwise).
+        let rest = std::mem::take(&mut *lock(&backlog));
+        let view = Self::build_all(&caught_up?, &rest, &mut index)?;
         self.index = index;
         let old = self.view();
         let view = Arc::new(view);
         self.publish(view.clone());
         old.table.release();
+        // Freeing the old base and every overlay version took up to 0.4 s on the writer
+        // under load: whoever swaps takes it (`take_retired`) and drops it elsewhere.
+        self.retired = Some(old);
         Ok(view)
     }
 
-    /// Compacts now, on this thread.
+    /// Compacts now, on this thread (the replaced view is freed here too).
     pub fn compact(&mut self) -> Result<Arc<GraphView>, ApplyError> {
         let done = self.begin_compaction().build();
-        self.finish_compaction(done)
+        let view = self.finish_compaction(done);
+        drop(self.take_retired());
+        view
+    }
+
+    /// The view the last [`Graph::finish_compaction`] replaced (the old base and its overlay
+    /// versions, unless readers still hold it). Dropping it costs time in proportion to what
+    /// it holds: drop it off the writer's thread. Left here, it is freed at the next swap.
+    pub fn take_retired(&mut self) -> Option<Arc<GraphView>> {
+        self.retired.take()
     }
 }
 

@@ -290,8 +290,11 @@ impl Txn<'_> {
         let Txn { graph, b, log, lsn, .. } = self;
         let view = Arc::new(b.finish(lsn));
         // The previous view's versions stay for those who hold it.
-        if let Some((_, pending)) = graph.since_compaction.as_mut() {
-            pending.push((lsn, log.clone()));
+        if let Some(backlog) = &graph.since_compaction {
+            backlog
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((lsn, log.clone()));
         }
         graph.publish(view.clone());
         Ok((view, log))

@@ -66,6 +66,18 @@ pub(super) struct SnapshotCtx<'a> {
     pub(super) after_changes: u64,
 }
 
+/// Graph changes logged since the last snapshot that start the next: `after_changes` at
+/// most, sooner for a small graph — a quarter of its size (nodes + edges), at least
+/// [`MIN_SNAPSHOT_BOUND`]. A snapshot costs O(graph), replay at restart O(changes since): a
+/// small graph is snapshotted at most once per four changes per element it holds, and restarts
+/// replay little.
+pub(super) fn snapshot_bound(after_changes: u64, graph_size: u64) -> u64 {
+    after_changes.min((graph_size / 4).max(MIN_SNAPSHOT_BOUND))
+}
+
+/// The least [`snapshot_bound`] for a small graph.
+const MIN_SNAPSHOT_BOUND: u64 = 100_000;
+
 /// How long a snapshot waits for the log to be durable up to its LSN before giving up (the
 /// log's writer is failing: disk full).
 const DURABLE_WAIT: Duration = Duration::from_secs(60);
@@ -85,7 +97,11 @@ impl Background {
             self.reap_snapshot(st, status, ctx.store).await;
         }
         let retry_ok = self.retry.is_none_or(|(t, _)| Instant::now() >= t);
-        let want_snapshot = st.since_snapshot >= ctx.after_changes && retry_ok && self.snapshot.is_none();
+        let bound = {
+            let v = st.graph.view();
+            snapshot_bound(ctx.after_changes, u64::from(v.node_count()) + v.edge_count() as u64)
+        };
+        let want_snapshot = st.since_snapshot >= bound && retry_ok && self.snapshot.is_none();
         if self.compaction.is_none() && (want_snapshot || st.graph.needs_compaction()) {
             let job = st.graph.begin_compaction();
             let lsn = Lsn(st.graph.view().lsn());
@@ -137,6 +153,10 @@ impl Background {
             }
         }
         let took = started.elapsed();
+        // The old base and overlay versions are freed on a background thread, not here.
+        if let Some(old) = st.graph.take_retired() {
+            drop(crate::background::spawn("free-view", move || drop(old)));
+        }
         tracing::info!(ms = took.as_millis() as u64, "compacted overlays");
         status.update(|s| s.compaction_seconds += took.as_secs_f64());
         if let (Some(req), Some(view)) = (request, base) {
@@ -244,4 +264,22 @@ pub(super) async fn finish_background(st: &mut State, status: &ReplicaStatus, st
     };
     bg.finish(st, status, &ctx).await;
     st.bg = bg;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_bound;
+
+    #[test]
+    fn the_snapshot_bound_follows_a_small_graph_and_is_capped_by_the_setting() {
+        // A small graph: at least 100,000 changes.
+        assert_eq!(snapshot_bound(1_000_000, 0), 100_000);
+        assert_eq!(snapshot_bound(1_000_000, 200_000), 100_000);
+        // A quarter of a mid-sized graph.
+        assert_eq!(snapshot_bound(1_000_000, 2_000_000), 500_000);
+        // A large graph: the setting.
+        assert_eq!(snapshot_bound(1_000_000, 50_000_000), 1_000_000);
+        // A setting below the floor wins.
+        assert_eq!(snapshot_bound(1_000, 50_000_000), 1_000);
+    }
 }
