@@ -92,7 +92,7 @@ pub struct StoreArgs {
     #[arg(long, env = "GRAPHSYNC_COMPACTION_THRESHOLD", default_value_t = 1 << 20)]
     pub compaction_threshold: usize,
     /// Write a snapshot (the base the change log is replayed on at restart) once this many
-    /// graph changes were logged since the last one (sooner for a small graph: a quarter of
+    /// graph changes were logged since the last one (sooner for a small graph: as many as
     /// its nodes + edges, at least 100,000). Lower: faster restarts, more snapshot writes.
     #[arg(long, env = "GRAPHSYNC_SNAPSHOT_AFTER_CHANGES", default_value_t = 1_000_000)]
     pub snapshot_after_changes: u64,
