@@ -62,9 +62,10 @@ pub fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
             take_over: None,
         };
         // On the workers, as `replicate` does: no wake-up of this thread per message.
-        let result = tokio::spawn(scaleout::follow::run(cfg, status, rx))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let result = match tokio::spawn(scaleout::follow::run(cfg, status, rx)).await {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
         server.abort();
         result?;
         Ok(ExitCode::SUCCESS)

@@ -128,9 +128,10 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             }
         });
         // Never aborted: a join error is a panic, passed on as it was.
-        let result = replicate
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let result = match replicate.await {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
         notifier.abort();
         hup.abort();
         let n = crate::notify::Notifier::from_env();
