@@ -43,11 +43,7 @@ pub fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
     args.store.apply(&mut opts);
     let nats = args.nats_opts.options(&args.nats, &opts.slot);
     let jwt = args.http.jwt()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = crate::serve::runtime()?;
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         crate::replicate::stop_on_signal(tx);

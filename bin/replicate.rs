@@ -83,11 +83,7 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     if args.checkpoint_interval_ms.is_some() {
         tracing::warn!("--checkpoint-interval-ms (GRAPHSYNC_CHECKPOINT_INTERVAL_MS) is no longer used: changes are durable in the change log as they are applied; snapshots follow --snapshot-after-changes");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = crate::serve::runtime()?;
     let jwt = args.http.jwt()?;
     let publish = args.publish.as_ref().map(|url| crate::serve::PublishPlan {
         nats: args.nats.options(url, &opts.slot),

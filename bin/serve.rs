@@ -92,10 +92,11 @@ pub struct StoreArgs {
     #[arg(long, env = "GRAPHSYNC_COMPACTION_THRESHOLD", default_value_t = 1 << 20)]
     pub compaction_threshold: usize,
     /// Write a snapshot (the base the change log is replayed on at restart) once this many
-    /// graph changes were logged since the last one (sooner for a small graph: as many as
-    /// its nodes + edges, at least 100,000). Lower: faster restarts, more snapshot writes.
-    #[arg(long, env = "GRAPHSYNC_SNAPSHOT_AFTER_CHANGES", default_value_t = 1_000_000)]
-    pub snapshot_after_changes: u64,
+    /// graph changes were logged since the last one. Default: 1,000,000, or for a smaller
+    /// graph as many as its nodes + edges (at least 100,000). Lower: faster restarts, more
+    /// snapshot writes.
+    #[arg(long, env = "GRAPHSYNC_SNAPSHOT_AFTER_CHANGES")]
+    pub snapshot_after_changes: Option<u64>,
     /// Size of one change log segment file, in megabytes.
     #[arg(long, env = "GRAPHSYNC_LOG_SEGMENT_MB", default_value_t = 64)]
     pub log_segment_mb: u64,
@@ -117,7 +118,7 @@ impl StoreArgs {
             soft_limit: self.compaction_threshold.max(1),
             hard_limit: self.compaction_threshold.max(1).saturating_mul(16),
         };
-        opts.snapshot_after_changes = self.snapshot_after_changes.max(1);
+        opts.snapshot_after_changes = self.snapshot_after_changes.map(|n| n.max(1));
         opts.log_segment_bytes = self.log_segment_mb.clamp(1, 1 << 20) << 20;
         opts.log_sync_interval = std::time::Duration::from_millis(self.log_sync_ms.min(10_000));
         opts.feed_memory_bytes = self.feed_memory_mb.clamp(1, 1 << 20) << 20;
@@ -194,4 +195,17 @@ impl PublishPlan {
         };
         tokio::spawn(scaleout::publish::run(cfg, status.clone(), tx, shutdown, term))
     }
+}
+
+/// The async runtime `replicate` and `follow` run on: one worker per core (at least two) for
+/// the HTTP API and the other tasks, plus one that the replicator, a spawned task that stays
+/// busy under load, mostly occupies (with only two workers, queries at the highest write
+/// rates waited for the one left).
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores.clamp(2, 64) + 1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }

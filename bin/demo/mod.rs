@@ -179,7 +179,7 @@ async fn demo(
     };
     let server = crate::http::spawn(listener, api, rx.clone());
     let mut opts = Options::new(config, conn, work.join("data"));
-    opts.snapshot_after_changes = 200_000;
+    opts.snapshot_after_changes = Some(200_000);
     let replication = tokio::spawn(replicator::run(opts, status.clone(), rx.clone()));
 
     // Ctrl-C / SIGTERM.

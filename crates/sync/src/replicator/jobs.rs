@@ -63,17 +63,18 @@ pub(super) struct Background {
 pub(super) struct SnapshotCtx<'a> {
     pub(super) store: &'a CheckpointStore,
     pub(super) hash: u64,
-    pub(super) after_changes: u64,
+    /// `None`: the default bound ([`snapshot_bound`]); `Some(n)`: exactly `n`, as set.
+    pub(super) after_changes: Option<u64>,
 }
 
-/// Graph changes logged since the last snapshot that start the next: `after_changes` at
-/// most, sooner for a small graph — as many as it has elements (nodes + edges), at least
-/// [`MIN_SNAPSHOT_BOUND`]. A snapshot costs O(graph), replay at restart O(changes since): this
-/// writes about one element per logged change whatever the size (a quarter, tried first, had
-/// a 1 M-edge graph snapshotted every 2–3 s at 50 k changes/s: too much disk), and a small
-/// graph's restart replays little.
-pub(super) fn snapshot_bound(after_changes: u64, graph_size: u64) -> u64 {
-    after_changes.min(graph_size.max(MIN_SNAPSHOT_BOUND))
+/// The default number of graph changes logged since the last snapshot that start the next:
+/// [`DEFAULT_SNAPSHOT_AFTER_CHANGES`] at most, sooner for a small graph — as many as it has
+/// elements (nodes + edges), at least [`MIN_SNAPSHOT_BOUND`]. A snapshot costs O(graph),
+/// replay at restart O(changes since): this writes about one element per logged change
+/// whatever the size (a quarter, tried first, had a 1 M-edge graph snapshotted every 2–3 s at
+/// 50 k changes/s: too much disk), and a small graph's restart replays little.
+pub(super) fn snapshot_bound(graph_size: u64) -> u64 {
+    DEFAULT_SNAPSHOT_AFTER_CHANGES.min(graph_size.max(MIN_SNAPSHOT_BOUND))
 }
 
 /// The least [`snapshot_bound`] for a small graph.
@@ -100,7 +101,8 @@ impl Background {
         let retry_ok = self.retry.is_none_or(|(t, _)| Instant::now() >= t);
         let bound = {
             let v = st.graph.view();
-            snapshot_bound(ctx.after_changes, u64::from(v.node_count()) + v.edge_count() as u64)
+            ctx.after_changes
+                .unwrap_or_else(|| snapshot_bound(u64::from(v.node_count()) + v.edge_count() as u64))
         };
         let want_snapshot = st.since_snapshot >= bound && retry_ok && self.snapshot.is_none();
         if self.compaction.is_none() && (want_snapshot || st.graph.needs_compaction()) {
@@ -261,7 +263,7 @@ pub(super) async fn finish_background(st: &mut State, status: &ReplicaStatus, st
     let ctx = SnapshotCtx {
         store,
         hash,
-        after_changes: u64::MAX,
+        after_changes: Some(u64::MAX),
     };
     bg.finish(st, status, &ctx).await;
     st.bg = bg;
@@ -272,15 +274,13 @@ mod tests {
     use super::snapshot_bound;
 
     #[test]
-    fn the_snapshot_bound_follows_a_small_graph_and_is_capped_by_the_setting() {
+    fn the_default_snapshot_bound_follows_a_small_graph() {
         // A small graph: at least 100,000 changes.
-        assert_eq!(snapshot_bound(1_000_000, 0), 100_000);
-        assert_eq!(snapshot_bound(1_000_000, 80_000), 100_000);
+        assert_eq!(snapshot_bound(0), 100_000);
+        assert_eq!(snapshot_bound(80_000), 100_000);
         // As many as a mid-sized graph has elements.
-        assert_eq!(snapshot_bound(1_000_000, 500_000), 500_000);
-        // A large graph: the setting.
-        assert_eq!(snapshot_bound(1_000_000, 50_000_000), 1_000_000);
-        // A setting below the floor wins.
-        assert_eq!(snapshot_bound(1_000, 50_000_000), 1_000);
+        assert_eq!(snapshot_bound(500_000), 500_000);
+        // A large graph: the default.
+        assert_eq!(snapshot_bound(50_000_000), 1_000_000);
     }
 }

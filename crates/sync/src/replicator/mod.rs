@@ -71,6 +71,10 @@ pub use status::{GraphSchema, Histogram, KeyKind, Phase, RebuildInfo, ReplicaSta
 #[allow(unused_imports)]
 use stream::*;
 
+/// Graph changes logged between snapshots by default, for a graph of at least as many nodes
+/// and edges (a smaller graph is snapshotted sooner).
+pub const DEFAULT_SNAPSHOT_AFTER_CHANGES: u64 = 1_000_000;
+
 /// How to replicate.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -87,8 +91,10 @@ pub struct Options {
     /// Drop and rebuild from source when the state cannot be resumed.
     pub rebuild: bool,
     /// Write a snapshot (with a compaction, started for it if need be) once this many graph
-    /// changes were logged since the last one: bounds the replay at restart.
-    pub snapshot_after_changes: u64,
+    /// changes were logged since the last one: bounds the replay at restart. `None`: the
+    /// default, [`DEFAULT_SNAPSHOT_AFTER_CHANGES`] for a large graph and fewer for a small one
+    /// (`jobs::snapshot_bound`).
+    pub snapshot_after_changes: Option<u64>,
     /// Change log segment size: a new segment file starts past it.
     pub log_segment_bytes: u64,
     /// The change log's group-commit window: fdatasyncs at most this often (default 20 ms;
@@ -128,7 +134,7 @@ impl Options {
             conn,
             data_dir,
             rebuild: false,
-            snapshot_after_changes: 1_000_000,
+            snapshot_after_changes: None,
             log_segment_bytes: 64 << 20,
             log_sync_interval: crate::changelog::DEFAULT_SYNC_INTERVAL,
             feed_memory_bytes: crate::feed::DEFAULT_MEMORY_BYTES,
