@@ -198,9 +198,9 @@ impl PublishPlan {
 }
 
 /// The async runtime `replicate` and `follow` run on: one worker per core (at least two) for
-/// the HTTP API and the other tasks, plus one that the replicator, a spawned task that stays
-/// busy under load, mostly occupies (with only two workers, queries at the highest write
-/// rates waited for the one left).
+/// the HTTP API and the other tasks, plus one for the replicator, a spawned task that stays
+/// busy under load. (Query latency on saturated cores is still higher than with the
+/// replicator in `block_on`: docs/benchmarks.md, session 10.)
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     tokio::runtime::Builder::new_multi_thread()

@@ -61,7 +61,20 @@ pub struct CompactionJob {
 /// Transactions applied while a compaction runs: the writer appends each one it commits, the
 /// compaction's thread drains them in rounds, the writer replays what is left when it swaps
 /// the result in.
-type Backlog = Arc<Mutex<TxnLog>>;
+#[derive(Debug, Default, Clone)]
+pub(super) struct Backlog(Arc<Mutex<TxnLog>>);
+
+impl Backlog {
+    /// Appends a committed transaction.
+    pub(super) fn push(&self, lsn: u64, mutations: Vec<Mutation>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((lsn, mutations));
+    }
+
+    /// Takes every transaction appended so far, oldest first.
+    fn take(&self) -> TxnLog {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
 
 /// The compaction's thread stops catching up once a round replays fewer mutations than this:
 /// the writer replays the rest when it swaps the result in, which then costs it about one
@@ -88,7 +101,7 @@ impl CompactionJob {
             debug_assert!(claimed, "a fresh table is free");
             let mut view = base;
             loop {
-                let round = std::mem::take(&mut *lock(&self.backlog));
+                let round = self.backlog.take();
                 let replayed: usize = round.iter().map(|(_, m)| m.len()).sum();
                 view = Graph::build_all(&view, &round, &mut index)?;
                 if replayed < CATCH_UP_LEFT {
@@ -124,10 +137,6 @@ impl Compacted {
     pub fn view(&self) -> Option<&GraphView> {
         self.base.as_ref().ok()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A cloneable, thread-safe handle to the latest published view of a [`Graph`]. Taking a view
@@ -338,7 +347,7 @@ impl Graph {
         } = done;
         // Positions in the old base's rows mean nothing in the new one: the compaction's own
         // index, kept only if the replay succeeds (the old view stays current otherwise).
-        let rest = std::mem::take(&mut *lock(&backlog));
+        let rest = backlog.take();
         let view = Self::build_all(&caught_up?, &rest, &mut index)?;
         self.index = index;
         let old = self.view();

@@ -291,10 +291,7 @@ impl Txn<'_> {
         let view = Arc::new(b.finish(lsn));
         // The previous view's versions stay for those who hold it.
         if let Some(backlog) = &graph.since_compaction {
-            backlog
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((lsn, log.clone()));
+            backlog.push(lsn, log.clone());
         }
         graph.publish(view.clone());
         Ok((view, log))

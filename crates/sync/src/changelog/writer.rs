@@ -44,10 +44,9 @@ pub struct WriterOptions {
     pub segment_bytes: u64,
     /// The group-commit window: groups start at most this often (default
     /// [`DEFAULT_SYNC_INTERVAL`]), so a trickle of small batches costs at most 50 fdatasyncs a
-    /// second, not one each (fsyncs on a disk
-    /// shared with the server's WAL slow the server's commits). A record waits at most this
-    /// long plus one fsync before it is durable; under load, records that arrive while a
-    /// group is flushed form the next group anyway.
+    /// second, not one each (fsyncs on a disk shared with the server's WAL slow the server's
+    /// commits). A record waits at most this long plus one fsync before it is durable; under
+    /// load, records that arrive while a group is flushed form the next group anyway.
     pub sync_interval: Duration,
     /// Backpressure: an append blocks while its frame would take the bytes of frames not yet
     /// durable past this (default 256 MiB). A single larger record is accepted when nothing

@@ -99,11 +99,10 @@ impl Background {
             self.reap_snapshot(st, status, ctx.store).await;
         }
         let retry_ok = self.retry.is_none_or(|(t, _)| Instant::now() >= t);
-        let bound = {
+        let bound = ctx.after_changes.unwrap_or_else(|| {
             let v = st.graph.view();
-            ctx.after_changes
-                .unwrap_or_else(|| snapshot_bound(u64::from(v.node_count()) + v.edge_count() as u64))
-        };
+            snapshot_bound(u64::from(v.node_count()) + v.edge_count() as u64)
+        });
         let want_snapshot = st.since_snapshot >= bound && retry_ok && self.snapshot.is_none();
         if self.compaction.is_none() && (want_snapshot || st.graph.needs_compaction()) {
             let job = st.graph.begin_compaction();
