@@ -178,8 +178,11 @@ fn main() {
     if filter.as_ref().is_none_or(|f| "apply".contains(f.as_str())) {
         hub_apply();
     }
-    if filter.as_ref().is_none_or(|f| "placeholders".contains(f.as_str())) {
-        placeholders();
+    // Each row in a process of its own for an exact figure (freed memory is reused).
+    for (row, with_edge) in [("placeholders", false), ("placeholders-with-edges", true)] {
+        if filter.as_ref().is_none_or(|f| f == row) {
+            placeholders(with_edge);
+        }
     }
     if filter.is_none() {
         compaction(n);
@@ -188,9 +191,11 @@ fn main() {
 }
 
 /// Memory of nodes that edges point at before they exist (placeholders), in overlay form: 1 M
-/// of them in 100 transactions (resident growth; measured first thing in its own process with
-/// `cargo bench -p graph -- placeholders`, as freed memory from earlier rows would be reused).
-fn placeholders() {
+/// of them in 100 transactions, alone or each with an edge to it from the base's one node
+/// (resident growth; exact when measured first thing in its own process, `cargo bench -p graph
+/// -- placeholders` or `-- placeholders-with-edges`, as freed memory from earlier rows is
+/// reused).
+fn placeholders(with_edge: bool) {
     const N: u32 = 1_000_000;
     let no_compaction = CompactionPolicy {
         soft_limit: usize::MAX,
@@ -201,12 +206,22 @@ fn placeholders() {
     for t in 0..100u32 {
         let mut txn = g.begin(u64::from(t) + 2).unwrap();
         for i in 0..N / 100 {
-            txn.node_id(NodeLabel(0), &NodeKey::Int(i64::from(t * (N / 100) + i)));
+            let p = txn.node_id(NodeLabel(0), &NodeKey::Int(i64::from(t * (N / 100) + i)));
+            if with_edge {
+                let e = EdgeInput {
+                    source: NodeId(0),
+                    target: p,
+                    label: EdgeLabel(0),
+                    weight: 1.0,
+                };
+                txn.add_edge(e).unwrap();
+            }
         }
         txn.commit().unwrap();
     }
     let per = (rss_bytes() - before) as f64 / f64::from(N);
-    println!("1 M placeholder nodes in overlay form: {per:.0} bytes each (resident growth)");
+    let what = if with_edge { "each with an edge to it" } else { "alone" };
+    println!("1 M placeholder nodes in overlay form, {what}: {per:.0} bytes each (resident growth)");
 }
 
 /// Label 0, weight 1 edges.

@@ -365,3 +365,58 @@ proptest! {
         }
     }
 }
+
+/// A placeholder (a node added and hidden by one transaction) is marks only; a transaction
+/// that made one and was dropped leaves nothing behind: the id it took is visible when the
+/// next transaction adds it as a node, and the placeholder made after is hidden.
+#[test]
+fn a_dropped_transactions_placeholder_leaves_no_trace() {
+    let mut g = Graph::new(Csr::build(2, &[], false).unwrap(), 1);
+    let key = |i: i64| NodeKey::Int(i);
+    {
+        let mut txn = g.begin(2).unwrap();
+        let p = txn.node_id(NodeLabel(0), &key(100));
+        assert_eq!(p, NodeId(2));
+        assert!(txn.node(p).is_none(), "a placeholder is hidden");
+        // Dropped: nothing is published.
+    }
+    let view = g.view();
+    assert_eq!(view.node_count(), 2);
+    let mut txn = g.begin(3).unwrap();
+    let n = txn.upsert_node(NodeData::bare(NodeLabel(0), key(200)));
+    assert_eq!(n, NodeId(2), "the dropped transaction's id is taken again");
+    let p = txn.node_id(NodeLabel(0), &key(100));
+    txn.add_edge(EdgeInput {
+        source: NodeId(0),
+        target: p,
+        label: EdgeLabel(0),
+        weight: 1.0,
+    })
+    .unwrap();
+    let v3 = txn.commit().unwrap();
+    assert!(
+        v3.is_visible(n),
+        "a node added over a dropped placeholder's id is visible"
+    );
+    assert!(!v3.is_visible(p), "a placeholder is hidden");
+    assert!(!v3.all_visible());
+    assert_eq!(v3.edge_count(), 0, "an edge to a placeholder is not visible");
+    assert_eq!(v3.resolve(NodeLabel(0), &key(100)), Some(p));
+    assert_eq!(v3.node(p).map(|d| d.key.clone()), Some(key(100)));
+    // The placeholder becomes a node: visible with its edge, in the new view only.
+    let mut txn = g.begin(4).unwrap();
+    assert_eq!(txn.upsert_node(NodeData::bare(NodeLabel(0), key(100))), p);
+    let v4 = txn.commit().unwrap();
+    assert!(v4.is_visible(p));
+    assert_eq!(v4.edge_count(), 1);
+    assert!(!v3.is_visible(p), "the older view still hides it");
+    // Hidden again, then folded into a base by compaction: still hidden there.
+    let mut txn = g.begin(5).unwrap();
+    assert_eq!(txn.delete_node(NodeLabel(0), &key(100)), Some(p));
+    txn.commit().unwrap();
+    g.compact().unwrap();
+    let v = g.view();
+    assert!(!v.is_visible(p) && v.is_visible(n));
+    assert_eq!(v.edge_count(), 0);
+    assert_eq!(v.resolve(NodeLabel(0), &key(100)), Some(p));
+}

@@ -11,10 +11,12 @@
 use roaring::RoaringBitmap;
 use std::collections::HashMap;
 use std::sync::Arc;
+mod added;
 mod base;
 pub(crate) mod codec;
 mod columns;
 
+use added::{AddedKeys, Changed, Slot};
 pub use base::MAX_NODE_LABELS;
 use base::*;
 pub(crate) use columns::NodeColumns;
@@ -141,9 +143,6 @@ impl NodeData {
 }
 
 /// The node store of one view.
-/// (label, key) → the nodes added since the base that ever held it, oldest first.
-type NewKeys = HashMap<(NodeLabel, NodeKey), smallvec::SmallVec<[u32; 1]>>;
-
 #[derive(Debug, Clone, Default)]
 pub(crate) struct NodeStore {
     base: Arc<NodeBase>,
@@ -151,9 +150,8 @@ pub(crate) struct NodeStore {
     /// Keys base nodes took since the base (rare: a key change of an existing row).
     index_delta: imbl::HashMap<(NodeLabel, NodeKey), u32>,
     /// Keys of nodes added since the base: append-only and shared by every view derived from
-    /// this base (a view sees only the nodes it holds data for, so every hit is checked
-    /// against the view's own data). Avoids copying hash-trie paths per inserted node.
-    new_keys: Arc<std::sync::RwLock<NewKeys>>,
+    /// this base (hits are checked against the view's own data).
+    new_keys: Arc<std::sync::RwLock<AddedKeys>>,
     tenant_ids: imbl::HashMap<NodeKey, TenantId>,
     tenant_names: imbl::Vector<NodeKey>,
     members: imbl::HashMap<TenantId, Arc<RoaringBitmap>>,
@@ -162,51 +160,11 @@ pub(crate) struct NodeStore {
     filter_members: imbl::HashMap<FilterValueId, Arc<RoaringBitmap>>,
 }
 
-/// Node data changed since the base: a persistent map for base nodes, and for nodes added
-/// since (dense ids from the base's length on) a persistent vector, so inserting new nodes
-/// appends instead of copying hash-trie paths.
-#[derive(Debug, Clone, Default)]
-struct Changed {
-    base: imbl::HashMap<u32, Option<Arc<NodeData>>>,
-    added: imbl::Vector<Option<Arc<NodeData>>>,
-}
-
-impl Changed {
-    /// `Some(data)` if `n` changed since a base of `base_len` nodes.
-    fn get(&self, base_len: u32, n: u32) -> Option<&Option<Arc<NodeData>>> {
-        if n < base_len {
-            self.base.get(&n)
-        } else {
-            self.added.get((n - base_len) as usize)
-        }
-    }
-
-    fn insert(&mut self, base_len: u32, n: u32, data: Option<Arc<NodeData>>) {
-        if n < base_len {
-            self.base.insert(n, data);
-            return;
-        }
-        let i = (n - base_len) as usize;
-        while self.added.len() < i {
-            self.added.push_back(None);
-        }
-        if i == self.added.len() {
-            self.added.push_back(data);
-        } else {
-            self.added.set(i, data);
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.base.is_empty() && self.added.is_empty()
-    }
-}
-
 impl NodeStore {
     /// The data of node `n`, if it was ever given any (built from the columns for base nodes).
     pub(crate) fn data(&self, n: u32) -> Option<Arc<NodeData>> {
-        if let Some(d) = self.changed.get(self.base.len() as u32, n) {
-            return d.clone();
+        if let Some(s) = self.changed.get(self.base.len() as u32, n) {
+            return s.data();
         }
         let b = &self.base;
         if !b.has(n) {
@@ -238,8 +196,8 @@ impl NodeStore {
     /// The label and key of node `n`, if it was ever given data (cheaper than [`Self::data`]
     /// for base nodes: no properties are decoded).
     pub(crate) fn label_key(&self, n: u32) -> Option<(NodeLabel, NodeKey)> {
-        if let Some(d) = self.changed.get(self.base.len() as u32, n) {
-            return d.as_ref().map(|d| (d.label, d.key.clone()));
+        if let Some(s) = self.changed.get(self.base.len() as u32, n) {
+            return s.label_key().map(|(l, k)| (l, k.clone()));
         }
         let b = &self.base;
         b.has(n).then(|| (b.label(n as usize), b.key(n as usize)))
@@ -248,9 +206,8 @@ impl NodeStore {
     /// Whether `n` changed since the base (its tenant must then be read from `changed`).
     pub(crate) fn tenant_of(&self, n: u32, changed: bool) -> Option<TenantId> {
         if changed {
-            if let Some(d) = self.changed.get(self.base.len() as u32, n) {
-                let t = d.as_ref()?.tenant.as_ref()?;
-                return self.tenant_ids.get(t).copied();
+            if let Some(s) = self.changed.get(self.base.len() as u32, n) {
+                return self.tenant_ids.get(s.tenant()?).copied();
             }
         }
         match self.base.tenant.get(n as usize) {
@@ -261,17 +218,18 @@ impl NodeStore {
 
     /// The node with this label and key.
     pub(crate) fn resolve(&self, label: NodeLabel, key: &NodeKey) -> Option<u32> {
-        let k = (label, key.clone());
-        if let Some(&n) = self.index_delta.get(&k) {
-            if self.holds(n, label, key) {
-                return Some(n);
+        if !self.index_delta.is_empty() {
+            if let Some(&n) = self.index_delta.get(&(label, key.clone())) {
+                if self.holds(n, label, key) {
+                    return Some(n);
+                }
             }
         }
-        if let Some(ids) = self.new_keys.read().unwrap_or_else(|e| e.into_inner()).get(&k) {
-            if let Some(&n) = ids.iter().rev().find(|&&n| self.holds(n, label, key)) {
-                return Some(n);
-            }
+        let added = self.new_keys.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = added.find(label, key, |n| self.holds(n, label, key)) {
+            return Some(n);
         }
+        drop(added);
         self.base.lookup(label, key).filter(|&n| self.holds(n, label, key))
     }
 
@@ -279,8 +237,7 @@ impl NodeStore {
     fn holds(&self, n: u32, label: NodeLabel, key: &NodeKey) -> bool {
         let base_len = self.base.len() as u32;
         match self.changed.get(base_len, n) {
-            Some(Some(d)) => d.label == label && d.key == *key,
-            Some(None) => false,
+            Some(s) => s.label_key().is_some_and(|(l, k)| l == label && k == key),
             // Unchanged since the base: the base index (which found it) is right.
             None => n < base_len,
         }
@@ -376,18 +333,14 @@ impl NodeStore {
         // Keys a node leaves need no clean-up: every index hit is checked against the data.
         let base_len = self.base.len() as u32;
         if let Some(d) = &data {
-            let k = (d.label, d.key.clone());
             if n >= base_len {
                 let mut keys = self.new_keys.write().unwrap_or_else(|e| e.into_inner());
-                let ids = keys.entry(k).or_default();
-                if ids.last() != Some(&n) {
-                    ids.push(n);
-                }
+                keys.insert(d.label, &d.key, n);
             } else if self.base.lookup(d.label, &d.key) != Some(n) {
-                self.index_delta.insert(k, n);
+                self.index_delta.insert((d.label, d.key.clone()), n);
             }
         }
-        self.changed.insert(base_len, n, data);
+        self.changed.insert(base_len, n, Slot::of(data));
     }
 
     /// A store whose base holds `nodes` (node `i` is `nodes[i]`), built in one pass.

@@ -91,8 +91,10 @@ pub struct GraphView {
     base_deleted: Option<Arc<Vec<u64>>>,
     /// Nodes deleted since the base (tombstones in the table).
     deleted: usize,
-    /// Nodes of `base_deleted` restored since.
+    /// Nodes of `base_deleted`, or added absent, restored since.
     restored: usize,
+    /// Nodes added absent since the base (placeholders: [`Mark::Absent`], no version).
+    absent: usize,
     nodes: NodeStore,
     pub(crate) node_count: u32,
     edge_count: usize,
@@ -114,6 +116,7 @@ impl GraphView {
             base_deleted: None,
             deleted: 0,
             restored: 0,
+            absent: 0,
             nodes: NodeStore::default(),
             node_count,
             edge_count,
@@ -149,15 +152,15 @@ impl GraphView {
     pub(crate) fn rebased(&self) -> GraphView {
         let table = Table::new();
         for n in 0..self.node_count {
-            let marks = [Mark::Out, Mark::In, Mark::Data, Mark::Liveness]
+            let marks = table::MARKS
                 .into_iter()
                 .filter(|&m| self.table.marked(n, m))
                 .fold(0u8, |acc, m| acc | m.bit());
-            if marks == 0 {
-                continue;
+            match self.state(n) {
+                Some(state) => table.install(n, 1, state.clone(), marks, 0),
+                None if marks != 0 => table.mark(n, marks),
+                None => {}
             }
-            let state = self.state(n).cloned().unwrap_or_default();
-            table.install(n, 1, state, marks, 0);
         }
         table.installed(1);
         GraphView {
@@ -182,13 +185,20 @@ impl GraphView {
             return false;
         }
         if self.deleted == 0 && self.restored == 0 {
-            return !self.base_deleted_bit(n);
+            return !self.hidden_bit(n);
         }
         let f = flags();
-        if self.base_deleted_bit(n) && f & RESTORED == 0 {
+        if self.hidden_bit(n) && f & RESTORED == 0 {
             return false;
         }
         f & TOMBSTONE == 0
+    }
+
+    /// Whether `n` is hidden unless a version restores it: deleted in the base's bitset, or
+    /// added absent.
+    #[inline]
+    fn hidden_bit(&self, n: u32) -> bool {
+        self.base_deleted_bit(n) || (self.absent > 0 && self.table.marked(n, Mark::Absent))
     }
 
     #[inline]
@@ -396,7 +406,7 @@ impl Topology for GraphView {
 
     #[inline]
     fn all_visible(&self) -> bool {
-        self.base_deleted.is_none() && self.deleted == 0
+        self.base_deleted.is_none() && self.deleted == 0 && self.absent == 0
     }
 
     #[inline]

@@ -6,9 +6,11 @@
 //! sequence is at most its own. Committing a transaction installs one new version per node it
 //! touched (one allocation and one pointer store each) and sets the node's marks, so its cost
 //! is O(its changes) whatever the size of the graph or of the overlay — no tree is copied.
-//! Marks (per node: overlay edges out, in; data changed; liveness changed) only ever go from 0
-//! to 1 within a table, so a traversal learns "unchanged here, for every view" from one bit in
-//! a dense array; a set mark makes it look for the node's version (older views may find none).
+//! Marks (per node: overlay edges out, in; data changed; liveness changed; added absent) only
+//! ever go from 0 to 1 within a table once a view holds the node, so a traversal learns
+//! "unchanged here, for every view" from one bit in a dense array; a set mark makes it look for
+//! the node's version (older views may find none). A placeholder (a node added and hidden by
+//! one transaction) is marks only, with no version: it costs no allocation of its own.
 //!
 //! Memory: a version is freed when no live view can reach it. Views register their sequence
 //! number while they exist (a [`Guard`]); installing a version for a node frees the versions
@@ -40,7 +42,13 @@ pub(super) enum Mark {
     Data = 2,
     /// Deleted or restored.
     Liveness = 3,
+    /// Added absent (a placeholder): hidden unless a version restores it. Set, with no
+    /// version, by the transaction that adds the node; see [`Table::mark`].
+    Absent = 4,
 }
+
+/// Every mark, in bit order.
+pub(super) const MARKS: [Mark; 5] = [Mark::Out, Mark::In, Mark::Data, Mark::Liveness, Mark::Absent];
 
 impl Mark {
     pub(super) fn of(dir: Direction) -> Mark {
@@ -95,7 +103,7 @@ pub(super) struct Version {
 /// The versions and marks of 65,536 consecutive node ids.
 struct Segment {
     heads: [AtomicPtr<Version>; SEG_NODES],
-    marks: [[AtomicU64; SEG_WORDS]; 4],
+    marks: [[AtomicU64; SEG_WORDS]; MARKS.len()],
 }
 
 /// Types whose all-zero bit pattern is a valid value.
@@ -232,13 +240,8 @@ impl Table {
     /// `marks` (bits of [`Mark`]), then frees `n`'s versions that no view at `min_live` or
     /// later can reach. Only the writer calls this.
     pub(super) fn install(&self, n: u32, seq: u64, state: NodeState, marks: u8, min_live: u64) {
-        let seg = self.segment_or_create(n);
+        let seg = self.set_marks(n, marks);
         let i = n as usize & (SEG_NODES - 1);
-        for m in [Mark::Out, Mark::In, Mark::Data, Mark::Liveness] {
-            if marks & m.bit() != 0 {
-                seg.marks[m as usize][i >> 6].fetch_or(1 << (i & 63), Ordering::Relaxed);
-            }
-        }
         let old = seg.heads[i].load(Ordering::Acquire);
         // SAFETY: heads are live allocations; only this (the writer's) thread frees versions.
         let pruned = unsafe { old.as_ref() }.is_some_and(|o| o.pruned_for == min_live);
@@ -251,6 +254,33 @@ impl Table {
         seg.heads[i].store(v, Ordering::Release);
         if !pruned {
             prune(old, min_live);
+        }
+    }
+
+    /// Sets `marks` (bits of [`Mark`]) on `n` without a version. Only the writer calls this.
+    pub(super) fn mark(&self, n: u32, marks: u8) {
+        self.set_marks(n, marks);
+    }
+
+    fn set_marks(&self, n: u32, marks: u8) -> &Segment {
+        let seg = self.segment_or_create(n);
+        let i = n as usize & (SEG_NODES - 1);
+        for m in MARKS {
+            if marks & m.bit() != 0 {
+                seg.marks[m as usize][i >> 6].fetch_or(1 << (i & 63), Ordering::Relaxed);
+            }
+        }
+        seg
+    }
+
+    /// Clears every mark of a node id no published view holds yet (a transaction that was
+    /// dropped may have marked it absent). Only the writer calls this, before reusing the id.
+    pub(super) fn unmark_unpublished(&self, n: u32) {
+        if let Some(seg) = self.segment(n) {
+            let i = n as usize & (SEG_NODES - 1);
+            for m in MARKS {
+                seg.marks[m as usize][i >> 6].fetch_and(!(1 << (i & 63)), Ordering::Relaxed);
+            }
         }
     }
 

@@ -330,6 +330,10 @@ impl std::hash::Hasher for IdHasher {
 pub(super) struct Builder {
     pub(super) view: GraphView,
     pending: HashMap<u32, Pending, BuildHasherDefault<IdHasher>>,
+    /// Nodes whose data this transaction set: marked at the end, with no version of their own.
+    data_set: Vec<u32>,
+    /// The first node id this transaction added.
+    first_added: u32,
 }
 
 impl Builder {
@@ -337,13 +341,23 @@ impl Builder {
         Builder {
             view: from.clone(),
             pending: HashMap::default(),
+            data_set: Vec::new(),
+            first_added: from.node_count,
         }
     }
 
     /// Installs the touched nodes' states as versions and returns the new view at `lsn`.
     pub(super) fn finish(self, lsn: u64) -> GraphView {
-        let Builder { mut view, pending } = self;
+        let Builder {
+            mut view,
+            pending,
+            data_set,
+            ..
+        } = self;
         let seq = view.seq + 1;
+        for n in data_set {
+            view.table.mark(n, Mark::Data.bit());
+        }
         // Versions no live view (this builder's own base view included) reaches are freed.
         let min_live = view.table.min_live().unwrap_or(view.seq).min(view.seq);
         for (n, p) in pending {
@@ -520,7 +534,9 @@ impl Builder {
     pub(super) fn apply(&mut self, m: &Mutation, index: &mut EdgeIndex) -> Result<(), ApplyError> {
         match *m {
             Mutation::AddNode => {
-                self.view.node_count = self.view.node_count.checked_add(1).ok_or(ApplyError::TooManyNodes)?;
+                let id = self.view.node_count;
+                self.view.node_count = id.checked_add(1).ok_or(ApplyError::TooManyNodes)?;
+                self.view.table.unmark_unpublished(id);
                 Ok(())
             }
             Mutation::RemoveNode(n) => {
@@ -528,6 +544,16 @@ impl Builder {
                     return Err(ApplyError::NoSuchNode(n.0));
                 }
                 self.view.edge_count = self.view.edge_count.saturating_sub(self.visible_incident(n));
+                if n.0 >= self.first_added && self.flags(n.0) == 0 {
+                    // Added by this transaction and hidden in it (a placeholder): absent from
+                    // birth, like a node of the base's deleted bitset, with a mark and no
+                    // version. No published view holds the id yet, so marking it now is
+                    // invisible to readers; a dropped transaction's mark is cleared when the
+                    // id is added again.
+                    self.view.table.mark(n.0, Mark::Absent.bit());
+                    self.view.absent += 1;
+                    return Ok(());
+                }
                 let st = self.state_mut(n.0, Mark::Liveness.bit());
                 if st.flags & RESTORED != 0 {
                     st.flags &= !RESTORED;
@@ -561,7 +587,7 @@ impl Builder {
                     return Err(ApplyError::NoSuchNode(id.0));
                 }
                 self.view.nodes.set(id.0, data.clone());
-                self.state_mut(id.0, Mark::Data.bit());
+                self.data_set.push(id.0);
                 Ok(())
             }
             Mutation::AddEdge(e) => self.add_edge(e, index),

@@ -1,0 +1,182 @@
+//! Node data changed since the base, per view, and the key index of nodes added since.
+//!
+//! Each changed node holds a [`Slot`]. A node known only by its label and key (a placeholder
+//! for an edge endpoint not seen yet, or a row with no tenant, filters or properties) is held
+//! inline in 32 bytes with no allocation; other nodes share an `Arc<NodeData>`. Nodes added
+//! since the base sit in a persistent vector (dense ids from the base's length on), so adding
+//! one appends instead of copying hash-trie paths.
+//!
+//! [`AddedKeys`] resolves the keys of added nodes: 8 bytes per entry (a 32-bit hash of the
+//! label and key, and the node id), shared by every view of one base and only ever appended
+//! to. A view sees only the nodes it holds data for, so every hit is checked against the
+//! view's own data.
+//!
+//! Not for: the base's columns (`base`), tenants and filters (`mod`).
+
+use super::{NodeData, NodeKey, NodeLabel};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+
+/// What a view holds of a changed node.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Slot {
+    /// No data (cleared, or an id below one that was given data).
+    Gone,
+    /// Label and key only: no tenant, filters or properties.
+    Bare(NodeLabel, NodeKey),
+    /// Anything else.
+    Full(Arc<NodeData>),
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() <= 32);
+
+impl Slot {
+    pub(super) fn of(data: Option<Arc<NodeData>>) -> Slot {
+        match data {
+            None => Slot::Gone,
+            Some(d) if d.tenant.is_none() && d.filters.is_empty() && d.properties.is_empty() => {
+                Slot::Bare(d.label, d.key.clone())
+            }
+            Some(d) => Slot::Full(d),
+        }
+    }
+
+    pub(super) fn data(&self) -> Option<Arc<NodeData>> {
+        match self {
+            Slot::Gone => None,
+            Slot::Bare(label, key) => Some(Arc::new(NodeData::bare(*label, key.clone()))),
+            Slot::Full(d) => Some(d.clone()),
+        }
+    }
+
+    pub(super) fn label_key(&self) -> Option<(NodeLabel, &NodeKey)> {
+        match self {
+            Slot::Gone => None,
+            Slot::Bare(label, key) => Some((*label, key)),
+            Slot::Full(d) => Some((d.label, &d.key)),
+        }
+    }
+
+    pub(super) fn tenant(&self) -> Option<&NodeKey> {
+        match self {
+            Slot::Full(d) => d.tenant.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// Node data changed since the base: a persistent map for base nodes, a persistent vector for
+/// nodes added since.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Changed {
+    base: imbl::HashMap<u32, Slot>,
+    added: imbl::Vector<Slot>,
+}
+
+impl Changed {
+    /// `n`'s slot if it changed since a base of `base_len` nodes.
+    pub(super) fn get(&self, base_len: u32, n: u32) -> Option<&Slot> {
+        if n < base_len {
+            self.base.get(&n)
+        } else {
+            self.added.get((n - base_len) as usize)
+        }
+    }
+
+    pub(super) fn insert(&mut self, base_len: u32, n: u32, slot: Slot) {
+        if n < base_len {
+            self.base.insert(n, slot);
+            return;
+        }
+        let i = (n - base_len) as usize;
+        while self.added.len() < i {
+            self.added.push_back(Slot::Gone);
+        }
+        if i == self.added.len() {
+            self.added.push_back(slot);
+        } else {
+            self.added.set(i, slot);
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.base.is_empty() && self.added.is_empty()
+    }
+}
+
+/// The key index of nodes added since the base: (label, key) → the nodes that ever held it.
+#[derive(Default)]
+pub(super) struct AddedKeys {
+    hasher: RandomState,
+    /// (the high half of the key's hash, node id).
+    table: hashbrown::HashTable<(u32, u32)>,
+}
+
+impl std::fmt::Debug for AddedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddedKeys").field("entries", &self.table.len()).finish()
+    }
+}
+
+/// The table's hash of an entry, from the 32 bits it keeps (spread over 64 for the bucket
+/// index and the control byte alike).
+fn spread(h: u32) -> u64 {
+    u64::from(h).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+impl AddedKeys {
+    fn hash(&self, label: NodeLabel, key: &NodeKey) -> u32 {
+        (self.hasher.hash_one((label, key)) >> 32) as u32
+    }
+
+    /// The node that ever held this label and key and for which `holds` says it still does.
+    pub(super) fn find(&self, label: NodeLabel, key: &NodeKey, holds: impl Fn(u32) -> bool) -> Option<u32> {
+        let h = self.hash(label, key);
+        self.table
+            .find(spread(h), |&(eh, n)| eh == h && holds(n))
+            .map(|&(_, n)| n)
+    }
+
+    /// Records that node `n` holds this label and key (once per pair).
+    pub(super) fn insert(&mut self, label: NodeLabel, key: &NodeKey, n: u32) {
+        let h = self.hash(label, key);
+        if self.table.find(spread(h), |&e| e == (h, n)).is_none() {
+            self.table.insert_unique(spread(h), (h, n), |&(eh, _)| spread(eh));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_resolve_to_the_node_that_holds_them() {
+        let mut keys = AddedKeys::default();
+        let (a, b) = (NodeKey::Int(7), NodeKey::Text("x".into()));
+        keys.insert(NodeLabel(0), &a, 10);
+        keys.insert(NodeLabel(0), &a, 10);
+        keys.insert(NodeLabel(1), &a, 11);
+        keys.insert(NodeLabel(0), &b, 12);
+        // Node 10 gave up the key, node 13 took it.
+        keys.insert(NodeLabel(0), &a, 13);
+        assert_eq!(keys.table.len(), 4);
+        assert_eq!(keys.find(NodeLabel(0), &a, |n| n == 13), Some(13));
+        assert_eq!(keys.find(NodeLabel(0), &a, |n| n == 10), Some(10));
+        assert_eq!(keys.find(NodeLabel(1), &a, |_| true), Some(11));
+        assert_eq!(keys.find(NodeLabel(0), &b, |_| true), Some(12));
+        assert_eq!(keys.find(NodeLabel(2), &a, |_| true), None);
+    }
+
+    #[test]
+    fn bare_nodes_are_held_inline() {
+        let bare = Arc::new(NodeData::bare(NodeLabel(3), NodeKey::Int(5)));
+        let slot = Slot::of(Some(bare.clone()));
+        assert_eq!(slot, Slot::Bare(NodeLabel(3), NodeKey::Int(5)));
+        assert_eq!(slot.data().as_deref(), Some(&*bare));
+        let mut full = NodeData::bare(NodeLabel(3), NodeKey::Int(5));
+        full.tenant = Some(NodeKey::Int(1));
+        assert!(matches!(Slot::of(Some(Arc::new(full))), Slot::Full(_)));
+        assert_eq!(Slot::of(None), Slot::Gone);
+    }
+}
