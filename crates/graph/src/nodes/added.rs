@@ -6,15 +6,14 @@
 //! since the base sit in a persistent vector (dense ids from the base's length on), so adding
 //! one appends instead of copying hash-trie paths.
 //!
-//! [`AddedKeys`] resolves the keys of added nodes: 8 bytes per entry (a 32-bit hash of the
-//! label and key, and the node id), shared by every view of one base and only ever appended
+//! [`AddedKeys`] resolves the keys of added nodes: 8 bytes per entry (32 bits of the label and
+//! key's hash, the one the base's index uses, and the node id), shared by every view of one base and only ever appended
 //! to. A view sees only the nodes it holds data for, so every hit is checked against the
 //! view's own data.
 //!
 //! Not for: the base's columns (`base`), tenants and filters (`mod`).
 
 use super::{NodeData, NodeKey, NodeLabel};
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 /// What a view holds of a changed node.
@@ -107,7 +106,6 @@ impl Changed {
 /// The key index of nodes added since the base: (label, key) → the nodes that ever held it.
 #[derive(Default)]
 pub(super) struct AddedKeys {
-    hasher: RandomState,
     /// (the high half of the key's hash, node id).
     table: hashbrown::HashTable<(u32, u32)>,
 }
@@ -125,21 +123,18 @@ fn spread(h: u32) -> u64 {
 }
 
 impl AddedKeys {
-    fn hash(&self, label: NodeLabel, key: &NodeKey) -> u32 {
-        (self.hasher.hash_one((label, key)) >> 32) as u32
-    }
-
-    /// The node that ever held this label and key and for which `holds` says it still does.
-    pub(super) fn find(&self, label: NodeLabel, key: &NodeKey, holds: impl Fn(u32) -> bool) -> Option<u32> {
-        let h = self.hash(label, key);
+    /// The node that ever held the label and key of hash `hash` and for which `holds` says it
+    /// still does.
+    pub(super) fn find(&self, hash: u64, holds: impl Fn(u32) -> bool) -> Option<u32> {
+        let h = (hash >> 32) as u32;
         self.table
             .find(spread(h), |&(eh, n)| eh == h && holds(n))
             .map(|&(_, n)| n)
     }
 
-    /// Records that node `n` holds this label and key (once per pair).
-    pub(super) fn insert(&mut self, label: NodeLabel, key: &NodeKey, n: u32) {
-        let h = self.hash(label, key);
+    /// Records that node `n` holds the label and key of hash `hash` (once per pair).
+    pub(super) fn insert(&mut self, hash: u64, n: u32) {
+        let h = (hash >> 32) as u32;
         if self.table.find(spread(h), |&e| e == (h, n)).is_none() {
             self.table.insert_unique(spread(h), (h, n), |&(eh, _)| spread(eh));
         }
@@ -153,19 +148,21 @@ mod tests {
     #[test]
     fn keys_resolve_to_the_node_that_holds_them() {
         let mut keys = AddedKeys::default();
-        let (a, b) = (NodeKey::Int(7), NodeKey::Text("x".into()));
-        keys.insert(NodeLabel(0), &a, 10);
-        keys.insert(NodeLabel(0), &a, 10);
-        keys.insert(NodeLabel(1), &a, 11);
-        keys.insert(NodeLabel(0), &b, 12);
-        // Node 10 gave up the key, node 13 took it.
-        keys.insert(NodeLabel(0), &a, 13);
+        // Hashes of three keys; the third collides with the first in the bits kept.
+        let (a, b, c) = (0x1111_0000_0000_0007, 0x2222_0000_0000_0008, 0x1111_0000_0000_0009);
+        keys.insert(a, 10);
+        keys.insert(a, 10);
+        keys.insert(b, 12);
+        keys.insert(c, 11);
+        // Node 10 gave up key a, node 13 took it.
+        keys.insert(a, 13);
         assert_eq!(keys.table.len(), 4);
-        assert_eq!(keys.find(NodeLabel(0), &a, |n| n == 13), Some(13));
-        assert_eq!(keys.find(NodeLabel(0), &a, |n| n == 10), Some(10));
-        assert_eq!(keys.find(NodeLabel(1), &a, |_| true), Some(11));
-        assert_eq!(keys.find(NodeLabel(0), &b, |_| true), Some(12));
-        assert_eq!(keys.find(NodeLabel(2), &a, |_| true), None);
+        assert_eq!(keys.find(a, |n| n == 13), Some(13));
+        assert_eq!(keys.find(a, |n| n == 10), Some(10));
+        // What holds a key is the caller's to say: a colliding hash finds both.
+        assert_eq!(keys.find(c, |n| n == 11), Some(11));
+        assert_eq!(keys.find(b, |_| true), Some(12));
+        assert_eq!(keys.find(0x3333_0000_0000_0000, |_| true), None);
     }
 
     #[test]

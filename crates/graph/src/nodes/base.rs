@@ -33,12 +33,59 @@ pub(super) struct NodeBase {
     pub(super) index: Vec<u32>,
 }
 
-/// A key's hash input: label then the key's encoding.
-pub(super) fn key_bytes(label: NodeLabel, key: &NodeKey) -> Vec<u8> {
-    let mut out = Vec::with_capacity(11);
-    out.extend_from_slice(&label.0.to_le_bytes());
-    codec::put_key(&mut out, key);
-    out
+/// A (label, key) as the key indexes hash it: the label then the key's encoding (as snapshots
+/// encode keys; on the stack for integer and uuid keys, the common ones), and the xxh3 hash of
+/// those bytes. The base's index stores positions from this hash in snapshots: it never
+/// changes.
+pub(super) struct KeyHash {
+    enc: Enc,
+    pub(super) hash: u64,
+}
+
+enum Enc {
+    Short([u8; 19], u8),
+    Long(Vec<u8>),
+}
+
+impl KeyHash {
+    pub(super) fn new(label: NodeLabel, key: &NodeKey) -> KeyHash {
+        let mut buf = [0u8; 19];
+        buf[..2].copy_from_slice(&label.0.to_le_bytes());
+        let enc = match key {
+            // The encodings of `codec::put_key`: a tag byte, then the value.
+            NodeKey::Int(v) => {
+                buf[3..11].copy_from_slice(&v.to_le_bytes());
+                Enc::Short(buf, 11)
+            }
+            NodeKey::Uuid(u) => {
+                buf[2] = 1;
+                buf[3..19].copy_from_slice(u);
+                Enc::Short(buf, 19)
+            }
+            _ => {
+                let mut out = Vec::with_capacity(32);
+                out.extend_from_slice(&label.0.to_le_bytes());
+                codec::put_key(&mut out, key);
+                Enc::Long(out)
+            }
+        };
+        let bytes = match &enc {
+            Enc::Short(b, len) => &b[..*len as usize],
+            Enc::Long(v) => &v[..],
+        };
+        KeyHash {
+            hash: xxhash_rust::xxh3::xxh3_64(bytes),
+            enc,
+        }
+    }
+
+    /// The key's encoding, after the label.
+    fn key_bytes(&self) -> &[u8] {
+        match &self.enc {
+            Enc::Short(b, len) => &b[2..*len as usize],
+            Enc::Long(v) => &v[2..],
+        }
+    }
 }
 
 impl NodeBase {
@@ -85,18 +132,22 @@ impl NodeBase {
     }
 
     pub(super) fn lookup(&self, label: NodeLabel, key: &NodeKey) -> Option<u32> {
+        self.lookup_hashed(label, key, &KeyHash::new(label, key))
+    }
+
+    /// [`Self::lookup`] with the key's hash already computed.
+    pub(super) fn lookup_hashed(&self, label: NodeLabel, key: &NodeKey, h: &KeyHash) -> Option<u32> {
         if self.index.is_empty() {
             return None;
         }
-        let bytes = key_bytes(label, key);
         let mask = self.index.len() - 1;
-        let mut i = xxhash_rust::xxh3::xxh3_64(&bytes) as usize & mask;
+        let mut i = h.hash as usize & mask;
         loop {
             let id = self.index[i];
             if id == EMPTY {
                 return None;
             }
-            if self.matches(id as usize, label, key, &bytes[2..]) {
+            if self.matches(id as usize, label, key, h.key_bytes()) {
                 return Some(id);
             }
             i = (i + 1) & mask;
@@ -158,10 +209,10 @@ impl NodeBase {
                 continue;
             }
             let (label, key) = (self.label(n), self.key(n));
-            let bytes = key_bytes(label, &key);
-            let mut i = xxhash_rust::xxh3::xxh3_64(&bytes) as usize & mask;
+            let h = KeyHash::new(label, &key);
+            let mut i = h.hash as usize & mask;
             while self.index[i] != EMPTY {
-                if self.matches(self.index[i] as usize, label, &key, &bytes[2..]) {
+                if self.matches(self.index[i] as usize, label, &key, h.key_bytes()) {
                     return Err((label, key));
                 }
                 i = (i + 1) & mask;
@@ -180,5 +231,29 @@ impl NodeBase {
             + (self.filter_offsets.capacity() + self.filter_values.capacity() + self.prop_offsets.capacity()) * 4
             + self.prop_arena.capacity()
             + self.index.capacity() * 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_hashes_encode_keys_as_snapshots_do() {
+        let keys = [
+            NodeKey::Int(-3),
+            NodeKey::Int(i64::MAX),
+            NodeKey::Uuid([7; 16]),
+            NodeKey::Text("a key".into()),
+            NodeKey::Composite(Arc::from(vec![NodeKey::Int(1), NodeKey::Text("x".into())])),
+        ];
+        for key in keys {
+            let label = NodeLabel(0x1234);
+            let mut want = label.0.to_le_bytes().to_vec();
+            codec::put_key(&mut want, &key);
+            let h = KeyHash::new(label, &key);
+            assert_eq!(h.key_bytes(), &want[2..], "{key:?}");
+            assert_eq!(h.hash, xxhash_rust::xxh3::xxh3_64(&want), "{key:?}");
+        }
     }
 }

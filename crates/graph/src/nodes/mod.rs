@@ -193,6 +193,22 @@ impl NodeStore {
         }))
     }
 
+    /// The tenant value of node `n` if it was ever given data (`Some(None)`: data with no
+    /// tenant). Allocates nothing, unlike [`Self::data`].
+    pub(crate) fn tenant_key(&self, n: u32) -> Option<Option<&NodeKey>> {
+        if let Some(s) = self.changed.get(self.base.len() as u32, n) {
+            return s.label_key().map(|_| s.tenant());
+        }
+        let b = &self.base;
+        if !b.has(n) {
+            return None;
+        }
+        Some(match b.tenant[n as usize] {
+            NO_TENANT => None,
+            t => self.tenant_names.get(t as usize),
+        })
+    }
+
     /// The label and key of node `n`, if it was ever given data (cheaper than [`Self::data`]
     /// for base nodes: no properties are decoded).
     pub(crate) fn label_key(&self, n: u32) -> Option<(NodeLabel, NodeKey)> {
@@ -225,12 +241,15 @@ impl NodeStore {
                 }
             }
         }
+        let h = KeyHash::new(label, key);
         let added = self.new_keys.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = added.find(label, key, |n| self.holds(n, label, key)) {
+        if let Some(n) = added.find(h.hash, |n| self.holds(n, label, key)) {
             return Some(n);
         }
         drop(added);
-        self.base.lookup(label, key).filter(|&n| self.holds(n, label, key))
+        self.base
+            .lookup_hashed(label, key, &h)
+            .filter(|&n| self.holds(n, label, key))
     }
 
     /// Whether node `n` has this label and key in this store's state.
@@ -334,8 +353,9 @@ impl NodeStore {
         let base_len = self.base.len() as u32;
         if let Some(d) = &data {
             if n >= base_len {
+                let h = KeyHash::new(d.label, &d.key).hash;
                 let mut keys = self.new_keys.write().unwrap_or_else(|e| e.into_inner());
-                keys.insert(d.label, &d.key, n);
+                keys.insert(h, n);
             } else if self.base.lookup(d.label, &d.key) != Some(n) {
                 self.index_delta.insert((d.label, d.key.clone()), n);
             }

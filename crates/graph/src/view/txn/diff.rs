@@ -70,6 +70,14 @@ fn visible_data(b: &Builder, n: u32) -> Option<Arc<NodeData>> {
     b.view.nodes.data(n)
 }
 
+/// A node's tenant if it is visible and has data (as [`visible_data`], allocating nothing).
+fn visible_tenant(b: &Builder, n: u32) -> Option<Option<&NodeKey>> {
+    if n >= b.view.node_count || !b.visible(NodeId(n)) {
+        return None;
+    }
+    b.view.nodes.tenant_key(n)
+}
+
 /// Which scopes a node entered: (whole graph, its tenant).
 type Entered = (bool, bool);
 
@@ -166,12 +174,12 @@ impl Capture {
             if c == 0 {
                 continue;
             }
-            let (Some(s), Some(t)) = (visible_data(b, e.source.0), visible_data(b, e.target.0)) else {
+            let (Some(s), Some(t)) = (visible_tenant(b, e.source.0), visible_tenant(b, e.target.0)) else {
                 continue;
             };
             let (es, et) = (ent(&entered, e.source.0), ent(&entered, e.target.0));
             let global = !(es.0 || et.0);
-            let tenant = (s.tenant.is_some() && s.tenant == t.tenant && !(es.1 || et.1)).then(|| s.tenant.clone());
+            let tenant = (s.is_some() && s == t && !(es.1 || et.1)).then(|| s.cloned());
             let tenant = tenant.flatten();
             if !global && tenant.is_none() {
                 continue;
@@ -208,10 +216,10 @@ impl Capture {
                     if dir == Direction::In && (m == n || entered.contains_key(&m)) {
                         return;
                     }
-                    let Some(md) = visible_data(b, m) else { return };
+                    let Some(mt) = visible_tenant(b, m) else { return };
                     let other = ent(&entered, m);
                     let global = me.0 || other.0;
-                    let tenant = nd.tenant.is_some() && md.tenant == nd.tenant && (me.1 || other.1);
+                    let tenant = nd.tenant.is_some() && mt == nd.tenant.as_ref() && (me.1 || other.1);
                     if !global && !tenant {
                         return;
                     }
