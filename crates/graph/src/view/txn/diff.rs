@@ -18,7 +18,6 @@ use crate::nodes::{NodeData, NodeKey};
 use crate::query::Direction;
 use crate::view::Mutation;
 use crate::{EdgeInput, NodeId};
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -152,28 +151,9 @@ impl Capture {
         // The transaction's own edge changes, netted per exact edge, where both ends were and
         // stay in the scope (an entering end's edges are listed below, a leaving end's go
         // with its delete).
-        let mut net: HashMap<(u32, u32, u8, u64), i64> = HashMap::new();
-        let mut order = Vec::new();
-        for m in &log[from..] {
-            let (e, d) = match m {
-                Mutation::AddEdge(e) => (e, 1),
-                Mutation::RemoveEdge(e) => (e, -1),
-                _ => continue,
-            };
-            match net.entry((e.source.0, e.target.0, e.label.0, e.weight.to_bits())) {
-                Entry::Vacant(v) => {
-                    v.insert(d);
-                    order.push(*e);
-                }
-                Entry::Occupied(mut o) => *o.get_mut() += d,
-            }
-        }
+        let netted = net_edge_changes(&log[from..]);
         let mut adds = Vec::new();
-        for e in order {
-            let c = net[&(e.source.0, e.target.0, e.label.0, e.weight.to_bits())];
-            if c == 0 {
-                continue;
-            }
+        for (e, c) in netted {
             let (Some(s), Some(t)) = (visible_tenant(b, e.source.0), visible_tenant(b, e.target.0)) else {
                 continue;
             };
@@ -252,6 +232,33 @@ impl Capture {
         out.extend(adds);
         out
     }
+}
+
+/// The edge changes of `log` netted per exact edge (source, target, label, weight bits), in the
+/// order each edge first appears, without the ones that cancel out. Sorting, not hashing: a
+/// transaction's few edges cost no hash table.
+fn net_edge_changes(log: &[Mutation]) -> Vec<(EdgeInput, i64)> {
+    type Key = (u32, u32, u8, u64);
+    let key = |e: &EdgeInput| (e.source.0, e.target.0, e.label.0, e.weight.to_bits());
+    let mut all: Vec<(Key, usize, EdgeInput, i64)> = log
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| match m {
+            Mutation::AddEdge(e) => Some((key(e), i, *e, 1)),
+            Mutation::RemoveEdge(e) => Some((key(e), i, *e, -1)),
+            _ => None,
+        })
+        .collect();
+    all.sort_unstable_by_key(|x| (x.0, x.1));
+    let mut netted: Vec<(usize, EdgeInput, i64)> = Vec::new();
+    for run in all.chunk_by(|a, b| a.0 == b.0) {
+        let c: i64 = run.iter().map(|x| x.3).sum();
+        if c != 0 {
+            netted.push((run[0].1, run[0].2, c));
+        }
+    }
+    netted.sort_unstable_by_key(|x| x.0);
+    netted.into_iter().map(|(_, e, c)| (e, c)).collect()
 }
 
 fn ent(entered: &HashMap<u32, Entered>, n: u32) -> Entered {
