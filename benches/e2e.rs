@@ -724,7 +724,18 @@ fn load(
     let queries = !matches!(work, Work::Hub);
     let mut qs = Queries::default();
     let mut http = Http::new(gs.port());
-    // What the probe (and the queries) cost graphsync by themselves: 2 s while idle.
+    // What the probe (and the queries) cost graphsync by themselves: 2 s while idle, once its
+    // own background work after the start (compaction, a snapshot) is done: a 500 ms window
+    // under 0.05 cores, waited for at most 30 s (else that work would count as the probe's).
+    let settled = Instant::now();
+    loop {
+        let (c0, t) = (cpu_seconds(&pid), Instant::now());
+        std::thread::sleep(Duration::from_millis(500));
+        let cores = (cpu_seconds(&pid) - c0) / t.elapsed().as_secs_f64();
+        if cores < 0.05 || settled.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+    }
     let overhead = {
         let probe = Probe::start(rt, cluster, db, gs.port());
         let (c0, t) = (cpu_seconds(&pid), Instant::now());

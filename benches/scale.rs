@@ -13,7 +13,7 @@
 //!
 //! Sizes: `GRAPHSYNC_SCALE_EDGES`, comma-separated edge counts (default
 //! `100000,10000000,50000000`); nodes are a tenth of the edges. Each size has its own database,
-//! dropped afterwards.
+//! dropped afterwards. `GRAPHSYNC_SCALE_KEEP_DATA=DIR` keeps each size's data directory there.
 
 mod common;
 
@@ -156,6 +156,19 @@ fn size(cluster: &'static Cluster, edges: u64, dir: &Path) -> Row {
     p.wait("the logged changes applied", |port| applied(port) >= end);
     let _ = p.child.kill();
     let _ = p.child.wait();
+    if let Some(to) = std::env::var_os("GRAPHSYNC_SCALE_KEEP_DATA") {
+        // For profiling the restart offline: the data directory as the SIGKILL left it.
+        let to = Path::new(&to).join(&db);
+        let _ = std::fs::remove_dir_all(&to);
+        let ok = std::process::Command::new("cp").arg("-a").arg(&data).arg(&to).status();
+        assert!(
+            ok.is_ok_and(|s| s.success()),
+            "cannot copy {} to {}",
+            data.display(),
+            to.display()
+        );
+        eprintln!("{edges} edges: data directory as killed copied to {}", to.display());
+    }
     let t = Instant::now();
     let mut p = spawn(cluster, &db, &cfg, &data, &log, 1 << 40);
     p.wait("streaming after SIGKILL", streaming);

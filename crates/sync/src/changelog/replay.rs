@@ -4,6 +4,9 @@
 //! Mutations are replayed in large graph transactions (many records each), row-index changes
 //! one by one; a record that does not fit the graph (an edge that is not there, a node id out
 //! of sequence) means the log and the snapshot are not of the same history, and is refused.
+//! Two threads share the work: this one reads and decodes records and replays the row index,
+//! a scoped one applies the graph's chunks as they fill (graph and row index are independent
+//! until the end), at most two chunks apart.
 //!
 //! Not for: choosing the snapshot (`crate::checkpoint`) or reading files (`segment`).
 
@@ -122,6 +125,59 @@ pub fn replay_until(
         Some(u) => intact_through(log, mapping_hash, after, u)?,
         None => None,
     };
+    let start_id = graph.view().node_count();
+    let (chunks, applied) = std::sync::mpsc::sync_channel::<(Vec<Mutation>, Lsn)>(1);
+    std::thread::scope(|s| {
+        let applier = s.spawn(move || {
+            for (mut chunk, lsn) in applied {
+                apply_chunk(graph, &mut chunk, lsn)?;
+            }
+            Ok::<(), ReplayError>(())
+        });
+        let scan = Scan {
+            log,
+            mapping_hash,
+            after,
+            upto,
+            intact,
+        };
+        let read = read_records(&scan, start_id, index, &chunks);
+        drop(chunks);
+        let applied = applier.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        // The graph's refusal first: a reader that stopped because the applier did is not the
+        // cause.
+        applied?;
+        read
+    })
+}
+
+/// What [`read_records`] scans: the log of `mapping_hash` after `after`, through `upto` if
+/// given, intact through `intact` (see [`intact_through`]).
+struct Scan<'a> {
+    log: &'a LogDir,
+    mapping_hash: u64,
+    after: Lsn,
+    upto: Option<Lsn>,
+    intact: Option<Lsn>,
+}
+
+/// The reading half of [`replay_until`]: scans and decodes the records, replays the row index,
+/// and sends the graph's mutations in chunks to `chunks` (a failed send: the applier stopped,
+/// and says why). `start_id`: the graph's node count before the first record.
+fn read_records(
+    scan: &Scan<'_>,
+    start_id: u32,
+    index: &mut RowIndex,
+    chunks: &std::sync::mpsc::SyncSender<(Vec<Mutation>, Lsn)>,
+) -> Result<Replayed, ReplayError> {
+    let Scan {
+        log,
+        mapping_hash,
+        after,
+        upto,
+        intact,
+    } = *scan;
+    let dir = log.path().display().to_string();
     let mut seen = after;
     let mut done = Replayed {
         position: after,
@@ -130,7 +186,8 @@ pub fn replay_until(
     let mut decoder = graph::wire::Decoder::default();
     let mut chunk: Vec<Mutation> = Vec::new();
     let mut chunk_lsn = Lsn(0);
-    let mut next_id = graph.view().node_count();
+    let mut next_id = start_id;
+    let mut stopped = false;
     let within = |lsn: Lsn| upto.is_none_or(|u| lsn <= u);
     let scanned = log.scan(after, mapping_hash, |lsn, payload| {
         seen = lsn;
@@ -192,11 +249,16 @@ pub fn replay_until(
         if cut {
             return Err(Halt::Past);
         }
-        if chunk.len() >= CHUNK {
-            apply_chunk(graph, &mut chunk, chunk_lsn)?;
+        if chunk.len() >= CHUNK && chunks.send((std::mem::take(&mut chunk), chunk_lsn)).is_err() {
+            stopped = true;
+            return Err(Halt::Past);
         }
         Ok::<(), Halt>(())
     });
+    if stopped {
+        // The applier refused a chunk: its error is the one reported.
+        return Ok(done);
+    }
     match scanned {
         Ok(()) | Err(Halt::Past) => {}
         // Past every frame the check found (all of them at or before `upto`): a frame the
@@ -204,7 +266,10 @@ pub fn replay_until(
         Err(Halt::Err(ReplayError::Log(LogError::Corrupt { .. }))) if intact.is_some_and(|last| seen >= last) => {}
         Err(Halt::Err(e)) => return Err(e),
     }
-    apply_chunk(graph, &mut chunk, chunk_lsn)?;
+    if !chunk.is_empty() {
+        // A failed send: the applier's error is the one reported.
+        let _ = chunks.send((chunk, chunk_lsn));
+    }
     Ok(done)
 }
 
