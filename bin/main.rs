@@ -205,10 +205,12 @@ fn main() -> ExitCode {
 }
 
 /// One glibc malloc arena for the whole process (unless `MALLOC_ARENA_MAX` says otherwise).
-/// The replicator is a task that runs on whichever runtime worker polled its socket, so with
-/// glibc's default of one arena per thread what one worker freed was not reused by the other:
-/// applying a 2 GB spilled transaction peaked at 107 MB instead of about 60 MB
-/// (`faults::large_streamed_transaction_in_bounded_memory` asserts the bound).
+/// Memory moves between threads (the replicator's, compaction's, the thread freeing retired
+/// views, the HTTP workers), and with glibc's default of one arena per thread what one thread
+/// freed was not reused by another: when the replicator was a task hopping between runtime
+/// workers, applying a 2 GB spilled transaction peaked at 107 MB instead of about 60 MB
+/// (`faults::large_streamed_transaction_in_bounded_memory` asserts the bound). CPU per change
+/// measured the same either way.
 fn one_malloc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {

@@ -89,6 +89,7 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         nats: args.nats.options(url, &opts.slot),
         data_dir: opts.data_dir.clone(),
         base_slot: opts.slot.clone(),
+        runtime: rt.handle().clone(),
     });
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -104,10 +105,8 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         let api = args.http.api(status.clone(), jwt, Some(admin));
         let server = crate::http::spawn(listener, api, rx.clone());
         let notifier = tokio::spawn(notify_loop(status.clone(), rx.clone()));
-        // The replicator runs as a task on the runtime's workers, not in `block_on` on this
-        // thread: the worker that sees the socket readable then runs it directly, instead of
-        // waking this thread for every message (a context switch per received transaction).
-        let replicate = tokio::spawn(async move {
+        // The replicator runs on a thread of its own (see `serve::on_own_thread`).
+        let result = crate::serve::on_own_thread("replicator", async move {
             match publish {
                 // Leads while it holds the slot, stands by (following the stream) otherwise.
                 Some(p) => {
@@ -117,17 +116,14 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
                         status,
                         shutdown: rx,
                         reloads,
+                        runtime: p.runtime,
                     })
                     .await
                 }
                 None => replicator::run_with_reloads(opts, status, rx, reloads).await,
             }
-        });
-        // Never aborted: a join error is a panic, passed on as it was.
-        let result = match replicate.await {
-            Ok(r) => r,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        };
+        })
+        .await?;
         notifier.abort();
         hup.abort();
         let n = crate::notify::Notifier::from_env();

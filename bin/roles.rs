@@ -22,6 +22,8 @@ pub struct Roles {
     pub status: Arc<ReplicaStatus>,
     pub shutdown: watch::Receiver<bool>,
     pub reloads: Reloads,
+    /// The shared runtime, for the publisher (this runs on the replicator's own thread).
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// Where mapping reloads go: the replicator while leading, refused while standing by.
@@ -35,10 +37,11 @@ pub async fn run(r: Roles) -> Result<(), SyncError> {
         status,
         shutdown,
         reloads,
+        runtime,
     } = r;
     let lead: LeadReloads = Arc::default();
     let dispatcher = tokio::spawn(dispatch_reloads(reloads, lead.clone()));
-    let result = roles(&opts, &nats, &status, &shutdown, &lead).await;
+    let result = roles(&opts, &nats, &status, &shutdown, &lead, &runtime).await;
     dispatcher.abort();
     result
 }
@@ -49,6 +52,7 @@ async fn roles(
     status: &Arc<ReplicaStatus>,
     shutdown: &watch::Receiver<bool>,
     lead: &LeadReloads,
+    runtime: &tokio::runtime::Handle,
 ) -> Result<(), SyncError> {
     let root = opts.data_dir.clone();
     // Set when leading ended because another replica leads or led (the slot taken or
@@ -112,6 +116,7 @@ async fn roles(
             nats: nats.clone(),
             data_dir: root.clone(),
             base_slot: opts.slot.clone(),
+            runtime: runtime.clone(),
         }
         .spawn(status, stop_rx.clone(), term);
         let publisher_abort = publisher.abort_handle();

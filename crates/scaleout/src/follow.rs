@@ -153,7 +153,7 @@ async fn session(
     };
     let hash = cfg.opts.hash();
     if follower.is_none() && rebootstrap.is_none() {
-        match tokio::task::block_in_place(|| Follower::open(cfg.opts.clone(), status.clone())) {
+        match sync::blocking(|| Follower::open(cfg.opts.clone(), status.clone())) {
             Ok(f) => *follower = f,
             // The data directory cannot be resumed (damaged, another mapping): load a snapshot.
             Err(e @ (SyncError::Replay(_) | SyncError::Checkpoint(_) | SyncError::Log(_))) => {
@@ -172,7 +172,7 @@ async fn session(
         };
         // Loaded: a later session resumes from this data directory.
         *rebootstrap = None;
-        *follower = tokio::task::block_in_place(|| Follower::open(cfg.opts.clone(), status.clone()))?;
+        *follower = sync::blocking(|| Follower::open(cfg.opts.clone(), status.clone()))?;
         tracing::info!(lsn = %lsn, "bootstrapped from the leader's snapshot");
     }
     let Some(f) = follower.as_mut() else {
@@ -352,7 +352,7 @@ async fn session(
             };
         }
         if !batch.is_empty() {
-            match tokio::task::block_in_place(|| f.apply(&batch)) {
+            match sync::blocking(|| f.apply(&batch)) {
                 Ok(_) => {}
                 Err(SyncError::Replay(e)) => {
                     return Ok(Ended::Rebootstrap(
@@ -499,7 +499,7 @@ async fn bootstrap(
     }
     let started = Instant::now();
     let bytes = snapshots::download(bucket, &cfg.opts.data_dir, latest.lsn).await?;
-    tokio::task::block_in_place(|| Follower::install(&cfg.opts.data_dir, latest.lsn, latest.mapping_hash))?;
+    sync::blocking(|| Follower::install(&cfg.opts.data_dir, latest.lsn, latest.mapping_hash))?;
     crate::lineage::write(&cfg.opts.data_dir, latest.lineage)?;
     tracing::info!(lsn = %latest.lsn, bytes, ms = started.elapsed().as_millis() as u64, "downloaded the leader's snapshot");
     Ok(Some(latest.lsn))

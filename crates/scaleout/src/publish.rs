@@ -468,7 +468,7 @@ async fn session(
                 cfg.data_dir.display()
             )));
         }
-        let recs = tokio::task::block_in_place(|| tail.read(until, ROUND_BYTES))?;
+        let recs = sync::blocking(|| tail.read(until, ROUND_BYTES))?;
         if recs.is_empty() {
             // Nothing mapped changed up to `until`: followers' positions follow (so a reader's
             // `min_lsn` taken from the primary is reached there too), at most every 200 ms.

@@ -28,6 +28,7 @@
 
 pub mod assembly;
 mod background;
+pub use background::blocking;
 pub mod catalog;
 pub mod change;
 pub mod changelog;

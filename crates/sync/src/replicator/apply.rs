@@ -69,7 +69,7 @@ fn apply_txns(
     if st.graph.read_only_reason().is_some() {
         // No compaction in flight to wait for (the loop waits for one before applying).
         tracing::warn!("overlays at the hard limit; compacting before applying");
-        tokio::task::block_in_place(|| st.graph.compact())?;
+        crate::blocking(|| st.graph.compact())?;
     }
     let started = Instant::now();
     let done = mapper.apply_logged(&mut st.graph, &mut st.index, pending)?;

@@ -36,7 +36,7 @@ impl Follower {
         let hash = opts.hash();
         let store = CheckpointStore::open(&opts.data_dir)?;
         let log = LogDir::open(&opts.data_dir.join("log"))?;
-        let Some(r) = tokio::task::block_in_place(|| restore::restore(&store, &log, hash))? else {
+        let Some(r) = crate::blocking(|| restore::restore(&store, &log, hash))? else {
             return Ok(None);
         };
         let position = r.position();
@@ -133,7 +133,7 @@ impl Follower {
         let started = Instant::now();
         if self.st.graph.read_only_reason().is_some() {
             tracing::warn!("overlays at the hard limit; compacting before applying");
-            tokio::task::block_in_place(|| self.st.graph.compact())?;
+            crate::blocking(|| self.st.graph.compact())?;
         }
         let mismatch = |lsn: Lsn, what: String| SyncError::Replay(ReplayError::Mismatch { lsn, what });
         let mut next_id = self.st.graph.view().node_count();
@@ -250,7 +250,7 @@ impl Follower {
 
     /// Flushes the log and lets background work finish (a clean stop).
     pub async fn close(mut self) {
-        if let Err(e) = tokio::task::block_in_place(|| self.st.log.flush(Duration::from_secs(30))) {
+        if let Err(e) = crate::blocking(|| self.st.log.flush(Duration::from_secs(30))) {
             tracing::warn!(error = %e, "flushing the change log while stopping failed");
         }
         finish_background(&mut self.st, &self.status, &self.store, self.hash).await;

@@ -142,7 +142,7 @@ pub(super) async fn initial_copy(
     copier.close().await;
     let lsn = created.consistent_point;
     let rows = bulk.rows();
-    let (graph, index) = tokio::task::block_in_place(|| bulk.finish(lsn.0, opts.compaction))?;
+    let (graph, index) = crate::blocking(|| bulk.finish(lsn.0, opts.compaction))?;
     let v = graph.view();
     tracing::info!(
         rows,
@@ -209,7 +209,7 @@ pub(super) async fn table_copy(
         pin,
         ..
     } = base;
-    let (mut graph, mut index, replayed) = tokio::task::block_in_place(|| {
+    let (mut graph, mut index, replayed) = crate::blocking(|| {
         let mut graph = Graph::from_view((*view).clone(), opts.compaction);
         if (0..index.len_mappings()).any(|i| index.mode(i) != empty.mode(i)) {
             return Err(SyncError::Io(
@@ -265,7 +265,7 @@ pub(super) async fn table_copy(
     t.commit()?;
     copier.simple_query("COMMIT").await?;
     copier.close().await;
-    tokio::task::block_in_place(|| graph.compact())?;
+    crate::blocking(|| graph.compact())?;
     let v = graph.view();
     tracing::info!(
         new_tables = %reshape.new_tables.join(", "),

@@ -402,7 +402,7 @@ impl Replicator {
             s.last_error = Some(e.to_string());
         });
         if let Some(st) = self.state.as_mut() {
-            let _ = tokio::task::block_in_place(|| st.log.flush(Duration::from_secs(30)));
+            let _ = crate::blocking(|| st.log.flush(Duration::from_secs(30)));
         }
         let cause = e.to_string();
         if e.needs_rebuild() && self.rebuilding.is_none() && self.auto_rebuild.as_deref() == Some(cause.as_str()) {

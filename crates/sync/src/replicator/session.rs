@@ -219,7 +219,7 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
                 status.set_graph(graph.reader());
                 // The copied graph is durable once its first snapshot is written; the log
                 // starts after it.
-                let manifest = tokio::task::block_in_place(|| first_snapshot(store, &graph, &index, hash, status))?;
+                let manifest = crate::blocking(|| first_snapshot(store, &graph, &index, hash, status))?;
                 let writer = LogWriter::open(log, lsn, writer_options(opts))?;
                 let feed = open_feed(opts, hash, status, lsn)?;
                 let _ = std::fs::remove_file(store.dir().join("initial-copy.started"));

@@ -85,7 +85,7 @@ pub(super) async fn stream(
             apply_pending(&mut pending, mapper, st, status)?;
             status.update(|s| s.phase = Phase::Stopping);
             // Confirm what is applied first (the log flushed), then let background work end.
-            let durable = tokio::task::block_in_place(|| st.log.flush(Duration::from_secs(30)))?;
+            let durable = crate::blocking(|| st.log.flush(Duration::from_secs(30)))?;
             let durable = durable.max(st.manifest.position);
             status.note_durable(durable);
             let confirmable = status.confirmable(durable);

@@ -151,9 +151,11 @@ impl Capture {
         // The transaction's own edge changes, netted per exact edge, where both ends were and
         // stay in the scope (an entering end's edges are listed below, a leaving end's go
         // with its delete).
-        let netted = net_edge_changes(&log[from..]);
         let mut adds = Vec::new();
-        for (e, c) in netted {
+        for (at, c) in net_edge_changes(&log[from..]) {
+            let (Mutation::AddEdge(e) | Mutation::RemoveEdge(e)) = log[from + at as usize] else {
+                continue;
+            };
             let (Some(s), Some(t)) = (visible_tenant(b, e.source.0), visible_tenant(b, e.target.0)) else {
                 continue;
             };
@@ -234,31 +236,39 @@ impl Capture {
     }
 }
 
-/// The edge changes of `log` netted per exact edge (source, target, label, weight bits), in the
-/// order each edge first appears, without the ones that cancel out. Sorting, not hashing: a
-/// transaction's few edges cost no hash table.
-fn net_edge_changes(log: &[Mutation]) -> Vec<(EdgeInput, i64)> {
-    type Key = (u32, u32, u8, u64);
-    let key = |e: &EdgeInput| (e.source.0, e.target.0, e.label.0, e.weight.to_bits());
-    let mut all: Vec<(Key, usize, EdgeInput, i64)> = log
-        .iter()
-        .enumerate()
-        .filter_map(|(i, m)| match m {
-            Mutation::AddEdge(e) => Some((key(e), i, *e, 1)),
-            Mutation::RemoveEdge(e) => Some((key(e), i, *e, -1)),
+/// The edge changes of `log` netted per exact edge (source, target, label, weight bits): for
+/// each edge whose changes do not cancel out, the position of its first change in `log` and
+/// the net count, in `log` order. Sorting, not hashing: a transaction's few edges cost no hash
+/// table, and a huge one about 48 bytes per edge change at the peak.
+fn net_edge_changes(log: &[Mutation]) -> Vec<(u32, i64)> {
+    fn edge(m: &Mutation) -> Option<(&EdgeInput, i64)> {
+        match m {
+            Mutation::AddEdge(e) => Some((e, 1)),
+            Mutation::RemoveEdge(e) => Some((e, -1)),
             _ => None,
-        })
-        .collect();
-    all.sort_unstable_by_key(|x| (x.0, x.1));
-    let mut netted: Vec<(usize, EdgeInput, i64)> = Vec::new();
-    for run in all.chunk_by(|a, b| a.0 == b.0) {
-        let c: i64 = run.iter().map(|x| x.3).sum();
-        if c != 0 {
-            netted.push((run[0].1, run[0].2, c));
         }
     }
-    netted.sort_unstable_by_key(|x| x.0);
-    netted.into_iter().map(|(_, e, c)| (e, c)).collect()
+    let key = |e: &EdgeInput| (e.source.0, e.target.0, e.label.0, e.weight.to_bits());
+    let mut all: Vec<((u32, u32, u8, u64), u32)> = log
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| edge(m).map(|(e, _)| (key(e), i as u32)))
+        .collect();
+    all.sort_unstable();
+    let mut netted: Vec<(u32, i64)> = Vec::new();
+    for run in all.chunk_by(|a, b| a.0 == b.0) {
+        let c: i64 = run
+            .iter()
+            .filter_map(|&(_, i)| edge(&log[i as usize]))
+            .map(|(_, d)| d)
+            .sum();
+        if c != 0 {
+            netted.push((run[0].1, c));
+        }
+    }
+    drop(all);
+    netted.sort_unstable();
+    netted
 }
 
 fn ent(entered: &HashMap<u32, Entered>, n: u32) -> Entered {
