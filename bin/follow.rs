@@ -57,8 +57,11 @@ pub fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
             opts,
             take_over: None,
         };
-        // On a thread of its own, as `replicate` does (see `serve::on_own_thread`).
-        let result = crate::serve::on_own_thread("follower", scaleout::follow::run(cfg, status, rx)).await?;
+        // On the workers, as `replicate` does: no wake-up of this thread per message.
+        let result = match tokio::spawn(scaleout::follow::run(cfg, status, rx)).await {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
         server.abort();
         result?;
         Ok(ExitCode::SUCCESS)

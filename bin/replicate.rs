@@ -89,7 +89,6 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         nats: args.nats.options(url, &opts.slot),
         data_dir: opts.data_dir.clone(),
         base_slot: opts.slot.clone(),
-        runtime: rt.handle().clone(),
     });
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -105,25 +104,32 @@ pub fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         let api = args.http.api(status.clone(), jwt, Some(admin));
         let server = crate::http::spawn(listener, api, rx.clone());
         let notifier = tokio::spawn(notify_loop(status.clone(), rx.clone()));
-        // The replicator runs on a thread of its own (see `serve::on_own_thread`).
-        let result = crate::serve::on_own_thread("replicator", async move {
-            match publish {
-                // Leads while it holds the slot, stands by (following the stream) otherwise.
-                Some(p) => {
-                    crate::roles::run(crate::roles::Roles {
-                        opts,
-                        nats: p.nats,
-                        status,
-                        shutdown: rx,
-                        reloads,
-                        runtime: p.runtime,
-                    })
-                    .await
+        let result = match publish {
+            // Leads while it holds the slot, stands by (following the stream) otherwise; a
+            // task on the shared runtime, beside the publisher and the NATS client.
+            Some(p) => {
+                let roles = tokio::spawn(crate::roles::run(crate::roles::Roles {
+                    opts,
+                    nats: p.nats,
+                    status,
+                    shutdown: rx,
+                    reloads,
+                }));
+                // Never aborted: a join error is a panic, passed on as it was.
+                match roles.await {
+                    Ok(r) => r,
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
                 }
-                None => replicator::run_with_reloads(opts, status, rx, reloads).await,
             }
-        })
-        .await?;
+            // On a thread of its own (see `serve::on_own_thread`); a background rebuild runs
+            // on the shared runtime.
+            None => {
+                let mut opts = opts;
+                opts.side_runtime = Some(tokio::runtime::Handle::current());
+                crate::serve::on_own_thread("replicator", replicator::run_with_reloads(opts, status, rx, reloads))
+                    .await?
+            }
+        };
         notifier.abort();
         hup.abort();
         let n = crate::notify::Notifier::from_env();

@@ -22,8 +22,6 @@ pub struct Roles {
     pub status: Arc<ReplicaStatus>,
     pub shutdown: watch::Receiver<bool>,
     pub reloads: Reloads,
-    /// The shared runtime, for the publisher (this runs on the replicator's own thread).
-    pub runtime: tokio::runtime::Handle,
 }
 
 /// Where mapping reloads go: the replicator while leading, refused while standing by.
@@ -37,11 +35,10 @@ pub async fn run(r: Roles) -> Result<(), SyncError> {
         status,
         shutdown,
         reloads,
-        runtime,
     } = r;
     let lead: LeadReloads = Arc::default();
     let dispatcher = tokio::spawn(dispatch_reloads(reloads, lead.clone()));
-    let result = roles(&opts, &nats, &status, &shutdown, &lead, &runtime).await;
+    let result = roles(&opts, &nats, &status, &shutdown, &lead).await;
     dispatcher.abort();
     result
 }
@@ -52,7 +49,6 @@ async fn roles(
     status: &Arc<ReplicaStatus>,
     shutdown: &watch::Receiver<bool>,
     lead: &LeadReloads,
-    runtime: &tokio::runtime::Handle,
 ) -> Result<(), SyncError> {
     let root = opts.data_dir.clone();
     // Set when leading ended because another replica leads or led (the slot taken or
@@ -116,7 +112,6 @@ async fn roles(
             nats: nats.clone(),
             data_dir: root.clone(),
             base_slot: opts.slot.clone(),
-            runtime: runtime.clone(),
         }
         .spawn(status, stop_rx.clone(), term);
         let publisher_abort = publisher.abort_handle();

@@ -174,9 +174,6 @@ pub struct PublishPlan {
     pub data_dir: PathBuf,
     /// The configured slot name.
     pub base_slot: String,
-    /// The shared runtime the publisher runs on (not the replicator's own thread: publishing
-    /// keeps up with the stream beside applying it).
-    pub runtime: tokio::runtime::Handle,
 }
 
 impl PublishPlan {
@@ -196,62 +193,56 @@ impl PublishPlan {
             data_dir: self.data_dir,
             base_slot: self.base_slot,
         };
-        self.runtime
-            .spawn(scaleout::publish::run(cfg, status.clone(), tx, shutdown, term))
+        tokio::spawn(scaleout::publish::run(cfg, status.clone(), tx, shutdown, term))
     }
 }
 
 /// The async runtime `replicate` and `follow` run on: a worker per core (at least two) for
-/// the HTTP API and the other tasks. The replicator (or follower) runs beside it on a thread
-/// of its own ([`on_own_thread`]).
+/// the HTTP API and the other tasks, plus one: a publishing replica (`replicate --publish`)
+/// and `follow` run their replicator or follower as a task on it, which stays busy under load.
+/// A plain `replicate` runs its replicator beside it on a thread of its own
+/// ([`on_own_thread`]).
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores.clamp(2, 64))
+        .worker_threads(cores.clamp(2, 64) + 1)
         .enable_all()
         .build()
         .context("cannot start the async runtime")
 }
 
 /// Runs `fut` to completion on a thread named `name` with a current-thread runtime of its own
-/// (I/O driver and timers included), and resolves to its output; a panic there is raised
-/// here.
+/// (I/O driver and timers included), and resolves to its output once that runtime has shut
+/// down (its side tasks dropped); a panic there is raised here.
 ///
-/// Why: the replicator waits on its socket for every transaction. As a task on the shared
-/// workers, the worker that saw the socket readable also polled the I/O driver for the HTTP
-/// API, so on saturated cores a query woken there waited for another worker to steal it (query
-/// p50 5× higher at the e2e bench's max rate); in `block_on` on the main thread, each message
-/// meant a worker waking that thread (CPU per transaction 27 % higher). On its own thread it
-/// waits in its own `epoll` and wakes no one; the tasks it spawns (probe, feed dispatcher)
-/// run on that thread too, between its awaits.
+/// Why, for the replicator: it waits on its socket for every transaction. As a task on the
+/// shared workers, the worker that saw the socket readable also polled the I/O driver for the
+/// HTTP API, so on saturated cores a query woken there waited for another worker to steal it
+/// (neighbours p50 2.5× higher at the e2e bench's max rate); in `block_on` on the main thread,
+/// each message meant a worker waking that thread (CPU per transaction 27 % higher). On its own
+/// thread it waits in its own `epoll` and wakes no one. Its side tasks (probe, feed dispatcher)
+/// run on that thread between its awaits; a background rebuild runs on the shared runtime
+/// (`Options::side_runtime`), as its copy blocks for long. Not for a follower or a publishing
+/// replica: the NATS client would share the thread and go unanswered while a follower opens
+/// or replays (seconds to minutes).
 pub async fn on_own_thread<F>(name: &str, fut: F) -> anyhow::Result<F::Output>
 where
     F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let (tx, rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name(name.to_string())
         // As much stack as the main thread, where it used to run (blocking work runs inline).
         .stack_size(8 << 20)
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            match rt {
-                Ok(rt) => {
-                    let _ = tx.send(Ok(rt.block_on(Box::pin(fut))));
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            Ok::<_, std::io::Error>(rt.block_on(Box::pin(fut)))
         })
         .with_context(|| format!("cannot start the {name} thread"))?;
-    match rx.await {
-        Ok(out) => out.with_context(|| format!("cannot start the {name} thread's async runtime")),
-        // The sender went without sending: the thread panicked.
-        Err(_) => match thread.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => anyhow::bail!("the {name} thread ended without a result"),
-        },
+    // Joined off the async workers: it ends when the future has and its runtime is dropped.
+    match tokio::task::spawn_blocking(move || thread.join()).await {
+        Ok(Ok(out)) => out.with_context(|| format!("cannot start the {name} thread's async runtime")),
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(e) => anyhow::bail!("waiting for the {name} thread failed: {e}"),
     }
 }

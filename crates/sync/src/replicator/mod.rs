@@ -121,6 +121,11 @@ pub struct Options {
     /// the slot, and [`SyncError::SlotTakenOver`] when another process confirmed it past this
     /// replica's state (a publishing leader then stands by as a follower).
     pub yield_slot: bool,
+    /// Where a background rebuild runs (none: the replicator's own runtime). The binary runs
+    /// the replicator on a current-thread runtime of its own and sets this to the shared
+    /// multi-thread runtime, so a rebuild's copy, bulk build and first snapshot (long blocking
+    /// work) never stop the graph in force from applying.
+    pub side_runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Options {
@@ -145,6 +150,7 @@ impl Options {
             receive_timeout: Duration::from_secs(30),
             binary: false,
             yield_slot: false,
+            side_runtime: None,
         }
     }
 }

@@ -159,7 +159,10 @@ impl Replicator {
             status: status.clone(),
         }));
         self.rebuilding = Some(Rebuild {
-            task: tokio::spawn(run_nested(nested)),
+            task: match &self.opts.side_runtime {
+                Some(rt) => rt.spawn(run_nested(nested)),
+                None => tokio::spawn(run_nested(nested)),
+            },
             status,
             stop,
             generation: next,
