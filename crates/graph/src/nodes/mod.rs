@@ -171,10 +171,7 @@ impl NodeStore {
             return None;
         }
         let i = n as usize;
-        let tenant = match b.tenant[i] {
-            NO_TENANT => None,
-            t => self.tenant_names.get(t as usize).cloned(),
-        };
+        let tenant = self.base_tenant(i).cloned();
         let filters: Vec<(FilterId, NodeKey)> = b.filter_values
             [b.filter_offsets[i] as usize..b.filter_offsets[i + 1] as usize]
             .iter()
@@ -199,14 +196,15 @@ impl NodeStore {
         if let Some(s) = self.changed.get(self.base.len() as u32, n) {
             return s.label_key().map(|_| s.tenant());
         }
-        let b = &self.base;
-        if !b.has(n) {
-            return None;
-        }
-        Some(match b.tenant[n as usize] {
+        self.base.has(n).then(|| self.base_tenant(n as usize))
+    }
+
+    /// The tenant value of base node `i` as the columns hold it.
+    fn base_tenant(&self, i: usize) -> Option<&NodeKey> {
+        match self.base.tenant[i] {
             NO_TENANT => None,
             t => self.tenant_names.get(t as usize),
-        })
+        }
     }
 
     /// The label and key of node `n`, if it was ever given data (cheaper than [`Self::data`]

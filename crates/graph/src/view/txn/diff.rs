@@ -63,18 +63,17 @@ pub(in crate::view) struct Capture {
 
 /// A node's data if it is visible in the builder's state.
 fn visible_data(b: &Builder, n: u32) -> Option<Arc<NodeData>> {
-    if n >= b.view.node_count || !b.visible(NodeId(n)) {
-        return None;
-    }
-    b.view.nodes.data(n)
+    visible(b, n).then(|| b.view.nodes.data(n)).flatten()
 }
 
 /// A node's tenant if it is visible and has data (as [`visible_data`], allocating nothing).
 fn visible_tenant(b: &Builder, n: u32) -> Option<Option<&NodeKey>> {
-    if n >= b.view.node_count || !b.visible(NodeId(n)) {
-        return None;
-    }
-    b.view.nodes.tenant_key(n)
+    visible(b, n).then(|| b.view.nodes.tenant_key(n)).flatten()
+}
+
+/// Whether node `n` exists and is visible in the builder's state.
+fn visible(b: &Builder, n: u32) -> bool {
+    n < b.view.node_count && b.visible(NodeId(n))
 }
 
 /// Which scopes a node entered: (whole graph, its tenant).
@@ -241,27 +240,23 @@ impl Capture {
 /// the net count, in `log` order. Sorting, not hashing: a transaction's few edges cost no hash
 /// table, and a huge one about 48 bytes per edge change at the peak.
 fn net_edge_changes(log: &[Mutation]) -> Vec<(u32, i64)> {
-    fn edge(m: &Mutation) -> Option<(&EdgeInput, i64)> {
-        match m {
-            Mutation::AddEdge(e) => Some((e, 1)),
-            Mutation::RemoveEdge(e) => Some((e, -1)),
-            _ => None,
-        }
-    }
+    /// An exact edge: source, target, label, weight bits.
+    type Key = (u32, u32, u8, u64);
     let key = |e: &EdgeInput| (e.source.0, e.target.0, e.label.0, e.weight.to_bits());
-    let mut all: Vec<((u32, u32, u8, u64), u32)> = log
+    // (edge, position, +1 or -1): sorted by edge, then position.
+    let mut all: Vec<(Key, u32, i8)> = log
         .iter()
         .enumerate()
-        .filter_map(|(i, m)| edge(m).map(|(e, _)| (key(e), i as u32)))
+        .filter_map(|(i, m)| match m {
+            Mutation::AddEdge(e) => Some((key(e), i as u32, 1)),
+            Mutation::RemoveEdge(e) => Some((key(e), i as u32, -1)),
+            _ => None,
+        })
         .collect();
     all.sort_unstable();
     let mut netted: Vec<(u32, i64)> = Vec::new();
     for run in all.chunk_by(|a, b| a.0 == b.0) {
-        let c: i64 = run
-            .iter()
-            .filter_map(|&(_, i)| edge(&log[i as usize]))
-            .map(|(_, d)| d)
-            .sum();
+        let c: i64 = run.iter().map(|x| i64::from(x.2)).sum();
         if c != 0 {
             netted.push((run[0].1, c));
         }
