@@ -642,7 +642,9 @@ fn one_nats_node_of_three_killed_loses_nothing() {
     let (_, metrics) = replica::http_get(&faddr, "/metrics", None);
     assert!(
         metrics.contains("graphsync_follower_rebootstraps_total 0"),
-        "the follower's chain broke:\n{metrics}"
+        "the follower's chain broke; follower log:\n{}\nleader log:\n{}",
+        follower.log(),
+        leader.log()
     );
     follower.stop();
     leader.stop();
