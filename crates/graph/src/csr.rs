@@ -164,6 +164,21 @@ impl Adjacency {
         self.nodes.as_ptr().wrapping_add(i)
     }
 
+    /// Starts loading the start of `n`'s row: endpoints, and with `all` labels and weights
+    /// too (a removal reads them where the endpoint matches). `n`'s offsets must be cached
+    /// already (they are read).
+    #[inline]
+    pub(crate) fn prefetch_row(&self, n: NodeId, all: bool) {
+        let a = self.offsets[n.index()] as usize;
+        crate::query::prefetch_ptr(self.nodes.as_ptr().wrapping_add(a));
+        if all {
+            crate::query::prefetch_ptr(self.labels.as_ptr().wrapping_add(a));
+            if let Some(w) = &self.weights {
+                crate::query::prefetch_ptr(w.as_ptr().wrapping_add(a));
+            }
+        }
+    }
+
     /// Address of `n`'s offset, for prefetching (never dereferenced here).
     #[inline]
     pub(crate) fn offsets_ptr(&self, n: NodeId) -> *const u32 {

@@ -420,3 +420,59 @@ fn a_dropped_transactions_placeholder_leaves_no_trace() {
     assert_eq!(v.edge_count(), 0);
     assert_eq!(v.resolve(NodeLabel(0), &key(100)), Some(p));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 60, ..ProptestConfig::default() })]
+
+    /// `Txn::push_all` (a restart's replay: prefetching mutations ahead, one transaction over
+    /// many chunks with `advance_lsn`) builds the same view as pushing one mutation at a time.
+    #[test]
+    fn push_all_equals_push_one_at_a_time(
+        base_edges in proptest::collection::vec((0u32..40, 0u32..40), 0..120),
+        ops in proptest::collection::vec((0u32..40, 0u32..40, any::<prop::sample::Index>(), 0u8..3), 1..400),
+        chunk in 1usize..64,
+    ) {
+        let base: Vec<EdgeInput> = base_edges.iter().map(|&(a, b)| edge(a, b, 0, 1.0)).collect();
+        let mut live: Vec<(u32, u32, f64)> = base.iter().map(|e| (e.source.0, e.target.0, e.weight)).collect();
+        let mut ms = Vec::new();
+        for &(a, b, x, kind) in &ops {
+            if kind == 0 && !live.is_empty() {
+                let (s, t, w) = live.swap_remove(x.index(live.len()));
+                ms.push(Mutation::RemoveEdge(edge(s, t, 0, w)));
+            } else {
+                let w = f64::from(kind);
+                live.push((a, b, w));
+                ms.push(Mutation::AddEdge(edge(a, b, 0, w)));
+            }
+        }
+        let csr = || Csr::build(40, &base, true).unwrap();
+        let mut one = Graph::new(csr(), 1);
+        let mut t = one.begin(2).unwrap();
+        for m in &ms {
+            t.push(m.clone()).unwrap();
+        }
+        let want = t.commit().unwrap();
+        let mut all = Graph::new(csr(), 1);
+        let mut t = all.begin(2).unwrap();
+        for (i, c) in ms.chunks(chunk).enumerate() {
+            t.push_all(&mut c.to_vec()).unwrap();
+            t.advance_lsn(2 + i as u64);
+        }
+        t.advance_lsn(1);
+        let got = t.commit().unwrap();
+        prop_assert_eq!(got.lsn(), 1 + ms.len().div_ceil(chunk) as u64);
+        prop_assert_eq!(got.edge_count(), live.len());
+        prop_assert_eq!(want.edge_count(), live.len());
+        for n in 0..40 {
+            for dir in [Direction::Out, Direction::In] {
+                let list = |v: &GraphView| {
+                    let mut l: Vec<(u32, u64)> = Vec::new();
+                    v.for_each_edge(NodeId(n), dir, |m, _, w| l.push((m.0, w.to_bits())));
+                    l.sort();
+                    l
+                };
+                prop_assert_eq!(list(&got), list(&want));
+            }
+        }
+    }
+}

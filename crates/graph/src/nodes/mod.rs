@@ -379,12 +379,13 @@ impl NodeStore {
     fn rebuild_members(&mut self, base: &NodeBase) {
         let mut members: HashMap<TenantId, RoaringBitmap> = HashMap::new();
         let mut filter_members: HashMap<FilterValueId, RoaringBitmap> = HashMap::new();
+        // Ids in increasing order: each bitmap is appended to (`push`), never searched.
         for n in 0..base.len() {
             if base.tenant[n] != NO_TENANT {
-                members.entry(TenantId(base.tenant[n])).or_default().insert(n as u32);
+                members.entry(TenantId(base.tenant[n])).or_default().push(n as u32);
             }
             for &v in &base.filter_values[base.filter_offsets[n] as usize..base.filter_offsets[n + 1] as usize] {
-                filter_members.entry(FilterValueId(v)).or_default().insert(n as u32);
+                filter_members.entry(FilterValueId(v)).or_default().push(n as u32);
             }
         }
         self.members = members.into_iter().map(|(t, b)| (t, Arc::new(b))).collect();

@@ -342,7 +342,16 @@ impl EdgeIndex {
         };
         let total = base + shared.len();
         if total < INDEX_MIN {
-            return (0..total).find_map(hit);
+            // Endpoints first (one array, the only one a miss costs): labels, weights and
+            // deletions are read at matching positions only. Same order as the combined list.
+            return (row.nodes.iter().enumerate())
+                .filter(|&(_, &m)| m == other)
+                .find_map(|(p, _)| hit(p))
+                .or_else(|| {
+                    (shared.iter().enumerate())
+                        .filter(|(_, e)| e.other == other)
+                        .find_map(|(j, _)| hit(base + j))
+                });
         }
         let ix = self.lists.entry(IndexKey::from(key)).or_insert_with(|| {
             let mut ix: HashMap<u32, SmallVec<[u32; 2]>> = HashMap::new();

@@ -279,9 +279,7 @@ impl Graph {
     /// nothing is applied. Only one writer may call this at a time (it takes `&mut self`).
     pub fn apply(&mut self, lsn: u64, mutations: &[Mutation]) -> Result<Arc<GraphView>, ApplyError> {
         let mut txn = self.begin(lsn)?;
-        for m in mutations {
-            txn.push(m.clone())?;
-        }
+        txn.push_all(&mut mutations.to_vec())?;
         txn.commit()
     }
 

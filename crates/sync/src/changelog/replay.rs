@@ -16,8 +16,14 @@ use crate::row_index::RowIndex;
 use graph::{Graph, Mutation, Topology};
 use pgoutput::Lsn;
 
-/// Mutations per graph transaction while replaying.
-const CHUNK: usize = 1 << 18;
+/// Mutations per chunk the reading thread hands the applying one.
+const CHUNK: usize = 1 << 16;
+/// Mutations per graph transaction while replaying (at most, plus a chunk). A transaction
+/// copies each node it touches once and installs one version of it: the fewer transactions,
+/// the fewer copies (a 1 M-edge graph with 2 M logged changes restored in 1.1-1.4 s with
+/// 2 M per transaction, 1.7-2.0 s with 256 k). Its mutations stay in memory until it commits
+/// (32 bytes each).
+const PER_TXN: usize = 1 << 21;
 
 /// Why the log could not be replayed.
 #[derive(Debug, thiserror::Error)]
@@ -128,12 +134,7 @@ pub fn replay_until(
     let start_id = graph.view().node_count();
     let (chunks, applied) = std::sync::mpsc::sync_channel::<(Vec<Mutation>, Lsn)>(1);
     std::thread::scope(|s| {
-        let applier = s.spawn(move || {
-            for (mut chunk, lsn) in applied {
-                apply_chunk(graph, &mut chunk, lsn)?;
-            }
-            Ok::<(), ReplayError>(())
-        });
+        let applier = s.spawn(move || apply_chunks(graph, applied));
         let scan = Scan {
             log,
             mapping_hash,
@@ -300,21 +301,32 @@ fn intact_through(log: &LogDir, mapping_hash: u64, after: Lsn, upto: Lsn) -> Res
     }
 }
 
-fn apply_chunk(graph: &mut Graph, chunk: &mut Vec<Mutation>, lsn: Lsn) -> Result<(), ReplayError> {
-    if chunk.is_empty() {
-        return Ok(());
-    }
-    let mismatch = |e: graph::ApplyError| ReplayError::Mismatch {
-        lsn,
-        what: e.to_string(),
+/// The applying half of [`replay_until`]: the chunks in order, in transactions of about
+/// [`PER_TXN`] mutations.
+fn apply_chunks(graph: &mut Graph, chunks: std::sync::mpsc::Receiver<(Vec<Mutation>, Lsn)>) -> Result<(), ReplayError> {
+    let mismatch = |lsn: Lsn| {
+        move |e: graph::ApplyError| ReplayError::Mismatch {
+            lsn,
+            what: e.to_string(),
+        }
     };
-    if graph.read_only_reason().is_some() {
-        graph.compact().map_err(mismatch)?;
+    let mut chunks = chunks.into_iter().filter(|(c, _)| !c.is_empty());
+    while let Some((mut chunk, lsn)) = chunks.next() {
+        if graph.read_only_reason().is_some() {
+            graph.compact().map_err(mismatch(lsn))?;
+        }
+        let mut t = graph.begin(lsn.0).map_err(mismatch(lsn))?;
+        let mut taken = chunk.len();
+        t.push_all(&mut chunk).map_err(mismatch(lsn))?;
+        while taken < PER_TXN {
+            let Some((mut chunk, lsn)) = chunks.next() else {
+                break;
+            };
+            taken += chunk.len();
+            t.push_all(&mut chunk).map_err(mismatch(lsn))?;
+            t.advance_lsn(lsn.0);
+        }
+        t.commit().map_err(mismatch(lsn))?;
     }
-    let mut t = graph.begin(lsn.0).map_err(mismatch)?;
-    for m in chunk.drain(..) {
-        t.push(m).map_err(mismatch)?;
-    }
-    t.commit().map_err(mismatch)?;
     Ok(())
 }
