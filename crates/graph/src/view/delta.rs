@@ -16,10 +16,10 @@
 //! Not for: which nodes have entries (`tree`), or what a mutation means (`txn`).
 
 use super::append::Prefix;
+use super::IdMap;
 use crate::query::Direction;
 use crate::EdgeLabel;
 use smallvec::SmallVec;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// An edge held in an overlay: the other endpoint, label and weight.
@@ -305,7 +305,7 @@ impl From<(u32, Direction)> for IndexKey {
 /// when the base changes (positions are relative to the base row).
 #[derive(Debug, Default)]
 pub(super) struct EdgeIndex {
-    lists: HashMap<IndexKey, HashMap<u32, SmallVec<[u32; 2]>>>,
+    lists: IdMap<IndexKey, IdMap<u32, SmallVec<[u32; 2]>>>,
 }
 
 impl EdgeIndex {
@@ -354,14 +354,19 @@ impl EdgeIndex {
                 });
         }
         let ix = self.lists.entry(IndexKey::from(key)).or_insert_with(|| {
-            let mut ix: HashMap<u32, SmallVec<[u32; 2]>> = HashMap::new();
+            let mut ix: IdMap<u32, SmallVec<[u32; 2]>> = IdMap::default();
             for p in 0..total {
                 ix.entry(at(p).other).or_default().push(p as u32);
             }
             ix
         });
+        // Newest first: when an edge is updated again and again (removed, added back with a
+        // new weight), the older positions are all deleted and the live one is last. Which of
+        // several matching edges is found is not observable: they are the same edge record
+        // (or, for a weight-blind search, any stored edge of that endpoint and label).
         ix.get(&other)?
             .iter()
+            .rev()
             .map(|&p| p as usize)
             .filter(|&p| p < total)
             .find_map(hit)

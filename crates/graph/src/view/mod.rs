@@ -35,6 +35,32 @@ use std::sync::atomic::AtomicPtr;
 use std::sync::Arc;
 use table::{Guard, Mark, NodeState, Table, Version, RESTORED, TOMBSTONE};
 
+/// A hash map keyed by node ids (already well spread), hashed with one multiplication: the
+/// writer's own maps, whose keys no client chooses freely enough to matter.
+type IdMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// The hasher of [`IdMap`].
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // The product's high half depends on every bit of the id: it picks the bucket (ids
+        // that share their low bits would share buckets otherwise).
+        self.0.rotate_left(32)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// Synchronisation types of the append-only buffer (loom's in its model test).
 mod shim {
     pub(crate) use std::sync::atomic::{AtomicUsize, Ordering};

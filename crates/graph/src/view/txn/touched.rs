@@ -8,8 +8,7 @@
 //! Not for: what a state holds (`table`), or what a mutation does to it (`txn`).
 
 use super::super::table::NodeState;
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
+use super::super::IdMap;
 
 /// Touched nodes before the dense index is considered.
 const DENSE_AFTER: usize = 4096;
@@ -20,32 +19,12 @@ pub(in crate::view) struct Pending {
     pub(in crate::view) marks: u8,
 }
 
-/// Hashes node ids (already well spread) cheaply.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
 /// Touched nodes' states, in the order first touched.
 #[derive(Default)]
 pub(in crate::view) struct Touched {
     states: Vec<(u32, Pending)>,
     /// Node id → position in `states`, while sparse.
-    map: HashMap<u32, u32, BuildHasherDefault<IdHasher>>,
+    map: IdMap<u32, u32>,
     /// Node id → position in `states` + 1 (0: untouched), once dense; empty before.
     dense: Vec<u32>,
 }
@@ -97,7 +76,7 @@ impl Touched {
                 for (j, (m, _)) in self.states.iter().enumerate() {
                     self.dense[*m as usize] = j as u32 + 1;
                 }
-                self.map = HashMap::default();
+                self.map = IdMap::default();
             }
         } else {
             if n as usize >= self.dense.len() {
