@@ -1,15 +1,19 @@
 //! The private copies of node states a transaction being built has touched, by node id.
 //!
-//! A hash map while few; past [`DENSE_AFTER`] touched nodes (and a sixty-fourth of the graph)
-//! a dense index by node id instead: a restart's replay runs transactions of millions of
-//! mutations that touch most of the graph, where every map lookup missed the cache; the
-//! dense index's entry, then the state it names, can be prefetched a few mutations ahead.
+//! Up to [`LINEAR`] touched nodes (most transactions) they are found by a scan, with no
+//! index to allocate; then by a hash map; past [`DENSE_AFTER`] touched nodes (and a
+//! sixty-fourth of the graph) by a dense index by node id: a restart's replay runs
+//! transactions of millions of mutations that touch most of the graph, where every map lookup
+//! missed the cache; the dense index's entry, then the state it names, can be prefetched a
+//! few mutations ahead.
 //!
 //! Not for: what a state holds (`table`), or what a mutation does to it (`txn`).
 
 use super::super::table::NodeState;
 use super::super::IdMap;
 
+/// Touched nodes found by a scan, before a map is built.
+const LINEAR: usize = 16;
 /// Touched nodes before the dense index is considered.
 const DENSE_AFTER: usize = 4096;
 
@@ -23,7 +27,7 @@ pub(in crate::view) struct Pending {
 #[derive(Default)]
 pub(in crate::view) struct Touched {
     states: Vec<(u32, Pending)>,
-    /// Node id → position in `states`, while sparse.
+    /// Node id → position in `states`, while sparse (empty up to [`LINEAR`] states).
     map: IdMap<u32, u32>,
     /// Node id → position in `states` + 1 (0: untouched), once dense; empty before.
     dense: Vec<u32>,
@@ -32,7 +36,9 @@ pub(in crate::view) struct Touched {
 impl Touched {
     #[inline]
     fn position(&self, n: u32) -> Option<usize> {
-        if self.dense.is_empty() {
+        if self.states.len() <= LINEAR {
+            self.states.iter().position(|&(m, _)| m == n)
+        } else if self.dense.is_empty() {
             self.map.get(&n).map(|&i| i as usize)
         } else {
             match self.dense.get(n as usize) {
@@ -69,8 +75,17 @@ impl Touched {
     }
 
     fn index(&mut self, n: u32, i: usize, node_count: u32) {
+        if self.states.len() <= LINEAR {
+            return;
+        }
         if self.dense.is_empty() {
-            self.map.insert(n, i as u32);
+            if self.map.is_empty() {
+                // Past the scan: every state so far (this one included) goes in the map.
+                self.map
+                    .extend(self.states.iter().enumerate().map(|(j, (m, _))| (*m, j as u32)));
+            } else {
+                self.map.insert(n, i as u32);
+            }
             if self.states.len() > DENSE_AFTER && self.states.len() > node_count as usize / 64 {
                 self.dense = vec![0; node_count.max(n + 1) as usize];
                 for (j, (m, _)) in self.states.iter().enumerate() {
