@@ -411,13 +411,18 @@ fn base_row(base: &Csr, n: NodeId, dir: Direction) -> Row<'_> {
     if n.0 >= base.node_count() {
         return Row::default();
     }
-    let adj = if dir == Direction::In {
+    let (nodes, labels, weights) = base_adjacency(base, dir).edges(n);
+    Row { nodes, labels, weights }
+}
+
+/// The adjacency of `base` that `dir` (Out or In) reads.
+#[inline]
+fn base_adjacency(base: &Csr, dir: Direction) -> &crate::Adjacency {
+    if dir == Direction::In {
         base.reverse()
     } else {
         base.forward()
-    };
-    let (nodes, labels, weights) = adj.edges(n);
-    Row { nodes, labels, weights }
+    }
 }
 
 impl Topology for GraphView {

@@ -408,12 +408,7 @@ impl Builder {
                 }
                 // A removal scans the row, and reads label and weight where it matches.
                 if removal && n.0 < self.view.base.node_count() {
-                    let adj = if dir == Direction::In {
-                        self.view.base.reverse()
-                    } else {
-                        self.view.base.forward()
-                    };
-                    adj.prefetch_row(n, true);
+                    super::base_adjacency(&self.view.base, dir).prefetch_row(n, true);
                 }
             }
         }

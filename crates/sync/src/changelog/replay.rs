@@ -311,22 +311,22 @@ fn apply_chunks(graph: &mut Graph, chunks: std::sync::mpsc::Receiver<(Vec<Mutati
         }
     };
     let mut chunks = chunks.into_iter().filter(|(c, _)| !c.is_empty());
-    while let Some((mut chunk, lsn)) = chunks.next() {
+    while let Some(first) = chunks.next() {
+        let begun = first.1;
         if graph.read_only_reason().is_some() {
-            graph.compact().map_err(mismatch(lsn))?;
+            graph.compact().map_err(mismatch(begun))?;
         }
-        let mut t = graph.begin(lsn.0).map_err(mismatch(lsn))?;
-        let mut taken = chunk.len();
-        t.push_all(&mut chunk).map_err(mismatch(lsn))?;
-        while taken < PER_TXN {
-            let Some((mut chunk, lsn)) = chunks.next() else {
-                break;
-            };
+        let mut t = graph.begin(begun.0).map_err(mismatch(begun))?;
+        let mut taken = 0;
+        for (mut chunk, lsn) in std::iter::once(first).chain(chunks.by_ref()) {
             taken += chunk.len();
             t.push_all(&mut chunk).map_err(mismatch(lsn))?;
             t.advance_lsn(lsn.0);
+            if taken >= PER_TXN {
+                break;
+            }
         }
-        t.commit().map_err(mismatch(lsn))?;
+        t.commit().map_err(mismatch(begun))?;
     }
     Ok(())
 }

@@ -159,10 +159,9 @@ impl Replicator {
             status: status.clone(),
         }));
         self.rebuilding = Some(Rebuild {
-            task: match &self.opts.side_runtime {
-                Some(rt) => rt.spawn(run_nested(nested)),
-                None => tokio::spawn(run_nested(nested)),
-            },
+            task: (self.opts.side_runtime.clone())
+                .unwrap_or_else(tokio::runtime::Handle::current)
+                .spawn(run_nested(nested)),
             status,
             stop,
             generation: next,
