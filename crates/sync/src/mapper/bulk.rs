@@ -3,6 +3,25 @@
 #[allow(unused_imports)]
 use super::*;
 
+/// How one table's copied rows map, taken from the [`Mapper`] once so that rows can be mapped
+/// without it (on the copy's loading thread).
+#[derive(Debug, Clone)]
+pub struct BulkPlan(Arc<RelPlan>);
+
+impl BulkPlan {
+    /// Whether this is the plan of `rel` (the same relation as sent).
+    pub fn is_for(&self, rel: &Arc<Relation>) -> bool {
+        Arc::ptr_eq(&self.0.rel, rel)
+    }
+}
+
+impl Mapper {
+    /// The plan for copied rows of `rel`, or `None` if the mapping does not read it.
+    pub fn bulk_plan(&mut self, rel: &Arc<Relation>) -> Result<Option<BulkPlan>, MapError> {
+        Ok(self.plan(rel)?.map(BulkPlan))
+    }
+}
+
 /// Builds the first graph from copied rows (the initial copy): node ids are handed out as rows
 /// and endpoints appear, edges go straight into the CSR.
 #[derive(Debug)]
@@ -58,17 +77,25 @@ impl BulkLoad {
 
     /// Adds one copied row of `rel`.
     pub fn insert(&mut self, mapper: &mut Mapper, rel: &Arc<Relation>, values: &[Value]) -> Result<(), MapError> {
-        let Some(plan) = mapper.plan(rel)? else { return Ok(()) };
+        match mapper.bulk_plan(rel)? {
+            Some(plan) => self.insert_planned(&plan, values),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds one copied row of the table `plan` is for (its columns in `values`).
+    pub fn insert_planned(&mut self, plan: &BulkPlan, values: &[Value]) -> Result<(), MapError> {
+        let plan: &RelPlan = &plan.0;
         self.rows += 1;
         let mut ids = BulkIds {
             ids: &mut self.ids,
             nodes: &mut self.nodes,
             visible: &mut self.visible,
         };
-        let rk = row_key(&plan, values)?;
+        let rk = row_key(plan, values)?;
         if let Some(np) = &plan.node {
             let id = ids.id(np.label, &rk);
-            self.nodes[id.index()] = Some(node_data(&plan, np, rk.clone(), values, None)?);
+            self.nodes[id.index()] = Some(node_data(plan, np, rk.clone(), values, None)?);
             self.visible[id.index()] = true;
         }
         if !plan.edges.is_empty() {
@@ -78,7 +105,7 @@ impl BulkLoad {
                     nodes: &mut self.nodes,
                     visible: &mut self.visible,
                 };
-                if let Some(e) = edge_of(&plan, ep, values, None, &mut ids)? {
+                if let Some(e) = edge_of(plan, ep, values, None, &mut ids)? {
                     self.weighted |= e.weight != 1.0;
                     self.edges.push(e);
                     self.index.record(ep.mapping, &rk, e);

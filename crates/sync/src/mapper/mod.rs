@@ -35,7 +35,7 @@ mod values;
 
 use crate::row_index::IndexedEdge;
 pub use crate::row_index::{EdgeLookup, RowIndex};
-pub use bulk::BulkLoad;
+pub use bulk::{BulkLoad, BulkPlan};
 use plan::{EdgePlan, NodePlan, RelPlan};
 #[allow(unused_imports)]
 use values::*;

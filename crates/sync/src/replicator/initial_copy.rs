@@ -2,6 +2,7 @@
 //! on a second connection, bulk build, checkpoint at the consistent point. Also the copy of
 //! only the tables a mapping newly maps, onto the graph in force brought to the same point.
 
+use super::loader::Loader;
 #[allow(unused_imports)]
 use super::*;
 use pgoutput::{Relation, Value};
@@ -49,7 +50,7 @@ async fn copy_table<F>(
     mut row: F,
 ) -> Result<u64, SyncError>
 where
-    F: FnMut(&Arc<Relation>, &[Value]) -> Result<(), SyncError>,
+    F: FnMut(&Arc<Relation>, &mut Vec<Value>) -> Result<(), SyncError>,
 {
     let mut cols = catalog::needed_columns(config, &t.qualified);
     if !config.nodes.iter().any(|n| n.table == t.qualified) {
@@ -83,7 +84,7 @@ where
                         table: t.qualified.clone(),
                         source,
                     })?;
-                row(&rel, &values)?;
+                row(&rel, &mut values)?;
                 rows += 1;
                 if rows.is_multiple_of(65_536) {
                     progress.update(|s| s.copied_rows += 65_536);
@@ -128,20 +129,20 @@ pub(super) async fn initial_copy(
 ) -> Result<(Graph, RowIndex, Lsn), SyncError> {
     let (created, mut copier) = begin_copy(opts, client, store).await?;
     let index = mapper.index_for_tables(tables);
-    let mut bulk = BulkLoad::new(index);
+    let mut loader = Loader::spawn(BulkLoad::new(index))?;
     let all = Instant::now();
     // Node tables first: most edges then find their endpoints already known.
     let mut order: Vec<&TableInfo> = tables.iter().collect();
     order.sort_by_key(|t| !opts.config.nodes.iter().any(|n| n.table == t.qualified));
     for t in order {
         copy_table(&mut copier, &opts.config, t, progress, |rel, values| {
-            bulk.insert(mapper, rel, values)?;
-            Ok(())
+            loader.push(mapper, rel, values)
         })
         .await?;
     }
     copier.simple_query("COMMIT").await?;
     copier.close().await;
+    let bulk = crate::blocking(|| loader.finish())?;
     let lsn = created.consistent_point;
     let rows = bulk.rows();
     let (graph, index) = crate::blocking(|| bulk.finish(lsn.0, opts.compaction))?;

@@ -46,6 +46,7 @@ mod error;
 mod follow;
 mod initial_copy;
 mod jobs;
+mod loader;
 mod probe;
 mod rebuild;
 mod reload;
