@@ -476,3 +476,48 @@ proptest! {
         }
     }
 }
+
+/// A commit touching most of a large graph (the touched nodes' dense index, as in a restart's
+/// replay): every node reads its own new state, an older view still held reads what it read,
+/// and a later big commit (pruning what no view reaches) keeps both true.
+#[test]
+fn commits_touching_most_of_the_graph_install_every_node() {
+    const N: u32 = 150_000;
+    let mut g = Graph::new(Csr::build(N, &[], false).unwrap(), 1);
+    let out = |v: &GraphView, n: u32| {
+        let mut l: Vec<u32> = Vec::new();
+        v.for_each_edge(NodeId(n), Direction::Out, |m, _, _| l.push(m.0));
+        l.sort();
+        l
+    };
+    let mut t = g.begin(2).unwrap();
+    for i in 0..N {
+        t.add_edge(edge(i, (i + 1) % N, 0, 1.0)).unwrap();
+    }
+    let v1 = t.commit().unwrap();
+    let mut t = g.begin(3).unwrap();
+    for i in (0..N).step_by(2) {
+        t.push(Mutation::RemoveEdge(edge(i, (i + 1) % N, 0, 1.0))).unwrap();
+        t.add_edge(edge(i, (i + 7) % N, 0, 1.0)).unwrap();
+    }
+    let v2 = t.commit().unwrap();
+    for i in 0..N {
+        assert_eq!(out(&v1, i), vec![(i + 1) % N], "old view, node {i}");
+        let want = if i % 2 == 0 { (i + 7) % N } else { (i + 1) % N };
+        assert_eq!(out(&v2, i), vec![want], "new view, node {i}");
+    }
+    drop(v1);
+    let mut t = g.begin(4).unwrap();
+    for i in 0..N {
+        t.add_edge(edge(i, (i + 3) % N, 0, 1.0)).unwrap();
+    }
+    let v3 = t.commit().unwrap();
+    assert_eq!(v3.edge_count(), 2 * N as usize);
+    for i in (0..N).step_by(997) {
+        let first = if i % 2 == 0 { (i + 7) % N } else { (i + 1) % N };
+        let mut want = vec![first, (i + 3) % N];
+        want.sort();
+        assert_eq!(out(&v3, i), want, "node {i}");
+        assert_eq!(out(&v2, i), vec![first], "held view, node {i}");
+    }
+}

@@ -45,6 +45,7 @@ impl Follower {
             position = %position,
             replayed_changes = r.replayed.mutations,
             ms = r.took.as_millis() as u64,
+            snapshot_ms = r.loading.as_millis() as u64,
             "restored"
         );
         let mut graph = r.restored.graph;

@@ -17,6 +17,8 @@ pub(super) struct Resumed {
     pub(super) cut: Option<Cut>,
     /// How long restoring took.
     pub(super) took: Duration,
+    /// How much of it loading the snapshot took (the rest: recovery and replay).
+    pub(super) loading: Duration,
 }
 
 impl Resumed {
@@ -40,6 +42,7 @@ pub(super) fn restore(store: &CheckpointStore, log: &LogDir, hash: u64) -> Resul
     let Some(mut restored) = store.restore(hash)? else {
         return Ok(None);
     };
+    let loading = started.elapsed();
     let recovery = log.recover(hash)?;
     if let Some(cut) = &recovery.cut {
         tracing::warn!(
@@ -56,6 +59,7 @@ pub(super) fn restore(store: &CheckpointStore, log: &LogDir, hash: u64) -> Resul
         replayed,
         cut: recovery.cut,
         took: started.elapsed(),
+        loading,
     }))
 }
 

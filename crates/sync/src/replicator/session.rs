@@ -97,6 +97,7 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
                     replayed,
                     cut,
                     took,
+                    loading,
                 } = resumed;
                 for refused in &r.refused {
                     tracing::warn!(%refused, "skipped an unusable snapshot");
@@ -140,6 +141,7 @@ pub(super) async fn session(r: &mut Replicator) -> Result<SessionEnd, SyncError>
                     nodes = r.graph.view().node_count(),
                     edges = r.graph.view().edge_count(),
                     ms = took.as_millis() as u64,
+                    snapshot_ms = loading.as_millis() as u64,
                     "restored"
                 );
                 let mut r = r;
