@@ -158,7 +158,7 @@ pub trait Topology {
 
 /// Asks the CPU to start loading the cache line at `p`.
 #[inline(always)]
-pub(crate) fn prefetch_ptr<T>(p: *const T) {
+pub fn prefetch_ptr<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetching is a hint; it never faults, whatever the address.
     #[allow(unused_unsafe)]

@@ -26,8 +26,8 @@ impl Mapper {
 /// and endpoints appear, edges go straight into the CSR.
 #[derive(Debug)]
 pub struct BulkLoad {
-    /// Every node's id by label and key (foldhash: SipHash was 6 % of a copy's CPU).
-    ids: foldhash::HashMap<(NodeLabel, NodeKey), u32>,
+    /// Every node's id by label and key.
+    ids: IdTable,
     nodes: Vec<Option<NodeData>>,
     visible: Vec<bool>,
     edges: Vec<EdgeInput>,
@@ -37,20 +37,20 @@ pub struct BulkLoad {
 }
 
 pub(super) struct BulkIds<'a> {
-    ids: &'a mut foldhash::HashMap<(NodeLabel, NodeKey), u32>,
+    ids: &'a mut IdTable,
     nodes: &'a mut Vec<Option<NodeData>>,
     visible: &'a mut Vec<bool>,
 }
 
 impl Nodes for BulkIds<'_> {
     fn id(&mut self, label: NodeLabel, key: &NodeKey) -> NodeId {
-        if let Some(&id) = self.ids.get(&(label, key.clone())) {
+        if let Some(id) = self.ids.get(label, key) {
             return NodeId(id);
         }
         let id = self.nodes.len() as u32;
         self.nodes.push(Some(NodeData::bare(label, key.clone())));
         self.visible.push(false);
-        self.ids.insert((label, key.clone()), id);
+        self.ids.insert(label, key, id);
         NodeId(id)
     }
 }
@@ -60,7 +60,7 @@ impl BulkLoad {
     /// [`Mapper::new_index`]).
     pub fn new(index: RowIndex) -> Self {
         BulkLoad {
-            ids: foldhash::HashMap::default(),
+            ids: IdTable::default(),
             nodes: Vec::new(),
             visible: Vec::new(),
             edges: Vec::new(),
@@ -92,7 +92,13 @@ impl BulkLoad {
             nodes: &mut self.nodes,
             visible: &mut self.visible,
         };
-        let rk = row_key(plan, values)?;
+        // The row's identity only where it is kept: a node's key, or an edge found by row.
+        let keeps_row = |ep: &EdgePlan| self.index.mode(ep.mapping) == EdgeLookup::Rows;
+        let rk = if plan.node.is_some() || plan.edges.iter().any(keeps_row) {
+            row_key(plan, values)?
+        } else {
+            NodeKey::Int(0)
+        };
         if let Some(np) = &plan.node {
             let id = ids.id(np.label, &rk);
             self.nodes[id.index()] = Some(node_data(plan, np, rk.clone(), values, None)?);
@@ -113,6 +119,20 @@ impl BulkLoad {
             }
         }
         Ok(())
+    }
+
+    /// Starts loading the id table's slots that adding this row of `plan`'s table will read
+    /// (its node's and its edges' endpoints' keys, integer ones), for a row a few ahead of
+    /// the one being added.
+    pub fn prefetch_planned(&self, plan: &BulkPlan, values: &[Value]) {
+        let plan: &RelPlan = &plan.0;
+        let mut keys = plan.node.iter().map(|np| (np.label, &np.key[..]));
+        let ends = plan.edges.iter().flat_map(|ep| [&ep.source, &ep.target]);
+        for (label, cols) in keys.by_ref().chain(ends.map(|(l, c)| (*l, &c[..]))) {
+            if let Ok(key) = key_of(plan, cols, values) {
+                self.ids.prefetch(label, &key);
+            }
+        }
     }
 
     /// The graph at `lsn` and its row index.

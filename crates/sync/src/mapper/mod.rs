@@ -30,12 +30,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 mod bulk;
+mod ids;
 mod plan;
 mod values;
 
 use crate::row_index::IndexedEdge;
 pub use crate::row_index::{EdgeLookup, RowIndex};
 pub use bulk::{BulkLoad, BulkPlan};
+use ids::IdTable;
 use plan::{EdgePlan, NodePlan, RelPlan};
 #[allow(unused_imports)]
 use values::*;

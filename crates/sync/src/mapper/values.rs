@@ -22,15 +22,15 @@ pub(super) fn fill_unchanged(mut new: Vec<Value>, old: &[Value]) -> Vec<Value> {
 }
 
 pub(super) fn key_of(plan: &RelPlan, cols: &[usize], values: &[Value]) -> Result<NodeKey, RowError> {
+    if let [c] = cols {
+        // One column (most keys): no list to allocate.
+        return rows::key_part(&plan.rel, &plan.rel.columns[*c].name, &values[*c]);
+    }
     let mut parts = Vec::with_capacity(cols.len());
     for &c in cols {
         parts.push(rows::key_part(&plan.rel, &plan.rel.columns[c].name, &values[c])?);
     }
-    Ok(if parts.len() == 1 {
-        parts.remove(0)
-    } else {
-        NodeKey::Composite(parts.into())
-    })
+    Ok(NodeKey::Composite(parts.into()))
 }
 
 /// The row's identity for the edge index: the node key for node tables, else the replica

@@ -19,6 +19,8 @@ use std::thread::JoinHandle;
 
 /// Rows per hand-over.
 const BATCH_ROWS: usize = 2048;
+/// Rows ahead of the one being added whose id slots are requested.
+const PREFETCH: usize = 12;
 /// Batches queued for the loading thread before the reader waits.
 const QUEUE: usize = 4;
 
@@ -50,8 +52,14 @@ impl Loader {
             .name("graphsync-bulk-load".into())
             .spawn(move || {
                 for mut b in rx {
+                    let row = |i: usize| &b.values[i * b.width..(i + 1) * b.width];
                     for i in 0..b.rows {
-                        bulk.insert_planned(&b.plan, &b.values[i * b.width..(i + 1) * b.width])?;
+                        // The id slots a later row reads are requested now: by the time it is
+                        // added they are in cache.
+                        if i + PREFETCH < b.rows {
+                            bulk.prefetch_planned(&b.plan, row(i + PREFETCH));
+                        }
+                        bulk.insert_planned(&b.plan, row(i))?;
                     }
                     b.values.clear();
                     let _ = back.try_send(b.values);
