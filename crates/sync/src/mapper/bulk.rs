@@ -126,9 +126,9 @@ impl BulkLoad {
     /// the one being added.
     pub fn prefetch_planned(&self, plan: &BulkPlan, values: &[Value]) {
         let plan: &RelPlan = &plan.0;
-        let mut keys = plan.node.iter().map(|np| (np.label, &np.key[..]));
+        let own = plan.node.iter().map(|np| (np.label, &np.key[..]));
         let ends = plan.edges.iter().flat_map(|ep| [&ep.source, &ep.target]);
-        for (label, cols) in keys.by_ref().chain(ends.map(|(l, c)| (*l, &c[..]))) {
+        for (label, cols) in own.chain(ends.map(|(l, c)| (*l, &c[..]))) {
             if let Ok(key) = key_of(plan, cols, values) {
                 self.ids.prefetch(label, &key);
             }
