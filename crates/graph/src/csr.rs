@@ -285,11 +285,10 @@ impl Csr {
             }
         }
         // The two directions are independent: built side by side.
-        let (forward, reverse) = std::thread::scope(|s| {
-            let reverse = s.spawn(|| Adjacency::build(node_count, edges, weighted, true));
-            let forward = Adjacency::build(node_count, edges, weighted, false);
-            (forward, reverse.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-        });
+        let (forward, reverse) = crate::par::both(
+            || Adjacency::build(node_count, edges, weighted, false),
+            || Adjacency::build(node_count, edges, weighted, true),
+        );
         Ok(Csr {
             node_count,
             forward,

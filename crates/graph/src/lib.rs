@@ -21,6 +21,7 @@ pub mod bytes;
 mod csr;
 pub mod fsio;
 mod nodes;
+mod par;
 pub mod query;
 pub mod snapshot;
 mod view;

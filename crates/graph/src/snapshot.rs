@@ -269,11 +269,7 @@ pub fn load(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
     // build (a third of a load's time on its own). Its verdict still comes first: a mismatch
     // is reported whatever the other checks found, and nothing is returned from bytes that
     // fail it.
-    let (computed, loaded) = std::thread::scope(|s| {
-        let sum = s.spawn(|| xxh3_64(payload));
-        let loaded = open_payload(&map, payload, len);
-        (sum.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), loaded)
-    });
+    let (loaded, computed) = crate::par::both(|| open_payload(&map, payload, len), || xxh3_64(payload));
     if computed != word(24) {
         return Err(SnapshotError::ChecksumMismatch {
             stored: word(24),

@@ -351,9 +351,14 @@ impl RowIndex {
 }
 
 impl RowIndex {
+    /// Whether edges of `mapping` are kept by row identity (found by row on delete).
+    pub(crate) fn keeps_rows(&self, mapping: usize) -> bool {
+        self.mode(mapping) == EdgeLookup::Rows
+    }
+
     /// Remembers the edge a row made (only [`EdgeLookup::Rows`] mappings keep anything).
     pub(crate) fn record(&mut self, mapping: usize, row: &NodeKey, edge: EdgeInput) {
-        if self.mode(mapping) == EdgeLookup::Rows {
+        if self.keeps_rows(mapping) {
             self.insert(mapping, row.clone(), edge);
         }
     }

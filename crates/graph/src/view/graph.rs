@@ -200,11 +200,10 @@ impl Graph {
     ) -> Result<Self, BulkError> {
         let node_count = u32::try_from(nodes.len()).map_err(|_| BulkError::TooManyNodes(nodes.len()))?;
         // The node store and the CSR are independent: built side by side.
-        let (store, csr) = std::thread::scope(|s| {
-            let store = s.spawn(|| NodeStore::from_nodes(nodes));
-            let csr = Csr::build(node_count, edges, weighted);
-            (store.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), csr)
-        });
+        let (csr, store) = crate::par::both(
+            || Csr::build(node_count, edges, weighted),
+            || NodeStore::from_nodes(nodes),
+        );
         let store = store.map_err(|(label, key)| BulkError::DuplicateKey { label, key })?;
         let csr = csr?;
         let mut view = GraphView::new(csr, lsn);

@@ -8,13 +8,6 @@ use super::*;
 #[derive(Debug, Clone)]
 pub struct BulkPlan(Arc<RelPlan>);
 
-impl BulkPlan {
-    /// Whether this is the plan of `rel` (the same relation as sent).
-    pub fn is_for(&self, rel: &Arc<Relation>) -> bool {
-        Arc::ptr_eq(&self.0.rel, rel)
-    }
-}
-
 impl Mapper {
     /// The plan for copied rows of `rel`, or `None` if the mapping does not read it.
     pub fn bulk_plan(&mut self, rel: &Arc<Relation>) -> Result<Option<BulkPlan>, MapError> {
@@ -47,7 +40,9 @@ impl Nodes for BulkIds<'_> {
         if let Some(id) = self.ids.get(label, key) {
             return NodeId(id);
         }
+        // At u32::MAX nodes the build is refused (`BulkError::TooManyNodes`) at its end.
         let id = self.nodes.len() as u32;
+        debug_assert!(id != u32::MAX, "the id table's free-slot marker");
         self.nodes.push(Some(NodeData::bare(label, key.clone())));
         self.visible.push(false);
         self.ids.insert(label, key, id);
@@ -93,14 +88,10 @@ impl BulkLoad {
             visible: &mut self.visible,
         };
         // The row's identity only where it is kept: a node's key, or an edge found by row.
-        let keeps_row = |ep: &EdgePlan| self.index.mode(ep.mapping) == EdgeLookup::Rows;
-        let rk = if plan.node.is_some() || plan.edges.iter().any(keeps_row) {
-            row_key(plan, values)?
-        } else {
-            NodeKey::Int(0)
-        };
-        if let Some(np) = &plan.node {
-            let id = ids.id(np.label, &rk);
+        let needed = plan.node.is_some() || plan.edges.iter().any(|ep| self.index.keeps_rows(ep.mapping));
+        let rk = needed.then(|| row_key(plan, values)).transpose()?;
+        if let (Some(np), Some(rk)) = (&plan.node, &rk) {
+            let id = ids.id(np.label, rk);
             self.nodes[id.index()] = Some(node_data(plan, np, rk.clone(), values, None)?);
             self.visible[id.index()] = true;
         }
@@ -114,7 +105,9 @@ impl BulkLoad {
                 if let Some(e) = edge_of(plan, ep, values, None, &mut ids)? {
                     self.weighted |= e.weight != 1.0;
                     self.edges.push(e);
-                    self.index.record(ep.mapping, &rk, e);
+                    if let Some(rk) = &rk {
+                        self.index.record(ep.mapping, rk, e);
+                    }
                 }
             }
         }
@@ -129,8 +122,8 @@ impl BulkLoad {
         let own = plan.node.iter().map(|np| (np.label, &np.key[..]));
         let ends = plan.edges.iter().flat_map(|ep| [&ep.source, &ep.target]);
         for (label, cols) in own.chain(ends.map(|(l, c)| (*l, &c[..]))) {
-            if let Ok(key) = key_of(plan, cols, values) {
-                self.ids.prefetch(label, &key);
+            if let Some(key) = int_key(cols, values) {
+                self.ids.prefetch(label, key);
             }
         }
     }

@@ -135,12 +135,17 @@ pub(super) async fn initial_copy(
     let mut order: Vec<&TableInfo> = tables.iter().collect();
     order.sort_by_key(|t| !opts.config.nodes.iter().any(|n| n.table == t.qualified));
     for t in order {
-        copy_table(&mut copier, &opts.config, t, progress, |rel, values| {
+        let copied = copy_table(&mut copier, &opts.config, t, progress, |rel, values| {
             loader.push(mapper, rel, values)
         })
-        .await?;
+        .await;
+        if let Err(e) = copied {
+            return Err(loader.fail(e));
+        }
     }
-    copier.simple_query("COMMIT").await?;
+    if let Err(e) = copier.simple_query("COMMIT").await {
+        return Err(loader.fail(e.into()));
+    }
     copier.close().await;
     let bulk = crate::blocking(|| loader.finish())?;
     let lsn = created.consistent_point;

@@ -4,7 +4,8 @@
 //! cores, beside the server's COPY backend, which uses about a third of one.
 //!
 //! Rows keep their order. The first mapping error stops the thread; the replicator sees it at
-//! its next hand-over or at [`Loader::finish`], so nothing after a bad row is loaded and the
+//! its next hand-over, at [`Loader::finish`], or when its own side fails ([`Loader::fail`]
+//! prefers the thread's error, the earlier one), so nothing after a bad row is loaded and the
 //! copy fails with that row's error.
 //!
 //! Not for the copy of newly mapped tables into a live graph (`table_copy` maps rows through
@@ -33,12 +34,21 @@ struct Batch {
     rows: usize,
 }
 
+/// The table rows are being batched for: the relation as the copy sent it (compared by
+/// pointer: one per copied table) and its plan.
+struct Table {
+    rel: Arc<Relation>,
+    plan: BulkPlan,
+    width: usize,
+}
+
 /// A [`BulkLoad`] running on its own thread.
 pub(super) struct Loader {
     /// Taken by `finish` (closing the queue ends the thread).
     tx: Option<SyncSender<Batch>>,
     /// Emptied batches coming back, so their buffers are reused.
     spare: Receiver<Vec<Value>>,
+    table: Option<Table>,
     batch: Option<Batch>,
     thread: Option<JoinHandle<Result<BulkLoad, MapError>>>,
 }
@@ -53,9 +63,12 @@ impl Loader {
             .spawn(move || {
                 for mut b in rx {
                     let row = |i: usize| &b.values[i * b.width..(i + 1) * b.width];
+                    // The id slots a row reads are requested PREFETCH rows before it is added:
+                    // by then they are in cache.
+                    for i in 0..b.rows.min(PREFETCH) {
+                        bulk.prefetch_planned(&b.plan, row(i));
+                    }
                     for i in 0..b.rows {
-                        // The id slots a later row reads are requested now: by the time it is
-                        // added they are in cache.
                         if i + PREFETCH < b.rows {
                             bulk.prefetch_planned(&b.plan, row(i + PREFETCH));
                         }
@@ -70,6 +83,7 @@ impl Loader {
         Ok(Loader {
             tx: Some(tx),
             spare,
+            table: None,
             batch: None,
             thread: Some(thread),
         })
@@ -82,35 +96,29 @@ impl Loader {
         rel: &Arc<Relation>,
         values: &mut Vec<Value>,
     ) -> Result<(), SyncError> {
-        if !self.batch.as_ref().is_some_and(|b| b.plan.is_for(rel)) {
+        if !self.table.as_ref().is_some_and(|t| Arc::ptr_eq(&t.rel, rel)) {
             self.send()?;
-            let Some(plan) = mapper.bulk_plan(rel)? else {
-                return Ok(());
-            };
-            let buf = self.spare.try_recv().unwrap_or_default();
-            self.batch = Some(Batch {
+            self.table = mapper.bulk_plan(rel)?.map(|plan| Table {
+                rel: rel.clone(),
                 plan,
-                values: buf,
                 width: values.len(),
-                rows: 0,
             });
         }
-        let Some(b) = self.batch.as_mut() else {
+        let Some(t) = &self.table else {
             return Ok(());
         };
-        debug_assert_eq!(values.len(), b.width, "every row of a copied table has its columns");
+        debug_assert_eq!(values.len(), t.width, "every row of a copied table has its columns");
+        let spare = &self.spare;
+        let b = self.batch.get_or_insert_with(|| Batch {
+            plan: t.plan.clone(),
+            values: spare.try_recv().unwrap_or_default(),
+            width: t.width,
+            rows: 0,
+        });
         b.values.append(values);
         b.rows += 1;
         if b.rows == BATCH_ROWS {
-            let (plan, width) = (b.plan.clone(), b.width);
             self.send()?;
-            let buf = self.spare.try_recv().unwrap_or_default();
-            self.batch = Some(Batch {
-                plan,
-                values: buf,
-                width,
-                rows: 0,
-            });
         }
         Ok(())
     }
@@ -135,6 +143,16 @@ impl Loader {
         self.join()
     }
 
+    /// Ends a copy that failed with `e` on the reading side: the error of a row queued before
+    /// it, if one fails to map (the earlier cause), else `e`.
+    pub(super) fn fail(mut self, e: SyncError) -> SyncError {
+        // Rows queued before the failure are mapped first: an error among them came earlier.
+        match self.send().and_then(|()| self.join()) {
+            Err(first) => first,
+            Ok(_) => e,
+        }
+    }
+
     fn join(&mut self) -> Result<BulkLoad, SyncError> {
         self.tx = None;
         let thread = self
@@ -143,13 +161,22 @@ impl Loader {
             .ok_or_else(|| SyncError::Io("the initial copy's loading thread stopped".into()))?;
         match thread.join() {
             Ok(r) => Ok(r?),
-            Err(_) => Err(SyncError::Io("the initial copy's loading thread panicked".into())),
+            Err(p) => {
+                let what = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(SyncError::Io(format!(
+                    "the initial copy's loading thread panicked ({what}); this is a bug: please report it"
+                )))
+            }
         }
     }
 }
 
 impl Drop for Loader {
-    /// A copy that failed: the thread ends once the queue is closed and drained.
+    /// A copy that ended early: the thread ends once the queue is closed and drained.
     fn drop(&mut self) {
         self.tx = None;
         if let Some(t) = self.thread.take() {
@@ -263,6 +290,35 @@ target = { column = "b", node = "N" }
             Some(e) => e,
             None => loader.finish().expect_err("the copy fails"),
         };
+        assert!(err.to_string().contains("is NULL"), "{err}");
+    }
+
+    /// A copy retried with the same mapper (its stored plan holds the earlier, equal relation)
+    /// still batches rows.
+    #[test]
+    fn rows_of_a_table_planned_before_still_batch() {
+        let (mut m, index) = mapper();
+        m.bulk_plan(&rel(1, "n", &["id"])).unwrap();
+        let n = rel(1, "n", &["id"]);
+        let mut loader = Loader::spawn(BulkLoad::new(index)).unwrap();
+        for i in 0..10 {
+            loader.push(&mut m, &n, &mut vec![Value::Int4(i)]).unwrap();
+        }
+        assert_eq!(loader.batch.as_ref().map(|b| b.rows), Some(10));
+        assert_eq!(loader.finish().unwrap().rows(), 10);
+    }
+
+    /// A failure on the reading side after a bad row was queued: the bad row's error wins.
+    #[test]
+    fn an_earlier_bad_row_wins_over_a_later_failure() {
+        let n = rel(1, "n", &["id"]);
+        let (mut m, index) = mapper();
+        let mut loader = Loader::spawn(BulkLoad::new(index)).unwrap();
+        for i in 0..10 {
+            let v = if i == 5 { Value::Null } else { Value::Int4(i) };
+            loader.push(&mut m, &n, &mut vec![v]).unwrap();
+        }
+        let err = loader.fail(SyncError::Io("the connection was lost".into()));
         assert!(err.to_string().contains("is NULL"), "{err}");
     }
 }

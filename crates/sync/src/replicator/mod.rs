@@ -16,7 +16,7 @@
 //!   record in the log), so an idle slot does not hold WAL.
 //!
 //! Split by job (after Supabase's `etl`): `session` (connect, check, decide how to resume),
-//! `initial_copy`, `stream` (the loop), `apply` (batches into graph transactions and change
+//! `initial_copy` (with `loader`, its mapping thread), `stream` (the loop), `apply` (batches into graph transactions and change
 //! log records), `jobs` (compactions and the snapshots written with them, in the background), `status` (what the HTTP layer reads),
 //! `error`. A [`run`] keeps a `Replicator` (options, store, mapper, status, the state kept
 //! across reconnects) and runs one session per connection.
