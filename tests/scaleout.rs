@@ -632,6 +632,16 @@ fn one_nats_node_of_three_killed_loses_nothing() {
     writer.join().unwrap();
     let last = current_lsn(cluster, &db);
     let expected = workload::expected(cluster, &db);
+    // After the node's loss the stream's and the bucket's leaders are elected again, and a
+    // snapshot download cut there is retried after its stall timeout (20 s): on a loaded
+    // machine catching up can take longer than the comparison's own wait. This test asserts
+    // that nothing is lost, not how fast; a follower that never gets there prints its log.
+    wait_for(
+        "the follower at the last commit after the outage",
+        &mut follower,
+        Duration::from_secs(120),
+        || lsn_of(&health(&faddr), "applied_lsn") >= last,
+    );
     compare_over_http(&faddr, &expected, last);
     wait_for(
         "confirmed past the outage",
