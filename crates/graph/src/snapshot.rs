@@ -266,7 +266,7 @@ pub fn load(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
     }
     let payload = &bytes[HEADER..];
     // The payload's checksum is computed beside the structural checks and the node store's
-    // build (a third of a load's time on its own). Its verdict still comes first: a mismatch
+    // build (a fifth of a load's time on its own). Its verdict still comes first: a mismatch
     // is reported whatever the other checks found, and nothing is returned from bytes that
     // fail it.
     let (loaded, computed) = crate::par::both(|| open_payload(&map, payload, len), || xxh3_64(payload));

@@ -69,13 +69,23 @@ pub fn column_index(rel: &Relation, column: &str) -> Result<usize, RowError> {
         })
 }
 
+/// The value of an integer column (`int2`, `int4`, `int8`): what becomes a [`NodeKey::Int`].
+pub fn int_of(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int2(i) => Some(i64::from(*i)),
+        Value::Int4(i) => Some(i64::from(*i)),
+        Value::Int8(i) => Some(*i),
+        _ => None,
+    }
+}
+
 /// A key part from one column's value.
 pub fn key_part(rel: &Relation, column: &str, v: &Value) -> Result<NodeKey, RowError> {
     let err = |f: fn(String, String) -> RowError| f(rel.qualified_name(), column.to_string());
+    if let Some(i) = int_of(v) {
+        return Ok(NodeKey::Int(i));
+    }
     Ok(match v {
-        Value::Int2(i) => NodeKey::Int(i64::from(*i)),
-        Value::Int4(i) => NodeKey::Int(i64::from(*i)),
-        Value::Int8(i) => NodeKey::Int(*i),
         Value::Uuid(u) => NodeKey::Uuid(*u),
         Value::Text(t) | Value::Numeric(t) | Value::Other { text: t, .. } => NodeKey::Text(Arc::from(t.as_str())),
         Value::Null => return Err(err(|table, column| RowError::NullKey { table, column })),

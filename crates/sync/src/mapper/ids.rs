@@ -2,7 +2,7 @@
 //! open-addressing table with the key inline, one 16-byte slot per node: finding one reads a
 //! single cache line, which the copy's loading thread requests rows ahead
 //! ([`IdTable::prefetch`]). In a hash map of (label, key) pairs, the lookups of a large copy
-//! were a quarter of its CPU, nearly all of it cache misses. Other keys stay in such a map.
+//! were a third of its CPU, nearly all of it cache misses. Other keys stay in such a map.
 //!
 //! Not for the graph's own key index (`graph::nodes`, which snapshots store).
 

@@ -24,13 +24,8 @@ pub(super) fn fill_unchanged(mut new: Vec<Value>, old: &[Value]) -> Vec<Value> {
 /// The key's value when it is one integer column (as [`key_of`] makes it, without building
 /// anything): what the bulk load prefetches by.
 pub(super) fn int_key(cols: &[usize], values: &[Value]) -> Option<i64> {
-    match (cols, values) {
-        ([c], v) => match v[*c] {
-            Value::Int2(i) => Some(i64::from(i)),
-            Value::Int4(i) => Some(i64::from(i)),
-            Value::Int8(i) => Some(i),
-            _ => None,
-        },
+    match cols {
+        [c] => rows::int_of(&values[*c]),
         _ => None,
     }
 }

@@ -188,7 +188,7 @@ impl Drop for Loader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgoutput::{Column, ReplicaIdentity};
+    use pgoutput::ReplicaIdentity;
     use std::path::Path;
 
     const CONFIG: &str = r#"
@@ -204,23 +204,21 @@ source = { column = "a", node = "N" }
 target = { column = "b", node = "N" }
 "#;
 
-    fn rel(id: u32, name: &str, cols: &[&str]) -> Arc<Relation> {
-        Arc::new(Relation {
-            xid: None,
-            id,
-            namespace: "public".into(),
+    /// The relation the copy types `name`'s rows with (integer columns, all in the identity).
+    fn rel(oid: u32, name: &str, cols: &[&str]) -> Arc<Relation> {
+        let cols: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
+        let table = TableInfo {
+            qualified: format!("public.{name}"),
+            schema: "public".into(),
             name: name.into(),
-            replica_identity: ReplicaIdentity::Default,
-            columns: cols
-                .iter()
-                .map(|c| Column {
-                    name: (*c).into(),
-                    type_oid: 23,
-                    type_modifier: -1,
-                    is_key: true,
-                })
-                .collect(),
-        })
+            oid,
+            identity: ReplicaIdentity::Default,
+            columns: cols.iter().map(|c| (c.clone(), 23)).collect(),
+            attnums: (1..=cols.len() as i32).collect(),
+            identity_columns: cols.clone(),
+            partitioned: false,
+        };
+        Arc::new(table.relation(&cols))
     }
 
     fn mapper() -> (Mapper, RowIndex) {
