@@ -240,6 +240,78 @@ fn idle_slot_advances() {
     assert_graph_equals(&data, &config, &workload::expected(cluster, &db));
 }
 
+/// 40 single-row transactions 10 ms apart, to two replicas of one database: one that reads
+/// at once applies them one by one; one with `--apply-linger-ms 300` applies them a few at a
+/// time (its metrics count fewer applies than transactions). Both end equal to SQL.
+#[test]
+fn a_trickle_is_applied_a_few_transactions_at_a_time() {
+    let (cluster, db, dir, config) = setup("linger");
+    let mut w = Workload::new(0x1199);
+    cluster.psql(&db, &w.seed(20));
+    let spawn = |name: &str, linger: &str| {
+        let data = dir.path().join(name);
+        // Each its own slot, so both stream the same transactions.
+        let slot = format!("gs_{db}_{name}");
+        let mut r = replica::spawn(
+            cluster,
+            &db,
+            &config,
+            &data,
+            &["--apply-linger-ms", linger, "--slot", &slot],
+        );
+        r.wait_durable(current_lsn(cluster, &db), DEADLINE);
+        r
+    };
+    let mut at_once = spawn("at_once", "0");
+    let mut lingering = spawn("lingering", "300");
+    let counts = |r: &mut replica::Replicator| -> (u64, u64) {
+        let (code, body) = replica::http_get(&r.addr(), "/metrics", None);
+        assert_eq!(code, 200, "{body}");
+        let value = |name: &str| -> u64 {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("{name} missing:\n{body}")) as u64
+        };
+        (
+            value("graphsync_apply_seconds_count"),
+            value("graphsync_commit_to_apply_seconds_count"),
+        )
+    };
+    let before = [counts(&mut at_once), counts(&mut lingering)];
+    let script: String = (0..40)
+        .map(|i| {
+            format!(
+                "INSERT INTO users VALUES ({}, 1, 'u{i}', NULL);\nSELECT pg_sleep(0.01);\n",
+                10_000 + i
+            )
+        })
+        .collect();
+    cluster.psql(&db, &script);
+    let last = current_lsn(cluster, &db);
+    let mut applies = Vec::new();
+    for (r, before) in [&mut at_once, &mut lingering].into_iter().zip(before) {
+        r.wait_durable(last, DEADLINE);
+        let all = pgtest::wait_for(DEADLINE, || counts(r).1 - before.1 >= 40);
+        let now = counts(r);
+        assert!(all, "{:?} -> {now:?}; log:\n{}", before, r.log());
+        applies.push(now.0 - before.0);
+    }
+    assert!(
+        applies[0] >= 30,
+        "read at once: {} applies of 40 transactions",
+        applies[0]
+    );
+    assert!(applies[1] <= 10, "lingering: {} applies of 40 transactions", applies[1]);
+    for (r, data) in [
+        (at_once, dir.path().join("at_once")),
+        (lingering, dir.path().join("lingering")),
+    ] {
+        let (status, log) = r.stop();
+        assert!(status.success(), "{log}");
+        assert_graph_equals(&data, &config, &workload::expected(cluster, &db));
+    }
+}
+
 fn run_to_completion(cluster: &Cluster, db: &str, config: &std::path::Path, data: &std::path::Path, extra: &[&str]) {
     let mut r = replica::spawn(cluster, db, config, data, extra);
     r.wait_durable(current_lsn(cluster, db), DEADLINE);

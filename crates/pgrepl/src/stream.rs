@@ -167,19 +167,24 @@ impl ReplicationStream {
     /// with no event, so a caller can do periodic work without cancelling a read (status
     /// updates keep going out meanwhile).
     pub async fn next_before(&mut self, deadline: Option<Instant>) -> Result<Next, ReplError> {
-        let far = Instant::now() + Duration::from_secs(86_400);
-        let deadline = deadline.unwrap_or(far);
         loop {
             if self.server_done {
                 return Ok(Next::Ended);
             }
-            let frame = tokio::select! {
-                f = self.client.conn.read_frame() => f?,
-                _ = tokio::time::sleep_until(self.next_status) => {
-                    self.send_status(false).await?;
-                    continue;
+            // A frame already read (a busy stream delivers many per read) is taken without
+            // arming timers, unless a status update is due.
+            let frame = if self.client.conn.has_frame() && Instant::now() < self.next_status {
+                self.client.conn.read_frame().await?
+            } else {
+                let deadline = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+                tokio::select! {
+                    f = self.client.conn.read_frame() => f?,
+                    _ = tokio::time::sleep_until(self.next_status) => {
+                        self.send_status(false).await?;
+                        continue;
+                    }
+                    _ = tokio::time::sleep_until(deadline) => return Ok(Next::Deadline),
                 }
-                _ = tokio::time::sleep_until(deadline) => return Ok(Next::Deadline),
             };
             match frame.tag {
                 b'd' => {

@@ -25,6 +25,12 @@ impl Batch {
         self.received.push(Instant::now());
     }
 
+    /// Whether the batch is worth waiting after: some transactions, but few and small (a
+    /// heavy load's batches are large, and its next read waits for nothing).
+    pub(super) fn is_light(&self) -> bool {
+        !self.txns.is_empty() && self.txns.len() < 100 && self.changes < 10_000
+    }
+
     pub(super) fn clear(&mut self) {
         self.txns.clear();
         self.received.clear();

@@ -101,6 +101,11 @@ pub struct Options {
     /// The change log's group-commit window: fdatasyncs at most this often (default 20 ms;
     /// confirms to the server go out every 100 ms at most, so a shorter window buys little).
     pub log_sync_interval: Duration,
+    /// After a light batch (the socket ran dry), the next read waits this long so the
+    /// transactions that follow are applied together: fewer wake-ups per transaction under a
+    /// steady trickle, at most this much added latency. Zero: read at once. Default
+    /// [`DEFAULT_APPLY_LINGER`].
+    pub apply_linger: Duration,
     /// Memory for the change feed's recent records; older ones are read from disk.
     pub feed_memory_bytes: usize,
     /// The data directory was written before online mapping changes: its snapshots and log
@@ -143,6 +148,7 @@ impl Options {
             snapshot_after_changes: None,
             log_segment_bytes: 64 << 20,
             log_sync_interval: crate::changelog::DEFAULT_SYNC_INTERVAL,
+            apply_linger: DEFAULT_APPLY_LINGER,
             feed_memory_bytes: crate::feed::DEFAULT_MEMORY_BYTES,
             legacy_hash: false,
             status_interval: Duration::from_secs(10),
@@ -166,6 +172,10 @@ impl Options {
         }
     }
 }
+
+/// The default [`Options::apply_linger`]: 2 ms halved graphsync's CPU at 1,000 single-row
+/// transactions/s (docs/benchmarks.md, session 14).
+pub const DEFAULT_APPLY_LINGER: Duration = Duration::from_millis(2);
 
 /// The replica's state between sessions.
 struct State {

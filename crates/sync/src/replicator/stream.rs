@@ -80,6 +80,7 @@ pub(super) async fn stream(
     let mut next_progress = Instant::now() + Duration::from_secs(10);
     let mut progress_txns = status.snapshot().transactions;
     let mut pending = Batch::default();
+    let mut linger_until: Option<Instant> = None;
     loop {
         if *shutdown.borrow() {
             apply_pending(&mut pending, mapper, st, status)?;
@@ -123,6 +124,15 @@ pub(super) async fn stream(
             } else {
                 Duration::from_millis(50)
             };
+        // A light batch was just applied: let what follows gather for a moment before the
+        // next read, so a steady trickle of small transactions is read, applied and logged a
+        // few at a time instead of one wake-up each (under a heavy load batches are large and
+        // nothing waits).
+        if let Some(until) = linger_until.take() {
+            if !stream.has_buffered() {
+                wait_until(until, shutdown).await;
+            }
+        }
         let next = stream.next_before(Some(tick.into())).await?;
         if !matches!(next, Next::Deadline) {
             last_heard = Instant::now();
@@ -149,18 +159,30 @@ pub(super) async fn stream(
                             || pending.txns.len() >= 2_000
                             || pending.received[0].elapsed() >= MAX_BATCH_DELAY
                         {
+                            let light = pending.is_light();
                             apply_pending(&mut pending, mapper, st, status)?;
+                            if light && !stream.has_buffered() {
+                                linger_until = linger(opts);
+                            }
                         }
                     }
                 }
             }
             Next::Event(ReplicationEvent::Keepalive { wal_end, .. }) => {
-                apply_pending(&mut pending, mapper, st, status)?;
+                // The server sends one when it goes idle after a commit: what is pending is
+                // applied then, unless more was already read (the batch goes on).
+                if !stream.has_buffered() {
+                    let light = pending.is_light();
+                    apply_pending(&mut pending, mapper, st, status)?;
+                    if light {
+                        linger_until = linger(opts);
+                    }
+                }
                 if wal_end > server_end {
                     server_end = wal_end;
                     status.update(|s| s.server_wal_end = s.server_wal_end.max(wal_end));
                 }
-                if assembler.is_idle() && wal_end > st.safe {
+                if pending.txns.is_empty() && assembler.is_idle() && wal_end > st.safe {
                     st.safe = wal_end;
                     status.update(|s| {
                         s.applied_lsn = wal_end;
@@ -282,5 +304,26 @@ pub(super) async fn stream(
             });
             next_confirm = now + Duration::from_millis(100);
         }
+    }
+}
+
+/// When the next read may start after a light batch (`Options::apply_linger` from now).
+fn linger(opts: &Options) -> Option<Instant> {
+    (!opts.apply_linger.is_zero()).then(|| Instant::now() + opts.apply_linger)
+}
+
+/// Waits until `until` (or a shutdown). On a current-thread runtime (the binary runs the
+/// replicator on a thread of its own) the thread sleeps: an async timer would wake it for
+/// every packet that arrives meanwhile, since the socket stays registered with its poller.
+async fn wait_until(until: Instant, shutdown: &watch::Receiver<bool>) {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread {
+        std::thread::sleep(until.saturating_duration_since(Instant::now()));
+        return;
+    }
+    let mut sd = shutdown.clone();
+    tokio::select! {
+        _ = tokio::time::sleep_until(until.into()) => {}
+        _ = sd.changed() => {}
     }
 }
