@@ -490,13 +490,6 @@ fn sse_resumes_across_sigkill_with_last_event_id() {
     assert!(status.success(), "{log}");
 }
 
-fn metric(addr: &str, name: &str) -> f64 {
-    let (_, body) = http_get(addr, "/metrics", None);
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(-1.0)
-}
-
 /// Positions older than the change log keeps are refused with 409 (and the oldest position);
 /// from that position the feed answers. `/v1/subgraph` also streams NDJSON.
 #[test]
@@ -608,7 +601,7 @@ fn a_subscriber_that_stops_reading_is_disconnected_and_replication_goes_on() {
     )
     .unwrap();
     let wait = Instant::now() + Duration::from_secs(10);
-    while metric(&addr, "graphsync_feed_subscribers") < 1.0 {
+    while replica::metric(&addr, "graphsync_feed_subscribers").unwrap_or(0.0) < 1.0 {
         assert!(Instant::now() < wait, "the subscriber never registered");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -629,13 +622,13 @@ fn a_subscriber_that_stops_reading_is_disconnected_and_replication_goes_on() {
     let (code, body) = http_get(&addr, &format!("/v1/status?min_lsn={end}&timeout_ms=10000"), None);
     assert_eq!(code, 200, "replication waited for the stuck subscriber: {body}");
     assert!(t.elapsed() < Duration::from_secs(10));
-    assert_eq!(metric(&addr, "graphsync_feed_subscribers"), 1.0);
+    assert_eq!(replica::metric(&addr, "graphsync_feed_subscribers"), Some(1.0));
     let wait = Instant::now() + Duration::from_secs(60);
-    while metric(&addr, "graphsync_feed_disconnects_total") < 1.0 {
+    while replica::metric(&addr, "graphsync_feed_disconnects_total").unwrap_or(0.0) < 1.0 {
         assert!(Instant::now() < wait, "the stuck subscriber was never disconnected");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(metric(&addr, "graphsync_feed_subscribers"), 0.0);
+    assert_eq!(replica::metric(&addr, "graphsync_feed_subscribers"), Some(0.0));
     drop(stuck);
     let (status, log) = r.stop();
     assert!(status.success(), "{log}");

@@ -8,82 +8,18 @@
 
 mod common;
 
-use common::replica::{self, compare_over_http, current_lsn, http_get, http_json};
-use common::workload;
+use common::replica::{
+    self, compare_over_http, current_lsn, http_json, lsn_poller, poller, wait_health, wait_rebuilds,
+};
+use common::workload::{self, writer};
 use pgtest::Cluster;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Waits (bounded) until /health says `status`; returns its body.
-fn wait_health(r: &mut replica::Replicator, addr: &str, status: &str, timeout: Duration) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (_, j) = http_json(addr, "/health");
-        if j["status"] == status {
-            return j;
-        }
-        if let Ok(Some(s)) = r.child.try_wait() {
-            panic!("graphsync exited with {s} waiting for {status}; log:\n{}", r.log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "health never said {status} (last {j}); log:\n{}",
-            r.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
+/// Metric `name` of the replica at `addr` (it must have it).
 fn metric(addr: &str, name: &str) -> f64 {
-    let (code, body) = http_get(addr, "/metrics", None);
-    assert_eq!(code, 200);
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in\n{body}"))
-}
-
-/// A writer that keeps inserting users (positional, so it survives the rename) and follows.
-fn writer(
-    cluster: &'static Cluster,
-    db: String,
-    stop: Arc<AtomicBool>,
-    next: Arc<AtomicU64>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::SeqCst) {
-            let id = next.fetch_add(1, Ordering::SeqCst);
-            cluster.psql(
-                &db,
-                &format!(
-                    "BEGIN; INSERT INTO users VALUES ({id}, {org}, 'user {id}', NULL); \
-                     INSERT INTO follows VALUES ({id}, 1, 1.0) ON CONFLICT DO NOTHING; \
-                     UPDATE users SET org_id = {org} WHERE id = {id} - 5; COMMIT;",
-                    org = id % 3
-                ),
-            );
-        }
-    })
-}
-
-/// Polls the API until stopped; returns (polls, failures with what failed).
-fn poller(addr: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, Vec<String>)> {
-    std::thread::spawn(move || {
-        let (mut polls, mut failed) = (0, Vec::new());
-        while !stop.load(Ordering::SeqCst) {
-            for path in ["/v1/nodes/User/1", "/v1/neighbors?node=User:1&direction=in&limit=5"] {
-                let (code, body) = http_get(&addr, path, None);
-                polls += 1;
-                if code != 200 {
-                    failed.push(format!("{path}: {code} {body}"));
-                }
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        (polls, failed)
-    })
+    replica::metric(addr, name).unwrap_or_else(|| panic!("no metric {name} at {addr}"))
 }
 
 #[test]
@@ -207,49 +143,6 @@ fn renamed_column_pauses_with_the_api_up_and_a_compatible_reload_continues_witho
     assert_eq!(metric(&addr, "graphsync_copies_total"), 0.0, "restored, not copied");
     compare_over_http(&addr, &expected, lsn);
     r.stop();
-}
-
-/// Waits (bounded) until a background rebuild was swapped in `n` times in all.
-fn wait_rebuilds(r: &mut replica::Replicator, addr: &str, n: u64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(s)) = r.child.try_wait() {
-            panic!("graphsync exited with {s}; log:\n{}", r.log());
-        }
-        let (_, j) = http_json(addr, "/v1/status");
-        if j["rebuilds"].as_u64() == Some(n) && j["rebuild"].is_null() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no rebuild swapped in (status {j}); log:\n{}",
-            r.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A poller that also checks the applied position never goes back.
-fn lsn_poller(addr: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, Vec<String>)> {
-    std::thread::spawn(move || {
-        let (mut polls, mut failed) = (0, Vec::new());
-        let mut last = pgoutput::Lsn(0);
-        while !stop.load(Ordering::SeqCst) {
-            let (code, j) = http_json(&addr, "/v1/neighbors?node=User:1&direction=in&limit=5");
-            polls += 1;
-            if code != 200 {
-                failed.push(format!("{code} {j}"));
-                continue;
-            }
-            let lsn: pgoutput::Lsn = j["lsn"].as_str().unwrap_or("0/0").parse().unwrap();
-            if lsn < last {
-                failed.push(format!("the answer went back from {last} to {lsn}"));
-            }
-            last = lsn;
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        (polls, failed)
-    })
 }
 
 #[test]

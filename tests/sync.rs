@@ -265,13 +265,8 @@ fn a_trickle_is_applied_a_few_transactions_at_a_time() {
     let mut at_once = spawn("at_once", "0");
     let mut lingering = spawn("lingering", "300");
     let counts = |r: &mut replica::Replicator| -> (u64, u64) {
-        let (code, body) = replica::http_get(&r.addr(), "/metrics", None);
-        assert_eq!(code, 200, "{body}");
-        let value = |name: &str| -> u64 {
-            body.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-                .unwrap_or_else(|| panic!("{name} missing:\n{body}")) as u64
-        };
+        let addr = r.addr();
+        let value = |name: &str| replica::metric(&addr, name).unwrap_or_else(|| panic!("no {name}")) as u64;
         (
             value("graphsync_apply_seconds_count"),
             value("graphsync_commit_to_apply_seconds_count"),

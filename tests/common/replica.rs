@@ -7,6 +7,8 @@ use pgtest::Cluster;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use sync::checkpoint::CheckpointStore;
 use sync::config::MappingConfig;
@@ -60,7 +62,7 @@ fn spawn_graphsync(
     env: &[(&str, &str)],
 ) -> Replicator {
     static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let n = RUN.fetch_add(1, Ordering::SeqCst);
     let log = data_dir.with_extension(format!("run{n}.log"));
     let logf = std::fs::OpenOptions::new()
         .create(true)
@@ -251,7 +253,7 @@ fn key_text(k: &NodeKey) -> String {
 /// nodes, tenants, and for every node the same out- and in-neighbours (with edge labels).
 pub fn assert_graph_equals(data_dir: &Path, config: &Path, expected: &Expected) -> Lsn {
     let config = MappingConfig::load(config).expect("config");
-    let mapper = Mapper::new(std::sync::Arc::new(config.clone()));
+    let mapper = Mapper::new(Arc::new(config.clone()));
     let (graph, _, lsn) = sync::replicator::load(data_dir, config.mapping_hash())
         .expect("restore")
         .expect("a snapshot");
@@ -360,6 +362,94 @@ pub fn dechunk(mut s: &str) -> String {
         s = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// The value of metric `name` (a sample without labels) on `addr`'s `/metrics`, if it has one.
+pub fn metric(addr: &str, name: &str) -> Option<f64> {
+    let (_, body) = http_get(addr, "/metrics", None);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits (bounded) until /health says `status`; returns its body.
+pub fn wait_health(r: &mut Replicator, addr: &str, status: &str, timeout: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, j) = http_json(addr, "/health");
+        if j["status"] == status {
+            return j;
+        }
+        if let Ok(Some(s)) = r.child.try_wait() {
+            panic!("graphsync exited with {s} waiting for {status}; log:\n{}", r.log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health never said {status} (last {j}); log:\n{}",
+            r.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits (bounded) until a background rebuild was swapped in `n` times in all.
+pub fn wait_rebuilds(r: &mut Replicator, addr: &str, n: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(s)) = r.child.try_wait() {
+            panic!("graphsync exited with {s}; log:\n{}", r.log());
+        }
+        let (_, j) = http_json(addr, "/v1/status");
+        if j["rebuilds"].as_u64() == Some(n) && j["rebuild"].is_null() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rebuild swapped in (status {j}); log:\n{}",
+            r.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls the API until stopped; returns (polls, failures with what failed).
+pub fn poller(addr: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut polls, mut failed) = (0, Vec::new());
+        while !stop.load(Ordering::SeqCst) {
+            for path in ["/v1/nodes/User/1", "/v1/neighbors?node=User:1&direction=in&limit=5"] {
+                let (code, body) = http_get(&addr, path, None);
+                polls += 1;
+                if code != 200 {
+                    failed.push(format!("{path}: {code} {body}"));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (polls, failed)
+    })
+}
+
+/// A poller that also checks the applied position never goes back.
+pub fn lsn_poller(addr: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut polls, mut failed) = (0, Vec::new());
+        let mut last = pgoutput::Lsn(0);
+        while !stop.load(Ordering::SeqCst) {
+            let (code, j) = http_json(&addr, "/v1/neighbors?node=User:1&direction=in&limit=5");
+            polls += 1;
+            if code != 200 {
+                failed.push(format!("{code} {j}"));
+                continue;
+            }
+            let lsn: pgoutput::Lsn = j["lsn"].as_str().unwrap_or("0/0").parse().unwrap();
+            if lsn < last {
+                failed.push(format!("the answer went back from {last} to {lsn}"));
+            }
+            last = lsn;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (polls, failed)
+    })
 }
 
 /// GET returning parsed JSON.

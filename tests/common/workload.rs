@@ -6,6 +6,8 @@ use super::replica::Expected;
 use pgtest::Cluster;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 pub const SCHEMA: &str = "
 CREATE TABLE users (id bigint PRIMARY KEY, org_id int, name text, bio text);
@@ -370,4 +372,27 @@ pub fn expected_with(cluster: &Cluster, db: &str, follows: &str) -> Expected {
             .push((format!("Post:{p}"), "AUTHORED_BY".into(), format!("User:{a}")));
     }
     e
+}
+
+/// A writer that keeps inserting users (positional, so it survives the rename) and follows.
+pub fn writer(
+    cluster: &'static Cluster,
+    db: String,
+    stop: Arc<AtomicBool>,
+    next: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let id = next.fetch_add(1, Ordering::SeqCst);
+            cluster.psql(
+                &db,
+                &format!(
+                    "BEGIN; INSERT INTO users VALUES ({id}, {org}, 'user {id}', NULL); \
+                     INSERT INTO follows VALUES ({id}, 1, 1.0) ON CONFLICT DO NOTHING; \
+                     UPDATE users SET org_id = {org} WHERE id = {id} - 5; COMMIT;",
+                    org = id % 3
+                ),
+            );
+        }
+    })
 }
