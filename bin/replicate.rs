@@ -43,8 +43,9 @@ pub struct ReplicateArgs {
     #[arg(long, env = "GRAPHSYNC_BINARY")]
     pub binary: bool,
     /// After applying a few small transactions, wait this many milliseconds before reading
-    /// more, so a steady trickle is applied a few transactions at a time (about half the CPU
-    /// at 1,000 transactions/s) for at most this much added latency. 0: read at once.
+    /// more, so a steady trickle is applied a few transactions at a time (about a third less
+    /// CPU at 1,000 single-row transactions/s) for at most this much added latency. 0: read at
+    /// once.
     #[arg(long, env = "GRAPHSYNC_APPLY_LINGER_MS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub apply_linger_ms: u64,
     /// Reconnect after this many milliseconds without a message from the server.

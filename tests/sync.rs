@@ -241,8 +241,9 @@ fn idle_slot_advances() {
 }
 
 /// 40 single-row transactions 10 ms apart, to two replicas of one database: one that reads
-/// at once applies them one by one; one with `--apply-linger-ms 300` applies them a few at a
-/// time (its metrics count fewer applies than transactions). Both end equal to SQL.
+/// at once applies them about one by one; one with `--apply-linger-ms 300` a few at a time (its
+/// metrics count at most 10 applies, and a third of the other's at most). Both end equal to
+/// SQL.
 #[test]
 fn a_trickle_is_applied_a_few_transactions_at_a_time() {
     let (cluster, db, dir, config) = setup("linger");
@@ -291,12 +292,13 @@ fn a_trickle_is_applied_a_few_transactions_at_a_time() {
         assert!(all, "{:?} -> {now:?}; log:\n{}", before, r.log());
         applies.push(now.0 - before.0);
     }
+    // Relative: a stall on a busy machine may merge a few of the first replica's too.
     assert!(
-        applies[0] >= 30,
-        "read at once: {} applies of 40 transactions",
+        applies[1] <= 10 && applies[1] * 3 <= applies[0],
+        "applies of 40 transactions: {} lingering, {} reading at once",
+        applies[1],
         applies[0]
     );
-    assert!(applies[1] <= 10, "lingering: {} applies of 40 transactions", applies[1]);
     for (r, data) in [
         (at_once, dir.path().join("at_once")),
         (lingering, dir.path().join("lingering")),

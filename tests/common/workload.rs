@@ -374,7 +374,8 @@ pub fn expected_with(cluster: &Cluster, db: &str, follows: &str) -> Expected {
     e
 }
 
-/// A writer that keeps inserting users (positional, so it survives the rename) and follows.
+/// A writer that keeps inserting users and follows until `stop`, ids from `next` (the users
+/// positionally, so it goes on across a column rename).
 pub fn writer(
     cluster: &'static Cluster,
     db: String,

@@ -173,7 +173,7 @@ impl Options {
     }
 }
 
-/// The default [`Options::apply_linger`]: 2 ms halved graphsync's CPU at 1,000 single-row
+/// The default [`Options::apply_linger`]: 2 ms cut graphsync's CPU by about a third at 1,000 single-row
 /// transactions/s (docs/benchmarks.md, session 14).
 pub const DEFAULT_APPLY_LINGER: Duration = Duration::from_millis(2);
 

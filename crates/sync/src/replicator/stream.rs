@@ -195,6 +195,11 @@ pub(super) async fn stream(
             }
             Next::Ended => return Err(SyncError::StreamEnded),
         }
+        // Nor does a batch wait past its bound behind frames that complete no commit (a large
+        // streamed transaction's chunks, keepalives while more is read).
+        if !pending.txns.is_empty() && pending.received[0].elapsed() >= MAX_BATCH_DELAY {
+            apply_pending(&mut pending, mapper, st, status)?;
+        }
         // Chores (background jobs, positions, errors, confirms) at most every 10 ms, not per
         // message.
         let now = Instant::now();
@@ -312,12 +317,15 @@ fn linger(opts: &Options) -> Option<Instant> {
     (!opts.apply_linger.is_zero()).then(|| Instant::now() + opts.apply_linger)
 }
 
-/// Waits until `until` (or a shutdown). On a current-thread runtime (the binary runs the
-/// replicator on a thread of its own) the thread sleeps: an async timer would wake it for
-/// every packet that arrives meanwhile, since the socket stays registered with its poller.
+/// Waits until `until`. On a current-thread runtime (the binary runs the replicator on a
+/// thread of its own) the tasks sharing it (the change feed's dispatcher, the table probe) run
+/// first, then the thread sleeps: an async timer would wake it for every packet that arrives
+/// meanwhile, since the socket stays registered with its poller. A shutdown is seen after the
+/// sleep (at most `Options::apply_linger`, 1 s). Elsewhere an async sleep, cut by a shutdown.
 async fn wait_until(until: Instant, shutdown: &watch::Receiver<bool>) {
     use tokio::runtime::{Handle, RuntimeFlavor};
     if Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread {
+        tokio::task::yield_now().await;
         std::thread::sleep(until.saturating_duration_since(Instant::now()));
         return;
     }
