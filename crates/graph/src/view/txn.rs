@@ -114,6 +114,14 @@ impl std::fmt::Debug for Txn<'_> {
 impl Txn<'_> {
     /// Applies one low-level mutation.
     pub fn push(&mut self, m: Mutation) -> Result<(), ApplyError> {
+        // An edge change reads both endpoints' overlay state: their loads start together, so
+        // the two cache misses overlap.
+        self.b.prefetch(&m, false);
+        self.b.prefetch(&m, true);
+        self.push_one(m)
+    }
+
+    fn push_one(&mut self, m: Mutation) -> Result<(), ApplyError> {
         // Mutations either fail before changing anything or succeed whole.
         if let Some(c) = &mut self.capture {
             c.note(&self.b, &m);
@@ -140,7 +148,7 @@ impl Txn<'_> {
             if let Some(m) = ms.get(i + NEAR) {
                 self.b.prefetch(m, true);
             }
-            self.push(std::mem::replace(&mut ms[i], Mutation::AddNode))?;
+            self.push_one(std::mem::replace(&mut ms[i], Mutation::AddNode))?;
         }
         ms.clear();
         Ok(())
