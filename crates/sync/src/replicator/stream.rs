@@ -150,14 +150,11 @@ pub(super) async fn stream(
                     if txn.end_lsn > after {
                         let spilled = txn.spilled.is_some();
                         pending.push(txn);
-                        // Batch while more is already received, within bounds (a burst is
-                        // published at least every few ms, so its first transactions do not
-                        // wait for the whole burst).
-                        if spilled
-                            || !stream.has_buffered()
-                            || pending.changes >= 50_000
-                            || pending.txns.len() >= 2_000
-                            || pending.received[0].elapsed() >= MAX_BATCH_DELAY
+                        // Batch while more is already received, within bounds (the time
+                        // bound, checked below after every frame, publishes a burst at least
+                        // every few ms, so its first transactions do not wait for the whole
+                        // burst).
+                        if spilled || !stream.has_buffered() || pending.changes >= 50_000 || pending.txns.len() >= 2_000
                         {
                             let light = pending.is_light();
                             apply_pending(&mut pending, mapper, st, status)?;
@@ -195,8 +192,8 @@ pub(super) async fn stream(
             }
             Next::Ended => return Err(SyncError::StreamEnded),
         }
-        // Nor does a batch wait past its bound behind frames that complete no commit (a large
-        // streamed transaction's chunks, keepalives while more is read).
+        // A batch waits no longer than its bound, whatever frames follow it (more commits, a
+        // large streamed transaction's chunks, keepalives while more is read).
         if !pending.txns.is_empty() && pending.received[0].elapsed() >= MAX_BATCH_DELAY {
             apply_pending(&mut pending, mapper, st, status)?;
         }
