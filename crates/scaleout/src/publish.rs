@@ -378,6 +378,17 @@ async fn session(
         .await?
         .filter(|l| l.lineage == lineage)
         .map(|l| l.lsn);
+    // A new chain starts at the snapshot already published for this graph when the log still
+    // holds every record after it (an earlier session uploaded it, then failed before its
+    // marker): a follower that bootstrapped from it meanwhile continues instead of
+    // re-bootstrapping.
+    let after = match uploaded {
+        Some(u) if !continues && floor <= u && u < after => {
+            tracing::info!(lsn = %u, newest = %after, "starting the chain at the snapshot already published for this graph");
+            u
+        }
+        _ => after,
+    };
     let mut tail = LogTail::new(log, hash, after);
     let mut max_part = client.server_info().max_payload.saturating_sub(4096).max(1024);
     if cfg.nats.max_bytes > 0 {

@@ -132,10 +132,15 @@ pub(crate) async fn upload(
         .await
         .map_err(|e| ScaleoutError::js("snapshot pointer write")(e.to_string()))?;
     if let Some(keep) = keep_after {
-        let mut list = b
-            .list()
-            .await
-            .map_err(|e| ScaleoutError::js("snapshot listing")(e.to_string()))?;
+        // Pruning is best effort: the snapshot and its pointer are in place, and what stays
+        // is removed by a later upload.
+        let mut list = match b.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the published snapshots to remove old ones failed; they are removed after a later upload");
+                return Ok(bytes);
+            }
+        };
         let mut old = Vec::new();
         while let Some(Ok(o)) = futures_util::StreamExt::next(&mut list).await {
             let hex = o

@@ -257,6 +257,22 @@ impl Table {
         }
     }
 
+    /// Starts loading what installing a version of `n` frees (the version below its newest:
+    /// under one live view, the one [`Table::install`] unlinks), so that a transaction's frees
+    /// overlap instead of each waiting for its own cache miss. Only the writer calls this.
+    #[inline]
+    pub(super) fn prefetch_prunable(&self, n: u32) {
+        // The head is read (the writer's view is live, and only the writer frees versions);
+        // the older pointer is only prefetched, never read through here.
+        if let Some(h) = self.head(n) {
+            let p = h.prev.load(Ordering::Relaxed) as *const u8;
+            if !p.is_null() {
+                crate::query::prefetch_ptr(p);
+                crate::query::prefetch_ptr(p.wrapping_add(64));
+            }
+        }
+    }
+
     /// Sets `marks` (bits of [`Mark`]) on `n` without a version. Only the writer calls this.
     pub(super) fn mark(&self, n: u32, marks: u8) {
         self.set_marks(n, marks);

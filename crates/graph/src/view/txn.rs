@@ -372,8 +372,19 @@ impl Builder {
         }
         // Versions no live view (this builder's own base view included) reaches are freed.
         let min_live = view.table.min_live().unwrap_or(view.seq).min(view.seq);
-        for (n, p) in pending.into_states() {
-            view.table.install(n, seq, p.state, p.marks, min_live);
+        // What each install frees is loaded a few installs ahead (misses overlap).
+        const AHEAD: usize = 8;
+        let mut states = pending.into_states();
+        for &(n, _) in states.iter().take(AHEAD) {
+            view.table.prefetch_prunable(n);
+        }
+        for i in 0..states.len() {
+            if let Some(&(m, _)) = states.get(i + AHEAD) {
+                view.table.prefetch_prunable(m);
+            }
+            let (n, p) = &mut states[i];
+            view.table
+                .install(*n, seq, std::mem::take(&mut p.state), p.marks, min_live);
         }
         view.table.installed(seq);
         view.guard = view.table.register(seq);

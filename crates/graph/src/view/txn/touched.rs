@@ -24,13 +24,23 @@ pub(in crate::view) struct Pending {
 }
 
 /// Touched nodes' states, in the order first touched.
-#[derive(Default)]
 pub(in crate::view) struct Touched {
     states: Vec<(u32, Pending)>,
     /// Node id → position in `states`, while sparse (empty up to [`LINEAR`] states).
     map: IdMap<u32, u32>,
     /// Node id → position in `states` + 1 (0: untouched), once dense; empty before.
     dense: Vec<u32>,
+}
+
+impl Default for Touched {
+    fn default() -> Self {
+        Touched {
+            // Most transactions touch a few nodes: room for them up front (no regrowth).
+            states: Vec::with_capacity(LINEAR),
+            map: IdMap::default(),
+            dense: Vec::new(),
+        }
+    }
 }
 
 impl Touched {
@@ -123,8 +133,8 @@ impl Touched {
     }
 
     /// Every touched node's state, in the order first touched.
-    pub(in crate::view) fn into_states(self) -> impl Iterator<Item = (u32, Pending)> {
-        self.states.into_iter()
+    pub(in crate::view) fn into_states(self) -> Vec<(u32, Pending)> {
+        self.states
     }
 }
 
@@ -161,7 +171,7 @@ mod tests {
             t.prefetch(n, false);
             t.prefetch(n, true);
         }
-        let got: Vec<u32> = t.into_states().map(|(n, _)| n).collect();
+        let got: Vec<u32> = t.into_states().into_iter().map(|(n, _)| n).collect();
         assert_eq!(got.len(), want.len());
     }
 }
