@@ -135,6 +135,13 @@ impl<T: Copy> Prefix<T> {
         self.len += 1;
     }
 
+    /// Where the shared buffer's header (its reference count and claimed count) lies, for
+    /// prefetching (never dereferenced through this).
+    #[allow(dead_code)]
+    pub(crate) fn buffer_addr(&self) -> *const u8 {
+        &*self.buf as *const AppendBuf<T> as *const u8
+    }
+
     /// Whether `self` and `other` share one buffer (tests).
     #[allow(dead_code)]
     pub(crate) fn shares_buffer(&self, other: &Prefix<T>) -> bool {

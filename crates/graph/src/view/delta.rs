@@ -260,6 +260,22 @@ pub(super) enum Found {
 }
 
 impl NodeDelta {
+    /// Starts loading the reference counts a copy of this state updates: each update is a
+    /// locked instruction, which later loads wait for, so their cache misses would not
+    /// overlap otherwise.
+    #[inline]
+    pub(super) fn prefetch_shared(&self) {
+        // An `Arc`'s counts sit just before the value it points to.
+        if let Added::Shared(p) = &self.added {
+            let a = p.buffer_addr();
+            crate::query::prefetch_ptr(a.wrapping_sub(16));
+            crate::query::prefetch_ptr(a.wrapping_add(24));
+        }
+        if let Some(d) = &self.deleted {
+            crate::query::prefetch_ptr((Arc::as_ptr(d) as *const u8).wrapping_sub(16));
+        }
+    }
+
     /// Appends `e`; `index` learns its position when it covers this node (`key`).
     pub(super) fn add(&mut self, e: EdgeRec, base_degree: usize, index: &mut EdgeIndex, key: (u32, Direction)) {
         if let Some(moved) = self.added.push(e) {

@@ -437,7 +437,13 @@ impl Builder {
     fn state_mut(&mut self, n: u32, marks: u8) -> &mut NodeState {
         let view = &self.view;
         let p = self.pending.get_or_insert_with(n, view.node_count, || Pending {
-            state: view.state(n).cloned().unwrap_or_default(),
+            state: view
+                .state(n)
+                .map(|s| {
+                    s.deltas.0.iter().for_each(NodeDelta::prefetch_shared);
+                    s.clone()
+                })
+                .unwrap_or_default(),
             marks: 0,
         });
         p.marks |= marks;
