@@ -340,7 +340,7 @@ async fn session(
                 theirs = %format!("{:016x}", meta.lineage),
                 ours = %format!("{lineage:016x}"),
                 from = %manifest.lsn,
-                "the stream holds another graph's records (this replica's graph was rebuilt, or its data directory replaced): starting a new chain from this replica's newest snapshot; followers re-bootstrap from it"
+                "the stream holds another graph's records (this replica's graph was rebuilt, or its data directory replaced): starting a new chain from the newest snapshot published for this replica's graph, or from its own newest; followers re-bootstrap from it"
             );
             (false, manifest.lsn)
         }
@@ -349,7 +349,7 @@ async fn session(
     let log = LogDir::open(&state_dir.join("log")).map_err(sync::replicator::SyncError::from)?;
     // The log holds every record after its first segment's start (after the snapshot when it
     // has none): a stream that ends before that cannot be continued from it (this replica
-    // loaded a snapshot the stream never reached): a new chain from the newest snapshot.
+    // loaded a snapshot the stream never reached): a new chain (from a snapshot, below).
     let floor = log
         .segments()
         .map_err(sync::replicator::SyncError::from)?
@@ -361,7 +361,7 @@ async fn session(
             end = %after,
             log_from = %floor,
             from = %manifest.lsn,
-            "the stream ends before what this replica's change log holds: starting the chain again from this replica's newest snapshot; followers re-bootstrap from it"
+            "the stream ends before what this replica's change log holds: starting the chain again from the newest snapshot published for this replica's graph, or from its own newest; followers re-bootstrap from it"
         );
         (false, manifest.lsn)
     } else {
@@ -376,7 +376,7 @@ async fn session(
     }
     let mut uploaded = snapshots::latest(&bucket)
         .await?
-        .filter(|l| l.lineage == lineage)
+        .filter(|l| l.lineage == lineage && l.mapping_hash == hash)
         .map(|l| l.lsn);
     // A new chain starts at the snapshot already published for this graph when the log still
     // holds every record after it (an earlier session uploaded it, then failed before its
@@ -384,8 +384,27 @@ async fn session(
     // re-bootstrapping.
     let after = match uploaded {
         Some(u) if !continues && floor <= u && u < after => {
-            tracing::info!(lsn = %u, newest = %after, "starting the chain at the snapshot already published for this graph");
-            u
+            // Log segments after `published` are kept: hold the log at `u` first, then check
+            // again that it still starts at or before `u` (a snapshot may have removed
+            // segments meanwhile). Lowering `published` only holds confirms back.
+            published.send_if_modified(|p| {
+                let lower = *p > u;
+                if lower {
+                    *p = u;
+                }
+                lower
+            });
+            let floor = log
+                .segments()
+                .map_err(sync::replicator::SyncError::from)?
+                .first()
+                .map_or(manifest.lsn, |s| s.start);
+            if floor <= u {
+                tracing::info!(lsn = %u, newest = %after, "starting the chain at the snapshot already published for this graph");
+                u
+            } else {
+                after
+            }
         }
         _ => after,
     };

@@ -135,11 +135,15 @@ impl<T: Copy> Prefix<T> {
         self.len += 1;
     }
 
-    /// Where the shared buffer's header (its reference count and claimed count) lies, for
-    /// prefetching (never dereferenced through this).
+    /// The address and size of the shared buffer's header (its slots' address and claimed
+    /// count; the `Arc`'s reference counts lie just before it), for prefetching: never
+    /// dereferenced through this.
     #[allow(dead_code)]
-    pub(crate) fn buffer_addr(&self) -> *const u8 {
-        &*self.buf as *const AppendBuf<T> as *const u8
+    pub(crate) fn header(&self) -> (*const u8, usize) {
+        (
+            &*self.buf as *const AppendBuf<T> as *const u8,
+            std::mem::size_of::<AppendBuf<T>>(),
+        )
     }
 
     /// Whether `self` and `other` share one buffer (tests).

@@ -265,14 +265,16 @@ impl NodeDelta {
     /// overlap otherwise.
     #[inline]
     pub(super) fn prefetch_shared(&self) {
-        // An `Arc`'s counts sit just before the value it points to.
+        // std's `Arc` keeps its two counts just before the value it points to (a layout
+        // detail: if it changes, this prefetches the wrong line and costs a miss, no more).
+        const COUNTS: usize = 2 * std::mem::size_of::<usize>();
         if let Added::Shared(p) = &self.added {
-            let a = p.buffer_addr();
-            crate::query::prefetch_ptr(a.wrapping_sub(16));
-            crate::query::prefetch_ptr(a.wrapping_add(24));
+            let (a, len) = p.header();
+            crate::query::prefetch_ptr(a.wrapping_sub(COUNTS));
+            crate::query::prefetch_ptr(a.wrapping_add(len - 1));
         }
         if let Some(d) = &self.deleted {
-            crate::query::prefetch_ptr((Arc::as_ptr(d) as *const u8).wrapping_sub(16));
+            crate::query::prefetch_ptr((Arc::as_ptr(d) as *const u8).wrapping_sub(COUNTS));
         }
     }
 

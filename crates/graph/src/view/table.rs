@@ -267,8 +267,11 @@ impl Table {
         if let Some(h) = self.head(n) {
             let p = h.prev.load(Ordering::Relaxed) as *const u8;
             if !p.is_null() {
+                // Its state (dropped) and its link (read to free what is below it); versions
+                // are 16-byte aligned, so they may span three lines.
                 crate::query::prefetch_ptr(p);
                 crate::query::prefetch_ptr(p.wrapping_add(64));
+                crate::query::prefetch_ptr(p.wrapping_add(std::mem::size_of::<Version>() - 1));
             }
         }
     }
