@@ -301,14 +301,24 @@ impl Probe {
         let confirmed = (cat(0.5), cat(0.99), confirmed.last().copied().unwrap_or_default());
         let mut lags = Vec::with_capacity(server.len());
         let (mut j, mut unresolved) = (0, 0);
+        // GRAPHSYNC_BENCH_LOG_DIR also keeps each sample's lag (wall-clock ms, lag ms), to set
+        // beside graphsync's log.
+        let mut series = String::new();
         for (t, lsn, _) in server {
             while j < applied.len() && (applied[j].1 < lsn || applied[j].0 < t) {
                 j += 1;
             }
             match applied.get(j) {
-                Some((u, _)) => lags.push(*u - t),
+                Some((u, _)) => {
+                    let wall = now_unix_ms().saturating_sub(t.elapsed().as_millis());
+                    series.push_str(&format!("{wall}\t{:.1}\n", (*u - t).as_secs_f64() * 1e3));
+                    lags.push(*u - t)
+                }
                 None => unresolved += 1,
             }
+        }
+        if let Some(d) = std::env::var_os("GRAPHSYNC_BENCH_LOG_DIR") {
+            let _ = std::fs::write(PathBuf::from(d).join(format!("probe-{}.tsv", now_unix_ms())), series);
         }
         lags.sort();
         let at = |p: f64| {
