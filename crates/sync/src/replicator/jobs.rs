@@ -76,6 +76,19 @@ const SNAPSHOT_PAUSE_FACTOR: u32 = 9;
 /// the last: the replay at restart stays bounded.
 const SNAPSHOT_OVERDUE: u64 = 4;
 
+/// Whether a snapshot is due: `since` changes logged since the last reached `bound`, and the
+/// pause after the last one is over (or `since` reached [`SNAPSHOT_OVERDUE`] bounds).
+fn snapshot_due(since: u64, bound: u64, pause_until: Option<Instant>, now: Instant) -> bool {
+    let paused = pause_until.is_some_and(|t| now < t) && since < bound.saturating_mul(SNAPSHOT_OVERDUE);
+    since >= bound && !paused
+}
+
+/// When the pause after a snapshot whose compaction began at `started` ends, if it finished
+/// at `now`.
+fn pause_after(started: Instant, now: Instant) -> Instant {
+    now + now.saturating_duration_since(started) * SNAPSHOT_PAUSE_FACTOR
+}
+
 /// What starting a snapshot needs.
 pub(super) struct SnapshotCtx<'a> {
     pub(super) store: &'a CheckpointStore,
@@ -120,9 +133,8 @@ impl Background {
             let v = st.graph.view();
             snapshot_bound(u64::from(v.node_count()) + v.edge_count() as u64)
         });
-        let paused = self.pause_until.is_some_and(|t| Instant::now() < t)
-            && st.since_snapshot < bound.saturating_mul(SNAPSHOT_OVERDUE);
-        let want_snapshot = st.since_snapshot >= bound && retry_ok && !paused && self.snapshot.is_none();
+        let due = snapshot_due(st.since_snapshot, bound, self.pause_until, Instant::now());
+        let want_snapshot = due && retry_ok && self.snapshot.is_none();
         if self.compaction.is_none() && (want_snapshot || st.graph.needs_compaction()) {
             let job = st.graph.begin_compaction();
             let lsn = Lsn(st.graph.view().lsn());
@@ -212,7 +224,7 @@ impl Background {
                 tracing::info!(lsn = %m.lsn, snapshot = %m.snapshot, ms = took.as_millis() as u64, "snapshot written");
                 record_snapshot(store, &m, status);
                 st.since_snapshot = st.since_snapshot.saturating_sub(s.since_snapshot);
-                self.pause_until = Some(Instant::now() + s.started.elapsed() * SNAPSHOT_PAUSE_FACTOR);
+                self.pause_until = Some(pause_after(s.started, Instant::now()));
                 // Records before the older kept snapshot are needed by neither.
                 // Nor by a rebuild replaying this log (pinned).
                 let pin = st.log_pin.load(std::sync::atomic::Ordering::SeqCst);
@@ -292,7 +304,38 @@ pub(super) async fn finish_background(st: &mut State, status: &ReplicaStatus, st
 
 #[cfg(test)]
 mod tests {
-    use super::snapshot_bound;
+    use super::{pause_after, snapshot_bound, snapshot_due, SNAPSHOT_OVERDUE};
+    use std::time::{Duration, Instant};
+
+    /// A snapshot is due at its bound, not during the pause after the last one (which lasts
+    /// nine times that one's duration), unless four bounds of changes piled up.
+    #[test]
+    fn snapshots_pause_nine_times_their_duration_unless_overdue() {
+        let t0 = Instant::now();
+        let bound = 1_000;
+        assert!(!snapshot_due(999, bound, None, t0));
+        assert!(snapshot_due(1_000, bound, None, t0));
+        // The last took 2 s (from its compaction's start): the next waits 18 s after it.
+        let done = t0 + Duration::from_secs(2);
+        let until = pause_after(t0, done);
+        assert_eq!(until, done + Duration::from_secs(18));
+        assert!(!snapshot_due(1_000, bound, Some(until), done + Duration::from_secs(17)));
+        assert!(!snapshot_due(
+            3 * bound,
+            bound,
+            Some(until),
+            done + Duration::from_secs(17)
+        ));
+        assert!(snapshot_due(
+            SNAPSHOT_OVERDUE * bound,
+            bound,
+            Some(until),
+            done + Duration::from_secs(17)
+        ));
+        assert!(snapshot_due(1_000, bound, Some(until), done + Duration::from_secs(18)));
+        // The pause never makes a snapshot due below its bound.
+        assert!(!snapshot_due(999, bound, Some(until), done + Duration::from_secs(60)));
+    }
 
     #[test]
     fn the_default_snapshot_bound_follows_a_small_graph() {
