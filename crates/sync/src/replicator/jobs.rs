@@ -39,8 +39,8 @@ fn record_snapshot(store: &CheckpointStore, m: &Manifest, status: &ReplicaStatus
 pub(super) struct SnapshotTask {
     task: tokio::task::JoinHandle<Result<(Manifest, Duration), CheckpointError>>,
     since_snapshot: u64,
-    /// When its compaction began.
-    started: Instant,
+    /// How long its compaction took to build.
+    built: Duration,
 }
 
 /// What a snapshot of the compaction in flight needs, captured when it began (the row index at
@@ -48,7 +48,8 @@ pub(super) struct SnapshotTask {
 struct SnapshotRequest {
     index: Vec<u8>,
     since_snapshot: u64,
-    started: Instant,
+    /// The compaction's building time in µs, stored by its thread when done.
+    built_us: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The compaction and the snapshot running on background threads while streaming goes on.
@@ -64,9 +65,10 @@ pub(super) struct Background {
     pause_until: Option<Instant>,
 }
 
-/// Snapshots take about a tenth of the time at most: after one that took `T` from its
-/// compaction's start to its file's flush (wall clock, so a busy machine, where the background
-/// threads' low priority stretches `T`, spaces them further), the next waits `9 T`. At a high
+/// Snapshots take about a tenth of the time: after one that took `T` (its compaction's building
+/// and its file's writing, wall clock on their own threads, so a busy machine, where their low
+/// priority stretches `T`, spaces them further; a loop that reaps it late, after a reconnect or
+/// a pause, adds nothing), the next waits `9 T` unless [`SNAPSHOT_OVERDUE`] bounds piled up. At a high
 /// change rate on a large graph a snapshot (a compaction and a file of the whole graph) every
 /// bound of changes took a quarter of graphsync's CPU (e2e max-rate phase, 1 M-change bound:
 /// 0.59 cores with a snapshot every 2–4 s, 0.46 with this pause, 0.43–0.45 with none).
@@ -83,10 +85,10 @@ fn snapshot_due(since: u64, bound: u64, pause_until: Option<Instant>, now: Insta
     since >= bound && !paused
 }
 
-/// When the pause after a snapshot whose compaction began at `started` ends, if it finished
-/// at `now`.
-fn pause_after(started: Instant, now: Instant) -> Instant {
-    now + now.saturating_duration_since(started) * SNAPSHOT_PAUSE_FACTOR
+/// When the pause after a snapshot that took `spent` (its compaction's building and its
+/// file's writing, each timed on its own thread) ends, reaped at `now`.
+fn pause_after(spent: Duration, now: Instant) -> Instant {
+    now + spent * SNAPSHOT_PAUSE_FACTOR
 }
 
 /// What starting a snapshot needs.
@@ -138,15 +140,18 @@ impl Background {
         if self.compaction.is_none() && (want_snapshot || st.graph.needs_compaction()) {
             let job = st.graph.begin_compaction();
             let lsn = Lsn(st.graph.view().lsn());
+            let built_us = Arc::new(std::sync::atomic::AtomicU64::new(0));
             self.request = (want_snapshot && lsn > st.manifest.lsn).then(|| SnapshotRequest {
                 index: st.index.encode(),
                 since_snapshot: st.since_snapshot,
-                started: Instant::now(),
+                built_us: built_us.clone(),
             });
             let started = Instant::now();
             self.compaction = Some(crate::background::spawn("compaction", move || {
                 let done = job.build();
-                tracing::debug!(ms = started.elapsed().as_millis() as u64, "compaction built");
+                let took = started.elapsed();
+                built_us.store(took.as_micros() as u64, std::sync::atomic::Ordering::Release);
+                tracing::debug!(ms = took.as_millis() as u64, "compaction built");
                 done
             }));
             status.update(|s| s.compactions += 1);
@@ -210,7 +215,7 @@ impl Background {
             self.snapshot = Some(SnapshotTask {
                 task,
                 since_snapshot: req.since_snapshot,
-                started: req.started,
+                built: Duration::from_micros(req.built_us.load(std::sync::atomic::Ordering::Acquire)),
             });
         }
         Ok(())
@@ -224,7 +229,7 @@ impl Background {
                 tracing::info!(lsn = %m.lsn, snapshot = %m.snapshot, ms = took.as_millis() as u64, "snapshot written");
                 record_snapshot(store, &m, status);
                 st.since_snapshot = st.since_snapshot.saturating_sub(s.since_snapshot);
-                self.pause_until = Some(pause_after(s.started, Instant::now()));
+                self.pause_until = Some(pause_after(s.built + took, Instant::now()));
                 // Records before the older kept snapshot are needed by neither.
                 // Nor by a rebuild replaying this log (pinned).
                 let pin = st.log_pin.load(std::sync::atomic::Ordering::SeqCst);
@@ -315,9 +320,9 @@ mod tests {
         let bound = 1_000;
         assert!(!snapshot_due(999, bound, None, t0));
         assert!(snapshot_due(1_000, bound, None, t0));
-        // The last took 2 s (from its compaction's start): the next waits 18 s after it.
+        // The last took 2 s (compaction and file): the next waits 18 s after it.
         let done = t0 + Duration::from_secs(2);
-        let until = pause_after(t0, done);
+        let until = pause_after(Duration::from_secs(2), done);
         assert_eq!(until, done + Duration::from_secs(18));
         assert!(!snapshot_due(1_000, bound, Some(until), done + Duration::from_secs(17)));
         assert!(!snapshot_due(
