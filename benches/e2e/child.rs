@@ -303,6 +303,8 @@ impl Probe {
         let (mut j, mut unresolved) = (0, 0);
         // GRAPHSYNC_BENCH_LOG_DIR also keeps each sample's lag (wall-clock ms, lag ms), to set
         // beside graphsync's log.
+        let keep = std::env::var_os("GRAPHSYNC_BENCH_LOG_DIR");
+        let (wall_now, now) = (now_unix_ms(), Instant::now());
         let mut series = String::new();
         for (t, lsn, _) in server {
             while j < applied.len() && (applied[j].1 < lsn || applied[j].0 < t) {
@@ -310,14 +312,16 @@ impl Probe {
             }
             match applied.get(j) {
                 Some((u, _)) => {
-                    let wall = now_unix_ms().saturating_sub(t.elapsed().as_millis());
-                    series.push_str(&format!("{wall}\t{:.1}\n", (*u - t).as_secs_f64() * 1e3));
+                    if keep.is_some() {
+                        let wall = wall_now.saturating_sub(now.saturating_duration_since(t).as_millis());
+                        series.push_str(&format!("{wall}\t{:.1}\n", (*u - t).as_secs_f64() * 1e3));
+                    }
                     lags.push(*u - t)
                 }
                 None => unresolved += 1,
             }
         }
-        if let Some(d) = std::env::var_os("GRAPHSYNC_BENCH_LOG_DIR") {
+        if let Some(d) = keep {
             let _ = std::fs::write(PathBuf::from(d).join(format!("probe-{}.tsv", now_unix_ms())), series);
         }
         lags.sort();

@@ -350,11 +350,11 @@ async fn session(
     // The log holds every record after its first segment's start (after the snapshot when it
     // has none): a stream that ends before that cannot be continued from it (this replica
     // loaded a snapshot the stream never reached): a new chain (from a snapshot, below).
-    let floor = log
-        .segments()
-        .map_err(sync::replicator::SyncError::from)?
-        .first()
-        .map_or(manifest.lsn, |s| s.start);
+    let log_floor = || -> Result<Lsn, ScaleoutError> {
+        let segments = log.segments().map_err(sync::replicator::SyncError::from)?;
+        Ok(segments.first().map_or(manifest.lsn, |s| s.start))
+    };
+    let floor = log_floor()?;
     let (continues, after) = if continues && after < floor {
         tracing::warn!(
             stream = %layout.stream,
@@ -394,12 +394,7 @@ async fn session(
                 }
                 lower
             });
-            let floor = log
-                .segments()
-                .map_err(sync::replicator::SyncError::from)?
-                .first()
-                .map_or(manifest.lsn, |s| s.start);
-            if floor <= u {
+            if log_floor()? <= u {
                 tracing::info!(lsn = %u, newest = %after, "starting the chain at the snapshot already published for this graph");
                 u
             } else {

@@ -48,14 +48,13 @@ pub(super) struct SnapshotTask {
 struct SnapshotRequest {
     index: Vec<u8>,
     since_snapshot: u64,
-    /// The compaction's building time in µs, stored by its thread when done.
-    built_us: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The compaction and the snapshot running on background threads while streaming goes on.
 #[derive(Default)]
 pub(super) struct Background {
-    pub(super) compaction: Option<tokio::task::JoinHandle<graph::Compacted>>,
+    /// Its result and how long building it took.
+    pub(super) compaction: Option<tokio::task::JoinHandle<(graph::Compacted, Duration)>>,
     /// A snapshot to write of the compaction in flight once it is swapped in.
     request: Option<SnapshotRequest>,
     pub(super) snapshot: Option<SnapshotTask>,
@@ -65,13 +64,14 @@ pub(super) struct Background {
     pause_until: Option<Instant>,
 }
 
-/// Snapshots take about a tenth of the time: after one that took `T` (its compaction's building
-/// and its file's writing, wall clock on their own threads, so a busy machine, where their low
-/// priority stretches `T`, spaces them further; a loop that reaps it late, after a reconnect or
-/// a pause, adds nothing), the next waits `9 T` unless [`SNAPSHOT_OVERDUE`] bounds piled up. At a high
-/// change rate on a large graph a snapshot (a compaction and a file of the whole graph) every
-/// bound of changes took a quarter of graphsync's CPU (e2e max-rate phase, 1 M-change bound:
-/// 0.59 cores with a snapshot every 2–4 s, 0.46 with this pause, 0.43–0.45 with none).
+/// Snapshots take about a tenth of the time: after one that took `T` (its compaction's
+/// building and its file's writing, wall clock on their own threads, so a busy machine, where
+/// their low priority stretches `T`, spaces them further; a loop that reaps it late, after a
+/// reconnect or a pause, adds nothing), the next waits `9 T` unless [`SNAPSHOT_OVERDUE`]
+/// bounds piled up. At a high change rate on a large graph a snapshot (a compaction and a file
+/// of the whole graph) every bound of changes took a quarter of graphsync's CPU (e2e max-rate
+/// phase, 1 M-change bound: 0.59 cores with a snapshot every 2–4 s, 0.46 with this pause,
+/// 0.43–0.45 with none).
 const SNAPSHOT_PAUSE_FACTOR: u32 = 9;
 
 /// A snapshot starts whatever the pause once this many bounds of changes are logged since
@@ -140,19 +140,16 @@ impl Background {
         if self.compaction.is_none() && (want_snapshot || st.graph.needs_compaction()) {
             let job = st.graph.begin_compaction();
             let lsn = Lsn(st.graph.view().lsn());
-            let built_us = Arc::new(std::sync::atomic::AtomicU64::new(0));
             self.request = (want_snapshot && lsn > st.manifest.lsn).then(|| SnapshotRequest {
                 index: st.index.encode(),
                 since_snapshot: st.since_snapshot,
-                built_us: built_us.clone(),
             });
             let started = Instant::now();
             self.compaction = Some(crate::background::spawn("compaction", move || {
                 let done = job.build();
                 let took = started.elapsed();
-                built_us.store(took.as_micros() as u64, std::sync::atomic::Ordering::Release);
                 tracing::debug!(ms = took.as_millis() as u64, "compaction built");
-                done
+                (done, took)
             }));
             status.update(|s| s.compactions += 1);
         }
@@ -179,7 +176,7 @@ impl Background {
         };
         let request = self.request.take();
         let started = Instant::now();
-        let done = h
+        let (done, built) = h
             .await
             .map_err(|e| SyncError::Io(format!("compaction task failed: {e}")))?;
         // The compacted view itself (it shares the fresh base): what the snapshot holds.
@@ -215,7 +212,7 @@ impl Background {
             self.snapshot = Some(SnapshotTask {
                 task,
                 since_snapshot: req.since_snapshot,
-                built: Duration::from_micros(req.built_us.load(std::sync::atomic::Ordering::Acquire)),
+                built,
             });
         }
         Ok(())
