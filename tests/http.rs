@@ -103,6 +103,15 @@ fn every_endpoint() {
         s["versions"]["pgoutput_protocol"].as_u64().is_some_and(|v| v >= 1),
         "{s}"
     );
+    // One streamed transaction (changing nothing) for the lag histograms to observe.
+    cluster.psql(&db, "UPDATE users SET name = 'ann' WHERE id = 1");
+    let observed = |body: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix("graphsync_commit_to_apply_seconds_count "))
+            .is_some_and(|v| v.trim() != "0")
+    };
+    let streamed = pgtest::wait_for(DEADLINE, || observed(&http_get(&addr, "/metrics", Some("s3cret")).1));
+    assert!(streamed, "no streamed transaction observed; log:\n{}", r.log());
     let (code, body) = http_get(&addr, "/metrics", Some("s3cret"));
     assert_eq!(code, 200);
     assert!(
@@ -116,6 +125,8 @@ fn every_endpoint() {
         "graphsync_snapshot_bytes",
         "graphsync_compactions_total",
         "graphsync_receive_to_apply_seconds_count",
+        "graphsync_commit_to_send_seconds_count",
+        "graphsync_send_to_receive_seconds_count",
     ] {
         assert!(body.contains(m), "{m} missing:\n{body}");
     }
@@ -137,6 +148,16 @@ fn every_endpoint() {
         value("graphsync_commit_to_apply_seconds_count ").first(),
         "{body}"
     );
+    // The lag's three parts observe every transaction the whole lag does.
+    let applied = value("graphsync_commit_to_apply_seconds_count ");
+    assert!(applied.first().is_some_and(|&n| n > 0.0), "{body}");
+    for part in ["commit_to_send", "send_to_receive", "receive_to_apply"] {
+        assert_eq!(
+            value(&format!("graphsync_{part}_seconds_count ")),
+            applied,
+            "{part}: {body}"
+        );
+    }
 
     // Node lookup.
     let (code, n) = get(&format!("/v1/nodes/User/1?min_lsn={lsn}"));

@@ -212,6 +212,9 @@ pub(crate) fn load(
     let pct = |p: f64| pct_of("commit_to_apply_seconds", p);
     // graphsync's own share: commit received → applied.
     let own = |p: f64| pct_of("receive_to_apply_seconds", p);
+    // The server's share (commit → sent) and the socket's (sent → received).
+    let server = |p: f64| pct_of("commit_to_send_seconds", p);
+    let socket = |p: f64| pct_of("send_to_receive_seconds", p);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let how = match work {
         Work::Rate(_) => "fixed rate",
@@ -228,10 +231,12 @@ pub(crate) fn load(
         format!("p50 {}", pct(0.5)),
         format!("p99 {}", pct(0.99)),
         format!(
-            "max {:.1} ms (probe p50 {:.1} / p99 {:.1} ms); receive->apply p50 {} / p99 {}; CPU graphsync {:.2} ({:.2} net of probe{}), walsender {:.2} cores",
+            "max {:.1} ms (probe p50 {:.1} / p99 {:.1} ms); commit->send p99 {}, send->receive p99 {}, receive->apply p50 {} / p99 {}; CPU graphsync {:.2} ({:.2} net of probe{}), walsender {:.2} cores",
             ms(lag.max),
             ms(lag.p50),
             ms(lag.p99),
+            server(0.99),
+            socket(0.99),
             own(0.5),
             own(0.99),
             cpu / wall,

@@ -373,6 +373,16 @@ pub(super) async fn metrics(State(api): State<Api>) -> Result<Response, ApiError
             &s.commit_to_apply_seconds,
         ),
         (
+            "commit_to_send_seconds",
+            "Server commit to the server sending it, per transaction (the server's share of the lag: its WAL flush, its walsender's turn, decoding).",
+            &s.commit_to_send_seconds,
+        ),
+        (
+            "send_to_receive_seconds",
+            "The server sending a commit to graphsync receiving it, per transaction (network and reading; includes the clocks' skew).",
+            &s.send_to_receive_seconds,
+        ),
+        (
             "receive_to_apply_seconds",
             "Commit received from the server to applied here, per transaction (graphsync's own share of the lag).",
             &s.receive_to_apply_seconds,

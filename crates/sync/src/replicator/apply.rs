@@ -12,17 +12,33 @@ pub(super) const MAX_BATCH_DELAY: Duration = Duration::from_millis(5);
 #[derive(Default)]
 pub(super) struct Batch {
     pub(super) txns: Vec<CommittedTxn>,
-    /// When each commit was received.
-    pub(super) received: Vec<Instant>,
+    /// When each commit was sent and received.
+    pub(super) received: Vec<Arrival>,
     /// Row changes in `txns`.
     pub(super) changes: usize,
 }
 
+/// When a commit left the server and reached us.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Arrival {
+    /// Received (decoded and assembled).
+    pub(super) at: Instant,
+    /// The same moment on the wall clock, Unix microseconds.
+    pub(super) wall_us: i64,
+    /// The server's clock when it sent the message holding the commit, Unix microseconds.
+    pub(super) sent_us: i64,
+}
+
 impl Batch {
-    pub(super) fn push(&mut self, txn: CommittedTxn) {
+    /// Adds `txn`, whose commit came in a message the server sent at `sent`.
+    pub(super) fn push(&mut self, txn: CommittedTxn, sent: PgTimestamp) {
         self.changes += txn.len();
         self.txns.push(txn);
-        self.received.push(Instant::now());
+        self.received.push(Arrival {
+            at: Instant::now(),
+            wall_us: unix_micros_now(),
+            sent_us: sent.unix_micros(),
+        });
     }
 
     /// Whether the batch is worth waiting after: some transactions, but few and small (a
@@ -65,7 +81,7 @@ pub(super) fn apply_pending(
 
 fn apply_txns(
     pending: &[CommittedTxn],
-    received: &[Instant],
+    received: &[Arrival],
     mapper: &mut Mapper,
     st: &mut State,
     status: &ReplicaStatus,
@@ -94,10 +110,7 @@ fn apply_txns(
     st.logged = end;
     st.since_snapshot += logged_changes;
     let took = applied.duration_since(started).as_secs_f64();
-    let now_us = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
+    let now_us = unix_micros_now();
     for txn in pending.iter() {
         if let Some(sp) = &txn.spilled {
             tracing::info!(
@@ -111,11 +124,15 @@ fn apply_txns(
     let changes: usize = pending.iter().map(CommittedTxn::len).sum();
     status.update(|s| {
         s.apply_seconds.observe(took);
-        for (txn, received) in pending.iter().zip(received) {
-            let lag = (now_us - txn.commit_time.unix_micros()) as f64 / 1e6;
-            s.commit_to_apply_seconds.observe(lag.max(0.0));
+        let secs = |us: i64| us.max(0) as f64 / 1e6;
+        for (txn, arrival) in pending.iter().zip(received) {
+            let committed = txn.commit_time.unix_micros();
+            s.commit_to_apply_seconds.observe(secs(now_us - committed));
+            s.commit_to_send_seconds.observe(secs(arrival.sent_us - committed));
+            s.send_to_receive_seconds
+                .observe(secs(arrival.wall_us - arrival.sent_us));
             s.receive_to_apply_seconds
-                .observe(applied.duration_since(*received).as_secs_f64());
+                .observe(applied.duration_since(arrival.at).as_secs_f64());
         }
         s.applied_lsn = end;
         s.last_commit_time = Some(time);
@@ -124,4 +141,11 @@ fn apply_txns(
     });
     st.safe = end;
     Ok(())
+}
+
+/// The wall clock, Unix microseconds (0 before 1970).
+fn unix_micros_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }

@@ -75,8 +75,15 @@ pub struct StatusSnapshot {
     pub apply_seconds: Histogram,
     /// Commit on the server → applied here, per transaction (replica lag as it happens).
     pub commit_to_apply_seconds: Histogram,
+    /// Commit on the server → the server sending it, per transaction: the server's share of
+    /// the lag (its WAL flush, its walsender's turn on a CPU, decoding). Both ends are the
+    /// server's clock.
+    pub commit_to_send_seconds: Histogram,
+    /// The server sending a commit → received here, per transaction: the network and
+    /// graphsync's reading (a difference of two machines' clocks: skew shows here).
+    pub send_to_receive_seconds: Histogram,
     /// Commit received from the server → applied here, per transaction: graphsync's own share
-    /// of the lag (the rest is the server's: decoding and sending).
+    /// of the lag (the rest is the server's and the network's, above).
     pub receive_to_apply_seconds: Histogram,
     /// Compactions run.
     pub compactions: u64,

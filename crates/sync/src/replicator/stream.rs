@@ -138,7 +138,12 @@ pub(super) async fn stream(
             last_heard = Instant::now();
         }
         match next {
-            Next::Event(ReplicationEvent::XLogData { data, wal_end, .. }) => {
+            Next::Event(ReplicationEvent::XLogData {
+                data,
+                wal_end,
+                server_time,
+                ..
+            }) => {
                 last_data = Instant::now();
                 if wal_end > server_end {
                     server_end = wal_end;
@@ -149,7 +154,7 @@ pub(super) async fn stream(
                     let after = pending.txns.last().map_or(st.safe, |t: &CommittedTxn| t.end_lsn);
                     if txn.end_lsn > after {
                         let spilled = txn.spilled.is_some();
-                        pending.push(txn);
+                        pending.push(txn, server_time);
                         // Batch while more is already received, within bounds (the time
                         // bound, checked below after every frame, publishes a burst at least
                         // every few ms, so its first transactions do not wait for the whole
@@ -194,7 +199,7 @@ pub(super) async fn stream(
         }
         // A batch waits no longer than its bound, whatever frames follow it (more commits, a
         // large streamed transaction's chunks, keepalives while more is read).
-        if !pending.txns.is_empty() && pending.received[0].elapsed() >= MAX_BATCH_DELAY {
+        if !pending.txns.is_empty() && pending.received[0].at.elapsed() >= MAX_BATCH_DELAY {
             apply_pending(&mut pending, mapper, st, status)?;
         }
         // Chores (background jobs, positions, errors, confirms) at most every 10 ms, not per
