@@ -142,8 +142,9 @@ pub trait Topology {
         ahead
     }
 
-    /// As [`Topology::for_each_neighbor`], given what [`Topology::prefetch_index`] returned
-    /// for `n`.
+    /// As [`Topology::for_each_neighbor`], given what this graph's prefetch stages returned
+    /// for `n` and `dir` (or the default, which knows nothing): an `ahead` of another node,
+    /// direction or graph may give wrong neighbours.
     #[inline]
     fn for_each_neighbor_ahead<'a>(
         &'a self,
@@ -382,26 +383,11 @@ pub fn k_hop<G: Topology>(
     let mut depth = 0;
     // Level by level: `out[head..level_end]` is the current frontier.
     const AHEAD: usize = 8;
-    // What the first prefetch stage learnt about queue position `p`, at `p % RING` (tagged
-    // with `p`: a position pushed after its first stage would have run gets looked up anew).
+    // What the prefetch stages learnt about queue position `p`, at `p % RING`; taken (reset
+    // to the default, "nothing known") when `p` is read, so a position pushed after its
+    // stages would have run finds nothing stale.
     const RING: usize = 4 * AHEAD;
-    // A graph with nothing to carry (a plain CSR) skips the ring altogether.
-    let staged = std::mem::size_of::<G::Ahead<'_>>() != 0;
-    let mut ring = [(usize::MAX, G::Ahead::default()); RING];
-    fn look<'a, G: Topology>(
-        g: &'a G,
-        ring: &[(usize, G::Ahead<'a>)],
-        p: usize,
-        n: NodeId,
-        dir: Direction,
-    ) -> G::Ahead<'a> {
-        let (q, a) = ring[p % ring.len()];
-        if q == p {
-            a
-        } else {
-            g.prefetch_index(n, dir)
-        }
-    }
+    let mut ring = [G::Ahead::default(); RING];
     let unrestricted = filter.tenant.is_none() && filter.value.is_none() && g.all_visible();
     while head < out.len() && depth < max_depth {
         let level_end = out.len();
@@ -409,25 +395,13 @@ pub fn k_hop<G: Topology>(
         while head < level_end {
             let n = out[head].0;
             if let Some(&(ahead, _)) = out.get(head + AHEAD) {
-                let p = head + AHEAD;
-                if staged {
-                    ring[p % RING] = (p, g.prefetch(ahead, dir, look(g, &ring, p, ahead, dir)));
-                } else {
-                    g.prefetch(ahead, dir, Default::default());
-                }
+                let slot = &mut ring[(head + AHEAD) % RING];
+                *slot = g.prefetch(ahead, dir, *slot);
             }
             if let Some(&(ahead, _)) = out.get(head + 2 * AHEAD) {
-                let p = head + 2 * AHEAD;
-                let found = g.prefetch_index(ahead, dir);
-                if staged {
-                    ring[p % RING] = (p, found);
-                }
+                ring[(head + 2 * AHEAD) % RING] = g.prefetch_index(ahead, dir);
             }
-            let here = if staged {
-                look(g, &ring, head, n, dir)
-            } else {
-                Default::default()
-            };
+            let here = std::mem::take(&mut ring[head % RING]);
             head += 1;
             let mut full = false;
             if filter.label.is_none() {

@@ -31,7 +31,6 @@ use crate::nodes::{FilterId, FilterValueId, NodeData, NodeKey, NodeLabel, NodeSt
 use crate::query::{Direction, Topology};
 use crate::{Csr, EdgeInput, EdgeLabel, NodeId};
 use delta::{NodeDelta, Row};
-use std::sync::atomic::AtomicPtr;
 use std::sync::Arc;
 use table::{Guard, Mark, NodeState, Table, Version, RESTORED, TOMBSTONE};
 
@@ -471,36 +470,30 @@ impl Topology for GraphView {
         }
     }
 
-    type Ahead<'a> = OverlayAhead<'a>;
+    type Ahead<'a> = OverlayAhead;
 
     #[inline(always)]
-    fn for_each_neighbor_ahead<'a>(
-        &'a self,
+    fn for_each_neighbor_ahead(
+        &self,
         n: NodeId,
         dir: Direction,
-        ahead: OverlayAhead<'a>,
+        ahead: OverlayAhead,
         mut f: impl FnMut(NodeId),
     ) {
-        // What the prefetch stages found, if they ran on this view (a default, or another
-        // view's, is looked up again: it could be stale or of another table).
-        let ahead = if ahead.table.is_some_and(|t| std::ptr::eq(t, &*self.table)) {
-            ahead
-        } else {
-            OverlayAhead {
-                table: Some(&self.table),
-                slot: self.table.marked_slot(n.0, dir),
-                head: None,
-            }
-        };
-        let in_base = n.0 < self.base.node_count();
-        if in_base && ahead.slot.is_none() {
+        // The common node of a traversal: unchanged in `dir`, found so by the prefetch stages.
+        if ahead == OverlayAhead::Base {
             self.base.for_each_neighbor(n, dir, f);
             return;
         }
-        let head = match (ahead.head, ahead.slot) {
-            (Some(h), _) => Some(h),
-            (None, Some(slot)) => Table::load(slot),
-            (None, None) => self.table.head(n.0),
+        let slot = self.table.marked_slot(n.0, dir);
+        let in_base = n.0 < self.base.node_count();
+        if in_base && slot.is_none() {
+            self.base.for_each_neighbor(n, dir, f);
+            return;
+        }
+        let head = match slot {
+            Some(slot) => Table::load(slot),
+            None => self.table.head(n.0),
         };
         let state = table::walk(head, self.seq).map(|v| &v.state);
         // The common change, edges added and none deleted: the base's own loop, then the
@@ -522,51 +515,57 @@ impl Topology for GraphView {
     }
 
     #[inline(always)]
-    fn prefetch<'a>(&'a self, n: NodeId, dir: Direction, mut ahead: OverlayAhead<'a>) -> OverlayAhead<'a> {
-        if n.0 < self.base.node_count() {
+    fn prefetch(&self, n: NodeId, dir: Direction, ahead: OverlayAhead) -> OverlayAhead {
+        let in_base = n.0 < self.base.node_count();
+        if in_base {
             self.base.prefetch(n, dir, ());
+        }
+        if ahead == OverlayAhead::Base {
+            return ahead;
         }
         // Second stage for changed nodes: their newest version (the slot pointing to it was
         // prefetched by the first); the walk to this view's version happens when it is read.
-        let mine = ahead.table.is_some_and(|t| std::ptr::eq(t, &*self.table));
-        if let Some(v) = ahead.slot.filter(|_| mine).and_then(Table::load) {
-            // Both directions' edges lie within the version's first 112 bytes.
-            let p = v as *const Version as *const u8;
-            crate::query::prefetch_ptr(p);
-            crate::query::prefetch_ptr(p.wrapping_add(64));
-            ahead.head = Some(v);
+        match self.table.marked_slot(n.0, dir).and_then(Table::load) {
+            Some(v) => {
+                // Both directions' edges lie within the version's first 112 bytes.
+                let p = v as *const Version as *const u8;
+                crate::query::prefetch_ptr(p);
+                crate::query::prefetch_ptr(p.wrapping_add(64));
+                OverlayAhead::Changed
+            }
+            None if in_base => OverlayAhead::Base,
+            None => OverlayAhead::Changed,
         }
-        ahead
     }
 
     #[inline(always)]
-    fn prefetch_index(&self, n: NodeId, dir: Direction) -> OverlayAhead<'_> {
-        if n.0 < self.base.node_count() {
+    fn prefetch_index(&self, n: NodeId, dir: Direction) -> OverlayAhead {
+        let in_base = n.0 < self.base.node_count();
+        if in_base {
             self.base.prefetch_index(n, dir);
         }
         // The slot pointing to the node's newest version, if it has overlay edges in `dir`
         // in any version; read by the next stage.
-        let slot = self.table.marked_slot(n.0, dir);
-        if let Some(s) = slot {
-            crate::query::prefetch_ptr(s);
-        }
-        OverlayAhead {
-            table: Some(&self.table),
-            slot,
-            head: None,
+        match self.table.marked_slot(n.0, dir) {
+            Some(s) => {
+                crate::query::prefetch_ptr(s);
+                OverlayAhead::Changed
+            }
+            None if in_base => OverlayAhead::Base,
+            None => OverlayAhead::Changed,
         }
     }
 }
 
-/// What the prefetch stages of a traversal learnt about a node of a [`GraphView`]: where its
-/// newest version is if it has overlay edges in the direction in any version (none:
-/// unchanged there), then that version.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct OverlayAhead<'a> {
-    /// The table the first stage looked in (none: nothing known, look again).
-    table: Option<&'a Table>,
-    /// The slot of the node's newest version, if it is marked for the direction.
-    slot: Option<&'a AtomicPtr<Version>>,
-    /// Located by the second stage.
-    head: Option<&'a Version>,
+/// What the prefetch stages of a traversal learnt about a node of a [`GraphView`] in one
+/// direction (one byte, so a traversal's ring of them stays in a cache line).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OverlayAhead {
+    /// Nothing: look it up.
+    #[default]
+    Unknown,
+    /// No overlay edges in the direction in any version: the base row is all there is.
+    Base,
+    /// Overlay edges in some version, or a node past the base: read through the table.
+    Changed,
 }
