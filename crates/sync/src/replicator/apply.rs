@@ -30,12 +30,12 @@ pub(super) struct Arrival {
 }
 
 impl Batch {
-    /// Adds `txn`, whose commit came in a message the server sent at `sent`.
-    pub(super) fn push(&mut self, txn: CommittedTxn, sent: PgTimestamp) {
+    /// Adds `txn`, whose commit came in a message the server sent at `sent`, received `at`.
+    pub(super) fn push(&mut self, txn: CommittedTxn, sent: PgTimestamp, at: Instant) {
         self.changes += txn.len();
         self.txns.push(txn);
         self.received.push(Arrival {
-            at: Instant::now(),
+            at,
             wall_us: unix_micros_now(),
             sent_us: sent.unix_micros(),
         });
