@@ -473,13 +473,7 @@ impl Topology for GraphView {
     type Ahead<'a> = OverlayAhead;
 
     #[inline(always)]
-    fn for_each_neighbor_ahead(
-        &self,
-        n: NodeId,
-        dir: Direction,
-        ahead: OverlayAhead,
-        mut f: impl FnMut(NodeId),
-    ) {
+    fn for_each_neighbor_ahead(&self, n: NodeId, dir: Direction, ahead: OverlayAhead, mut f: impl FnMut(NodeId)) {
         // The common node of a traversal: unchanged in `dir`, found so by the prefetch stages.
         if ahead == OverlayAhead::Base {
             self.base.for_each_neighbor(n, dir, f);
