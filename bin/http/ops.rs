@@ -379,7 +379,7 @@ pub(super) async fn metrics(State(api): State<Api>) -> Result<Response, ApiError
         ),
         (
             "send_to_receive_seconds",
-            "The server sending a commit to graphsync receiving it, per transaction (network and reading; includes the clocks' skew).",
+            "The server sending a commit to graphsync receiving it, per transaction (network and reading; includes the clocks' skew, clamped at 0).",
             &s.send_to_receive_seconds,
         ),
         (

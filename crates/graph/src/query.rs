@@ -122,37 +122,29 @@ pub trait Topology {
 
     /// What the first look at a node ([`Topology::prefetch_index`]) tells the later stages of
     /// a traversal about it, so they need not look it up again (for a view: whether the node
-    /// has overlay edges).
-    type Ahead<'a>: Copy + Default
-    where
-        Self: 'a;
+    /// has overlay edges in the direction). The default knows nothing.
+    type Ahead: Copy + Default;
 
     /// First stage of prefetching, for a node some places ahead in a BFS queue: loads what
     /// locating `n`'s edges needs and returns what it learnt for the later stages.
     #[inline]
-    fn prefetch_index(&self, _n: NodeId, _dir: Direction) -> Self::Ahead<'_> {
+    fn prefetch_index(&self, _n: NodeId, _dir: Direction) -> Self::Ahead {
         Default::default()
     }
 
     /// Second stage: `n`'s edges in `dir` will be read soon (memory latency overlaps with
-    /// work). `ahead` is what [`Topology::prefetch_index`] returned for `n`; returns it,
-    /// refined for the later stages.
+    /// work). `ahead` is what [`Topology::prefetch_index`] returned for `n` and `dir`, or the
+    /// default if that stage did not run; returns it, refined for the later stages.
     #[inline]
-    fn prefetch<'a>(&'a self, _n: NodeId, _dir: Direction, ahead: Self::Ahead<'a>) -> Self::Ahead<'a> {
+    fn prefetch(&self, _n: NodeId, _dir: Direction, ahead: Self::Ahead) -> Self::Ahead {
         ahead
     }
 
     /// As [`Topology::for_each_neighbor`], given what this graph's prefetch stages returned
     /// for `n` and `dir` (or the default, which knows nothing): an `ahead` of another node,
-    /// direction or graph may give wrong neighbours.
+    /// direction or graph may give wrong neighbours (never unsafety, nor a panic).
     #[inline]
-    fn for_each_neighbor_ahead<'a>(
-        &'a self,
-        n: NodeId,
-        dir: Direction,
-        _ahead: Self::Ahead<'a>,
-        f: impl FnMut(NodeId),
-    ) {
+    fn for_each_neighbor_ahead(&self, n: NodeId, dir: Direction, _ahead: Self::Ahead, f: impl FnMut(NodeId)) {
         self.for_each_neighbor(n, dir, f);
     }
 }
@@ -199,7 +191,7 @@ impl Topology for Csr {
         }
     }
 
-    type Ahead<'a> = ();
+    type Ahead = ();
 
     #[inline]
     fn prefetch(&self, n: NodeId, dir: Direction, _: ()) {

@@ -470,17 +470,18 @@ impl Topology for GraphView {
         }
     }
 
-    type Ahead<'a> = OverlayAhead;
+    type Ahead = OverlayAhead;
 
     #[inline(always)]
     fn for_each_neighbor_ahead(&self, n: NodeId, dir: Direction, ahead: OverlayAhead, mut f: impl FnMut(NodeId)) {
-        // The common node of a traversal: unchanged in `dir`, found so by the prefetch stages.
-        if ahead == OverlayAhead::Base {
+        // The common node of a traversal: unchanged in `dir`, found so by the prefetch stages
+        // (a base row, so a `Base` of another node past the base is not trusted).
+        let in_base = n.0 < self.base.node_count();
+        if ahead == OverlayAhead::Base && in_base {
             self.base.for_each_neighbor(n, dir, f);
             return;
         }
         let slot = self.table.marked_slot(n.0, dir);
-        let in_base = n.0 < self.base.node_count();
         if in_base && slot.is_none() {
             self.base.for_each_neighbor(n, dir, f);
             return;

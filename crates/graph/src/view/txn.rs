@@ -422,8 +422,7 @@ impl Builder {
             } else {
                 // Copied already: its version is not read again.
                 if !self.pending.prefetch(n.0, true) {
-                    let ahead = self.view.prefetch_index(n, dir);
-                    self.view.prefetch(n, dir, ahead);
+                    self.view.prefetch(n, dir, Default::default());
                 }
                 // A removal scans the row, and reads label and weight where it matches.
                 if removal && n.0 < self.view.base.node_count() {

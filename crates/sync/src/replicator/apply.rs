@@ -21,11 +21,9 @@ pub(super) struct Batch {
 /// When a commit left the server and reached us.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Arrival {
-    /// Received (decoded and assembled).
+    /// When the frame carrying the commit was read.
     pub(super) at: Instant,
-    /// The same moment on the wall clock, Unix microseconds.
-    pub(super) wall_us: i64,
-    /// The server's clock when it sent the message holding the commit, Unix microseconds.
+    /// The server's clock when it sent that frame, Unix microseconds.
     pub(super) sent_us: i64,
 }
 
@@ -36,7 +34,6 @@ impl Batch {
         self.txns.push(txn);
         self.received.push(Arrival {
             at,
-            wall_us: unix_micros_now(),
             sent_us: sent.unix_micros(),
         });
     }
@@ -110,7 +107,8 @@ fn apply_txns(
     st.logged = end;
     st.since_snapshot += logged_changes;
     let took = applied.duration_since(started).as_secs_f64();
-    let now_us = unix_micros_now();
+    // One wall-clock reading, beside the monotonic one that places each arrival on it.
+    let (now_us, now) = (unix_micros_now(), Instant::now());
     for txn in pending.iter() {
         if let Some(sp) = &txn.spilled {
             tracing::info!(
@@ -128,9 +126,9 @@ fn apply_txns(
         for (txn, arrival) in pending.iter().zip(received) {
             let committed = txn.commit_time.unix_micros();
             s.commit_to_apply_seconds.observe(secs(now_us - committed));
+            let received_us = now_us - now.saturating_duration_since(arrival.at).as_micros() as i64;
             s.commit_to_send_seconds.observe(secs(arrival.sent_us - committed));
-            s.send_to_receive_seconds
-                .observe(secs(arrival.wall_us - arrival.sent_us));
+            s.send_to_receive_seconds.observe(secs(received_us - arrival.sent_us));
             s.receive_to_apply_seconds
                 .observe(applied.duration_since(arrival.at).as_secs_f64());
         }
@@ -141,11 +139,4 @@ fn apply_txns(
     });
     st.safe = end;
     Ok(())
-}
-
-/// The wall clock, Unix microseconds (0 before 1970).
-fn unix_micros_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }

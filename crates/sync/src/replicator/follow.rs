@@ -187,10 +187,7 @@ impl Follower {
         }
         self.st.logged = last;
         self.st.since_snapshot += changed;
-        let now_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
+        let now_us = unix_micros_now();
         let took = started.elapsed().as_secs_f64();
         self.status.update(|s| {
             s.apply_seconds.observe(took);

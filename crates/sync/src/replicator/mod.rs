@@ -218,10 +218,14 @@ impl Drop for LogPin {
 }
 
 fn now_ms() -> i64 {
+    unix_micros_now() / 1000
+}
+
+/// The wall clock, Unix microseconds (0 before 1970).
+pub(super) fn unix_micros_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// Capped exponential backoff with jitter.

@@ -80,7 +80,8 @@ pub struct StatusSnapshot {
     /// server's clock.
     pub commit_to_send_seconds: Histogram,
     /// The server sending a commit → received here, per transaction: the network and
-    /// graphsync's reading (a difference of two machines' clocks: skew shows here).
+    /// graphsync's reading (a difference of two machines' clocks: skew shows here; like the
+    /// other parts, clamped at 0).
     pub send_to_receive_seconds: Histogram,
     /// Commit received from the server → applied here, per transaction: graphsync's own share
     /// of the lag (the rest is the server's and the network's, above).

@@ -81,8 +81,8 @@ pub(super) async fn stream(
     let mut progress_txns = status.snapshot().transactions;
     let mut pending = Batch::default();
     let mut linger_until: Option<Instant> = None;
-    // The clock, read once per frame (after each read; a few clock reads per frame were a
-    // few percent of the loop's time under a heavy load).
+    // The clock, read by the loop once per frame, after the read (a few readings per frame
+    // were a few percent of the loop's time under a heavy load).
     let mut now = Instant::now();
     loop {
         if *shutdown.borrow() {
@@ -121,8 +121,9 @@ pub(super) async fn stream(
             last_heard = now;
             continue;
         }
-        // Wake at least every 10 ms while the log has something to confirm.
-        let tick = now
+        // Wake at least every 10 ms while the log has something to confirm (from a fresh
+        // reading when the read may wait: the last one can be old after a long apply).
+        let tick = if stream.has_buffered() { now } else { Instant::now() }
             + if st.log.durable() > confirmed || st.logged > confirmed {
                 Duration::from_millis(10)
             } else {
