@@ -107,7 +107,8 @@ fn apply_txns(
     st.logged = end;
     st.since_snapshot += logged_changes;
     let took = applied.duration_since(started).as_secs_f64();
-    // One wall-clock reading, beside the monotonic one that places each arrival on it.
+    // One wall-clock reading, beside the monotonic one that places each arrival on it (so
+    // the three parts of a transaction's lag add up to the whole, clamping aside).
     let (now_us, now) = (unix_micros_now(), Instant::now());
     for txn in pending.iter() {
         if let Some(sp) = &txn.spilled {
@@ -126,11 +127,11 @@ fn apply_txns(
         for (txn, arrival) in pending.iter().zip(received) {
             let committed = txn.commit_time.unix_micros();
             s.commit_to_apply_seconds.observe(secs(now_us - committed));
-            let received_us = now_us - now.saturating_duration_since(arrival.at).as_micros() as i64;
+            let waited = now.saturating_duration_since(arrival.at);
             s.commit_to_send_seconds.observe(secs(arrival.sent_us - committed));
-            s.send_to_receive_seconds.observe(secs(received_us - arrival.sent_us));
-            s.receive_to_apply_seconds
-                .observe(applied.duration_since(arrival.at).as_secs_f64());
+            s.send_to_receive_seconds
+                .observe(secs(now_us - waited.as_micros() as i64 - arrival.sent_us));
+            s.receive_to_apply_seconds.observe(waited.as_secs_f64());
         }
         s.applied_lsn = end;
         s.last_commit_time = Some(time);
