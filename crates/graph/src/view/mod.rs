@@ -463,11 +463,7 @@ impl Topology for GraphView {
 
     #[inline(always)]
     fn for_each_neighbor(&self, n: NodeId, dir: Direction, f: impl FnMut(NodeId)) {
-        if n.0 < self.base.node_count() && !self.table.marked_dir(n.0, dir) {
-            self.base.for_each_neighbor(n, dir, f);
-        } else {
-            self.changed_neighbors(n, dir, self.state(n.0), f);
-        }
+        self.for_each_neighbor_ahead(n, dir, OverlayAhead::Unknown, f);
     }
 
     type Ahead = OverlayAhead;
@@ -520,17 +516,14 @@ impl Topology for GraphView {
         }
         // Second stage for changed nodes: their newest version (the slot pointing to it was
         // prefetched by the first); the walk to this view's version happens when it is read.
-        match self.table.marked_slot(n.0, dir).and_then(Table::load) {
-            Some(v) => {
-                // Both directions' edges lie within the version's first 112 bytes.
-                let p = v as *const Version as *const u8;
-                crate::query::prefetch_ptr(p);
-                crate::query::prefetch_ptr(p.wrapping_add(64));
-                OverlayAhead::Changed
-            }
-            None if in_base => OverlayAhead::Base,
-            None => OverlayAhead::Changed,
+        let head = self.table.marked_slot(n.0, dir).and_then(Table::load);
+        if let Some(v) = head {
+            // Both directions' edges lie within the version's first 112 bytes.
+            let p = v as *const Version as *const u8;
+            crate::query::prefetch_ptr(p);
+            crate::query::prefetch_ptr(p.wrapping_add(64));
         }
+        OverlayAhead::of(in_base, head.is_some())
     }
 
     #[inline(always)]
@@ -541,14 +534,11 @@ impl Topology for GraphView {
         }
         // The slot pointing to the node's newest version, if it has overlay edges in `dir`
         // in any version; read by the next stage.
-        match self.table.marked_slot(n.0, dir) {
-            Some(s) => {
-                crate::query::prefetch_ptr(s);
-                OverlayAhead::Changed
-            }
-            None if in_base => OverlayAhead::Base,
-            None => OverlayAhead::Changed,
+        let slot = self.table.marked_slot(n.0, dir);
+        if let Some(s) = slot {
+            crate::query::prefetch_ptr(s);
         }
+        OverlayAhead::of(in_base, slot.is_some())
     }
 }
 
@@ -563,4 +553,16 @@ pub enum OverlayAhead {
     Base,
     /// Overlay edges in some version, or a node past the base: read through the table.
     Changed,
+}
+
+impl OverlayAhead {
+    /// A node inside the base (`in_base`) with or without overlay edges in the direction.
+    #[inline(always)]
+    fn of(in_base: bool, marked: bool) -> OverlayAhead {
+        if in_base && !marked {
+            OverlayAhead::Base
+        } else {
+            OverlayAhead::Changed
+        }
+    }
 }
