@@ -32,7 +32,8 @@ pub use nodes::{FilterId, FilterValueId, NodeData, NodeKey, NodeLabel, PropValue
 pub use query::{Direction, EdgeFilter, QueryError, Scratch, Topology};
 pub use view::diff;
 pub use view::{
-    ApplyError, BulkError, Compacted, CompactionJob, CompactionPolicy, Graph, GraphReader, GraphView, Mutation, Txn,
+    Ahead, ApplyError, BulkError, Compacted, CompactionJob, CompactionPolicy, Graph, GraphReader, GraphView, Mutation,
+    Txn,
 };
 
 /// A dense node id, an index into the node arrays.

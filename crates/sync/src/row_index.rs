@@ -248,6 +248,11 @@ impl RowIndex {
         }
     }
 
+    /// The edge the row `row` of `mapping` made, left in the index.
+    pub(crate) fn peek(&self, mapping: usize, row: &NodeKey) -> Option<EdgeInput> {
+        self.maps.get(mapping)?.get(row).map(|e| e.edge)
+    }
+
     pub(crate) fn remove(&mut self, mapping: usize, row: &NodeKey) -> Option<EdgeInput> {
         let e = self.maps[mapping].get_mut(row)?;
         if let Some(j) = self.journal.as_mut() {

@@ -154,6 +154,30 @@ impl NodeBase {
         }
     }
 
+    /// A hint for a lookup of `h` a little later: starts loading the index slot it hashes to
+    /// (`node: false`); or reads that slot (loaded by an earlier call) and starts loading the
+    /// columns of the node it names, returned (`node: true`). That node may not have the key:
+    /// the lookup decides.
+    pub(super) fn prefetch_hashed(&self, h: &KeyHash, node: bool) -> Option<u32> {
+        if self.index.is_empty() {
+            return None;
+        }
+        let slot = &self.index[h.hash as usize & (self.index.len() - 1)];
+        if !node {
+            crate::query::prefetch_ptr(slot);
+            return None;
+        }
+        let id = *slot;
+        let n = id as usize;
+        if id == EMPTY || n >= self.labels.len() {
+            return None;
+        }
+        crate::query::prefetch_ptr(&self.labels[n]);
+        crate::query::prefetch_ptr(&self.keys[n]);
+        crate::query::prefetch_ptr(&self.tenant[n]);
+        Some(id)
+    }
+
     /// Appends node `data` (or an id without data) as the next id; interning through `store`.
     pub(super) fn push(&mut self, store: &mut NodeStore, data: Option<&NodeData>) {
         let Some(d) = data else {

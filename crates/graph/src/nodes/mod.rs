@@ -230,6 +230,13 @@ impl NodeStore {
         }
     }
 
+    /// A hint for resolving (`label`, `key`) a little later, in two stages
+    /// ([`NodeBase::prefetch_hashed`]); the second returns the base node the key probably
+    /// names. Nodes added since the base are not looked at (their table is small).
+    pub(crate) fn prefetch_key(&self, label: NodeLabel, key: &NodeKey, node: bool) -> Option<u32> {
+        self.base.prefetch_hashed(&KeyHash::new(label, key), node)
+    }
+
     /// The node with this label and key.
     pub(crate) fn resolve(&self, label: NodeLabel, key: &NodeKey) -> Option<u32> {
         if !self.index_delta.is_empty() {

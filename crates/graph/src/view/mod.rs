@@ -25,7 +25,7 @@ mod table;
 mod txn;
 
 pub use graph::{BulkError, Compacted, CompactionJob, CompactionPolicy, Graph, GraphReader};
-pub use txn::{diff, ApplyError, Mutation, Txn};
+pub use txn::{diff, Ahead, ApplyError, Mutation, Txn};
 
 use crate::nodes::{FilterId, FilterValueId, NodeData, NodeKey, NodeLabel, NodeStore, TenantId};
 use crate::query::{Direction, Topology};

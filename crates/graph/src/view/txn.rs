@@ -89,6 +89,17 @@ pub enum Mutation {
     RemoveEdge(EdgeInput),
 }
 
+/// The stages of [`Txn::prefetch_endpoint`], in the order they run for one change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ahead {
+    /// The key index's slot.
+    Slot,
+    /// The node the slot names: its columns, overlay slot and copy in this transaction.
+    Node,
+    /// Its newest overlay version (and base row, for a removal).
+    State,
+}
+
 /// One transaction being built on top of the current view; see [`super::Graph::begin`].
 ///
 /// Every call applies at once to the transaction's own state (later calls see earlier ones);
@@ -152,6 +163,26 @@ impl Txn<'_> {
         }
         ms.clear();
         Ok(())
+    }
+
+    /// A hint for a change a few after the one being applied: starts loading what resolving
+    /// (`label`, `key`) and then changing its node's edges in `dir` reads (`removal`: an edge
+    /// removed, whose base row is scanned). Call [`Ahead`]'s stages in order for a change, a
+    /// little apart (each reads what the one before loaded), so the cache misses of several
+    /// changes overlap instead of adding up. Changes nothing; a key of a node added since the
+    /// base is not looked for.
+    pub fn prefetch_endpoint(&self, label: NodeLabel, key: &NodeKey, dir: Direction, removal: bool, stage: Ahead) {
+        let nodes = &self.b.view.nodes;
+        if stage == Ahead::Slot {
+            nodes.prefetch_key(label, key, false);
+        } else if let Some(n) = nodes.prefetch_key(label, key, true) {
+            self.b.prefetch_end(NodeId(n), dir, stage, removal);
+        }
+    }
+
+    /// [`Txn::prefetch_endpoint`] for a node whose id is known (an edge's endpoint).
+    pub fn prefetch_node(&self, n: NodeId, dir: Direction, removal: bool, stage: Ahead) {
+        self.b.prefetch_end(n, dir, stage, removal);
     }
 
     /// Moves the LSN the transaction commits at forward to `lsn` (never back): a replay that
@@ -406,20 +437,31 @@ impl Builder {
     /// mutations later, once those are in cache) their base rows, newest versions and the
     /// copies this transaction made.
     fn prefetch(&self, m: &Mutation, near: bool) {
-        use crate::query::Topology;
         let (removal, e) = match m {
             Mutation::AddEdge(e) => (false, e),
             Mutation::RemoveEdge(e) => (true, e),
             _ => return,
         };
+        let stage = if near { Ahead::State } else { Ahead::Node };
         for (n, dir) in [(e.source, Direction::Out), (e.target, Direction::In)] {
-            if n.0 >= self.view.node_count {
-                continue;
-            }
-            if !near {
+            self.prefetch_end(n, dir, stage, removal);
+        }
+    }
+
+    /// One [`Ahead`] stage for endpoint `n`, its edges in `dir` (`Slot` has nothing to do
+    /// once the id is known).
+    fn prefetch_end(&self, n: NodeId, dir: Direction, stage: Ahead, removal: bool) {
+        use crate::query::Topology;
+        if n.0 >= self.view.node_count {
+            return;
+        }
+        match stage {
+            Ahead::Slot => {}
+            Ahead::Node => {
                 self.view.prefetch_index(n, dir);
                 self.pending.prefetch(n.0, false);
-            } else {
+            }
+            Ahead::State => {
                 // Copied already: its version is not read again.
                 if !self.pending.prefetch(n.0, true) {
                     self.view.prefetch(n, dir, Default::default());

@@ -29,6 +29,7 @@ use pgoutput::{DecodeError, Relation, TupleData, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+mod ahead;
 mod bulk;
 mod ids;
 mod plan;
@@ -177,6 +178,8 @@ pub struct Mapper {
     /// Columns an online reload renamed, (table, new name) → old name: changes committed
     /// before the `ALTER TABLE … RENAME COLUMN` still arrive under the old name.
     renamed: HashMap<(String, String), String>,
+    /// The look-ahead's buffers, kept between batches.
+    staged: ahead::Staged,
 }
 
 /// The key of one visible node of each of the first `labels` labels (`None` for a label with
@@ -232,6 +235,7 @@ impl Mapper {
             filter_names,
             tables,
             plans: HashMap::new(),
+            staged: Default::default(),
             key_classes: HashMap::new(),
             table_oids: HashMap::new(),
             identities: HashMap::new(),
@@ -450,11 +454,9 @@ impl Mapper {
         t.start_diff();
         let mut ends = Vec::with_capacity(txns.len());
         let mut changes = Vec::new();
-        let result = txns.iter().try_for_each(|txn| {
-            txn.for_each_change(|change| self.apply_change(&mut t, index, change))?;
+        let result = self.apply_txns(&mut t, index, txns, &mut |t, index| {
             changes.extend(t.take_diff());
             ends.push((t.mutations().len(), index.journal().len(), changes.len()));
-            Ok::<(), MapError>(())
         });
         // A transaction that fails leaves nothing behind: the graph's is dropped unpublished,
         // the row index is rolled back (the replica can then pause before it and go on).
@@ -531,15 +533,21 @@ impl Mapper {
         Ok(())
     }
 
+    /// Applies one change; `decoded`: the values it is applied with (an insert's new row, a
+    /// delete's old one) if decoded already.
     fn apply_change(
         &mut self,
         t: &mut graph::Txn<'_>,
         index: &mut RowIndex,
         change: &RowChange,
+        decoded: Option<Vec<Value>>,
     ) -> Result<(), MapError> {
         match change {
             RowChange::Insert { rel, new } => {
-                let newv = typed(rel, new, "Insert")?;
+                let newv = match decoded {
+                    Some(v) => v,
+                    None => typed(rel, new, "Insert")?,
+                };
                 self.insert_values(t, index, rel, &newv)?;
             }
             RowChange::Update { rel, old, new } => {
@@ -586,7 +594,10 @@ impl Mapper {
             }
             RowChange::Delete { rel, old } => {
                 let Some(plan) = self.plan(rel)? else { return Ok(()) };
-                let oldv = typed(rel, old, "Delete")?;
+                let oldv = match decoded {
+                    Some(v) => v,
+                    None => typed(rel, old, "Delete")?,
+                };
                 let rk = row_key(&plan, &oldv)?;
                 if let Some(np) = &plan.node {
                     t.delete_node(np.label, &rk);

@@ -1,0 +1,186 @@
+//! Look-ahead for applying a transaction's changes: they are decoded a few at a time before
+//! any of them is applied, and the loads applying them needs (their endpoints' key index
+//! slots, nodes, overlay versions) are started in stages over the group. Each change's chain
+//! of cache misses (key index, node, overlay slot, version) is otherwise waited for one miss
+//! after another; staged over a group, the misses of its changes overlap.
+//!
+//! Hints only: what is applied, and every error, is what applying the changes one by one
+//! gives. A change that does not decode here is decoded again by its apply, which reports it.
+//!
+//! Not for: what a change means (`mod.rs`).
+
+use super::*;
+use graph::{Ahead, Direction};
+
+/// Changes decoded and staged together (a few microseconds of applying: long enough for one
+/// stage's loads to arrive before the next stage reads them).
+pub(super) const GROUP: usize = 8;
+
+/// An endpoint a staged change will touch.
+#[derive(Debug)]
+enum End {
+    /// Found by its key when applied.
+    Key(NodeLabel, NodeKey),
+    /// Known already: an endpoint of the edge the row index holds for a deleted row.
+    Id(NodeId),
+}
+
+/// A group of changes, their decoded values and the endpoints they touch.
+#[derive(Debug, Default)]
+pub(super) struct Staged {
+    /// The changes not applied yet: (transaction, change) positions in the batch, and whether
+    /// the change ends its transaction.
+    group: Vec<(usize, usize, bool)>,
+    /// Per change of the group, in order: the values it is applied with (an insert's new row,
+    /// a delete's old one), if it decoded here.
+    values: Vec<Option<Vec<Value>>>,
+    /// Endpoints, their direction, and whether an edge is removed there.
+    ends: Vec<(End, Direction, bool)>,
+}
+
+/// Where each transaction of a batch ends: called with the graph transaction and the row
+/// index right after its last change is applied.
+type Close<'c> = dyn FnMut(&mut graph::Txn<'_>, &RowIndex) + 'c;
+
+impl Mapper {
+    /// Applies `txns` in order to `t` and `index`, calling `close` after each. Changes in
+    /// memory are staged [`GROUP`] at a time across transaction boundaries (a batch of small
+    /// transactions overlaps like one large one); spilled ones (a large transaction's, read
+    /// back from disk, before those in memory) are applied as read.
+    pub(super) fn apply_txns(
+        &mut self,
+        t: &mut graph::Txn<'_>,
+        index: &mut RowIndex,
+        txns: &[CommittedTxn],
+        close: &mut Close<'_>,
+    ) -> Result<(), MapError> {
+        // The buffers are the mapper's, kept between batches (a batch is often one small
+        // transaction).
+        let mut staged = std::mem::take(&mut self.staged);
+        let done = self.apply_staged(t, index, txns, close, &mut staged);
+        self.staged = staged;
+        done
+    }
+
+    fn apply_staged(
+        &mut self,
+        t: &mut graph::Txn<'_>,
+        index: &mut RowIndex,
+        txns: &[CommittedTxn],
+        close: &mut Close<'_>,
+        staged: &mut Staged,
+    ) -> Result<(), MapError> {
+        staged.group.clear();
+        for (i, txn) in txns.iter().enumerate() {
+            if let Some(s) = &txn.spilled {
+                self.apply_group(t, index, txns, staged, close)?;
+                s.for_each(|change| self.apply_change(t, index, change, None))?;
+            }
+            let n = txn.changes.len();
+            if n == 0 {
+                self.apply_group(t, index, txns, staged, close)?;
+                close(t, index);
+                continue;
+            }
+            for k in 0..n {
+                staged.group.push((i, k, k + 1 == n));
+                if staged.group.len() == GROUP {
+                    self.apply_group(t, index, txns, staged, close)?;
+                }
+            }
+        }
+        self.apply_group(t, index, txns, staged, close)
+    }
+
+    /// Stages and applies `staged.group` (changes of `txns`), emptied.
+    fn apply_group(
+        &mut self,
+        t: &mut graph::Txn<'_>,
+        index: &mut RowIndex,
+        txns: &[CommittedTxn],
+        staged: &mut Staged,
+        close: &mut Close<'_>,
+    ) -> Result<(), MapError> {
+        self.stage(t, index, txns, staged);
+        for j in 0..staged.group.len() {
+            let (i, k, last) = staged.group[j];
+            let values = staged.values[j].take();
+            self.apply_change(t, index, &txns[i].changes[k], values)?;
+            if last {
+                close(t, index);
+            }
+        }
+        staged.group.clear();
+        Ok(())
+    }
+
+    /// Decodes the changes of `staged.group` into `staged.values` and starts the loads
+    /// applying them reads.
+    fn stage(&mut self, t: &graph::Txn<'_>, index: &RowIndex, txns: &[CommittedTxn], staged: &mut Staged) {
+        staged.values.clear();
+        staged.ends.clear();
+        let hint = staged.group.len() > 1;
+        for &(i, k, _) in &staged.group {
+            let change = &txns[i].changes[k];
+            let values = match change {
+                RowChange::Insert { rel, new } => self.stage_row(t, index, rel, new, "Insert", hint, &mut staged.ends),
+                RowChange::Delete { rel, old } => self.stage_row(t, index, rel, old, "Delete", hint, &mut staged.ends),
+                _ => None,
+            };
+            staged.values.push(values);
+        }
+        // The first stage ran as each change was decoded; each later one, over every endpoint
+        // of the group, finds what the one before loaded.
+        for stage in [Ahead::Node, Ahead::State] {
+            for (end, dir, removal) in &staged.ends {
+                match end {
+                    End::Key(label, key) => t.prefetch_endpoint(*label, key, *dir, *removal, stage),
+                    End::Id(n) => t.prefetch_node(*n, *dir, *removal, stage),
+                }
+            }
+        }
+    }
+
+    /// One row's values, and (`hint`) its edges' endpoints, their key slots' loads started.
+    #[allow(clippy::too_many_arguments)]
+    fn stage_row(
+        &mut self,
+        t: &graph::Txn<'_>,
+        index: &RowIndex,
+        rel: &Arc<Relation>,
+        tuple: &TupleData,
+        kind: &'static str,
+        hint: bool,
+        ends: &mut Vec<(End, Direction, bool)>,
+    ) -> Option<Vec<Value>> {
+        let plan = self.plan(rel).ok()??;
+        let values = rel.typed_values(tuple, kind).ok()?;
+        if !hint {
+            return Some(values);
+        }
+        let removal = kind == "Delete";
+        for ep in &plan.edges {
+            if removal && index.mode(ep.mapping) == EdgeLookup::Rows {
+                // Found by the row's identity: the index holds the edge.
+                if let Some(e) = row_key(&plan, &values).ok().and_then(|rk| index.peek(ep.mapping, &rk)) {
+                    ends.push((End::Id(e.source), Direction::Out, true));
+                    ends.push((End::Id(e.target), Direction::In, true));
+                }
+                continue;
+            }
+            for ((label, cols), dir) in [(&ep.source, Direction::Out), (&ep.target, Direction::In)] {
+                if cols
+                    .iter()
+                    .any(|&c| matches!(values[c], Value::Null | Value::UnchangedToast))
+                {
+                    continue;
+                }
+                if let Ok(key) = key_of(&plan, cols, &values) {
+                    t.prefetch_endpoint(*label, &key, dir, removal, Ahead::Slot);
+                    ends.push((End::Key(*label, key), dir, removal));
+                }
+            }
+        }
+        Some(values)
+    }
+}
