@@ -42,8 +42,15 @@ impl EdgeRec {
 pub(super) const INLINE: usize = 2;
 /// Deletions kept in a sorted vector (copied on write) before they move to a persistent set.
 const SMALL_DELETIONS: usize = 32;
-/// Lists at least this long get an [`EdgeIndex`] entry when an edge is looked up in them.
+/// Lists at least this long are counted by [`EdgeIndex`] when an edge is looked up in them.
 const INDEX_MIN: usize = 64;
+/// Lookups by scan of a counted list before it is indexed: building the index costs about as
+/// much as this many scans, so a list looked up a few times (a node off the hubs, under a
+/// delete or two) is never indexed.
+const SCANS_BEFORE_INDEX: u8 = 8;
+/// Lists at least this long are indexed at their first lookup (a hub's: one scan would cost
+/// more than the index).
+const INDEX_AT_ONCE: usize = 4096;
 
 /// A node's additions in one direction.
 #[derive(Clone)]
@@ -281,7 +288,7 @@ impl NodeDelta {
     /// Appends `e`; `index` learns its position when it covers this node (`key`).
     pub(super) fn add(&mut self, e: EdgeRec, base_degree: usize, index: &mut EdgeIndex, key: (u32, Direction)) {
         if let Some(moved) = self.added.push(e) {
-            if let Some(ix) = index.lists.get_mut(&IndexKey::from(key)) {
+            if let Some(Listed::Indexed(ix)) = index.lists.get_mut(&IndexKey::from(key)) {
                 let added = self.added.as_slice();
                 for j in moved {
                     ix.entry(added[j].other).or_default().push((base_degree + j) as u32);
@@ -316,14 +323,23 @@ impl From<(u32, Direction)> for IndexKey {
 }
 
 /// The writer's index of long edge lists: per (node, direction), other endpoint → positions
-/// in the combined list. Built when an edge is first looked up in a list of at least
-/// [`INDEX_MIN`] edges, then kept current by [`NodeDelta::add`]. Every candidate is checked
+/// in the combined list. Built when an edge is looked up in a list of at least
+/// [`INDEX_AT_ONCE`] edges, or of at least [`INDEX_MIN`] looked up [`SCANS_BEFORE_INDEX`]
+/// times already; then kept current by [`NodeDelta::add`]. Every candidate is checked
 /// against the list itself (range, deletion, endpoint, label, weight), so entries left by a
 /// dropped transaction or a view built on another branch are harmless; it must be cleared
 /// when the base changes (positions are relative to the base row).
 #[derive(Debug, Default)]
 pub(super) struct EdgeIndex {
-    lists: IdMap<IndexKey, IdMap<u32, SmallVec<[u32; 2]>>>,
+    lists: IdMap<IndexKey, Listed>,
+}
+
+/// A long list's entry in the [`EdgeIndex`].
+#[derive(Debug)]
+enum Listed {
+    /// Looked up this many times by a scan.
+    Scanned(u8),
+    Indexed(IdMap<u32, SmallVec<[u32; 2]>>),
 }
 
 impl EdgeIndex {
@@ -359,25 +375,34 @@ impl EdgeIndex {
             (ok(&e) && !deleted.is_some_and(|s| s.contains(p as u32))).then_some((Found::At(p as u32), e))
         };
         let total = base + shared.len();
-        if total < INDEX_MIN {
-            // Endpoints first (one array, the only one a miss costs): labels, weights and
-            // deletions are read at matching positions only. Same order as the combined list.
-            return (row.nodes.iter().enumerate())
+        // Endpoints first (one array, the only one a miss costs): labels, weights and
+        // deletions are read at matching positions only. Same order as the combined list.
+        let scan = || {
+            (row.nodes.iter().enumerate())
                 .filter(|&(_, &m)| m == other)
                 .find_map(|(p, _)| hit(p))
                 .or_else(|| {
                     (shared.iter().enumerate())
                         .filter(|(_, e)| e.other == other)
                         .find_map(|(j, _)| hit(base + j))
-                });
+                })
+        };
+        if total < INDEX_MIN {
+            return scan();
         }
-        let ix = self.lists.entry(IndexKey::from(key)).or_insert_with(|| {
+        let listed = self.lists.entry(IndexKey::from(key)).or_insert(Listed::Scanned(0));
+        if let Listed::Scanned(scans) = listed {
+            if *scans < SCANS_BEFORE_INDEX && total < INDEX_AT_ONCE {
+                *scans += 1;
+                return scan();
+            }
             let mut ix: IdMap<u32, SmallVec<[u32; 2]>> = IdMap::default();
             for p in 0..total {
                 ix.entry(at(p).other).or_default().push(p as u32);
             }
-            ix
-        });
+            *listed = Listed::Indexed(ix);
+        }
+        let Listed::Indexed(ix) = listed else { return scan() };
         // Newest first: when an edge is updated again and again (removed, added back with a
         // new weight), the older positions are all deleted and the live one is last. Which of
         // several matching edges is found is not observable: they are the same edge record
