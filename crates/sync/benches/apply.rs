@@ -52,12 +52,24 @@ source = { column = "a", node = "N" }
 target = { column = "b", node = "N" }
 "#;
 
-/// Node keys of `N` rows: 0..NODES.
-const NODES: u32 = 100_000;
-/// Hub node keys, spread over the key space (not all in one chunk of node ids).
-const HUBS: [u32; 10] = [
-    11, 9_984, 19_957, 29_930, 39_903, 49_876, 59_849, 69_822, 79_795, 89_768,
-];
+/// Node keys of `N` rows: 0..nodes(), `GRAPHSYNC_BENCH_NODES` (default 100,000; the e2e
+/// bench's graph has 1.78 M).
+fn nodes() -> u32 {
+    static N: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("GRAPHSYNC_BENCH_NODES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000)
+    })
+}
+
+/// Hubs: ten node keys spread over the key space (not all in one chunk of node ids).
+const HUBS: usize = 10;
+
+fn hub(i: usize) -> u32 {
+    11 + (i as u64 * 9_973 * u64::from(nodes()) / 100_000) as u32
+}
 
 fn rel(id: u32, name: &str, cols: &[(&str, bool)]) -> Arc<Relation> {
     Arc::new(Relation {
@@ -92,7 +104,7 @@ fn setup(policy: CompactionPolicy) -> (Mapper, graph::Graph, sync::mapper::RowIn
     });
     let n = rel(1, "n", &[("id", true)]);
     let mut bulk = BulkLoad::new(index);
-    for i in 0..i64::from(NODES) {
+    for i in 0..i64::from(nodes()) {
         bulk.insert(&mut mapper, &n, &n.typed_values(&tuple(&[i]), "COPY").unwrap())
             .unwrap();
     }
@@ -136,7 +148,7 @@ struct Workload {
     live: Vec<(u64, u32, u32)>,
     pairs: HashSet<(u32, u32)>,
     /// Live edges per hub (as source or target).
-    hub_edges: [u64; HUBS.len()],
+    hub_edges: [u64; HUBS],
 }
 
 impl Workload {
@@ -147,13 +159,14 @@ impl Workload {
             next_id: 0,
             live: Vec::new(),
             pairs: HashSet::new(),
-            hub_edges: [0; HUBS.len()],
+            hub_edges: [0; HUBS],
         }
     }
 
     fn count(&mut self, a: u32, b: u32, delta: i64) {
-        for (i, h) in HUBS.iter().enumerate() {
-            if a == *h || b == *h {
+        for i in 0..HUBS {
+            let h = hub(i);
+            if a == h || b == h {
                 self.hub_edges[i] = self.hub_edges[i].wrapping_add_signed(delta);
             }
         }
@@ -166,15 +179,15 @@ impl Workload {
         loop {
             let r = &mut self.rng;
             let (a, b) = if r.u32(..100) < self.hub_percent {
-                let h = HUBS[r.u32(..HUBS.len() as u32) as usize];
-                let u = r.u32(..NODES);
+                let h = hub(r.usize(..HUBS));
+                let u = r.u32(..nodes());
                 if r.u32(..4) == 0 {
                     (h, u)
                 } else {
                     (u, h)
                 }
             } else {
-                (r.u32(..NODES), r.u32(..NODES))
+                (r.u32(..nodes()), r.u32(..nodes()))
             };
             if a != b && self.pairs.insert((a, b)) {
                 let e = (self.next_id, a, b);
@@ -290,7 +303,10 @@ fn main() {
             batch,
             move |i| RowChange::Insert {
                 rel: e.clone(),
-                new: tuple(&[(i / 10) as i64 % 100_000, (i * 7919 % 100_000) as i64]),
+                new: tuple(&[
+                    (i / 10) as i64 % i64::from(nodes()),
+                    (i * 7919 % u64::from(nodes())) as i64,
+                ]),
             },
         );
         let w = w.clone();
@@ -300,7 +316,7 @@ fn main() {
             batch,
             move |i| RowChange::Insert {
                 rel: w.clone(),
-                new: tuple(&[i as i64, (i % 100_000) as i64]),
+                new: tuple(&[i as i64, (i % u64::from(nodes())) as i64]),
             },
         );
     }

@@ -169,9 +169,13 @@ impl Mapper {
                 continue;
             }
             for ((label, cols), dir) in [(&ep.source, Direction::Out), (&ep.target, Direction::In)] {
-                if cols
-                    .iter()
-                    .any(|&c| matches!(values[c], Value::Null | Value::UnchangedToast))
+                // The row's own node (a foreign key in a node table) is usually new when
+                // its row is inserted: nothing in the base to load.
+                let own = plan.node.as_ref().is_some_and(|np| np.key == *cols);
+                if own
+                    || cols
+                        .iter()
+                        .any(|&c| matches!(values[c], Value::Null | Value::UnchangedToast))
                 {
                     continue;
                 }
