@@ -49,8 +49,18 @@ pub(crate) fn huge_pages() -> Option<String> {
         tunables.push(TUNABLE);
         let mut args = std::env::args_os();
         let arg0 = args.next().unwrap_or_default();
+        // The executable's own path, not `/proc/self/exe`: the process's name (`ps`, `pgrep`,
+        // systemd) is the file name run.
+        let exe = match std::env::current_exe() {
+            Ok(exe) => exe,
+            Err(e) => {
+                return Some(format!(
+                    "cannot find the executable to run again with transparent huge pages ({e}); running without"
+                ))
+            }
+        };
         // Only returns if it failed.
-        let err = std::process::Command::new("/proc/self/exe")
+        let err = std::process::Command::new(exe)
             .arg0(arg0)
             .args(args)
             .env("GLIBC_TUNABLES", tunables)

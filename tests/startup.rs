@@ -42,6 +42,9 @@ fn started_with(huge_pages: Option<&str>, tunables: Option<&str>) -> Vec<String>
         .unwrap();
     assert!(line.contains("expected"), "{line}");
     let env = environ(child.id());
+    // Named after its file still (`ps`, `pgrep`, systemd show this).
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap();
+    assert_eq!(comm.trim(), "graphsync");
     drop(stdin);
     child.wait().unwrap();
     env
