@@ -7,7 +7,8 @@
 //! its own (`Mapper::apply`), without compaction so the hubs' overlay lists keep growing; a
 //! uniform row of the same shape for comparison. `GRAPHSYNC_BENCH_HUB_CHANGES` sets the edge
 //! changes per row (default 4,000,000: each hub then holds ~120,000 live overlay edges),
-//! `GRAPHSYNC_BENCH_HUB_SECS` the applying time after which a row stops early (default 15).
+//! `GRAPHSYNC_BENCH_HUB_SECS` the applying time after which a row stops early (default 15),
+//! `GRAPHSYNC_BENCH_NODES` the graph's nodes (default 100,000, at least 1,000).
 
 use bytes::Bytes;
 use fastrand::Rng;
@@ -59,7 +60,10 @@ fn nodes() -> u32 {
     *N.get_or_init(|| {
         std::env::var("GRAPHSYNC_BENCH_NODES")
             .ok()
-            .and_then(|v| v.parse().ok())
+            .map(|v| match v.parse() {
+                Ok(n) if n >= 1_000 => n,
+                _ => panic!("GRAPHSYNC_BENCH_NODES must be a whole number of at least 1000, not {v:?}"),
+            })
             .unwrap_or(100_000)
     })
 }

@@ -248,7 +248,7 @@ impl RowIndex {
         }
     }
 
-    /// The edge the row `row` of `mapping` made, left in the index.
+    /// The edge the row `row` of `mapping` made, without removing it (nothing journaled).
     pub(crate) fn peek(&self, mapping: usize, row: &NodeKey) -> Option<EdgeInput> {
         self.maps.get(mapping)?.get(row).map(|e| e.edge)
     }

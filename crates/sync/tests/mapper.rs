@@ -16,6 +16,7 @@ use sync::changelog::{LogDir, LogWriter, WriterOptions};
 use sync::checkpoint::CheckpointStore;
 use sync::committed::CommittedTxn;
 use sync::config::MappingConfig;
+use sync::mapper::MapError;
 use sync::mapper::{BulkLoad, Mapper};
 
 const CONFIG: &str = r#"
@@ -596,6 +597,49 @@ proptest! {
         prop_assert_eq!((m, x), (applied.mutations.len(), applied.index_ops.len()));
         check(&graph.view(), &single, &model)?;
     }
+}
+
+/// Right after a start (no table planned yet), an update of an edge table and then, in a later
+/// transaction of the same batch, an insert under a relation whose replica identity changed:
+/// the batch fails, and applied one by one the update still applies and the insert is the one
+/// refused (the look-ahead must not plan the insert's relation before the update's).
+#[test]
+fn a_changed_identity_later_in_a_batch_is_refused_there() {
+    let config = Arc::new(MappingConfig::parse(CONFIG, Path::new("t.toml")).unwrap());
+    let r = rels();
+    let changed = rel(2, "follows", &[("a", 23, true), ("b", 23, true), ("w", 701, true)]);
+    let txn = |xid: u32, change: RowChange| CommittedTxn {
+        xid,
+        commit_lsn: Lsn(10 * u64::from(xid) + 9),
+        end_lsn: Lsn(10 * u64::from(xid) + 10),
+        commit_time: PgTimestamp(0),
+        changes: vec![change],
+        spilled: None,
+    };
+    let update = txn(
+        1,
+        RowChange::Update {
+            rel: r.follows.clone(),
+            old: None,
+            new: tuple(&[v(1), v(2), v(1.5)]),
+        },
+    );
+    let insert = txn(
+        2,
+        RowChange::Insert {
+            rel: changed,
+            new: tuple(&[v(3), v(4), v(2.5)]),
+        },
+    );
+    let mut mapper = Mapper::new(config);
+    let mut graph = bulk_of(&Model::default(), &r, &mut mapper, 1, false);
+    let mut idx = index(&mapper, false);
+    let batch = [update, insert];
+    let err = mapper.apply_logged(&mut graph, &mut idx, &batch).unwrap_err();
+    assert!(matches!(err, MapError::IdentityChanged { .. }), "{err}");
+    mapper.apply_logged(&mut graph, &mut idx, &batch[..1]).unwrap();
+    let err = mapper.apply_logged(&mut graph, &mut idx, &batch[1..]).unwrap_err();
+    assert!(matches!(err, MapError::IdentityChanged { .. }), "{err}");
 }
 
 fn sorted<T: std::fmt::Debug>(items: &[T]) -> Vec<String> {

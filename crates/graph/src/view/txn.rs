@@ -165,7 +165,7 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// A hint for a change a few after the one being applied: starts loading what resolving
+    /// A hint for a change applied a little later: starts loading what resolving
     /// (`label`, `key`) and then changing its node's edges in `dir` reads (`removal`: an edge
     /// removed, whose base row is scanned). Call [`Ahead`]'s stages in order for a change, a
     /// little apart (each reads what the one before loaded), so the cache misses of several

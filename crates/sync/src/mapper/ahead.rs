@@ -1,11 +1,15 @@
-//! Look-ahead for applying a transaction's changes: they are decoded a few at a time before
-//! any of them is applied, and the loads applying them needs (their endpoints' key index
-//! slots, nodes, overlay versions) are started in stages over the group. Each change's chain
-//! of cache misses (key index, node, overlay slot, version) is otherwise waited for one miss
-//! after another; staged over a group, the misses of its changes overlap.
+//! Look-ahead for applying a batch's changes: the inserts and deletes held in memory are
+//! decoded a few at a time, across transaction boundaries, before any of them is applied, and
+//! the loads applying them needs (their endpoints' key index slots, nodes, overlay versions)
+//! are started in stages over the group. Each change's chain of cache misses (key index, node,
+//! overlay slot, version) is otherwise waited for one miss after another; staged over a group,
+//! the misses of its changes overlap.
 //!
 //! Hints only: what is applied, and every error, is what applying the changes one by one
-//! gives. A change that does not decode here is decoded again by its apply, which reports it.
+//! gives. Staging changes no state: it reads only plans made already (planning records a
+//! table's identity and key types as first seen, which must happen in apply order); a change
+//! not staged (no plan yet, an update, a value that does not decode) is decoded by its apply,
+//! which reports any error. The endpoint rules here follow `edge_of` and `take_edge`.
 //!
 //! Not for: what a change means (`mod.rs`).
 
@@ -92,7 +96,7 @@ impl Mapper {
         self.apply_group(t, index, txns, staged, close)
     }
 
-    /// Stages and applies `staged.group` (changes of `txns`), emptied.
+    /// Stages and applies `staged.group` (changes of `txns`), emptied once all are applied.
     fn apply_group(
         &mut self,
         t: &mut graph::Txn<'_>,
@@ -116,15 +120,15 @@ impl Mapper {
 
     /// Decodes the changes of `staged.group` into `staged.values` and starts the loads
     /// applying them reads.
-    fn stage(&mut self, t: &graph::Txn<'_>, index: &RowIndex, txns: &[CommittedTxn], staged: &mut Staged) {
+    fn stage(&self, t: &graph::Txn<'_>, index: &RowIndex, txns: &[CommittedTxn], staged: &mut Staged) {
         staged.values.clear();
         staged.ends.clear();
         let hint = staged.group.len() > 1;
         for &(i, k, _) in &staged.group {
-            let change = &txns[i].changes[k];
-            let values = match change {
-                RowChange::Insert { rel, new } => self.stage_row(t, index, rel, new, "Insert", hint, &mut staged.ends),
-                RowChange::Delete { rel, old } => self.stage_row(t, index, rel, old, "Delete", hint, &mut staged.ends),
+            let ends = hint.then_some(&mut staged.ends);
+            let values = match &txns[i].changes[k] {
+                RowChange::Insert { rel, new } => self.stage_row(t, index, rel, new, false, ends),
+                RowChange::Delete { rel, old } => self.stage_row(t, index, rel, old, true, ends),
                 _ => None,
             };
             staged.values.push(values);
@@ -141,24 +145,25 @@ impl Mapper {
         }
     }
 
-    /// One row's values, and (`hint`) its edges' endpoints, their key slots' loads started.
-    #[allow(clippy::too_many_arguments)]
+    /// The values an insert's new row (`removal`: a delete's old row) is applied with, if its
+    /// relation is planned already and they decode; with `ends`, its edges' endpoints are
+    /// added there, their key slots' loads started.
     fn stage_row(
-        &mut self,
+        &self,
         t: &graph::Txn<'_>,
         index: &RowIndex,
         rel: &Arc<Relation>,
         tuple: &TupleData,
-        kind: &'static str,
-        hint: bool,
-        ends: &mut Vec<(End, Direction, bool)>,
+        removal: bool,
+        ends: Option<&mut Vec<(End, Direction, bool)>>,
     ) -> Option<Vec<Value>> {
-        let plan = self.plan(rel).ok()??;
-        let values = rel.typed_values(tuple, kind).ok()?;
-        if !hint {
+        let plan = self.cached_plan(rel)?;
+        let values = rel
+            .typed_values(tuple, if removal { "Delete" } else { "Insert" })
+            .ok()?;
+        let Some(ends) = ends else {
             return Some(values);
-        }
-        let removal = kind == "Delete";
+        };
         for ep in &plan.edges {
             if removal && index.mode(ep.mapping) == EdgeLookup::Rows {
                 // Found by the row's identity: the index holds the edge.
@@ -169,10 +174,10 @@ impl Mapper {
                 continue;
             }
             for ((label, cols), dir) in [(&ep.source, Direction::Out), (&ep.target, Direction::In)] {
-                // The row's own node (a foreign key in a node table) is usually new when
-                // its row is inserted: nothing in the base to load.
-                let own = plan.node.as_ref().is_some_and(|np| np.key == *cols);
-                if own
+                // The row's own node (a foreign key in a node table) is usually new when its
+                // row is inserted: nothing in the base to load.
+                let new_own = !removal && plan.node.as_ref().is_some_and(|np| np.key == *cols);
+                if new_own
                     || cols
                         .iter()
                         .any(|&c| matches!(values[c], Value::Null | Value::UnchangedToast))

@@ -45,11 +45,16 @@ pub(super) fn key_class(type_oid: u32) -> &'static str {
 }
 
 impl Mapper {
+    /// The plan made already for this relation, if any; changes nothing (planning records
+    /// a table's OID, identity and key types as first seen, so only applying plans).
+    pub(super) fn cached_plan(&self, rel: &Arc<Relation>) -> Option<Arc<RelPlan>> {
+        let p = self.plans.get(&rel.id)?;
+        (Arc::ptr_eq(&p.rel, rel) || *p.rel == **rel).then(|| p.clone())
+    }
+
     pub(super) fn plan(&mut self, rel: &Arc<Relation>) -> Result<Option<Arc<RelPlan>>, MapError> {
-        if let Some(p) = self.plans.get(&rel.id) {
-            if Arc::ptr_eq(&p.rel, rel) || *p.rel == **rel {
-                return Ok(Some(p.clone()));
-            }
+        if let Some(p) = self.cached_plan(rel) {
+            return Ok(Some(p));
         }
         let name = rel.qualified_name();
         let Some((node, edges)) = self.tables.get(&name) else {
