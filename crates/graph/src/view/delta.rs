@@ -11,8 +11,8 @@
 //! by copying the two records without the removed one, so they are never in the deleted set.
 //!
 //! [`EdgeIndex`] is the writer's own: where an edge sits in a long list, so removing one edge
-//! of a hub never scans the hub (a list of 4,096+ edges is never scanned, a shorter one at most
-//! eight times). It is derived state, checked against the list on every use.
+//! scans a list of 64+ edges at most eight times in all, and one of 4,096+ (a hub's) never. It
+//! is derived state, checked against the list on every use.
 //!
 //! Not for: which nodes have entries (`tree`), or what a mutation means (`txn`).
 
