@@ -89,12 +89,10 @@ pub enum Mutation {
     RemoveEdge(EdgeInput),
 }
 
-/// The stages of [`Txn::prefetch_endpoint`], in the order they run for one change.
+/// The stages of [`Txn::prefetch_node`], in the order they run for one change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ahead {
-    /// The key index's slot.
-    Slot,
-    /// The node the slot names: its columns, overlay slot and copy in this transaction.
+    /// The node's overlay slot and its copy in this transaction.
     Node,
     /// Its newest overlay version (and base row, for a removal).
     State,
@@ -165,22 +163,20 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// A hint for a change applied a little later: starts loading what resolving
-    /// (`label`, `key`) and then changing its node's edges in `dir` reads (`removal`: an edge
-    /// removed, whose base row is scanned). Call [`Ahead`]'s stages in order for a change, a
-    /// little apart (each reads what the one before loaded), so the cache misses of several
-    /// changes overlap instead of adding up. Changes nothing; a key of a node added since the
+    /// A hint for resolving (`label`, `key`) a little later: starts loading its key index
+    /// slot (`node: false`); or reads that slot, loaded by an earlier call, starts loading the
+    /// columns of the node it names and returns it (`node: true`; the node the key probably
+    /// names, for [`Txn::prefetch_node`]). Changes nothing; a key of a node added since the
     /// base is not looked for.
-    pub fn prefetch_endpoint(&self, label: NodeLabel, key: &NodeKey, dir: Direction, removal: bool, stage: Ahead) {
-        let nodes = &self.b.view.nodes;
-        if stage == Ahead::Slot {
-            nodes.prefetch_key(label, key, false);
-        } else if let Some(n) = nodes.prefetch_key(label, key, true) {
-            self.b.prefetch_end(NodeId(n), dir, stage, removal);
-        }
+    pub fn prefetch_key(&self, label: NodeLabel, key: &NodeKey, node: bool) -> Option<NodeId> {
+        self.b.view.nodes.prefetch_key(label, key, node).map(NodeId)
     }
 
-    /// [`Txn::prefetch_endpoint`] for a node whose id is known (an edge's endpoint).
+    /// A hint for a change applied a little later: starts loading what changing `n`'s edges
+    /// in `dir` reads (`removal`: an edge removed, whose base row is scanned). Call
+    /// [`Ahead`]'s stages in order for a change, a little apart (each reads what the one
+    /// before loaded), so the cache misses of several changes overlap instead of adding up.
+    /// Changes nothing.
     pub fn prefetch_node(&self, n: NodeId, dir: Direction, removal: bool, stage: Ahead) {
         self.b.prefetch_end(n, dir, stage, removal);
     }
@@ -448,15 +444,13 @@ impl Builder {
         }
     }
 
-    /// One [`Ahead`] stage for endpoint `n`, its edges in `dir` (`Slot` has nothing to do
-    /// once the id is known).
+    /// One [`Ahead`] stage for endpoint `n`, its edges in `dir`.
     fn prefetch_end(&self, n: NodeId, dir: Direction, stage: Ahead, removal: bool) {
         use crate::query::Topology;
         if n.0 >= self.view.node_count {
             return;
         }
         match stage {
-            Ahead::Slot => {}
             Ahead::Node => {
                 self.view.prefetch_index(n, dir);
                 self.pending.prefetch(n.0, false);

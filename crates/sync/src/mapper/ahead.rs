@@ -23,9 +23,10 @@ pub(super) const GROUP: usize = 8;
 /// An endpoint a staged change will touch.
 #[derive(Debug)]
 enum End {
-    /// Found by its key when applied.
+    /// Found by its key when applied (until the key's slot names a node).
     Key(NodeLabel, NodeKey),
-    /// Known already: an endpoint of the edge the row index holds for a deleted row.
+    /// The node the key's slot names, or an endpoint of the edge the row index holds for a
+    /// deleted row.
     Id(NodeId),
 }
 
@@ -133,14 +134,22 @@ impl Mapper {
             };
             staged.values.push(values);
         }
-        // The first stage ran as each change was decoded; each later one, over every endpoint
-        // of the group, finds what the one before loaded.
-        for stage in [Ahead::Node, Ahead::State] {
-            for (end, dir, removal) in &staged.ends {
-                match end {
-                    End::Key(label, key) => t.prefetch_endpoint(*label, key, *dir, *removal, stage),
-                    End::Id(n) => t.prefetch_node(*n, *dir, *removal, stage),
+        // Each stage, over every endpoint of the group, finds what the one before loaded: the
+        // key slots (loaded as each change was decoded) name the nodes, known by id from then.
+        for (end, dir, removal) in &mut staged.ends {
+            if let End::Key(label, key) = end {
+                match t.prefetch_key(*label, key, true) {
+                    Some(n) => *end = End::Id(n),
+                    None => continue,
                 }
+            }
+            if let End::Id(n) = end {
+                t.prefetch_node(*n, *dir, *removal, Ahead::Node);
+            }
+        }
+        for (end, dir, removal) in &staged.ends {
+            if let End::Id(n) = end {
+                t.prefetch_node(*n, *dir, *removal, Ahead::State);
             }
         }
     }
@@ -185,7 +194,7 @@ impl Mapper {
                     continue;
                 }
                 if let Ok(key) = key_of(&plan, cols, &values) {
-                    t.prefetch_endpoint(*label, &key, dir, removal, Ahead::Slot);
+                    t.prefetch_key(*label, &key, false);
                     ends.push((End::Key(*label, key), dir, removal));
                 }
             }
