@@ -9,6 +9,7 @@
 //! changes per row (default 4,000,000: each hub then holds ~120,000 live overlay edges),
 //! `GRAPHSYNC_BENCH_HUB_SECS` the applying time after which a row stops early (default 15),
 //! `GRAPHSYNC_BENCH_NODES` the graph's nodes (default 100,000, at least 1,000).
+//! `GRAPHSYNC_BENCH_ONLY` runs only the rows whose name contains it (for profiling one row).
 
 use bytes::Bytes;
 use fastrand::Rng;
@@ -116,7 +117,15 @@ fn setup(policy: CompactionPolicy) -> (Mapper, graph::Graph, sync::mapper::RowIn
     (mapper, graph, index)
 }
 
+/// Whether the row `name` runs: `GRAPHSYNC_BENCH_ONLY` unset, or a part of `name`.
+fn selected(name: &str) -> bool {
+    std::env::var("GRAPHSYNC_BENCH_ONLY").map_or(true, |only| name.contains(&only))
+}
+
 fn run(name: &str, rows: u64, batch: usize, make: impl Fn(u64) -> RowChange) {
+    if !selected(name) {
+        return;
+    }
     let (mut mapper, mut graph, mut index) = setup(Default::default());
     let txns: Vec<CommittedTxn> = (0..rows / 1000)
         .map(|t| CommittedTxn {
@@ -220,6 +229,9 @@ impl Workload {
 /// its own row id (row index lookup) instead of the (a, b) primary key (endpoint lookup).
 /// Transactions are generated in chunks outside the timed part; stops after `cap`.
 fn run_stream(name: &str, changes: u64, cap: Duration, hub_percent: u32, id_key: bool) {
+    if !selected(name) {
+        return;
+    }
     let policy = CompactionPolicy {
         soft_limit: usize::MAX,
         hard_limit: usize::MAX,
