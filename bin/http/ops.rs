@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use graph::{NodeId, Topology};
+use graph::Topology;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -122,19 +122,12 @@ pub(super) async fn status(
     if let Some(g) = api.status.graph() {
         let v = g.view();
         edges = v.edge_count();
-        let mut counts = vec![0u64; schema.node_labels.len()];
-        for i in 0..v.node_count() {
-            let n = NodeId(i);
-            if v.is_visible(n) {
-                if let Some(d) = v.node(n) {
-                    if let Some(c) = counts.get_mut(d.label.0 as usize) {
-                        *c += 1;
-                    }
-                }
-            }
-        }
-        for (l, c) in schema.node_labels.iter().zip(counts) {
-            per_label.insert(l.clone(), json!(c));
+        // O(nodes) over the label column: off the async workers on a big graph.
+        let counts = tokio::task::spawn_blocking(move || v.visible_nodes_per_label())
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": e.to_string()})))?;
+        for (i, l) in schema.node_labels.iter().enumerate() {
+            per_label.insert(l.clone(), json!(counts.get(i).copied().unwrap_or(0)));
         }
     }
     Ok(Json(json!({

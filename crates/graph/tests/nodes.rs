@@ -1,7 +1,8 @@
 //! The node store through transactions: nodes resolved by (label, key), edges to nodes that
 //! do not exist yet, deletions and re-insertions keeping ids and edges, tenant changes, and
 //! compactions at random points; after every transaction the view equals an oracle keyed by
-//! (label, key), including tenant membership and tenant-restricted neighbours and k-hop.
+//! (label, key), including tenant membership, tenant-restricted neighbours and k-hop, and the
+//! visible nodes per label.
 
 use graph::query::{k_hop, neighbors};
 use graph::*;
@@ -118,6 +119,14 @@ fn check(v: &GraphView, o: &Oracle) -> Result<(), TestCaseError> {
             prop_assert!(refused, "a start node outside the tenant is refused");
         }
     }
+    // Visible nodes per label, counted from the columns without building any node's data.
+    let mut per_label = vec![0u64; 2];
+    for k in o.nodes.keys() {
+        per_label[k.0 as usize] += 1;
+    }
+    let mut got = v.visible_nodes_per_label();
+    got.resize(2, 0);
+    prop_assert_eq!(got, per_label);
     let visible = o
         .edges
         .iter()

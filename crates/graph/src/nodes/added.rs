@@ -82,6 +82,15 @@ impl Changed {
         }
     }
 
+    /// Every changed node's id and slot: base nodes in no particular order, then added ones.
+    pub(super) fn iter(&self, base_len: u32) -> impl Iterator<Item = (u32, &Slot)> {
+        let added = self.added.iter().enumerate();
+        self.base
+            .iter()
+            .map(|(&n, s)| (n, s))
+            .chain(added.map(move |(i, s)| (base_len + i as u32, s)))
+    }
+
     pub(super) fn insert(&mut self, base_len: u32, n: u32, slot: Slot) {
         if n < base_len {
             self.base.insert(n, slot);

@@ -217,6 +217,42 @@ impl NodeStore {
         b.has(n).then(|| (b.label(n as usize), b.key(n as usize)))
     }
 
+    /// Nodes with data among `0..node_count` that `live` accepts, per label (`counts[label]`,
+    /// as long as the highest label counted). Reads the base's label column and only the
+    /// nodes changed since the base; allocates nothing per node, unlike [`Self::data`].
+    pub(crate) fn count_labels(&self, node_count: u32, live: impl Fn(u32) -> bool) -> Vec<u64> {
+        let mut counts: Vec<u64> = Vec::new();
+        let slot = |counts: &mut Vec<u64>, l: NodeLabel| {
+            let i = l.0 as usize;
+            if counts.len() <= i {
+                counts.resize(i + 1, 0);
+            }
+            i
+        };
+        let base_len = self.base.len() as u32;
+        for n in 0..base_len.min(node_count) {
+            if self.base.has(n) && live(n) {
+                let i = slot(&mut counts, self.base.label(n as usize));
+                counts[i] += 1;
+            }
+        }
+        // A changed node's slot replaces what the base's columns say of it (counted above).
+        for (n, changed) in self.changed.iter(base_len) {
+            if n >= node_count || !live(n) {
+                continue;
+            }
+            if n < base_len && self.base.has(n) {
+                let i = slot(&mut counts, self.base.label(n as usize));
+                counts[i] -= 1;
+            }
+            if let Some((l, _)) = changed.label_key() {
+                let i = slot(&mut counts, l);
+                counts[i] += 1;
+            }
+        }
+        counts
+    }
+
     /// Whether `n` changed since the base (its tenant must then be read from `changed`).
     pub(crate) fn tenant_of(&self, n: u32, changed: bool) -> Option<TenantId> {
         if changed {

@@ -260,6 +260,12 @@ impl GraphView {
         self.nodes.data(n.0)
     }
 
+    /// Visible nodes per label: `counts[label]`, as long as the highest label with a visible
+    /// node. O(nodes) over the base's label column, without building any node's data.
+    pub fn visible_nodes_per_label(&self) -> Vec<u64> {
+        self.nodes.count_labels(self.node_count, |n| self.live(n))
+    }
+
     /// The label and key of node `n` (visible or not), if it has data.
     pub fn node_key(&self, n: NodeId) -> Option<(NodeLabel, NodeKey)> {
         self.nodes.label_key(n.0)
