@@ -90,12 +90,7 @@ impl Binary {
     pub(crate) fn metrics(&mut self) -> std::collections::HashMap<String, f64> {
         let (code, body) = self.http.get("/metrics").expect("GET /metrics");
         assert_eq!(code, 200, "GET /metrics");
-        String::from_utf8_lossy(&body)
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.rsplit_once(' '))
-            .filter_map(|(k, v)| Some((canonical_metric(k), v.parse().ok()?)))
-            .collect()
+        parse_metrics(&String::from_utf8_lossy(&body))
     }
 
     /// SIGTERM, then wait for the final checkpoint and a clean exit.
@@ -208,6 +203,51 @@ pub(crate) struct Probe {
     /// Per sample: when, the server's WAL write position, the slot's confirmed position.
     server: tokio::task::JoinHandle<Vec<(Instant, Lsn, Lsn)>>,
     applied: std::thread::JoinHandle<Vec<(Instant, Lsn)>>,
+    /// With `GRAPHSYNC_BENCH_LOG_DIR`: `/metrics` every 250 ms (wall-clock ms, the lag
+    /// histograms), to tell which part of the lag a spike was in.
+    split: Option<std::thread::JoinHandle<Vec<(u128, String)>>>,
+}
+
+/// A `/metrics` body as name (with labels) → value.
+fn parse_metrics(body: &str) -> std::collections::HashMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(k, v)| Some((canonical_metric(k), v.parse().ok()?)))
+        .collect()
+}
+
+/// The histograms of the lag's parts, in the order `split-*.tsv` prints them.
+const SPLIT: [&str; 4] = [
+    "commit_to_apply_seconds",
+    "commit_to_send_seconds",
+    "send_to_receive_seconds",
+    "receive_to_apply_seconds",
+];
+
+/// Per interval between two `/metrics` bodies: transactions, and per histogram of [`SPLIT`]
+/// the bound of the highest bucket that gained any (ms), as `split-*.tsv` lines.
+fn split_series(samples: &[(u128, String)]) -> String {
+    let mut out =
+        String::from("wall_ms\ttxns\tcommit_to_apply_ms\tcommit_to_send_ms\tsend_to_receive_ms\treceive_to_apply_ms\n");
+    let mut prev = samples.first().map(|(_, b)| parse_metrics(b)).unwrap_or_default();
+    for (wall, body) in samples.iter().skip(1) {
+        let cur = parse_metrics(body);
+        let d = |k: &str| cur.get(k).copied().unwrap_or(0.0) - prev.get(k).copied().unwrap_or(0.0);
+        let n = d("graphsync_commit_to_apply_seconds_count");
+        out.push_str(&format!("{wall}\t{n}"));
+        for h in SPLIT {
+            let total = d(&format!("graphsync_{h}_count"));
+            let top = sync::replicator::Histogram::BOUNDS
+                .iter()
+                .find(|b| total > 0.0 && d(&format!("graphsync_{h}_bucket{{le=\"{b}\"}}")) >= total)
+                .map_or("-".to_string(), |b| format!("{}", b * 1e3));
+            out.push_str(&format!("\t{top}"));
+        }
+        out.push('\n');
+        prev = cur;
+    }
+    out
 }
 
 pub(crate) struct ProbeLag {
@@ -257,11 +297,26 @@ impl Probe {
             }
             v
         });
+        let on = polling.clone();
+        let split = std::env::var_os("GRAPHSYNC_BENCH_LOG_DIR").map(|_| {
+            std::thread::spawn(move || {
+                let mut http = Http::new(port);
+                let mut v = Vec::new();
+                while on.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Ok((200, body)) = http.get("/metrics") {
+                        v.push((now_unix_ms(), String::from_utf8_lossy(&body).into_owned()));
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                v
+            })
+        });
         Probe {
             sampling,
             polling,
             server,
             applied,
+            split,
         }
     }
 
@@ -322,7 +377,11 @@ impl Probe {
             }
         }
         if let Some(d) = keep {
-            let _ = std::fs::write(PathBuf::from(d).join(format!("probe-{}.tsv", now_unix_ms())), series);
+            let at = now_unix_ms();
+            let _ = std::fs::write(PathBuf::from(&d).join(format!("probe-{at}.tsv")), series);
+            if let Some(split) = self.split.and_then(|h| h.join().ok()) {
+                let _ = std::fs::write(PathBuf::from(&d).join(format!("split-{at}.tsv")), split_series(&split));
+            }
         }
         lags.sort();
         let at = |p: f64| {

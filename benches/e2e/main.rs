@@ -11,7 +11,9 @@
 //! second restart measurement, default 10,000,000; 0 skips it), `GRAPHSYNC_BENCH_ONLY=load`
 //! (only the first catch-up, which builds the graph, and the load phases),
 //! `GRAPHSYNC_BENCH_SNAPSHOT_AFTER` (graphsync's `--snapshot-after-changes` in the load phases,
-//! default 1,000,000), `GRAPHSYNC_BENCH_LOG_DIR` (keep graphsync's logs of the load phases there, at info level).
+//! default 1,000,000), `GRAPHSYNC_BENCH_LOG_DIR` (keep graphsync's logs of the load phases there, at info level,
+//! with each phase's probe lags, `probe-*.tsv`, and the lag's parts per 250 ms from `/metrics`,
+//! `split-*.tsv`).
 //!
 //! Catch-up and restart run the replicator inside this process; the three load phases run the
 //! real `graphsync replicate` binary (cargo builds it for the bench: `CARGO_BIN_EXE_graphsync`)
