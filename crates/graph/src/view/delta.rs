@@ -11,8 +11,9 @@
 //! by copying the two records without the removed one, so they are never in the deleted set.
 //!
 //! [`EdgeIndex`] is the writer's own: where an edge sits in a long list, so removing one edge
-//! scans a list of 64+ edges at most eight times in all, and one of 4,096+ (a hub's) never. It
-//! is derived state, checked against the list on every use.
+//! scans a list of 64+ edges at most eight times before its index is started, and one of
+//! 4,096+ (a hub's) only beyond the stretch indexed so far (each search indexes up to
+//! [`CATCH_UP`] more positions). It is derived state, checked against the list on every use.
 //!
 //! Not for: which nodes have entries (`tree`), or what a mutation means (`txn`).
 
@@ -45,13 +46,17 @@ pub(super) const INLINE: usize = 2;
 const SMALL_DELETIONS: usize = 32;
 /// Lists at least this long are counted by [`EdgeIndex`] when an edge is looked up in them.
 const INDEX_MIN: usize = 64;
-/// Lookups by scan of a counted list before it is indexed: building the index costs about as
-/// much as this many scans, so a list looked up a few times (a node off the hubs, under a
-/// delete or two) is never indexed.
+/// Lookups by scan of a counted list before it is indexed, so a list looked up a few times (a
+/// node off the hubs, under a delete or two) is never indexed.
 const SCANS_BEFORE_INDEX: u8 = 8;
-/// Lists at least this long are indexed at their first lookup (a hub's: one scan would cost
-/// more than the index).
+/// Lists at least this long start being indexed at their first lookup (a hub's, searched
+/// under many deletes).
 const INDEX_AT_ONCE: usize = 4096;
+/// Positions a lookup adds to a list's index at most, the rest of the list scanned meanwhile.
+/// Indexing a position costs far more than scanning it: building the whole index of a
+/// 260,000-edge list at its first lookup held the writer for 110–200 ms (the e2e bench's hub
+/// phase, a delete of one of that node's edges).
+const CATCH_UP: usize = 4096;
 
 /// A node's additions in one direction.
 #[derive(Clone)]
@@ -290,10 +295,16 @@ impl NodeDelta {
     /// counted).
     pub(super) fn add(&mut self, e: EdgeRec, base_degree: usize, index: &mut EdgeIndex, key: (u32, Direction)) {
         if let Some(moved) = self.added.push(e) {
-            if let Some(Listed::Indexed(ix)) = index.lists.get_mut(&IndexKey::from(key)) {
+            if let Some(Listed::Indexed { ix, upto }) = index.lists.get_mut(&IndexKey::from(key)) {
                 let added = self.added.as_slice();
                 for j in moved {
-                    ix.entry(added[j].other).or_default().push((base_degree + j) as u32);
+                    // A position below `upto` (reused after a dropped transaction) or right
+                    // at it is indexed now; later ones wait for a lookup to catch up.
+                    let p = base_degree + j;
+                    if p <= *upto {
+                        ix.entry(added[j].other).or_default().push(p as u32);
+                        *upto = (*upto).max(p + 1);
+                    }
                 }
             }
         }
@@ -325,15 +336,27 @@ impl From<(u32, Direction)> for IndexKey {
 }
 
 /// The writer's index of long edge lists: per (node, direction), other endpoint → positions
-/// in the combined list. Built when an edge is looked up in a list of at least
+/// in the combined list. Started when an edge is looked up in a list of at least
 /// [`INDEX_AT_ONCE`] edges, or of at least [`INDEX_MIN`] looked up [`SCANS_BEFORE_INDEX`]
-/// times already; then kept current by [`NodeDelta::add`]. Every candidate is checked
+/// times already; extended by each lookup ([`CATCH_UP`] positions at most) and, once it has
+/// caught up, by [`NodeDelta::add`]. Every candidate is checked
 /// against the list itself (range, deletion, endpoint, label, weight), so entries left by a
 /// dropped transaction or a view built on another branch are harmless; it must be cleared
 /// when the base changes (positions are relative to the base row).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct EdgeIndex {
     lists: IdMap<IndexKey, Listed>,
+    /// [`CATCH_UP`], smaller in unit tests.
+    catch_up: usize,
+}
+
+impl Default for EdgeIndex {
+    fn default() -> Self {
+        EdgeIndex {
+            lists: IdMap::default(),
+            catch_up: CATCH_UP,
+        }
+    }
 }
 
 /// A long list's entry in the [`EdgeIndex`].
@@ -341,7 +364,13 @@ pub(super) struct EdgeIndex {
 enum Listed {
     /// Looked up this many times by a scan.
     Scanned(u8),
-    Indexed(IdMap<u32, SmallVec<[u32; 2]>>),
+    /// Other endpoint → positions. Every position below `upto` is in `ix` with the entry the
+    /// list holds there (stale ones may be too); positions from `upto` on are scanned, and
+    /// each lookup indexes up to [`CATCH_UP`] more of them.
+    Indexed {
+        ix: IdMap<u32, SmallVec<[u32; 2]>>,
+        upto: usize,
+    },
 }
 
 impl EdgeIndex {
@@ -377,43 +406,53 @@ impl EdgeIndex {
             (ok(&e) && !deleted.is_some_and(|s| s.contains(p as u32))).then_some((Found::At(p as u32), e))
         };
         let total = base + shared.len();
-        // Endpoints first (one array, the only one a miss costs): labels, weights and
-        // deletions are read at matching positions only. Same order as the combined list.
-        let scan = || {
-            (row.nodes.iter().enumerate())
+        // Positions `from..` of the combined list. Endpoints first (one array, the only one a
+        // miss costs): labels, weights and deletions are read at matching positions only.
+        let scan = |from: usize| {
+            let (in_row, in_shared) = (from.min(base), from.saturating_sub(base).min(shared.len()));
+            (row.nodes[in_row..].iter().enumerate())
                 .filter(|&(_, &m)| m == other)
-                .find_map(|(p, _)| hit(p))
+                .find_map(|(i, _)| hit(in_row + i))
                 .or_else(|| {
-                    (shared.iter().enumerate())
+                    (shared[in_shared..].iter().enumerate())
                         .filter(|(_, e)| e.other == other)
-                        .find_map(|(j, _)| hit(base + j))
+                        .find_map(|(j, _)| hit(base + in_shared + j))
                 })
         };
         if total < INDEX_MIN {
-            return scan();
+            return scan(0);
         }
         let listed = self.lists.entry(IndexKey::from(key)).or_insert(Listed::Scanned(0));
         if let Listed::Scanned(scans) = listed {
             if *scans < SCANS_BEFORE_INDEX && total < INDEX_AT_ONCE {
                 *scans += 1;
-                return scan();
+                return scan(0);
             }
-            let mut ix: IdMap<u32, SmallVec<[u32; 2]>> = IdMap::default();
-            for p in 0..total {
-                ix.entry(at(p).other).or_default().push(p as u32);
-            }
-            *listed = Listed::Indexed(ix);
+            *listed = Listed::Indexed {
+                ix: IdMap::default(),
+                upto: 0,
+            };
         }
-        let Listed::Indexed(ix) = listed else { return scan() };
+        let Listed::Indexed { ix, upto } = listed else {
+            return scan(0);
+        };
+        let to = total.min(*upto + self.catch_up);
+        for p in *upto..to {
+            ix.entry(at(p).other).or_default().push(p as u32);
+        }
+        *upto = (*upto).max(to);
         // Newest first: when an edge is updated again and again (removed, added back with a
         // new weight), the older positions are all deleted and the live one is last. Which of
         // several matching edges is found is not observable: they are the same edge record
         // (or, for a weight-blind search, any stored edge of that endpoint and label).
-        ix.get(&other)?
-            .iter()
-            .rev()
+        (ix.get(&other).map_or(&[][..], |ps| &ps[..]).iter().rev())
             .map(|&p| p as usize)
             .filter(|&p| p < total)
             .find_map(hit)
+            .or_else(|| scan(*upto))
     }
 }
+
+#[cfg(test)]
+#[path = "delta_tests.rs"]
+mod tests;
