@@ -20,6 +20,10 @@ mod shim {
             Slot(loom::cell::UnsafeCell::new(std::mem::MaybeUninit::uninit()))
         }
 
+        pub(crate) fn full(v: T) -> Self {
+            Slot(loom::cell::UnsafeCell::new(std::mem::MaybeUninit::new(v)))
+        }
+
         pub(crate) unsafe fn write(&self, v: T) {
             // SAFETY: the caller's contract, checked by loom.
             self.0.with_mut(|p| unsafe { (*p).write(v) });

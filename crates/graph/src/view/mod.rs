@@ -74,6 +74,10 @@ mod shim {
             Slot(std::cell::UnsafeCell::new(std::mem::MaybeUninit::uninit()))
         }
 
+        pub(crate) fn full(v: T) -> Self {
+            Slot(std::cell::UnsafeCell::new(std::mem::MaybeUninit::new(v)))
+        }
+
         /// # Safety
         /// Nothing reads or writes this slot meanwhile.
         pub(crate) unsafe fn write(&self, v: T) {
