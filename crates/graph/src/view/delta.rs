@@ -292,7 +292,7 @@ impl NodeDelta {
     }
 
     /// Appends `e`; `index` learns its position when this list (`key`) is indexed (not merely
-    /// counted).
+    /// counted) up to it.
     pub(super) fn add(&mut self, e: EdgeRec, base_degree: usize, index: &mut EdgeIndex, key: (u32, Direction)) {
         if let Some(moved) = self.added.push(e) {
             if let Some(Listed::Indexed { ix, upto }) = index.lists.get_mut(&IndexKey::from(key)) {
