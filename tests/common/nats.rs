@@ -29,41 +29,60 @@ fn binary() -> PathBuf {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// `n` distinct ports that were free a moment ago.
+fn free_ports(n: usize) -> Vec<u16> {
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        let p = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    ports
 }
+
+/// Attempts at starting fresh servers: a port found free can be taken by another test's
+/// process before nats-server binds it.
+const ATTEMPTS: usize = 5;
 
 impl Nats {
     /// Starts a single JetStream server.
     pub fn start() -> Nats {
-        let mut n = Nats {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().expect("tempdir"),
-            cluster: None,
-        };
-        n.restart();
-        n
+        Self::cluster_or_one(1, false).pop().expect("one server")
     }
 
     /// Starts a JetStream cluster of `n` servers (routes between all of them).
     pub fn cluster(n: usize) -> Vec<Nats> {
-        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let mut nodes: Vec<Nats> = (0..n)
-            .map(|i| Nats {
-                child: None,
-                port: free_port(),
-                dir: tempfile::tempdir().expect("tempdir"),
-                cluster: Some((format!("n{i}"), routes[i], routes.clone())),
-            })
-            .collect();
-        for node in nodes.iter_mut() {
-            node.restart();
+        Self::cluster_or_one(n, true)
+    }
+
+    /// `n` fresh servers, clustered or not, on fresh ports; all of them again on other ports
+    /// if one cannot start.
+    fn cluster_or_one(n: usize, clustered: bool) -> Vec<Nats> {
+        for attempt in 1..=ATTEMPTS {
+            let ports = free_ports(2 * n);
+            let (clients, routes) = ports.split_at(n);
+            let mut nodes: Vec<Nats> = (0..n)
+                .map(|i| Nats {
+                    child: None,
+                    port: clients[i],
+                    dir: tempfile::tempdir().expect("tempdir"),
+                    cluster: clustered.then(|| (format!("n{i}"), routes[i], routes.to_vec())),
+                })
+                .collect();
+            let failed = nodes.iter_mut().find_map(|node| node.try_restart().err());
+            match failed {
+                None => return nodes,
+                Some(log) if attempt < ATTEMPTS => {
+                    eprintln!("nats-server did not start (attempt {attempt}), trying other ports; log:\n{log}");
+                }
+                Some(log) => panic!("nats-server did not start in {ATTEMPTS} attempts; last log:\n{log}"),
+            }
         }
-        nodes
+        unreachable!("the last attempt returns or panics")
     }
 
     /// The client URLs of every node of a cluster, comma-separated.
@@ -78,6 +97,13 @@ impl Nats {
 
     /// Starts it again (same port and store) after [`Nats::stop`].
     pub fn restart(&mut self) {
+        if let Err(log) = self.try_restart() {
+            panic!("nats-server did not listen on {}; log:\n{log}", self.port);
+        }
+    }
+
+    /// As [`Nats::restart`]; its log if it exits or does not listen within 20 s.
+    fn try_restart(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "already running");
         let log = self.dir.path().join("nats.log");
         let mut cmd = Command::new(binary());
@@ -108,13 +134,21 @@ impl Nats {
             });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not listen on {}; log:\n{}",
-                self.port,
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
+        loop {
+            let exited = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited || Instant::now() >= deadline {
+                self.stop();
+                return Err(std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            // Listening, and still running (a server that cannot bind its route port exits
+            // right after it starts listening for clients).
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                std::thread::sleep(Duration::from_millis(20));
+                if self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None))) {
+                    return Ok(());
+                }
+                continue;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
