@@ -4,22 +4,25 @@
 //! The base part (dense arrays and a hash index) is immutable and shared; what changed since
 //! the last compaction lives in persistent maps (`imbl`, structurally shared between views, so
 //! publishing a transaction copies nothing but the paths it touched). Tenant membership is a
-//! roaring bitmap per tenant, and a change touches only the old and the new tenant's bitmap.
+//! persistent id set per tenant (`idset`: a roaring bitmap per 65,536 ids), and a change
+//! copies only the chunk of the old and the new tenant's set that holds the node.
 //! A dense per-node tenant token (base) makes "is this node in tenant T" one array load for
 //! nodes not changed since compaction.
 
-use roaring::RoaringBitmap;
 use std::collections::HashMap;
 use std::sync::Arc;
 mod added;
 mod base;
 pub(crate) mod codec;
 mod columns;
+mod idset;
 
 use added::{AddedKeys, Changed, Slot};
 pub use base::MAX_NODE_LABELS;
 use base::*;
 pub(crate) use columns::NodeColumns;
+pub(crate) use idset::IdSet;
+use idset::IdSetBuilder;
 
 /// A node label (an index into the mapping's node label names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -154,10 +157,10 @@ pub(crate) struct NodeStore {
     new_keys: Arc<std::sync::RwLock<AddedKeys>>,
     tenant_ids: imbl::HashMap<NodeKey, TenantId>,
     tenant_names: imbl::Vector<NodeKey>,
-    members: imbl::HashMap<TenantId, Arc<RoaringBitmap>>,
+    members: imbl::HashMap<TenantId, IdSet>,
     filter_ids: imbl::HashMap<(FilterId, NodeKey), FilterValueId>,
     filter_names: imbl::Vector<(FilterId, NodeKey)>,
-    filter_members: imbl::HashMap<FilterValueId, Arc<RoaringBitmap>>,
+    filter_members: imbl::HashMap<FilterValueId, IdSet>,
 }
 
 impl NodeStore {
@@ -314,8 +317,8 @@ impl NodeStore {
     }
 
     /// Members of tenant `t` (visible or not).
-    pub(crate) fn members(&self, t: TenantId) -> Option<&RoaringBitmap> {
-        self.members.get(&t).map(|b| b.as_ref())
+    pub(crate) fn members(&self, t: TenantId) -> Option<&IdSet> {
+        self.members.get(&t)
     }
 
     /// The id of a filter value, if any node ever had it.
@@ -324,8 +327,8 @@ impl NodeStore {
     }
 
     /// Nodes (visible or not) holding filter value `v`.
-    pub(crate) fn filter_members(&self, v: FilterValueId) -> Option<&RoaringBitmap> {
-        self.filter_members.get(&v).map(|b| b.as_ref())
+    pub(crate) fn filter_members(&self, v: FilterValueId) -> Option<&IdSet> {
+        self.filter_members.get(&v)
     }
 
     /// Bytes held by the base columns and index (the overlay maps are not counted).
@@ -363,11 +366,11 @@ impl NodeStore {
         if old_tenant != new_tenant {
             if let Some(t) = old_tenant {
                 if let Some(b) = self.members.get_mut(&t) {
-                    Arc::make_mut(b).remove(n);
+                    b.remove(n);
                 }
             }
             if let Some(t) = new_tenant {
-                Arc::make_mut(self.members.entry(t).or_default()).insert(n);
+                self.members.entry(t).or_default().insert(n);
             }
         }
         let old_filters: Vec<FilterValueId> = old
@@ -384,11 +387,11 @@ impl NodeStore {
             .collect();
         for v in old_filters.iter().filter(|v| !new_filters.contains(v)) {
             if let Some(b) = self.filter_members.get_mut(v) {
-                Arc::make_mut(b).remove(n);
+                b.remove(n);
             }
         }
         for v in new_filters.iter().filter(|v| !old_filters.contains(v)) {
-            Arc::make_mut(self.filter_members.entry(*v).or_default()).insert(n);
+            self.filter_members.entry(*v).or_default().insert(n);
         }
         // Keys a node leaves need no clean-up: every index hit is checked against the data.
         let base_len = self.base.len() as u32;
@@ -418,11 +421,11 @@ impl NodeStore {
         Ok(store)
     }
 
-    /// Tenant and filter bitmaps from the base columns.
+    /// Tenant and filter sets from the base columns.
     fn rebuild_members(&mut self, base: &NodeBase) {
-        let mut members: HashMap<TenantId, RoaringBitmap> = HashMap::new();
-        let mut filter_members: HashMap<FilterValueId, RoaringBitmap> = HashMap::new();
-        // Ids in increasing order: each bitmap is appended to (`push`), never searched.
+        let mut members: HashMap<TenantId, IdSetBuilder> = HashMap::new();
+        let mut filter_members: HashMap<FilterValueId, IdSetBuilder> = HashMap::new();
+        // Ids in increasing order: each set is appended to, never searched.
         for n in 0..base.len() {
             if base.tenant[n] != NO_TENANT {
                 members.entry(TenantId(base.tenant[n])).or_default().push(n as u32);
@@ -431,8 +434,8 @@ impl NodeStore {
                 filter_members.entry(FilterValueId(v)).or_default().push(n as u32);
             }
         }
-        self.members = members.into_iter().map(|(t, b)| (t, Arc::new(b))).collect();
-        self.filter_members = filter_members.into_iter().map(|(v, b)| (v, Arc::new(b))).collect();
+        self.members = members.into_iter().map(|(t, b)| (t, b.finish())).collect();
+        self.filter_members = filter_members.into_iter().map(|(v, b)| (v, b.finish())).collect();
     }
 
     /// A fresh base holding everything, for node ids `0..node_count` (compaction). Tenant and
