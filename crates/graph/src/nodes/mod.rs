@@ -360,8 +360,7 @@ impl NodeStore {
     /// Sets the data of node `n` (`None` clears it), keeping the index and the tenant bitmaps
     /// in step. The caller marks `n` as changed since the base.
     pub(crate) fn set(&mut self, n: u32, data: Option<Arc<NodeData>>) {
-        let old = self.data(n);
-        let old_tenant = old.as_ref().and_then(|d| d.tenant.as_ref()).map(|t| self.intern(t));
+        let (old_tenant, old_filters) = self.membership(n);
         let new_tenant = data.as_ref().and_then(|d| d.tenant.as_ref()).map(|t| self.intern(t));
         if old_tenant != new_tenant {
             if let Some(t) = old_tenant {
@@ -373,12 +372,6 @@ impl NodeStore {
                 self.members.entry(t).or_default().insert(n);
             }
         }
-        let old_filters: Vec<FilterValueId> = old
-            .as_ref()
-            .map_or(&[][..], |d| &d.filters[..])
-            .iter()
-            .map(|(f, v)| self.intern_filter(*f, v))
-            .collect();
         let new_filters: Vec<FilterValueId> = data
             .as_ref()
             .map_or(&[][..], |d| &d.filters[..])
@@ -405,6 +398,32 @@ impl NodeStore {
             }
         }
         self.changed.insert(base_len, n, Slot::of(data));
+    }
+
+    /// The tenant and filter values node `n` holds now, read without building its data.
+    fn membership(&mut self, n: u32) -> (Option<TenantId>, Vec<FilterValueId>) {
+        let base_len = self.base.len() as u32;
+        match self.changed.get(base_len, n) {
+            Some(Slot::Full(d)) => {
+                let d = d.clone();
+                let tenant = d.tenant.as_ref().map(|t| self.intern(t));
+                (
+                    tenant,
+                    d.filters.iter().map(|(f, v)| self.intern_filter(*f, v)).collect(),
+                )
+            }
+            Some(_) => (None, Vec::new()),
+            None if self.base.has(n) => {
+                let b = &self.base;
+                let i = n as usize;
+                let values = &b.filter_values[b.filter_offsets[i] as usize..b.filter_offsets[i + 1] as usize];
+                (
+                    self.tenant_of(n, false),
+                    values.iter().map(|&v| FilterValueId(v)).collect(),
+                )
+            }
+            None => (None, Vec::new()),
+        }
     }
 
     /// A store whose base holds `nodes` (node `i` is `nodes[i]`), built in one pass.
