@@ -1,8 +1,10 @@
 //! The node store through transactions: nodes resolved by (label, key), edges to nodes that
 //! do not exist yet, deletions and re-insertions keeping ids and edges, tenant changes, and
 //! compactions at random points; after every transaction the view equals an oracle keyed by
-//! (label, key), including tenant membership, tenant-restricted neighbours and k-hop, and the
-//! visible nodes per label.
+//! (label, key), including each node's data, tenant and filter membership, tenant-restricted
+//! neighbours and k-hop, and the visible nodes per label. Every view published stays held and
+//! still equals the oracle of its time at the end; some transactions are dropped (nothing of
+//! them may show).
 
 use graph::query::{k_hop, neighbors};
 use graph::*;
@@ -16,6 +18,8 @@ type Key = (u16, i64);
 struct Oracle {
     /// Present nodes and their tenant.
     nodes: BTreeMap<Key, Option<i64>>,
+    /// The transaction that last upserted each node (a property, so updates change data).
+    versions: BTreeMap<Key, i64>,
     edges: Vec<(Key, Key, u8)>,
 }
 
@@ -45,13 +49,16 @@ fn filter_value(k: Key, tenant: Option<i64>) -> i64 {
     (k.1 + tenant.unwrap_or(5)) % 2
 }
 
-fn data(k: Key, tenant: Option<i64>) -> NodeData {
+fn data(k: Key, tenant: Option<i64>, version: i64) -> NodeData {
     NodeData {
         label: NodeLabel(k.0),
         key: NodeKey::Int(k.1),
         tenant: tenant.map(NodeKey::Int),
         filters: Arc::from(vec![(FilterId(0), NodeKey::Int(filter_value(k, tenant)))]),
-        properties: Arc::from(vec![(Arc::from("k"), PropValue::Int(k.1))]),
+        properties: Arc::from(vec![
+            (Arc::from("k"), PropValue::Int(k.1)),
+            (Arc::from("v"), PropValue::Int(version)),
+        ]),
     }
 }
 
@@ -63,6 +70,9 @@ fn check(v: &GraphView, o: &Oracle) -> Result<(), TestCaseError> {
         prop_assert!(v.is_visible(n));
         let d = v.node(n).unwrap();
         prop_assert_eq!(&d.key, &NodeKey::Int(k.1));
+        prop_assert_eq!(&*d.properties, &data(*k, *tenant, o.versions[k]).properties[..]);
+        let f = v.filter_value(FilterId(0), &NodeKey::Int(filter_value(*k, *tenant)));
+        prop_assert!(f.is_some_and(|f| v.filter_members(f).contains(&n)));
         prop_assert_eq!(d.tenant.clone(), tenant.map(NodeKey::Int));
         prop_assert_eq!(v.tenant_of(n), tenant.and_then(|t| v.tenant(&NodeKey::Int(t))));
     }
@@ -140,17 +150,23 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn node_store_matches_the_oracle(txns in proptest::collection::vec((proptest::collection::vec(op(), 1..6), 0u8..6), 1..20)) {
+    fn node_store_matches_the_oracle(txns in proptest::collection::vec((proptest::collection::vec(op(), 1..6), 0u8..6, 0u8..6), 1..20)) {
         let mut g = Graph::new(Csr::build(0, &[], false).unwrap(), 1);
-        let mut o = Oracle::default();
-        for (i, (ops, compaction)) in txns.iter().enumerate() {
-            let lsn = 2 + i as u64;
+        let mut kept = Oracle::default();
+        let mut held: Vec<(Arc<GraphView>, Oracle)> = Vec::new();
+        let mut lsn = 1;
+        for (i, (ops, compaction, dropped)) in txns.iter().enumerate() {
+            lsn += 1;
             let mut txn = g.begin(lsn).unwrap();
+            // A dropped transaction's changes go to a copy of the oracle, thrown away with it.
+            let mut scratch = kept.clone();
+            let o = if *dropped == 0 { &mut scratch } else { &mut kept };
             for op in ops {
                 match op {
                     Op::Upsert(k, t) => {
-                        txn.upsert_node(data(*k, *t));
+                        txn.upsert_node(data(*k, *t, i as i64));
                         o.nodes.insert(*k, *t);
+                        o.versions.insert(*k, i as i64);
                     }
                     Op::Delete(k) => {
                         let got = txn.delete_node(NodeLabel(k.0), &NodeKey::Int(k.1));
@@ -171,12 +187,21 @@ proptest! {
                     }
                 }
             }
-            txn.commit().unwrap();
-            check(&g.view(), &o)?;
+            if *dropped == 0 {
+                drop(txn);
+                lsn -= 1;
+            } else {
+                txn.commit().unwrap();
+            }
+            check(&g.view(), &kept)?;
+            held.push((g.view(), kept.clone()));
             if *compaction == 0 {
                 g.compact().unwrap();
-                check(&g.view(), &o)?;
+                check(&g.view(), &kept)?;
             }
+        }
+        for (v, o) in &held {
+            check(v, o)?;
         }
     }
 }

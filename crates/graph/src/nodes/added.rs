@@ -1,10 +1,11 @@
 //! Node data changed since the base, per view, and the key index of nodes added since.
 //!
-//! Each changed node holds a [`Slot`]. A node known only by its label and key (a placeholder
+//! A changed node's data is a [`Slot`]. A node known only by its label and key (a placeholder
 //! for an edge endpoint not seen yet, or a row with no tenant, filters or properties) is held
-//! inline in 32 bytes with no allocation; other nodes share an `Arc<NodeData>`. Nodes added
-//! since the base sit in a persistent vector (dense ids from the base's length on), so adding
-//! one appends instead of copying hash-trie paths.
+//! inline in 32 bytes with no allocation; other nodes share an `Arc<NodeData>`. The first
+//! data of nodes added since the base sit in a persistent vector (dense ids from the base's
+//! length on), so adding one appends instead of copying a path; data set later is kept in the
+//! node's overlay versions (`view::table`).
 //!
 //! [`AddedKeys`] resolves the keys of added nodes: 8 bytes per entry (32 bits of the label and
 //! key's hash, the one the base's index uses, and the node id), shared by every view of one base and only ever appended
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 /// What a view holds of a changed node.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) enum Slot {
+pub(crate) enum Slot {
     /// No data (cleared, or an id below one that was given data).
     Gone,
     /// Label and key only: no tenant, filters or properties.
@@ -30,7 +31,7 @@ pub(super) enum Slot {
 const _: () = assert!(std::mem::size_of::<Slot>() <= 32);
 
 impl Slot {
-    pub(super) fn of(data: Option<Arc<NodeData>>) -> Slot {
+    pub(crate) fn of(data: Option<Arc<NodeData>>) -> Slot {
         match data {
             None => Slot::Gone,
             Some(d) if d.tenant.is_none() && d.filters.is_empty() && d.properties.is_empty() => {
@@ -40,7 +41,7 @@ impl Slot {
         }
     }
 
-    pub(super) fn data(&self) -> Option<Arc<NodeData>> {
+    pub(crate) fn data(&self) -> Option<Arc<NodeData>> {
         match self {
             Slot::Gone => None,
             Slot::Bare(label, key) => Some(Arc::new(NodeData::bare(*label, key.clone()))),
@@ -48,7 +49,7 @@ impl Slot {
         }
     }
 
-    pub(super) fn label_key(&self) -> Option<(NodeLabel, &NodeKey)> {
+    pub(crate) fn label_key(&self) -> Option<(NodeLabel, &NodeKey)> {
         match self {
             Slot::Gone => None,
             Slot::Bare(label, key) => Some((*label, key)),
@@ -56,7 +57,7 @@ impl Slot {
         }
     }
 
-    pub(super) fn tenant(&self) -> Option<&NodeKey> {
+    pub(crate) fn tenant(&self) -> Option<&NodeKey> {
         match self {
             Slot::Full(d) => d.tenant.as_ref(),
             _ => None,
@@ -64,51 +65,38 @@ impl Slot {
     }
 }
 
-/// Node data changed since the base: a persistent map for base nodes, a persistent vector for
-/// nodes added since.
+/// The first data of each node added since the base, in a persistent vector (dense ids from
+/// the base's length on), so adding a node appends instead of copying a path. Data set on a
+/// node after its first is the view's (`Overrides`), not kept here.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Changed {
-    base: imbl::HashMap<u32, Slot>,
     added: imbl::Vector<Slot>,
 }
 
 impl Changed {
-    /// `n`'s slot if it changed since a base of `base_len` nodes.
+    /// `n`'s first data if it was added since a base of `base_len` nodes and given any.
     pub(super) fn get(&self, base_len: u32, n: u32) -> Option<&Slot> {
-        if n < base_len {
-            self.base.get(&n)
-        } else {
-            self.added.get((n - base_len) as usize)
-        }
+        n.checked_sub(base_len).and_then(|i| self.added.get(i as usize))
     }
 
-    /// Every changed node's id and slot: base nodes in no particular order, then added ones.
-    pub(super) fn iter(&self, base_len: u32) -> impl Iterator<Item = (u32, &Slot)> {
-        let added = self.added.iter().enumerate();
-        self.base
-            .iter()
-            .map(|(&n, s)| (n, s))
-            .chain(added.map(move |(i, s)| (base_len + i as u32, s)))
-    }
-
-    pub(super) fn insert(&mut self, base_len: u32, n: u32, slot: Slot) {
-        if n < base_len {
-            self.base.insert(n, slot);
-            return;
+    /// Keeps `slot` as `n`'s first data if `n` was added since the base and has none yet
+    /// (ids skipped on the way hold none); else hands it back.
+    pub(super) fn push_first(&mut self, base_len: u32, n: u32, slot: Slot) -> Result<(), Slot> {
+        let Some(i) = n.checked_sub(base_len).map(|i| i as usize) else {
+            return Err(slot);
+        };
+        if i < self.added.len() {
+            return Err(slot);
         }
-        let i = (n - base_len) as usize;
         while self.added.len() < i {
             self.added.push_back(Slot::Gone);
         }
-        if i == self.added.len() {
-            self.added.push_back(slot);
-        } else {
-            self.added.set(i, slot);
-        }
+        self.added.push_back(slot);
+        Ok(())
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.base.is_empty() && self.added.is_empty()
+        self.added.is_empty()
     }
 }
 

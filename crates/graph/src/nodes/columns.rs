@@ -24,13 +24,14 @@ pub(crate) struct NodeColumns {
 }
 
 impl NodeStore {
-    /// The store's data as columns (folding changes since the base first, if any).
-    pub(crate) fn to_columns(&self, node_count: u32) -> NodeColumns {
+    /// The store's data as columns (folding changes since the base first, if any: `any_override`
+    /// says whether `ov` has any).
+    pub(crate) fn to_columns(&self, node_count: u32, ov: &impl Overrides, any_override: bool) -> NodeColumns {
         let folded;
-        let store = if self.changed.is_empty() && self.base.len() == node_count as usize {
+        let store = if !any_override && self.changed.is_empty() && self.base.len() == node_count as usize {
             self
         } else {
-            folded = self.compacted(node_count);
+            folded = self.compacted(node_count, ov);
             &folded
         };
         let b = &store.base;

@@ -1,9 +1,11 @@
 //! The node store: each node's label, key, tenant and properties, the (label, key) → id
 //! resolution index, and tenant membership bitmaps — versioned with the views.
 //!
-//! The base part (dense arrays and a hash index) is immutable and shared; what changed since
-//! the last compaction lives in persistent maps (`imbl`, structurally shared between views, so
-//! publishing a transaction copies nothing but the paths it touched). Tenant membership is a
+//! The base part (dense arrays and a hash index) is immutable and shared. Since the last
+//! compaction: added nodes' first data in a persistent vector (`added`); data set on a node
+//! after its first in the node's overlay versions, which the view passes in ([`Overrides`]);
+//! tenants, filters and moved keys in persistent maps (`imbl`, structurally shared between
+//! views, so publishing a transaction copies nothing but the paths it touched). Tenant membership is a
 //! persistent id set per tenant (`idset`: a roaring bitmap per 65,536 ids), and a change
 //! copies only the chunk of the old and the new tenant's set that holds the node.
 //! A dense per-node tenant token (base) makes "is this node in tenant T" one array load for
@@ -17,7 +19,8 @@ pub(crate) mod codec;
 mod columns;
 mod idset;
 
-use added::{AddedKeys, Changed, Slot};
+pub(crate) use added::Slot;
+use added::{AddedKeys, Changed};
 pub use base::MAX_NODE_LABELS;
 use base::*;
 pub(crate) use columns::NodeColumns;
@@ -145,6 +148,25 @@ impl NodeData {
     }
 }
 
+/// Where a view keeps the data set on a node after its first: in the node's overlay versions
+/// (`view::table`), so updating a node costs one version, whatever the number of nodes changed.
+/// Every read of the store that can meet a changed node takes the view (or transaction) it
+/// reads for.
+pub(crate) trait Overrides {
+    /// The data last set on node `n` in this view if it was set after the node's first data
+    /// (the base's columns, or what an added node was first given), else `None`.
+    fn slot(&self, n: u32) -> Option<&Slot>;
+}
+
+/// No overrides: a store read as it is.
+pub(crate) struct NoOverrides;
+
+impl Overrides for NoOverrides {
+    fn slot(&self, _: u32) -> Option<&Slot> {
+        None
+    }
+}
+
 /// The node store of one view.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct NodeStore {
@@ -164,9 +186,16 @@ pub(crate) struct NodeStore {
 }
 
 impl NodeStore {
+    /// `n`'s data as a slot when it is not the base's columns': its override, else an added
+    /// node's first data.
+    #[inline]
+    fn slot<'a>(&'a self, n: u32, ov: &'a impl Overrides) -> Option<&'a Slot> {
+        ov.slot(n).or_else(|| self.changed.get(self.base.len() as u32, n))
+    }
+
     /// The data of node `n`, if it was ever given any (built from the columns for base nodes).
-    pub(crate) fn data(&self, n: u32) -> Option<Arc<NodeData>> {
-        if let Some(s) = self.changed.get(self.base.len() as u32, n) {
+    pub(crate) fn data(&self, n: u32, ov: &impl Overrides) -> Option<Arc<NodeData>> {
+        if let Some(s) = self.slot(n, ov) {
             return s.data();
         }
         let b = &self.base;
@@ -195,8 +224,8 @@ impl NodeStore {
 
     /// The tenant value of node `n` if it was ever given data (`Some(None)`: data with no
     /// tenant). Allocates nothing, unlike [`Self::data`].
-    pub(crate) fn tenant_key(&self, n: u32) -> Option<Option<&NodeKey>> {
-        if let Some(s) = self.changed.get(self.base.len() as u32, n) {
+    pub(crate) fn tenant_key<'a>(&'a self, n: u32, ov: &'a impl Overrides) -> Option<Option<&'a NodeKey>> {
+        if let Some(s) = self.slot(n, ov) {
             return s.label_key().map(|_| s.tenant());
         }
         self.base.has(n).then(|| self.base_tenant(n as usize))
@@ -212,8 +241,8 @@ impl NodeStore {
 
     /// The label and key of node `n`, if it was ever given data (cheaper than [`Self::data`]
     /// for base nodes: no properties are decoded).
-    pub(crate) fn label_key(&self, n: u32) -> Option<(NodeLabel, NodeKey)> {
-        if let Some(s) = self.changed.get(self.base.len() as u32, n) {
+    pub(crate) fn label_key(&self, n: u32, ov: &impl Overrides) -> Option<(NodeLabel, NodeKey)> {
+        if let Some(s) = self.slot(n, ov) {
             return s.label_key().map(|(l, k)| (l, k.clone()));
         }
         let b = &self.base;
@@ -221,35 +250,24 @@ impl NodeStore {
     }
 
     /// Nodes with data among `0..node_count` that `live` accepts, per label (`counts[label]`,
-    /// as long as the highest label counted). Reads the base's label column and only the
-    /// nodes changed since the base; allocates nothing per node, unlike [`Self::data`].
-    pub(crate) fn count_labels(&self, node_count: u32, live: impl Fn(u32) -> bool) -> Vec<u64> {
+    /// as long as the highest label counted). Reads the base's label column and the slots of
+    /// changed nodes; allocates nothing per node, unlike [`Self::data`].
+    pub(crate) fn count_labels(&self, node_count: u32, live: impl Fn(u32) -> bool, ov: &impl Overrides) -> Vec<u64> {
         let mut counts: Vec<u64> = Vec::new();
-        let slot = |counts: &mut Vec<u64>, l: NodeLabel| {
-            let i = l.0 as usize;
-            if counts.len() <= i {
-                counts.resize(i + 1, 0);
-            }
-            i
-        };
         let base_len = self.base.len() as u32;
-        for n in 0..base_len.min(node_count) {
-            if self.base.has(n) && live(n) {
-                let i = slot(&mut counts, self.base.label(n as usize));
-                counts[i] += 1;
-            }
-        }
-        // A changed node's slot replaces what the base's columns say of it (counted above).
-        for (n, changed) in self.changed.iter(base_len) {
-            if n >= node_count || !live(n) {
+        for n in 0..node_count {
+            if !live(n) {
                 continue;
             }
-            if n < base_len && self.base.has(n) {
-                let i = slot(&mut counts, self.base.label(n as usize));
-                counts[i] -= 1;
-            }
-            if let Some((l, _)) = changed.label_key() {
-                let i = slot(&mut counts, l);
+            let label = match self.slot(n, ov) {
+                Some(s) => s.label_key().map(|(l, _)| l),
+                None => (n < base_len && self.base.has(n)).then(|| self.base.label(n as usize)),
+            };
+            if let Some(l) = label {
+                let i = l.0 as usize;
+                if counts.len() <= i {
+                    counts.resize(i + 1, 0);
+                }
                 counts[i] += 1;
             }
         }
@@ -257,9 +275,9 @@ impl NodeStore {
     }
 
     /// Whether `n` changed since the base (its tenant must then be read from `changed`).
-    pub(crate) fn tenant_of(&self, n: u32, changed: bool) -> Option<TenantId> {
+    pub(crate) fn tenant_of(&self, n: u32, changed: bool, ov: &impl Overrides) -> Option<TenantId> {
         if changed {
-            if let Some(s) = self.changed.get(self.base.len() as u32, n) {
+            if let Some(s) = self.slot(n, ov) {
                 return self.tenant_ids.get(s.tenant()?).copied();
             }
         }
@@ -277,29 +295,29 @@ impl NodeStore {
     }
 
     /// The node with this label and key.
-    pub(crate) fn resolve(&self, label: NodeLabel, key: &NodeKey) -> Option<u32> {
+    pub(crate) fn resolve(&self, label: NodeLabel, key: &NodeKey, ov: &impl Overrides) -> Option<u32> {
         if !self.index_delta.is_empty() {
             if let Some(&n) = self.index_delta.get(&(label, key.clone())) {
-                if self.holds(n, label, key) {
+                if self.holds(n, label, key, ov) {
                     return Some(n);
                 }
             }
         }
         let h = KeyHash::new(label, key);
         let added = self.new_keys.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = added.find(h.hash, |n| self.holds(n, label, key)) {
+        if let Some(n) = added.find(h.hash, |n| self.holds(n, label, key, ov)) {
             return Some(n);
         }
         drop(added);
         self.base
             .lookup_hashed(label, key, &h)
-            .filter(|&n| self.holds(n, label, key))
+            .filter(|&n| self.holds(n, label, key, ov))
     }
 
     /// Whether node `n` has this label and key in this store's state.
-    fn holds(&self, n: u32, label: NodeLabel, key: &NodeKey) -> bool {
+    fn holds(&self, n: u32, label: NodeLabel, key: &NodeKey, ov: &impl Overrides) -> bool {
         let base_len = self.base.len() as u32;
-        match self.changed.get(base_len, n) {
+        match self.slot(n, ov) {
             Some(s) => s.label_key().is_some_and(|(l, k)| l == label && k == key),
             // Unchanged since the base: the base index (which found it) is right.
             None => n < base_len,
@@ -357,10 +375,13 @@ impl NodeStore {
         t
     }
 
-    /// Sets the data of node `n` (`None` clears it), keeping the index and the tenant bitmaps
-    /// in step. The caller marks `n` as changed since the base.
-    pub(crate) fn set(&mut self, n: u32, data: Option<Arc<NodeData>>) {
-        let (old_tenant, old_filters) = self.membership(n);
+    /// Sets the data of node `n` (`None` clears it), keeping the index and the tenant and
+    /// filter sets in step; `current` is `n`'s override in the caller's view, if any. An
+    /// added node's first data is kept here; any other is returned, for the caller to keep as
+    /// `n`'s override. The caller marks `n` as changed since the base.
+    #[must_use]
+    pub(crate) fn set(&mut self, n: u32, current: Option<&Slot>, data: Option<Arc<NodeData>>) -> Option<Slot> {
+        let (old_tenant, old_filters) = self.membership(n, current);
         let new_tenant = data.as_ref().and_then(|d| d.tenant.as_ref()).map(|t| self.intern(t));
         if old_tenant != new_tenant {
             if let Some(t) = old_tenant {
@@ -397,13 +418,14 @@ impl NodeStore {
                 self.index_delta.insert((d.label, d.key.clone()), n);
             }
         }
-        self.changed.insert(base_len, n, Slot::of(data));
+        self.changed.push_first(base_len, n, Slot::of(data)).err()
     }
 
-    /// The tenant and filter values node `n` holds now, read without building its data.
-    fn membership(&mut self, n: u32) -> (Option<TenantId>, Vec<FilterValueId>) {
+    /// The tenant and filter values node `n` holds now (`current`: its override), read
+    /// without building its data.
+    fn membership(&mut self, n: u32, current: Option<&Slot>) -> (Option<TenantId>, Vec<FilterValueId>) {
         let base_len = self.base.len() as u32;
-        match self.changed.get(base_len, n) {
+        match current.or_else(|| self.changed.get(base_len, n)).cloned() {
             Some(Slot::Full(d)) => {
                 let d = d.clone();
                 let tenant = d.tenant.as_ref().map(|t| self.intern(t));
@@ -418,7 +440,7 @@ impl NodeStore {
                 let i = n as usize;
                 let values = &b.filter_values[b.filter_offsets[i] as usize..b.filter_offsets[i + 1] as usize];
                 (
-                    self.tenant_of(n, false),
+                    self.tenant_of(n, false, &NoOverrides),
                     values.iter().map(|&v| FilterValueId(v)).collect(),
                 )
             }
@@ -459,7 +481,7 @@ impl NodeStore {
 
     /// A fresh base holding everything, for node ids `0..node_count` (compaction). Tenant and
     /// filter ids stay as they are.
-    pub(crate) fn compacted(&self, node_count: u32) -> NodeStore {
+    pub(crate) fn compacted(&self, node_count: u32, ov: &impl Overrides) -> NodeStore {
         let mut store = NodeStore {
             base: Arc::default(),
             changed: Changed::default(),
@@ -474,7 +496,7 @@ impl NodeStore {
         };
         let mut base = NodeBase::default();
         for n in 0..node_count {
-            let d = self.data(n);
+            let d = self.data(n, ov);
             base.push(&mut store, d.as_deref());
         }
         // Keys were unique in the view, so they are unique in the fold.

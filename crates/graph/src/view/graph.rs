@@ -88,7 +88,7 @@ impl CompactionJob {
         let folded = self.view.compact_edges().map_err(|e| e.to_string()).map(|csr| {
             let mut view = GraphView::new(csr, self.view.lsn);
             view.edge_count = self.view.edge_count;
-            view.nodes = self.view.nodes.compacted(self.view.node_count);
+            view.nodes = self.view.nodes.compacted(self.view.node_count, &*self.view);
             let deleted = self.view.deleted_bits();
             if deleted.iter().any(|&w| w != 0) {
                 view.base_deleted = Some(Arc::new(deleted));

@@ -27,7 +27,7 @@ mod txn;
 pub use graph::{BulkError, Compacted, CompactionJob, CompactionPolicy, Graph, GraphReader};
 pub use txn::{diff, Ahead, ApplyError, Mutation, Txn};
 
-use crate::nodes::{FilterId, FilterValueId, NodeData, NodeKey, NodeLabel, NodeStore, TenantId};
+use crate::nodes::{FilterId, FilterValueId, NodeData, NodeKey, NodeLabel, NodeStore, Overrides, Slot, TenantId};
 use crate::query::{Direction, Topology};
 use crate::{Csr, EdgeInput, EdgeLabel, NodeId};
 use delta::{NodeDelta, Row};
@@ -124,6 +124,8 @@ pub struct GraphView {
     restored: usize,
     /// Nodes added absent since the base (placeholders: [`Mark::Absent`], no version).
     absent: usize,
+    /// Nodes whose versions hold data set after their first (`NodeState::data`).
+    overridden: usize,
     nodes: NodeStore,
     pub(crate) node_count: u32,
     edge_count: usize,
@@ -146,6 +148,7 @@ impl GraphView {
             deleted: 0,
             restored: 0,
             absent: 0,
+            overridden: 0,
             nodes: NodeStore::default(),
             node_count,
             edge_count,
@@ -261,18 +264,18 @@ impl GraphView {
 
     /// The data of node `n`, if it has any.
     pub fn node(&self, n: NodeId) -> Option<Arc<NodeData>> {
-        self.nodes.data(n.0)
+        self.nodes.data(n.0, self)
     }
 
     /// Visible nodes per label: `counts[label]`, as long as the highest label with a visible
     /// node. O(nodes) over the base's label column, without building any node's data.
     pub fn visible_nodes_per_label(&self) -> Vec<u64> {
-        self.nodes.count_labels(self.node_count, |n| self.live(n))
+        self.nodes.count_labels(self.node_count, |n| self.live(n), self)
     }
 
     /// The label and key of node `n` (visible or not), if it has data.
     pub fn node_key(&self, n: NodeId) -> Option<(NodeLabel, NodeKey)> {
-        self.nodes.label_key(n.0)
+        self.nodes.label_key(n.0, self)
     }
 
     /// Heap bytes of the node store's base columns and index.
@@ -282,7 +285,7 @@ impl GraphView {
 
     /// The node with this label and key, visible or not.
     pub fn resolve(&self, label: NodeLabel, key: &NodeKey) -> Option<NodeId> {
-        self.nodes.resolve(label, key).map(NodeId)
+        self.nodes.resolve(label, key, self).map(NodeId)
     }
 
     /// The id of a tenant value (`None` if no node ever had it).
@@ -316,7 +319,7 @@ impl GraphView {
 
     /// Node data as the snapshot stores it.
     pub(crate) fn node_columns(&self) -> crate::nodes::NodeColumns {
-        self.nodes.to_columns(self.node_count)
+        self.nodes.to_columns(self.node_count, self, self.overridden > 0)
     }
 
     /// Whether anything changed since the base was built (nodes added, edges, deletions or
@@ -434,6 +437,16 @@ fn base_adjacency(base: &Csr, dir: Direction) -> &crate::Adjacency {
     }
 }
 
+impl Overrides for GraphView {
+    #[inline]
+    fn slot(&self, n: u32) -> Option<&Slot> {
+        if self.overridden == 0 || !self.table.marked(n, Mark::Data) {
+            return None;
+        }
+        self.state(n)?.data.as_deref()
+    }
+}
+
 impl Topology for GraphView {
     fn node_count(&self) -> u32 {
         self.node_count
@@ -451,7 +464,7 @@ impl Topology for GraphView {
 
     #[inline]
     fn tenant_of(&self, n: NodeId) -> Option<TenantId> {
-        self.nodes.tenant_of(n.0, self.table.marked(n.0, Mark::Data))
+        self.nodes.tenant_of(n.0, self.table.marked(n.0, Mark::Data), self)
     }
 
     #[inline]

@@ -1,6 +1,6 @@
 //! The versioned overlay table: for every node changed since the base, a chain of versions of
-//! its overlay state (edges added and deleted per direction, tombstone), newest first, shared
-//! by every view of one base.
+//! its overlay state (edges added and deleted per direction, tombstone, data set after the
+//! node's first), newest first, shared by every view of one base.
 //!
 //! A view is (table, sequence number): it reads, for a node, the newest version whose
 //! sequence is at most its own. Committing a transaction installs one new version per node it
@@ -20,6 +20,7 @@
 //! Not for: what the versions hold (`delta`), or what a mutation means (`txn`).
 
 use super::delta::{NodeDelta, NodeDeltas};
+use crate::nodes::Slot;
 use crate::query::Direction;
 use std::alloc::Layout;
 use std::collections::BTreeMap;
@@ -75,6 +76,10 @@ pub(super) struct NodeState {
     /// [`TOMBSTONE`], [`RESTORED`].
     pub(super) flags: u8,
     pub(super) deltas: NodeDeltas,
+    /// Data set on the node after its first (the base's columns, or an added node's first
+    /// data in the node store), if any: it replaces that first data. Behind a pointer, so
+    /// versions of nodes whose data never changed (most: edge changes) stay small.
+    pub(super) data: Option<Arc<Slot>>,
 }
 
 impl NodeState {

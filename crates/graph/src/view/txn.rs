@@ -6,7 +6,7 @@
 use super::delta::{EdgeIndex, EdgeRec, Found, NodeDelta};
 use super::table::{Mark, NodeState, RESTORED, TOMBSTONE};
 use super::{base_row, delta, GraphView};
-use crate::nodes::{NodeData, NodeKey, NodeLabel};
+use crate::nodes::{NodeData, NodeKey, NodeLabel, Overrides, Slot};
 use crate::query::Direction;
 use crate::{EdgeInput, EdgeLabel, NodeId};
 use std::sync::Arc;
@@ -190,7 +190,7 @@ impl Txn<'_> {
     /// The id of the node with this label and key. A node never seen gets a new id, absent
     /// (invisible) until [`Txn::upsert_node`] gives it data: edges may point at it meanwhile.
     pub fn node_id(&mut self, label: NodeLabel, key: &NodeKey) -> NodeId {
-        if let Some(n) = self.b.view.nodes.resolve(label, key) {
+        if let Some(n) = self.b.view.nodes.resolve(label, key, &self.b) {
             return NodeId(n);
         }
         let id = NodeId(self.b.view.node_count);
@@ -211,7 +211,7 @@ impl Txn<'_> {
 
     /// Inserts or updates the node `data.label` / `data.key` and makes it visible.
     pub fn upsert_node(&mut self, data: NodeData) -> NodeId {
-        let Some(id) = self.b.view.nodes.resolve(data.label, &data.key).map(NodeId) else {
+        let Some(id) = self.b.view.nodes.resolve(data.label, &data.key, &self.b).map(NodeId) else {
             // A node never seen: a fresh id is visible from the start, so it needs no
             // placeholder and no restore, just its data.
             let id = NodeId(self.b.view.node_count);
@@ -240,7 +240,7 @@ impl Txn<'_> {
     /// Deletes the node with this label and key (it keeps its id and edges, invisible, and
     /// comes back with them if upserted again). Returns its id, or `None` if it was not there.
     pub fn delete_node(&mut self, label: NodeLabel, key: &NodeKey) -> Option<NodeId> {
-        let id = NodeId(self.b.view.nodes.resolve(label, key)?);
+        let id = NodeId(self.b.view.nodes.resolve(label, key, &self.b)?);
         if !self.b.visible(id) {
             return None;
         }
@@ -250,7 +250,7 @@ impl Txn<'_> {
 
     /// The node with this label and key in the transaction's state, visible or not.
     pub fn resolve(&self, label: NodeLabel, key: &NodeKey) -> Option<NodeId> {
-        self.b.view.nodes.resolve(label, key).map(NodeId)
+        self.b.view.nodes.resolve(label, key, &self.b).map(NodeId)
     }
 
     /// The data of node `id` in the transaction's state, if it is visible.
@@ -258,7 +258,7 @@ impl Txn<'_> {
         if id.0 >= self.b.view.node_count || !self.b.visible(id) {
             return None;
         }
-        self.b.view.nodes.data(id.0)
+        self.b.view.nodes.data(id.0, &self.b)
     }
 
     /// Every stored out-edge of `n` in the transaction's state, including edges to nodes that
@@ -360,6 +360,21 @@ impl Txn<'_> {
         }
         graph.publish(view.clone());
         Ok((view, log))
+    }
+}
+
+/// The builder's state: a node's pending copy, else the base view's version.
+impl Overrides for Builder {
+    #[inline]
+    fn slot(&self, n: u32) -> Option<&Slot> {
+        // The count includes this transaction's overrides: none anywhere is the common case.
+        if self.view.overridden == 0 || n >= self.view.node_count {
+            return None;
+        }
+        match self.pending.get(n) {
+            Some(p) => p.state.data.as_deref(),
+            None => self.view.slot(n),
+        }
     }
 }
 
@@ -682,7 +697,13 @@ impl Builder {
                 if id.0 >= self.view.node_count {
                     return Err(ApplyError::NoSuchNode(id.0));
                 }
-                self.view.nodes.set(id.0, data.clone());
+                let current = self.slot(id.0).cloned();
+                if let Some(slot) = self.view.nodes.set(id.0, current.as_ref(), data.clone()) {
+                    if current.is_none() {
+                        self.view.overridden += 1;
+                    }
+                    self.state_mut(id.0, Mark::Data.bit()).data = Some(Arc::new(slot));
+                }
                 self.data_set.push(id.0);
                 Ok(())
             }

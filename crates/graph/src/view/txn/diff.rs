@@ -63,12 +63,12 @@ pub(in crate::view) struct Capture {
 
 /// A node's data if it is visible in the builder's state.
 fn visible_data(b: &Builder, n: u32) -> Option<Arc<NodeData>> {
-    visible(b, n).then(|| b.view.nodes.data(n)).flatten()
+    visible(b, n).then(|| b.view.nodes.data(n, b)).flatten()
 }
 
 /// A node's tenant if it is visible and has data (as [`visible_data`], allocating nothing).
 fn visible_tenant(b: &Builder, n: u32) -> Option<Option<&NodeKey>> {
-    visible(b, n).then(|| b.view.nodes.tenant_key(n)).flatten()
+    visible(b, n).then(|| b.view.nodes.tenant_key(n, b)).flatten()
 }
 
 /// Whether node `n` exists and is visible in the builder's state.
