@@ -98,6 +98,11 @@ impl Changed {
     pub(super) fn is_empty(&self) -> bool {
         self.added.is_empty()
     }
+
+    /// The first data of the added nodes, in id order from the base's length.
+    pub(super) fn added(&self) -> impl Iterator<Item = &Slot> {
+        self.added.iter()
+    }
 }
 
 /// Tables the key index is split into, by the top bits of the kept hash. Each grows on its

@@ -254,21 +254,28 @@ impl NodeStore {
     /// changed nodes; allocates nothing per node, unlike [`Self::data`].
     pub(crate) fn count_labels(&self, node_count: u32, live: impl Fn(u32) -> bool, ov: &impl Overrides) -> Vec<u64> {
         let mut counts: Vec<u64> = Vec::new();
-        let base_len = self.base.len() as u32;
-        for n in 0..node_count {
-            if !live(n) {
-                continue;
-            }
-            let label = match self.slot(n, ov) {
-                Some(s) => s.label_key().map(|(l, _)| l),
-                None => (n < base_len && self.base.has(n)).then(|| self.base.label(n as usize)),
-            };
+        let mut count = |label: Option<NodeLabel>| {
             if let Some(l) = label {
                 let i = l.0 as usize;
                 if counts.len() <= i {
                     counts.resize(i + 1, 0);
                 }
                 counts[i] += 1;
+            }
+        };
+        let base_len = self.base.len() as u32;
+        for n in 0..base_len.min(node_count) {
+            if live(n) {
+                count(match ov.slot(n) {
+                    Some(s) => s.label_key().map(|(l, _)| l),
+                    None => self.base.has(n).then(|| self.base.label(n as usize)),
+                });
+            }
+        }
+        // Added nodes in id order, from the vector of first data (an id past its end has none).
+        for (n, first) in (base_len..node_count).zip(self.changed.added()) {
+            if live(n) {
+                count(ov.slot(n).unwrap_or(first).label_key().map(|(l, _)| l));
             }
         }
         counts
@@ -427,7 +434,6 @@ impl NodeStore {
         let base_len = self.base.len() as u32;
         match current.or_else(|| self.changed.get(base_len, n)).cloned() {
             Some(Slot::Full(d)) => {
-                let d = d.clone();
                 let tenant = d.tenant.as_ref().map(|t| self.intern(t));
                 (
                     tenant,
