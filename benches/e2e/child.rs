@@ -227,6 +227,18 @@ const SPLIT: [&str; 4] = [
 
 /// Per interval between two `/metrics` bodies: transactions, and per histogram of [`SPLIT`]
 /// the bound of the highest bucket that gained any (ms), as `split-*.tsv` lines.
+/// The smallest bound (seconds) of histogram `graphsync_{metric}` holding a share `p` of its
+/// observations, from the deltas of its cumulative buckets (`delta(name)`); `None` past the
+/// last bound.
+pub(crate) fn bound_for(delta: impl Fn(&str) -> f64, metric: &str, p: f64) -> Option<f64> {
+    let count = delta(&format!("graphsync_{metric}_count")) as u64;
+    let want = (count as f64 * p).ceil() as u64;
+    sync::replicator::Histogram::BOUNDS
+        .iter()
+        .copied()
+        .find(|b| delta(&format!("graphsync_{metric}_bucket{{le=\"{b}\"}}")) as u64 >= want)
+}
+
 fn split_series(samples: &[(u128, String)]) -> String {
     let mut out =
         String::from("wall_ms\ttxns\tcommit_to_apply_ms\tcommit_to_send_ms\tsend_to_receive_ms\treceive_to_apply_ms\n");
@@ -237,10 +249,9 @@ fn split_series(samples: &[(u128, String)]) -> String {
         let n = d("graphsync_commit_to_apply_seconds_count");
         out.push_str(&format!("{wall}\t{n}"));
         for h in SPLIT {
-            let total = d(&format!("graphsync_{h}_count"));
-            let top = sync::replicator::Histogram::BOUNDS
-                .iter()
-                .find(|b| total > 0.0 && d(&format!("graphsync_{h}_bucket{{le=\"{b}\"}}")) >= total)
+            let top = (d(&format!("graphsync_{h}_count")) > 0.0)
+                .then(|| bound_for(d, h, 1.0))
+                .flatten()
                 .map_or("-".to_string(), |b| format!("{}", b * 1e3));
             out.push_str(&format!("\t{top}"));
         }

@@ -200,14 +200,7 @@ pub(crate) fn load(
     let delta = |name: &str| m1.get(name).copied().unwrap_or(0.0) - m0.get(name).copied().unwrap_or(0.0);
     // Percentiles of a histogram over the phase, from the deltas of its cumulative buckets.
     let pct_of = |metric: &str, p: f64| -> String {
-        let count = delta(&format!("graphsync_{metric}_count")) as u64;
-        let want = (count as f64 * p).ceil() as u64;
-        for b in sync::replicator::Histogram::BOUNDS {
-            if delta(&format!("graphsync_{metric}_bucket{{le=\"{b}\"}}")) as u64 >= want {
-                return format!("<= {:.1} ms", b * 1e3);
-            }
-        }
-        "> 5 s".into()
+        child::bound_for(delta, metric, p).map_or("> 5 s".into(), |b| format!("<= {:.1} ms", b * 1e3))
     };
     let pct = |p: f64| pct_of("commit_to_apply_seconds", p);
     // graphsync's own share: commit received → applied.

@@ -158,15 +158,6 @@ pub(crate) trait Overrides {
     fn slot(&self, n: u32) -> Option<&Slot>;
 }
 
-/// No overrides: a store read as it is.
-pub(crate) struct NoOverrides;
-
-impl Overrides for NoOverrides {
-    fn slot(&self, _: u32) -> Option<&Slot> {
-        None
-    }
-}
-
 /// The node store of one view.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct NodeStore {
@@ -281,13 +272,19 @@ impl NodeStore {
         counts
     }
 
-    /// Whether `n` changed since the base (its tenant must then be read from `changed`).
+    /// `n`'s tenant; `changed`: whether `n`'s data changed since the base (it is then read
+    /// from `n`'s slot, else from the base's tenant column).
     pub(crate) fn tenant_of(&self, n: u32, changed: bool, ov: &impl Overrides) -> Option<TenantId> {
         if changed {
             if let Some(s) = self.slot(n, ov) {
                 return self.tenant_ids.get(s.tenant()?).copied();
             }
         }
+        self.base_tenant_id(n)
+    }
+
+    /// `n`'s tenant as the base's tenant column holds it.
+    fn base_tenant_id(&self, n: u32) -> Option<TenantId> {
         match self.base.tenant.get(n as usize) {
             Some(&t) if t != NO_TENANT => Some(TenantId(t)),
             _ => None,
@@ -446,7 +443,7 @@ impl NodeStore {
                 let i = n as usize;
                 let values = &b.filter_values[b.filter_offsets[i] as usize..b.filter_offsets[i + 1] as usize];
                 (
-                    self.tenant_of(n, false, &NoOverrides),
+                    self.base_tenant_id(n),
                     values.iter().map(|&v| FilterValueId(v)).collect(),
                 )
             }
